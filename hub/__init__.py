@@ -1,0 +1,16 @@
+"""vithub: efficient vision-transformer backbones on one shared attention-kernel layer, registered with timm.
+
+``import vithub`` registers every ``vh_*`` architecture with timm, so ``timm.create_model("vh_...")`` works.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from vithub import backbones as backbones  # noqa: F401  (registers the vh_* models with timm)
+from vithub import kernels as kernels
+
+try:
+    __version__ = version("vithub")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__", "backbones", "kernels"]

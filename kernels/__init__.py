@@ -1,0 +1,28 @@
+"""vithub.kernels: the shared attention layer every vithub family runs through.
+
+Ops (heads-last ``(B, H, W, heads, head_dim)``): :func:`neighborhood_attention`, :func:`window_attention`.
+Backends: ``reference`` (naive, float64-capable ground truth), ``torch`` (fast tiled SDPA path, CPU and fallback),
+``triton`` (CUDA; not in this build yet, asking for it raises :class:`BackendUnavailableError`).
+This package imports nothing else from vithub.
+"""
+
+from .dispatch import (
+    BACKENDS,
+    BackendUnavailableError,
+    available_backends,
+    current_backend,
+    triton_available,
+    use_backend,
+)
+from .ops import neighborhood_attention, window_attention
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "available_backends",
+    "current_backend",
+    "neighborhood_attention",
+    "triton_available",
+    "use_backend",
+    "window_attention",
+]

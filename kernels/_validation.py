@@ -1,0 +1,107 @@
+"""Argument checks shared by every attention op and backend.
+
+Each check raises ``ValueError`` naming the argument and the form it expects, so a user who passes channels-first
+maps, a kernel larger than the map or an rpb table from another convention learns what went wrong at the call site.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+Size2d = Union[int, Sequence[int]]
+
+
+def pair(value: Size2d, name: str, *, minimum: int = 1) -> Tuple[int, int]:
+    """Return ``value`` as an ``(int, int)`` pair, each element ``>= minimum``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        items = (value, value)
+    elif isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
+        items = tuple(value)
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+        if item < minimum:
+            raise ValueError(f"{name} must be >= {minimum} in each axis, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q, k, v must be floating tensors of one shape ``(B, H, W, heads, head_dim)``, dtype and device."""
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape (B, H, W, heads, head_dim), got {type(tensor)}")
+        if tensor.dim() != 5:
+            raise ValueError(
+                f"{name} must have shape (B, H, W, heads, head_dim) (heads-last, 5 dims), got {tuple(tensor.shape)}"
+            )
+        if not tensor.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+        if any(size == 0 for size in tensor.shape):
+            raise ValueError(f"{name} must have no empty dimension, got shape {tuple(tensor.shape)}")
+    for name, tensor in (("k", k), ("v", v)):
+        if tensor.shape != q.shape:
+            raise ValueError(f"{name} must have the same shape as q {tuple(q.shape)}, got {tuple(tensor.shape)}")
+        if tensor.dtype != q.dtype:
+            raise ValueError(f"{name} must have the same dtype as q ({q.dtype}), got {tensor.dtype}")
+        if tensor.device != q.device:
+            raise ValueError(f"{name} must be on the same device as q ({q.device}), got {tensor.device}")
+
+
+def check_rpb(rpb: Optional[torch.Tensor], q: torch.Tensor, kernel: Tuple[int, int]) -> None:
+    """rpb must be ``(heads, 2*Kh-1, 2*Kw-1)`` with q's dtype and device."""
+    if rpb is None:
+        return
+    heads = q.shape[3]
+    expected = (heads, 2 * kernel[0] - 1, 2 * kernel[1] - 1)
+    if not isinstance(rpb, torch.Tensor):
+        raise ValueError(f"rpb must be a tensor of shape (heads, 2K-1, 2K-1) = {expected}, got {type(rpb)}")
+    if tuple(rpb.shape) != expected:
+        raise ValueError(
+            f"rpb must have shape (heads, 2*Kh-1, 2*Kw-1) = {expected} (key-minus-query convention), "
+            f"got {tuple(rpb.shape)}"
+        )
+    if rpb.dtype != q.dtype:
+        raise ValueError(f"rpb must have the same dtype as q ({q.dtype}), got {rpb.dtype}")
+    if rpb.device != q.device:
+        raise ValueError(f"rpb must be on the same device as q ({q.device}), got {rpb.device}")
+
+
+def check_scale(scale: Optional[float], head_dim: int) -> float:
+    """Return the softmax scale: ``head_dim ** -0.5`` by default, else a positive finite float."""
+    if scale is None:
+        return head_dim ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"scale must be a positive float or None, got {scale!r}")
+    if not (scale > 0 and scale != float("inf")):
+        raise ValueError(f"scale must be a positive finite float or None, got {scale!r}")
+    return float(scale)
+
+
+def check_neighborhood(q: torch.Tensor, kernel: Tuple[int, int], dilation: Tuple[int, int]) -> None:
+    """The map must hold at least ``kernel * dilation`` tokens per axis."""
+    height, width = q.shape[1], q.shape[2]
+    for axis, size, k, d in (("height", height, kernel[0], dilation[0]), ("width", width, kernel[1], dilation[1])):
+        if size < k * d:
+            raise ValueError(
+                f"feature map {axis} {size} is smaller than kernel_size * dilation = {k} * {d} = {k * d}; "
+                "pad the input (the NAT/DiNAT modules do) or use a smaller kernel_size/dilation"
+            )
+
+
+def check_window(q: torch.Tensor, window: Tuple[int, int], shift: Tuple[int, int]) -> None:
+    """The map must be a multiple of the window and the shift smaller than the window, per axis."""
+    height, width = q.shape[1], q.shape[2]
+    for axis, size, w, s in (("height", height, window[0], shift[0]), ("width", width, window[1], shift[1])):
+        if size % w != 0:
+            raise ValueError(
+                f"feature map {axis} {size} must be a multiple of window_size {w}; pad the map first "
+                "(the Swin modules pad like timm)"
+            )
+        if s >= w:
+            raise ValueError(f"shift_size must be smaller than window_size in each axis, got shift {s} >= window {w}")

@@ -1,0 +1,83 @@
+"""Public attention ops over 2-D maps, heads-last layout ``(B, H, W, heads, head_dim)``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import reference, tiled
+from ._validation import Size2d, check_neighborhood, check_qkv, check_rpb, check_scale, check_window, pair
+from .dispatch import resolve_backend
+
+
+def neighborhood_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: Size2d,
+    dilation: Size2d = 1,
+    rpb: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """2-D neighborhood attention with NATTEN's semantics (stride 1, non-causal) and optional relative position bias.
+
+    Args:
+        q, k, v: ``(B, H, W, heads, head_dim)``; strided views (e.g. slices of a fused qkv) are fine.
+        kernel_size: neighbourhood size ``K`` (int or ``(Kh, Kw)``); even sizes see one more key before the query.
+        dilation: ``d`` (int or pair); a query attends only to keys of its dilation group (same index mod ``d``).
+        rpb: ``(heads, 2Kh-1, 2Kw-1)``, added to scaled logits at ``[(k_y-q_y)/d + Kh-1, (k_x-q_x)/d + Kw-1]``.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        backend: ``None`` (by device), ``"reference"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        ``(B, H, W, heads, head_dim)``. Requires ``H >= Kh*dh`` and ``W >= Kw*dw``.
+    """
+    check_qkv(q, k, v)
+    kernel = pair(kernel_size, "kernel_size")
+    dil = pair(dilation, "dilation")
+    check_neighborhood(q, kernel, dil)
+    check_rpb(rpb, q, kernel)
+    softmax_scale = check_scale(scale, q.shape[-1])
+    name = resolve_backend(backend, q.device)
+    if name == "reference":
+        return reference.neighborhood_attention(q, k, v, kernel, dil, rpb, softmax_scale)
+    plan = tiled.neighborhood_plan(q.shape[1], q.shape[2], kernel, dil, q.device)
+    return tiled.local_attention(q, k, v, plan, rpb, softmax_scale)
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window_size: Size2d,
+    shift_size: Size2d = 0,
+    rpb: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Swin window attention (W-MSA, or SW-MSA when ``shift_size > 0``) without roll or partition copies.
+
+    Equivalent to: roll the map by ``-shift``, split it into non-overlapping windows, attend inside each window with
+    ``rpb`` and Swin's region mask, merge, roll back by ``+shift``.
+
+    Args:
+        q, k, v: ``(B, H, W, heads, head_dim)`` with ``H``, ``W`` multiples of the window.
+        window_size: int or ``(wh, ww)``.
+        shift_size: int or pair, each ``0 <= shift < window``.
+        rpb: ``(heads, 2wh-1, 2ww-1)`` indexed by key minus query (Swin's own table is query minus key: flip it).
+        scale: logit scale, default ``head_dim ** -0.5``.
+        backend: ``None`` (by device), ``"reference"``, ``"torch"`` or ``"triton"``.
+    """
+    check_qkv(q, k, v)
+    window = pair(window_size, "window_size")
+    shift = pair(shift_size, "shift_size", minimum=0)
+    check_window(q, window, shift)
+    check_rpb(rpb, q, window)
+    softmax_scale = check_scale(scale, q.shape[-1])
+    name = resolve_backend(backend, q.device)
+    if name == "reference":
+        return reference.window_attention(q, k, v, window, shift, rpb, softmax_scale)
+    plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device)
+    return tiled.local_attention(q, k, v, plan, rpb, softmax_scale)

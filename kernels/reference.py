@@ -1,0 +1,115 @@
+"""Naive reference implementations: slow, obviously right, float64-capable. Ground truth for every other backend.
+
+Arguments are assumed already validated (see :mod:`vithub.kernels.ops`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+
+def neighborhood_starts(length: int, kernel: int, dilation: int) -> torch.Tensor:
+    """Group coordinate of the first key of each query's neighborhood along one axis (NATTEN semantics).
+
+    Token ``i`` belongs to dilation group ``i % dilation`` at group coordinate ``i // dilation``; the window of
+    ``kernel`` group coordinates is centred on the query and shifted inward at the borders of its group.
+    """
+    index = torch.arange(length)
+    group = index % dilation
+    coord = index // dilation
+    group_length = length // dilation + (group < length % dilation).long()
+    left = kernel // 2
+    right = kernel // 2 + (kernel % 2 - 1)
+    center = torch.minimum(torch.clamp(coord, min=left), group_length - 1 - right)
+    return center - left
+
+
+def neighborhood_indices(length: int, kernel: int, dilation: int) -> torch.Tensor:
+    """``(length, kernel)`` map indices of the keys each query attends to along one axis."""
+    index = torch.arange(length)
+    group = index % dilation
+    key_coords = neighborhood_starts(length, kernel, dilation)[:, None] + torch.arange(kernel)[None, :]
+    return group[:, None] + dilation * key_coords
+
+
+def neighborhood_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: Tuple[int, int],
+    dilation: Tuple[int, int],
+    rpb: Optional[torch.Tensor],
+    scale: float,
+) -> torch.Tensor:
+    """Per-query gather of the ``Kh x Kw`` neighbourhood, softmax over it, weighted sum of values."""
+    batch, height, width, heads, head_dim = q.shape
+    device = q.device
+    rows = neighborhood_indices(height, kernel_size[0], dilation[0]).to(device)  # (H, Kh)
+    cols = neighborhood_indices(width, kernel_size[1], dilation[1]).to(device)  # (W, Kw)
+    row_index = rows[:, None, :, None]  # (H, 1, Kh, 1)
+    col_index = cols[None, :, None, :]  # (1, W, 1, Kw)
+    keys = k[:, row_index, col_index]  # (B, H, W, Kh, Kw, heads, d)
+    values = v[:, row_index, col_index]
+    logits = torch.einsum("byxhc,byxijhc->byxhij", q, keys) * scale
+    if rpb is not None:
+        # (key - query) / dilation + K - 1, per axis: the NAT/DiNAT checkpoint convention.
+        rel_rows = (rows - torch.arange(height, device=device)[:, None]) // dilation[0] + kernel_size[0] - 1
+        rel_cols = (cols - torch.arange(width, device=device)[:, None]) // dilation[1] + kernel_size[1] - 1
+        bias = rpb[:, rel_rows[:, None, :, None], rel_cols[None, :, None, :]]  # (heads, H, W, Kh, Kw)
+        logits = logits + bias.permute(1, 2, 0, 3, 4).unsqueeze(0)
+    probs = logits.flatten(-2).softmax(dim=-1).view_as(logits)
+    return torch.einsum("byxhij,byxijhc->byxhc", probs, values)
+
+
+def swin_region_labels(length: int, window: int, shift: int) -> torch.Tensor:
+    """Region id of each position of the rolled map along one axis, as Swin's shifted-window mask defines it."""
+    labels = torch.zeros(length, dtype=torch.long)
+    if shift > 0:
+        labels[length - window:length - shift] = 1
+        labels[length - shift:] = 2
+    return labels
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window_size: Tuple[int, int],
+    shift_size: Tuple[int, int],
+    rpb: Optional[torch.Tensor],
+    scale: float,
+) -> torch.Tensor:
+    """Roll, partition into windows, masked attention in each window with rpb, merge, roll back (Swin W/SW-MSA)."""
+    batch, height, width, heads, head_dim = q.shape
+    wh, ww = window_size
+    sh, sw = shift_size
+    device = q.device
+
+    def partition(x: torch.Tensor) -> torch.Tensor:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        x = x.view(batch, height // wh, wh, width // ww, ww, heads, head_dim)
+        return x.permute(0, 1, 3, 5, 2, 4, 6).reshape(batch, height // wh, width // ww, heads, wh * ww, head_dim)
+
+    qw, kw, vw = partition(q), partition(k), partition(v)
+    logits = torch.einsum("bijhqc,bijhkc->bijhqk", qw, kw) * scale
+
+    ys, xs = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    if rpb is not None:
+        rel_y = ys[None, :] - ys[:, None] + wh - 1  # [query, key] -> key - query
+        rel_x = xs[None, :] - xs[:, None] + ww - 1
+        logits = logits + rpb[:, rel_y, rel_x][None, None, None]
+
+    labels_y = swin_region_labels(height, wh, sh).to(device).view(height // wh, wh)
+    labels_x = swin_region_labels(width, ww, sw).to(device).view(width // ww, ww)
+    region = labels_y[:, None, :, None] * 3 + labels_x[None, :, None, :]  # (nWh, nWw, wh, ww)
+    region = region.reshape(height // wh, width // ww, wh * ww)
+    blocked = region[:, :, :, None] != region[:, :, None, :]  # (nWh, nWw, query, key)
+    logits = logits.masked_fill(blocked[None, :, :, None], float("-inf"))
+
+    out = torch.einsum("bijhqk,bijhkc->bijhqc", logits.softmax(dim=-1), vw)
+    out = out.view(batch, height // wh, width // ww, heads, wh, ww, head_dim)
+    out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, height, width, heads, head_dim)
+    return torch.roll(out, shifts=(sh, sw), dims=(1, 2))

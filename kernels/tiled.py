@@ -1,0 +1,250 @@
+"""Fast PyTorch path for local attention over a 2-D map (the ``torch`` backend).
+
+Neighborhood attention and (shifted) window attention are both "each query attends to a small set of keys near it".
+This module treats them as one problem:
+
+* the queries are cut into tiles of ``Th x Tw`` tokens (along each dilation group for NA, along the rolled map for
+  shifted windows), so all index arithmetic (dilation groups, border clamping, roll, window partition) lives in
+  per-axis index tables built once per shape and cached;
+* every tile attends to one key region of ``Rh x Rw`` tokens that holds the neighbourhoods of all its queries;
+* one gather per tensor brings tiles and regions into SDPA layout, one call to
+  ``scaled_dot_product_attention`` does the work with an additive mask (rpb for allowed keys, ``-inf`` elsewhere),
+  and one gather writes the result back heads-last.
+
+Memory is ``O(B * H * W * heads * Rh * Rw)`` with ``R = min(T + K - 1, L)``: never an ``(H W)^2`` score matrix.
+Autograd flows through the gathers and SDPA, so q, k, v and rpb all get gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .reference import neighborhood_starts, swin_region_labels
+
+# Query tile side for neighborhood attention; the key region side is tile + kernel - 1. Chosen by
+# benchmarks/bench_kernels.py on CPU: smaller tiles waste fewer FLOPs on masked keys, larger ones make fewer,
+# bigger matmuls.
+DEFAULT_NA_TILE = 7
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Index tables for one axis: ``tiles`` tiles of ``tile`` queries, each with a region of ``region`` keys."""
+
+    query_index: torch.Tensor  # (tiles, tile) map position read for each query slot
+    key_index: torch.Tensor  # (tiles, region) map position read for each key slot
+    allowed: Optional[torch.Tensor]  # (tiles, tile, region) bool; None when every key is allowed
+    relative: torch.Tensor  # (tiles, tile, region) key - query in kernel units, shifted by kernel - 1
+    output_slot: torch.Tensor  # (length,) flat slot (tile * tile_size + j) that holds each map position
+
+    @property
+    def tiles(self) -> int:
+        return self.query_index.shape[0]
+
+    @property
+    def tile(self) -> int:
+        return self.query_index.shape[1]
+
+    @property
+    def region(self) -> int:
+        return self.key_index.shape[1]
+
+
+def neighborhood_axis_plan(length: int, kernel: int, dilation: int, tile: int = DEFAULT_NA_TILE) -> AxisPlan:
+    """Tile one axis for neighborhood attention (requires ``length >= kernel * dilation``)."""
+    group_lengths = [length // dilation + (1 if g < length % dilation else 0) for g in range(dilation)]
+    longest = max(group_lengths)
+    tile = min(tile, longest)
+    region = min(tile + kernel - 1, longest)
+    starts_full = neighborhood_starts(length, kernel, dilation)
+
+    query_rows, key_rows, allowed_rows, relative_rows = [], [], [], []
+    output_slot = torch.empty(length, dtype=torch.long)
+    for group, group_length in enumerate(group_lengths):
+        # Neighbourhood start (group coordinate) of each query of this group.
+        starts = starts_full[group::dilation]
+        tiles_in_group = -(-group_length // tile)
+        for t in range(tiles_in_group):
+            first = min(t * tile, max(group_length - tile, 0))
+            coords = torch.arange(first, first + tile)
+            valid_query = coords < group_length
+            coords = coords.clamp(max=group_length - 1)  # padded slots repeat the last query; results dropped
+            region_first = max(0, min(int(starts[coords[0]]), group_length - region))
+            key_coords = torch.arange(region_first, region_first + region)
+            valid_key = key_coords < group_length
+            query_start = starts[coords][:, None]
+            inside = (key_coords[None, :] >= query_start) & (key_coords[None, :] < query_start + kernel)
+            tile_index = len(query_rows)
+            for j in range(tile):
+                if valid_query[j]:
+                    output_slot[group + dilation * int(coords[j])] = tile_index * tile + j
+            query_rows.append(group + dilation * coords)
+            key_rows.append(group + dilation * key_coords.clamp(max=group_length - 1))
+            allowed_rows.append(inside & valid_key[None, :])
+            relative_rows.append((key_coords[None, :] - coords[:, None] + kernel - 1).clamp(0, 2 * kernel - 2))
+    return AxisPlan(
+        query_index=torch.stack(query_rows),
+        key_index=torch.stack(key_rows),
+        allowed=torch.stack(allowed_rows),
+        relative=torch.stack(relative_rows),
+        output_slot=output_slot,
+    )
+
+
+def window_axis_plan(length: int, window: int, shift: int) -> AxisPlan:
+    """Tile one axis for Swin window attention: tiles are the windows of the map rolled by ``-shift``."""
+    tiles = length // window
+    rolled = torch.arange(length).view(tiles, window)
+    source = (rolled + shift) % length  # torch.roll(x, -shift)[p] == x[(p + shift) % length]
+    offsets = torch.arange(window)
+    relative = (offsets[None, :] - offsets[:, None] + window - 1).expand(tiles, window, window)
+    allowed = None
+    if shift > 0:
+        labels = swin_region_labels(length, window, shift).view(tiles, window)
+        allowed = labels[:, :, None] == labels[:, None, :]
+    output_slot = (torch.arange(length) - shift) % length
+    return AxisPlan(source, source, allowed, relative.contiguous(), output_slot)
+
+
+@dataclass(frozen=True)
+class Plan2d:
+    """Flat gather indices and mask layout for a 2-D map, the outer product of two :class:`AxisPlan`."""
+
+    height: int
+    width: int
+    tiles: int
+    query_tokens: int  # Th * Tw
+    key_tokens: int  # Rh * Rw
+    query_index: torch.Tensor  # (query_tokens * tiles,) flat map positions, slot-major
+    key_index: torch.Tensor  # (key_tokens * tiles,) flat map positions, slot-major
+    output_index: torch.Tensor  # (H * W,) flat (slot * tiles + tile) holding each map position
+    blocked: Optional[torch.Tensor]  # (tiles, query_tokens, key_tokens) bool; None when nothing is blocked
+    mask_index: torch.Tensor  # (tiles * Tq * Tk,) flat index into the rpb table (heads, -1) plus a -inf column
+
+
+def _outer(rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """Flat index rows[ty, i] * width + cols[tx, j] laid out as (ty, tx, i, j)."""
+    return rows[:, None, :, None] * width + cols[None, :, None, :]
+
+
+def combine(plan_y: AxisPlan, plan_x: AxisPlan, height: int, width: int, kernel: Tuple[int, int]) -> Plan2d:
+    """Build the 2-D plan; ``kernel`` sizes the rpb table, ``(2 * kernel[0] - 1, 2 * kernel[1] - 1)`` per head."""
+    ny, nx = plan_y.tiles, plan_x.tiles
+    ty, tx, ry, rx = plan_y.tile, plan_x.tile, plan_y.region, plan_x.region
+    tiles = ny * nx
+    # Gathers are slot-major: element (slot, tile) of the flat index, see local_attention.
+    query_index = _outer(plan_y.query_index, plan_x.query_index, width).view(tiles, ty * tx).t().reshape(-1)
+    key_index = _outer(plan_y.key_index, plan_x.key_index, width).view(tiles, ry * rx).t().reshape(-1)
+    tile_y, offset_y = plan_y.output_slot // ty, plan_y.output_slot % ty
+    tile_x, offset_x = plan_x.output_slot // tx, plan_x.output_slot % tx
+    slot = offset_y[:, None] * tx + offset_x[None, :]
+    tile = tile_y[:, None] * nx + tile_x[None, :]
+    output_index = (slot * tiles + tile).reshape(-1)
+
+    def spread(y_part: torch.Tensor, x_part: torch.Tensor) -> torch.Tensor:
+        # (ny, ty, ry) x (nx, tx, rx) -> (ny, nx, ty, tx, ry, rx)
+        return y_part[:, None, :, None, :, None], x_part[None, :, None, :, None, :]
+
+    blocked = None
+    if plan_y.allowed is not None or plan_x.allowed is not None:
+        ay = plan_y.allowed if plan_y.allowed is not None else torch.ones(ny, ty, ry, dtype=torch.bool)
+        ax = plan_x.allowed if plan_x.allowed is not None else torch.ones(nx, tx, rx, dtype=torch.bool)
+        a, b = spread(ay, ax)
+        blocked = ~(a & b).reshape(ny * nx, ty * tx, ry * rx)
+        if not bool(blocked.any()):
+            blocked = None
+    a, b = spread(plan_y.relative, plan_x.relative)
+    mask_index = (a * (2 * kernel[1] - 1) + b).reshape(tiles, ty * tx, ry * rx)
+    if blocked is not None:
+        # Blocked keys read the -inf column appended after the (2Kh-1) x (2Kw-1) table.
+        mask_index = mask_index.masked_fill(blocked, (2 * kernel[0] - 1) * (2 * kernel[1] - 1))
+    return Plan2d(
+        height, width, tiles, ty * tx, ry * rx, query_index, key_index, output_index, blocked, mask_index.reshape(-1)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _neighborhood_plan_cpu(height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int], tile: int) -> Plan2d:
+    plan_y = neighborhood_axis_plan(height, kernel[0], dilation[0], tile)
+    plan_x = neighborhood_axis_plan(width, kernel[1], dilation[1], tile)
+    return combine(plan_y, plan_x, height, width, kernel)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_plan_cpu(height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int]) -> Plan2d:
+    plan_y = window_axis_plan(height, window[0], shift[0])
+    plan_x = window_axis_plan(width, window[1], shift[1])
+    return combine(plan_y, plan_x, height, width, window)
+
+
+def _to_device(plan: Plan2d, device: torch.device) -> Plan2d:
+    moved = {
+        name: (value.to(device) if isinstance(value, torch.Tensor) else value)
+        for name, value in plan.__dict__.items()
+    }
+    return Plan2d(**moved)
+
+
+@functools.lru_cache(maxsize=64)
+def neighborhood_plan(
+    height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int], device: torch.device,
+    tile: int = DEFAULT_NA_TILE,
+) -> Plan2d:
+    """Cached plan for neighborhood attention on an ``height x width`` map."""
+    return _to_device(_neighborhood_plan_cpu(height, width, kernel, dilation, tile), device)
+
+
+@functools.lru_cache(maxsize=64)
+def window_plan(
+    height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int], device: torch.device
+) -> Plan2d:
+    """Cached plan for (shifted) window attention on an ``height x width`` map."""
+    return _to_device(_window_plan_cpu(height, width, window, shift), device)
+
+
+def _attention_mask(
+    plan: Plan2d, rpb: Optional[torch.Tensor], heads: int, dtype: torch.dtype, device: torch.device
+) -> Optional[torch.Tensor]:
+    """Additive mask (1, tiles * heads, Tq, Tk): rpb where allowed, -inf where blocked; None if neither applies."""
+    if rpb is None and plan.blocked is None:
+        return None
+    if rpb is None:
+        mask = torch.zeros(plan.blocked.shape, dtype=dtype, device=device).masked_fill(plan.blocked, float("-inf"))
+        mask = mask[:, None].expand(plan.tiles, heads, plan.query_tokens, plan.key_tokens)
+        return mask.reshape(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
+    # One gather builds the whole mask: blocked entries point at an extra -inf column appended to the table.
+    table = F.pad(rpb.reshape(heads, -1), (0, 1), value=float("-inf"))
+    mask = table.index_select(1, plan.mask_index)  # (heads, tiles * Tq * Tk)
+    mask = mask.view(heads, plan.tiles, plan.query_tokens * plan.key_tokens).transpose(0, 1)
+    return mask.reshape(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
+
+
+def local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: Plan2d,
+    rpb: Optional[torch.Tensor],
+    scale: float,
+) -> torch.Tensor:
+    """Attention of every query tile over its key region, per ``plan``; returns ``(B, H, W, heads, head_dim)``."""
+    batch, height, width, heads, head_dim = q.shape
+
+    def gather(x: torch.Tensor, index: torch.Tensor, tokens: int) -> torch.Tensor:
+        # Slot-major gather (slot, tile) keeps each token's heads * head_dim row contiguous, so (tile, head) merges
+        # into SDPA's head dimension as a strided view and the mask broadcasts over the batch.
+        rows = x.reshape(batch, height * width, heads * head_dim).index_select(1, index)
+        return rows.view(batch, tokens, plan.tiles * heads, head_dim).transpose(1, 2)
+
+    q_tiles = gather(q, plan.query_index, plan.query_tokens)
+    k_tiles = gather(k, plan.key_index, plan.key_tokens)
+    v_tiles = gather(v, plan.key_index, plan.key_tokens)
+    mask = _attention_mask(plan, rpb, heads, q.dtype, q.device)
+    out = F.scaled_dot_product_attention(q_tiles, k_tiles, v_tiles, attn_mask=mask, scale=scale)
+    out = out.transpose(1, 2).reshape(batch, plan.query_tokens * plan.tiles, heads, head_dim)
+    return out.index_select(1, plan.output_index).view(batch, height, width, heads, head_dim)
