@@ -1,0 +1,5 @@
+import sys
+
+from vithub.cli import main
+
+sys.exit(main())

@@ -1,0 +1,289 @@
+"""``vithub bench kernels``: the attention ops against their anchors, side by side in one run.
+
+Every candidate of a row is timed round-robin (one call each, repeated), and the median is kept, so the ratios in a
+row come from the same stretch of a noisy shared machine. Columns:
+
+* ``torch``: our fast backend; ``reference``: our naive backend (small shapes only);
+* ``floor``: SDPA over the same number of disjoint ``K*K``-token blocks, already partitioned: the same FLOPs with no
+  gather and no waste, the practical floor for any local-attention kernel;
+* ``natten``: NATTEN's ``na2d`` (only when NATTEN is installed; its CPU path takes no rpb, so NA rows compare rpb=None);
+* ``timm_core``: timm's Swin attention with identity projections (roll, window partition, SDPA with bias and mask,
+  reverse, roll) on the q/k/v tensor; ``timm_block``: timm's ``SwinTransformerBlock._attn`` with its projections,
+  against ours (same weights: qkv linear, :func:`window_attention`, proj linear).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vithub.kernels import neighborhood_attention, window_attention
+
+# Shapes: (name, B, H, W, heads, head_dim, kernel_or_window, shift); shift is None for NA rows.
+NA_SHAPES = [
+    ("na_anchor_56", 8, 56, 56, 2, 32, 7, None),
+    ("nat_tiny_s1", 8, 56, 56, 2, 32, 7, None),
+    ("nat_tiny_s2", 8, 28, 28, 4, 32, 7, None),
+    ("nat_tiny_s3", 8, 14, 14, 8, 32, 7, None),
+    ("nat_tiny_s4", 8, 7, 7, 16, 32, 7, None),
+]
+WINDOW_SHAPES = [
+    ("swin_tiny_s1", 8, 56, 56, 3, 32, 7, 0),
+    ("swin_tiny_s1_shift", 8, 56, 56, 3, 32, 7, 3),
+    ("swin_tiny_s2", 8, 28, 28, 6, 32, 7, 0),
+    ("swin_tiny_s2_shift", 8, 28, 28, 6, 32, 7, 3),
+    ("swin_tiny_s3", 8, 14, 14, 12, 32, 7, 0),
+    ("swin_tiny_s3_shift", 8, 14, 14, 12, 32, 7, 3),
+    ("swin_tiny_s4", 8, 7, 7, 24, 32, 7, 0),
+]
+REFERENCE_MAX_ELEMENTS = 60_000_000  # gathered (B, H, W, K, K, heads, d) elements the reference may build
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    mode: str  # "fwd" or "fwd+bwd"
+    rpb: bool
+    ms: Dict[str, float]
+
+    def ratios(self) -> Dict[str, float]:
+        base = self.ms.get("torch")
+        if base is None:
+            return {}
+        return {f"torch_vs_{name}": round(value / base, 3) for name, value in self.ms.items() if name != "torch"}
+
+
+def natten_na2d() -> Optional[Callable]:
+    """NATTEN's ``na2d`` when installed (an optional extra), else None."""
+    try:
+        from natten.functional import na2d  # type: ignore
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+    return na2d
+
+
+def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """Median milliseconds per candidate, timed round-robin."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: Dict[str, List[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: round(statistics.median(values), 3) for name, values in samples.items()}
+
+
+def _train_step(fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor]) -> Callable[[], None]:
+    def step() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        fn().float().sum().backward()
+
+    return step
+
+
+def _floor(batch: int, tokens: int, heads: int, head_dim: int, block: int, grad: bool, dtype, device):
+    """SDPA over disjoint ``block``-token groups holding ``tokens`` queries: same FLOPs as a K*K local attention."""
+    groups = -(-tokens // block)
+    q, k, v = (torch.randn(batch, heads * groups, block, head_dim, dtype=dtype, device=device, requires_grad=grad)
+               for _ in range(3))
+    return (lambda: F.scaled_dot_product_attention(q, k, v)), (q, k, v)
+
+
+def bench_neighborhood(repeats: int, device: torch.device, dtype: torch.dtype, shapes: Sequence[tuple]) -> List[Row]:
+    rows: List[Row] = []
+    na2d = natten_na2d()
+    for name, b, h, w, heads, d, kernel, _ in shapes:
+        for with_rpb in (False, True):
+            for mode in ("fwd", "fwd+bwd"):
+                grad = mode == "fwd+bwd"
+                q, k, v = (torch.randn(b, h, w, heads, d, dtype=dtype, device=device, requires_grad=grad)
+                           for _ in range(3))
+                rpb = (torch.randn(heads, 2 * kernel - 1, 2 * kernel - 1, dtype=dtype, device=device,
+                                   requires_grad=grad) if with_rpb else None)
+                leaves = [t for t in (q, k, v, rpb) if t is not None]
+                floor, floor_leaves = _floor(b, h * w, heads, d, kernel * kernel, grad, dtype, device)
+                fns: Dict[str, Callable[[], torch.Tensor]] = {
+                    "torch": lambda: neighborhood_attention(q, k, v, kernel, 1, rpb, backend="torch"),
+                    "floor": floor,
+                }
+                if b * h * w * kernel * kernel * heads * d <= REFERENCE_MAX_ELEMENTS:
+                    fns["reference"] = lambda: neighborhood_attention(q, k, v, kernel, 1, rpb, backend="reference")
+                # NATTEN's CPU path (eager flex) has no rpb and no backward on CPU.
+                if na2d is not None and not with_rpb and (not grad or device.type == "cuda"):
+                    fns["natten"] = lambda: na2d(q, k, v, kernel_size=kernel)
+                rows.append(_run(fns, leaves, floor_leaves, grad, repeats, "neighborhood", name, mode, with_rpb))
+    return rows
+
+
+def _timm_swin(dim: int, heads: int, window: int, shift: int, resolution: int, device, dtype):
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    block = SwinTransformerBlock(dim, (resolution, resolution), num_heads=heads, window_size=window,
+                                 shift_size=shift).to(device=device, dtype=dtype)
+    return block
+
+
+def bench_window(repeats: int, device: torch.device, dtype: torch.dtype, shapes: Sequence[tuple]) -> List[Row]:
+    from timm.models.swin_transformer import window_partition, window_reverse
+
+    rows: List[Row] = []
+    for name, b, h, w, heads, d, window, shift in shapes:
+        dim = heads * d
+        block = _timm_swin(dim, heads, window, shift, h, device, dtype)
+        attn = block.attn
+        shift = block.shift_size[0]  # timm drops the shift when the window covers the map
+        window = block.window_size[0]
+        rpb_ours = _swin_table_to_rpb(attn.relative_position_bias_table.detach(), window, heads)
+        for mode in ("fwd", "fwd+bwd"):
+            grad = mode == "fwd+bwd"
+            qkv = torch.randn(b, h, w, 3, heads, d, dtype=dtype, device=device, requires_grad=grad)
+            rpb = rpb_ours.clone().requires_grad_(grad)
+            leaves = [qkv, rpb]
+            mask = block.attn_mask
+
+            core_attn = type(attn)(dim, heads, window_size=window).to(device=device, dtype=dtype)
+            core_attn.qkv = torch.nn.Identity()
+            core_attn.proj = torch.nn.Identity()
+            core_attn.relative_position_bias_table = attn.relative_position_bias_table
+
+            def timm_core() -> torch.Tensor:
+                x = qkv.view(b, h, w, 3 * dim)
+                if shift:
+                    x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+                windows = window_partition(x, (window, window)).view(-1, window * window, 3 * dim)
+                out = core_attn(windows, mask=mask).view(-1, window, window, dim)
+                out = window_reverse(out, (window, window), h, w)
+                return torch.roll(out, shifts=(shift, shift), dims=(1, 2)) if shift else out
+
+            def ours_core() -> torch.Tensor:
+                q, k, v = qkv.unbind(3)
+                return window_attention(q, k, v, window, shift, rpb, backend="torch")
+
+            floor, floor_leaves = _floor(b, h * w, heads, d, window * window, grad, dtype, device)
+            fns = {"torch": ours_core, "timm_core": timm_core, "floor": floor}
+            if b * h * w * heads * d * window * window <= REFERENCE_MAX_ELEMENTS:
+                fns["reference"] = lambda: window_attention(*qkv.unbind(3), window, shift, rpb, backend="reference")
+            rows.append(_run(fns, leaves + list(core_attn.parameters()), floor_leaves, grad, repeats, "window",
+                             name, mode, True))
+
+            # Whole attention path with projections, same weights on both sides.
+            x = torch.randn(b, h, w, dim, dtype=dtype, device=device, requires_grad=grad)
+
+            def ours_block() -> torch.Tensor:
+                qkv_map = attn.qkv(x).view(b, h, w, 3, heads, d)
+                q, k, v = qkv_map.unbind(3)
+                out = window_attention(q, k, v, window, shift, _swin_table_to_rpb(attn.relative_position_bias_table,
+                                                                                   window, heads), backend="torch")
+                return attn.proj(out.reshape(b, h, w, dim))
+
+            fns_block = {"torch": ours_block, "timm_block": lambda: block._attn(x)}
+            rows.append(_run(fns_block, [x] + list(block.parameters()), [], grad, repeats, "window_block", name, mode,
+                             True))
+    return rows
+
+
+def _swin_table_to_rpb(table: torch.Tensor, window: int, heads: int) -> torch.Tensor:
+    """timm/official Swin table ``((2w-1)^2, heads)`` indexed by query - key -> ours ``(heads, 2w-1, 2w-1)``."""
+    return table.view(2 * window - 1, 2 * window - 1, heads).flip(0, 1).permute(2, 0, 1)
+
+
+def _run(fns, leaves, floor_leaves, grad, repeats, op, name, mode, with_rpb) -> Row:
+    if grad:
+        timed = {key: _train_step(fn, floor_leaves if key == "floor" else leaves) for key, fn in fns.items()}
+        ms = measure(timed, repeats)
+    else:
+        with torch.no_grad():
+            ms = measure(fns, repeats)
+    return Row(op, name, mode, with_rpb, ms)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    columns = ["torch", "floor", "natten", "timm_core", "timm_block", "reference"]
+    header = f"{'op':<13}{'shape':<20}{'mode':<9}{'rpb':<5}" + "".join(f"{c + ' ms':>14}" for c in columns)
+    header += f"{'vs floor':>10}{'vs natten':>11}{'timm/torch':>12}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = "".join(f"{row.ms[c]:>14.2f}" if c in row.ms else f"{'-':>14}" for c in columns)
+        torch_ms = row.ms["torch"]
+        vs_floor = f"{torch_ms / row.ms['floor']:.2f}x" if "floor" in row.ms else "-"
+        vs_natten = f"{row.ms['natten'] / torch_ms:.0f}x" if "natten" in row.ms else "-"
+        timm_key = "timm_core" if "timm_core" in row.ms else "timm_block" if "timm_block" in row.ms else None
+        vs_timm = f"{row.ms[timm_key] / torch_ms:.2f}x" if timm_key else "-"
+        lines.append(f"{row.op:<13}{row.shape:<20}{row.mode:<9}{str(row.rpb):<5}{cells}{vs_floor:>10}"
+                     f"{vs_natten:>11}{vs_timm:>12}")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Write JSON through a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def run_kernel_bench(
+    output: Optional[str] = None, repeats: int = 7, device: str = "cpu", dtype: str = "float32",
+    quick: bool = False, ops: Sequence[str] = ("neighborhood", "window"),
+    na_shapes: Optional[Sequence[tuple]] = None, window_shapes: Optional[Sequence[tuple]] = None,
+) -> dict:
+    """Run the kernel benchmark, print the table, write JSON to ``output`` (if given) and return the payload.
+
+    ``quick`` keeps the first NA shape and the first two window shapes; ``na_shapes``/``window_shapes`` override the
+    shape lists (rows as in :data:`NA_SHAPES` and :data:`WINDOW_SHAPES`).
+    """
+    torch_device = torch.device(device)
+    torch_dtype = getattr(torch, dtype)
+    torch.manual_seed(0)
+    rows: List[Row] = []
+    if na_shapes is None:
+        na_shapes = NA_SHAPES[:1] if quick else NA_SHAPES
+    if window_shapes is None:
+        window_shapes = WINDOW_SHAPES[:2] if quick else WINDOW_SHAPES
+    if "neighborhood" in ops:
+        rows += bench_neighborhood(repeats, torch_device, torch_dtype, na_shapes)
+    if "window" in ops:
+        rows += bench_window(repeats, torch_device, torch_dtype, window_shapes)
+    print(format_table(rows))
+    payload = {
+        "benchmark": "kernels",
+        "device": device_name(torch_device),
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "natten": natten_na2d() is not None,
+        "rows": [dict(row.__dict__, ratios=row.ratios()) for row in rows],
+    }
+    if output:
+        write_json_atomic(output, payload)
+        print(f"wrote {output}")
+    return payload

@@ -1,0 +1,146 @@
+"""Every fast backend against ``reference``: outputs and gradients (q, k, v, rpb), over random configurations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vithub.kernels import neighborhood_attention, window_attention
+
+FAST_BACKENDS = ["torch"]
+TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def neighborhood_cases(draw):
+    kernel = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    # Sizes from exactly K * d (the smallest legal map) up to a few tiles, odd and non-square.
+    height = draw(st.integers(kernel[0] * dilation[0], kernel[0] * dilation[0] + 12))
+    width = draw(st.integers(kernel[1] * dilation[1], kernel[1] * dilation[1] + 12))
+    return dict(
+        batch=draw(st.integers(1, 2)), height=height, width=width, heads=draw(st.integers(1, 3)),
+        head_dim=draw(st.sampled_from([1, 4, 8])), kernel=kernel, dilation=dilation,
+        with_rpb=draw(st.booleans()), dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@st.composite
+def window_cases(draw):
+    window = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
+    shift = (draw(st.integers(0, window[0] - 1)), draw(st.integers(0, window[1] - 1)))
+    return dict(
+        batch=draw(st.integers(1, 2)), height=window[0] * draw(st.integers(1, 4)),
+        width=window[1] * draw(st.integers(1, 4)), heads=draw(st.integers(1, 3)),
+        head_dim=draw(st.sampled_from([1, 4, 8])), window=window, shift=shift, with_rpb=draw(st.booleans()),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])), seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def make_inputs(case, table):
+    gen = torch.Generator().manual_seed(case["seed"])
+    shape = (case["batch"], case["height"], case["width"], case["heads"], case["head_dim"])
+    q, k, v = (torch.randn(*shape, generator=gen, dtype=case["dtype"]) for _ in range(3))
+    rpb = None
+    if case["with_rpb"]:
+        rpb = torch.randn(case["heads"], 2 * table[0] - 1, 2 * table[1] - 1, generator=gen, dtype=case["dtype"])
+    grad_out = torch.randn(*shape, generator=gen, dtype=case["dtype"])
+    return q, k, v, rpb, grad_out
+
+
+def outputs_and_grads(fn, q, k, v, rpb, grad_out):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    rpb_leaf = rpb.detach().clone().requires_grad_(True) if rpb is not None else None
+    out = fn(*leaves, rpb_leaf)
+    out.backward(grad_out)
+    grads = [leaf.grad for leaf in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
+    return out.detach(), grads
+
+
+def assert_backends_agree(fn_for_backend, case, table):
+    q, k, v, rpb, grad_out = make_inputs(case, table)
+    ref_out, ref_grads = outputs_and_grads(fn_for_backend("reference"), q, k, v, rpb, grad_out)
+    for backend in FAST_BACKENDS:
+        out, grads = outputs_and_grads(fn_for_backend(backend), q, k, v, rpb, grad_out)
+        torch.testing.assert_close(out, ref_out, **TOLERANCE[case["dtype"]])
+        for name, got, expected in zip(("q", "k", "v", "rpb"), grads, ref_grads):
+            torch.testing.assert_close(got, expected, **TOLERANCE[case["dtype"]], msg=lambda m: f"grad {name}: {m}")
+
+
+@SETTINGS
+@given(neighborhood_cases())
+def test_neighborhood_backends_match_reference(case):
+    def fn_for(backend):
+        return lambda q, k, v, rpb: neighborhood_attention(q, k, v, case["kernel"], case["dilation"], rpb,
+                                                           backend=backend)
+
+    assert_backends_agree(fn_for, case, case["kernel"])
+
+
+@SETTINGS
+@given(window_cases())
+def test_window_backends_match_reference(case):
+    def fn_for(backend):
+        return lambda q, k, v, rpb: window_attention(q, k, v, case["window"], case["shift"], rpb, backend=backend)
+
+    assert_backends_agree(fn_for, case, case["window"])
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), ((2, 3), (2, 1))])
+def test_neighborhood_gradcheck(backend, kernel, dilation):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 5, 7, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    rpb = torch.randn(2, 2 * kh - 1, 2 * kw - 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, rpb: neighborhood_attention(q, k, v, kernel, dilation, rpb, backend=backend), (q, k, v, rpb)
+    )
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_window_gradcheck(backend):
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 6, 4, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, rpb: window_attention(q, k, v, (3, 2), (1, 1), rpb, backend=backend), (q, k, v, rpb)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_float64_reference(dtype):
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 12, 10, 2, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(2, 9, 9, generator=gen, dtype=torch.float64)
+    expected = neighborhood_attention(q, k, v, 5, 2, rpb, backend="reference")
+    got = neighborhood_attention(q.to(dtype), k.to(dtype), v.to(dtype), 5, 2, rpb.to(dtype), backend="torch")
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=0.05, atol=0.05)
+
+
+def test_torch_backend_memory_is_local():
+    """No (H*W)^2 buffer: the largest saved tensor stays O(B*H*W*heads*R^2) with R = tile + K - 1."""
+    from vithub.kernels import tiled
+
+    height = width = 64
+    q, k, v = (torch.randn(1, height, width, 1, 8, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(1, 5, 5, requires_grad=True)
+    largest = 0
+
+    def pack(tensor):
+        nonlocal largest
+        largest = max(largest, tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        neighborhood_attention(q, k, v, 3, rpb=rpb, backend="torch")
+    tile = tiled.DEFAULT_NA_TILE
+    region = tile + 3 - 1
+    # Query slots are rounded up to whole tiles per axis.
+    assert largest <= (height + tile) * (width + tile) * region * region
+    assert largest < (height * width) ** 2 // 50
