@@ -127,7 +127,7 @@ def test_torch_backend_memory_is_local():
     """No (H*W)^2 buffer: the largest saved tensor stays O(B*H*W*heads*R^2) with R = tile + K - 1."""
     from vithub.kernels import tiled
 
-    height = width = 64
+    height = width = 96
     q, k, v = (torch.randn(1, height, width, 1, 8, requires_grad=True) for _ in range(3))
     rpb = torch.randn(1, 5, 5, requires_grad=True)
     largest = 0
