@@ -1,0 +1,141 @@
+"""The timm contract every vh model must keep (design.md §5), as plain check functions.
+
+``test_contract.py`` runs them over ``timm.list_models("vh_*")``; each family only registers models (and, when a
+model is big, adds small constructor kwargs to ``CONTRACT_KWARGS``) to get the whole contract checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import timm
+import torch
+
+# Small constructor kwargs per model name (exact name or prefix ending in "*"): keeps the suite fast on 2 CPU cores.
+CONTRACT_KWARGS: Dict[str, Dict[str, Any]] = {}
+# Input (H, W) per model name/prefix; default: 64 x 64 (families support any input size).
+CONTRACT_INPUT: Dict[str, Tuple[int, int]] = {}
+DEFAULT_INPUT = (64, 64)
+ODD_INPUTS = [(72, 40), (50, 83)]  # non-square, not divisible by 32 or by a 7-token window
+
+
+def _lookup(table: Dict[str, Any], name: str, default: Any) -> Any:
+    if name in table:
+        return table[name]
+    for key, value in table.items():
+        if key.endswith("*") and name.startswith(key[:-1]):
+            return value
+    return default
+
+
+def contract_kwargs(name: str) -> Dict[str, Any]:
+    return dict(_lookup(CONTRACT_KWARGS, name, {}))
+
+
+def contract_input(name: str) -> Tuple[int, int]:
+    return _lookup(CONTRACT_INPUT, name, DEFAULT_INPUT)
+
+
+def make_model(name: str, **extra: Any) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **{**contract_kwargs(name), **extra})
+
+
+def random_images(batch: int, size: Tuple[int, int], seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def check_forward_backward(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """Logits have shape (B, num_classes), are finite, and every trainable parameter gets a finite gradient."""
+    model.train()
+    out = model(random_images(2, size))
+    assert out.shape == (2, model.num_classes), f"logits shape {tuple(out.shape)}"
+    assert torch.isfinite(out).all(), "non-finite logits"
+    out.float().pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:10]}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad[:10]}"
+
+
+def check_features_only(name: str, size: Tuple[int, int]) -> None:
+    """features_only returns NCHW maps matching feature_info (channels, reduction), and out_indices selects."""
+    model = make_model(name, features_only=True).eval()
+    info = model.feature_info
+    with torch.no_grad():
+        feats = model(random_images(1, size))
+    assert len(feats) == len(info.channels()) >= 1
+    for feat, channels, reduction in zip(feats, info.channels(), info.reduction()):
+        assert feat.dim() == 4 and feat.shape[1] == channels, f"feature {tuple(feat.shape)} vs {channels} channels"
+        expected = (-(-size[0] // reduction), -(-size[1] // reduction))
+        assert abs(feat.shape[2] - expected[0]) <= 1 and abs(feat.shape[3] - expected[1]) <= 1, (
+            f"feature {tuple(feat.shape[2:])} at reduction {reduction} of input {size}"
+        )
+    last = len(info.channels()) - 1
+    picked = make_model(name, features_only=True, out_indices=(last,)).eval()
+    with torch.no_grad():
+        only = picked(random_images(1, size))
+    assert len(only) == 1 and only[0].shape == feats[-1].shape
+
+
+def check_forward_intermediates(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """forward_intermediates gives the same final features as forward_features plus NCHW intermediates."""
+    model.eval()
+    x = random_images(1, size)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        expected = model.forward_features(x)
+        assert len(intermediates) >= 1 and all(t.dim() == 4 for t in intermediates)
+        torch.testing.assert_close(final, expected)
+        only = model.forward_intermediates(x, intermediates_only=True)
+        assert len(only) == len(intermediates)
+
+
+def check_reset_classifier(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    model.eval()
+    x = random_images(1, size)
+    model.reset_classifier(7)
+    with torch.no_grad():
+        assert model(x).shape == (1, 7)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (1, model.num_features)
+
+
+def check_grad_checkpointing(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """Checkpointing changes memory, not results: same output and same gradients."""
+    model.train()
+    x = random_images(2, size)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        out = model(x)
+        out.float().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    model.set_grad_checkpointing(False)
+    out_plain, grads_plain = run()
+    model.set_grad_checkpointing(True)
+    out_ckpt, grads_ckpt = run()
+    model.set_grad_checkpointing(False)
+    torch.testing.assert_close(out_ckpt, out_plain)
+    for a, b in zip(grads_ckpt, grads_plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def check_odd_sizes(model: torch.nn.Module) -> None:
+    model.eval()
+    for size in ODD_INPUTS:
+        with torch.no_grad():
+            out = model(random_images(1, size))
+        assert out.shape == (1, model.num_classes) and torch.isfinite(out).all(), f"input {size}"
+
+
+def check_torch_compile(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    model.eval()
+    x = random_images(1, size)
+    with torch.no_grad():
+        expected = model(x)
+        compiled = torch.compile(model)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-4)

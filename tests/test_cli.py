@@ -1,0 +1,75 @@
+"""The ``vithub`` command: list, info, bench kernels; and the catalogue helpers behind them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vithub import cli, models
+from vithub.bench import run_kernel_bench
+
+
+def test_summarize_counts_params_and_macs_of_a_known_model():
+    # resnet18 at 224: 11.69M parameters and 1.82 GMACs (timm's published numbers).
+    row = models.summarize("resnet18")
+    assert row.params_m == pytest.approx(11.69, abs=0.01)
+    assert row.gmacs == pytest.approx(1.82, abs=0.01)
+    assert row.input_size == (3, 224, 224)
+    assert "a1_in1k" in row.pretrained_tags
+
+
+def test_list_json_lists_exactly_the_vh_models(capsys):
+    assert cli.main(["list", "--json", "--no-macs"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows] == models.list_vithub_models()
+
+
+def test_info_prints_cfg_and_feature_info(capsys):
+    assert cli.main(["info", "resnet18.a1_in1k"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "resnet18"
+    assert info["pretrained_cfg"]["input_size"] == [3, 224, 224]
+    assert [f["reduction"] for f in info["feature_info"]] == [2, 4, 8, 16, 32]
+
+
+def test_unknown_model_gets_close_matches(capsys):
+    assert cli.main(["info", "resnet_18"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet_18'" in err and "resnet18" in err
+
+
+def test_bad_bench_arguments_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "kernels", "--repeats", "0"])
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_kernel_bench_writes_table_and_json(tmp_path, capsys):
+    output = tmp_path / "results" / "kernels.json"
+    payload = run_kernel_bench(
+        output=str(output), repeats=1,
+        na_shapes=[("tiny_na", 1, 10, 9, 2, 8, 3, None)],
+        window_shapes=[("tiny_window", 1, 8, 8, 2, 8, 4, 2)],
+    )
+    table = capsys.readouterr().out
+    assert "tiny_na" in table and "tiny_window" in table
+    saved = json.loads(output.read_text())
+    assert saved == payload
+    na_rows = [row for row in saved["rows"] if row["op"] == "neighborhood"]
+    assert {row["mode"] for row in na_rows} == {"fwd", "fwd+bwd"}
+    assert all({"torch", "floor", "reference"} <= set(row["ms"]) for row in na_rows)
+    window_ops = {row["op"] for row in saved["rows"]}
+    assert window_ops == {"neighborhood", "window", "window_block"}
+    assert all(value > 0 for row in saved["rows"] for value in row["ms"].values())
+    assert not list(output.parent.glob("*.tmp"))
+
+
+def test_console_script_and_module_entry_points():
+    for command in (["vithub", "list", "--no-macs"], [sys.executable, "-m", "vithub", "list", "--no-macs"]):
+        if command[0] == "vithub":
+            command[0] = str(__import__("pathlib").Path(sys.executable).with_name("vithub"))
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr

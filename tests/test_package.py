@@ -1,0 +1,45 @@
+"""Packaging: one ``vithub`` namespace over the fixed folders, nothing installed at top level but ``vithub``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "module, folder",
+    [("vithub", "hub"), ("vithub.backbones", "backbones"), ("vithub.kernels", "kernels"),
+     ("vithub.train", "train"), ("vithub.detection", "detection")],
+)
+def test_namespace_maps_the_folders(module, folder):
+    imported = importlib.import_module(module)
+    assert Path(imported.__file__).resolve().parent == (REPO_ROOT / folder).resolve()
+
+
+@pytest.mark.parametrize("name", ["kernels", "train", "hub", "backbones", "detection"])
+def test_no_top_level_modules_leak(name, monkeypatch):
+    # pytest puts tests/ and the rootdir on sys.path; look only at installed locations.
+    import sys
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != REPO_ROOT])
+    importlib.invalidate_caches()
+    assert importlib.util.find_spec(name) is None
+
+
+def test_kernels_import_nothing_else_from_vithub():
+    import re
+
+    for path in (REPO_ROOT / "kernels").glob("*.py"):
+        imports = re.findall(r"^\s*(?:from|import)\s+(vithub\S*)", path.read_text(), flags=re.M)
+        assert not imports, f"{path.name} imports {imports}"
+
+
+def test_version_is_exposed():
+    import vithub
+
+    assert vithub.__version__ != "0.0.0"
