@@ -217,11 +217,49 @@ def _attention_mask(
         mask = torch.zeros(plan.blocked.shape, dtype=dtype, device=device).masked_fill(plan.blocked, float("-inf"))
         mask = mask[:, None].expand(plan.tiles, heads, plan.query_tokens, plan.key_tokens)
         return mask.reshape(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
-    # One gather builds the whole mask: blocked entries point at an extra -inf column appended to the table.
+    # One gather builds the whole mask: blocked entries read an extra -inf column appended to each head's table.
     table = F.pad(rpb.reshape(heads, -1), (0, 1), value=float("-inf"))
-    mask = table.index_select(1, plan.mask_index)  # (heads, tiles * Tq * Tk)
-    mask = mask.view(heads, plan.tiles, plan.query_tokens * plan.key_tokens).transpose(0, 1)
-    return mask.reshape(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
+    index = plan.mask_index.view(plan.tiles, 1, -1) + table.shape[1] * torch.arange(heads, device=device)[:, None]
+    mask = table.reshape(-1).index_select(0, index.reshape(-1))
+    return mask.view(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
+
+
+class _MaskedAttention(torch.autograd.Function):
+    """SDPA whose additive mask also gets a gradient, without giving up SDPA's fused kernels.
+
+    PyTorch's fused CPU/CUDA attention kernels cannot return a mask gradient, so a mask that requires grad drops
+    SDPA to its unfused math path (several times slower here). Instead: q, k, v gradients come from the fused
+    backward with the mask held constant, and the mask gradient dS = P * (dP - rowsum(dO * O)), summed over the
+    batch the mask broadcasts across, is formed from two matmuls.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):  # type: ignore[override]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(q, k, v, mask, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, mask, out = ctx.saved_tensors
+        mask = mask.detach()  # a mask that requires grad would send SDPA down its unfused path
+        grad_q = grad_k = grad_v = grad_mask = None
+        if any(ctx.needs_input_grad[:3]):
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3])]
+                recomputed = F.scaled_dot_product_attention(*leaves, attn_mask=mask, scale=ctx.scale)
+                wanted = [leaf for leaf in leaves if leaf.requires_grad]
+                grads = iter(torch.autograd.grad(recomputed, wanted, grad_out))
+            grad_q, grad_k, grad_v = (next(grads) if need else None for need in ctx.needs_input_grad[:3])
+        if ctx.needs_input_grad[3]:
+            logits = torch.matmul(q, k.transpose(-1, -2)).mul_(ctx.scale).add_(mask)
+            probs = logits.softmax(dim=-1)
+            del logits
+            grad_probs = torch.matmul(grad_out, v.transpose(-1, -2))
+            grad_probs.sub_((grad_out * out).sum(dim=-1, keepdim=True))
+            grad_mask = probs.mul_(grad_probs).sum(dim=0, keepdim=True)
+        return grad_q, grad_k, grad_v, grad_mask, None
 
 
 def local_attention(
@@ -245,6 +283,9 @@ def local_attention(
     k_tiles = gather(k, plan.key_index, plan.key_tokens)
     v_tiles = gather(v, plan.key_index, plan.key_tokens)
     mask = _attention_mask(plan, rpb, heads, q.dtype, q.device)
-    out = F.scaled_dot_product_attention(q_tiles, k_tiles, v_tiles, attn_mask=mask, scale=scale)
+    if mask is not None and mask.requires_grad:
+        out = _MaskedAttention.apply(q_tiles, k_tiles, v_tiles, mask, scale)
+    else:
+        out = F.scaled_dot_product_attention(q_tiles, k_tiles, v_tiles, attn_mask=mask, scale=scale)
     out = out.transpose(1, 2).reshape(batch, plan.query_tokens * plan.tiles, heads, head_dim)
     return out.index_select(1, plan.output_index).view(batch, height, width, heads, head_dim)
