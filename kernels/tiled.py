@@ -12,7 +12,8 @@ This module treats them as one problem:
   and one gather writes the result back heads-last.
 
 Memory is ``O(B * H * W * heads * Rh * Rw)`` with ``R = min(T + K - 1, L)``: never an ``(H W)^2`` score matrix.
-Autograd flows through the gathers and SDPA, so q, k, v and rpb all get gradients.
+Autograd flows through the gathers and SDPA (or :class:`_MaskedAttention` when rpb needs a gradient), so q, k, v
+and rpb all get gradients.
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def combine(plan_y: AxisPlan, plan_x: AxisPlan, height: int, width: int, kernel:
     tile = tile_y[:, None] * nx + tile_x[None, :]
     output_index = (slot * tiles + tile).reshape(-1)
 
-    def spread(y_part: torch.Tensor, x_part: torch.Tensor) -> torch.Tensor:
-        # (ny, ty, ry) x (nx, tx, rx) -> (ny, nx, ty, tx, ry, rx)
+    def spread(y_part: torch.Tensor, x_part: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        # (ny, ty, ry) and (nx, tx, rx) broadcast to (ny, nx, ty, tx, ry, rx)
         return y_part[:, None, :, None, :, None], x_part[None, :, None, :, None, :]
 
     blocked = None
@@ -277,19 +278,26 @@ def local_attention(
     """Attention of every query tile over its key region, per ``plan``; returns ``(B, H, W, heads, head_dim)``."""
     batch, height, width, heads, head_dim = q.shape
 
-    def gather(x: torch.Tensor, index: torch.Tensor, tokens: int) -> torch.Tensor:
-        # Slot-major gather (slot, tile) keeps each token's heads * head_dim row contiguous, so (tile, head) merges
-        # into SDPA's head dimension as a strided view and the mask broadcasts over the batch.
-        rows = x.reshape(batch, height * width, heads * head_dim).index_select(1, index)
-        return rows.view(batch, tokens, plan.tiles * heads, head_dim).transpose(1, 2)
+    # Gathers index rows of (B * H * W, heads * head_dim): dim-0 index_select copies whole rows and takes the row
+    # stride of a qkv slice as is, where a dim-1 gather would first copy the strided input.
+    offsets = torch.arange(batch, device=q.device)[:, None] * (height * width)
 
-    q_tiles = gather(q, plan.query_index, plan.query_tokens)
-    k_tiles = gather(k, plan.key_index, plan.key_tokens)
-    v_tiles = gather(v, plan.key_index, plan.key_tokens)
+    def gather(x: torch.Tensor, rows: torch.Tensor, tokens: int) -> torch.Tensor:
+        # Slot-major (slot, tile) order keeps (tile, head) adjacent, so it merges into SDPA's head axis as a view
+        # and the mask broadcasts over the batch.
+        gathered = x.reshape(batch * height * width, heads * head_dim).index_select(0, rows)
+        return gathered.view(batch, tokens, plan.tiles * heads, head_dim).transpose(1, 2)
+
+    key_rows = (plan.key_index + offsets).view(-1)
+    q_tiles = gather(q, (plan.query_index + offsets).view(-1), plan.query_tokens)
+    k_tiles = gather(k, key_rows, plan.key_tokens)
+    v_tiles = gather(v, key_rows, plan.key_tokens)
     mask = _attention_mask(plan, rpb, heads, q.dtype, q.device)
     if mask is not None and mask.requires_grad:
         out = _MaskedAttention.apply(q_tiles, k_tiles, v_tiles, mask, scale)
     else:
         out = F.scaled_dot_product_attention(q_tiles, k_tiles, v_tiles, attn_mask=mask, scale=scale)
-    out = out.transpose(1, 2).reshape(batch, plan.query_tokens * plan.tiles, heads, head_dim)
-    return out.index_select(1, plan.output_index).view(batch, height, width, heads, head_dim)
+    slots = plan.query_tokens * plan.tiles
+    out = out.transpose(1, 2).reshape(batch * slots, heads * head_dim)
+    out_index = plan.output_index + torch.arange(batch, device=q.device)[:, None] * slots
+    return out.index_select(0, out_index.view(-1)).view(batch, height, width, heads, head_dim)
