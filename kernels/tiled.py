@@ -191,6 +191,8 @@ def _to_device(plan: Plan2d, device: torch.device) -> Plan2d:
     return Plan2d(**moved)
 
 
+# Plans are built eagerly and cached; torch.compile must not trace (and re-run) their Python index arithmetic.
+@torch.compiler.disable
 @functools.lru_cache(maxsize=64)
 def neighborhood_plan(
     height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int], device: torch.device,
@@ -200,6 +202,7 @@ def neighborhood_plan(
     return _to_device(_neighborhood_plan_cpu(height, width, kernel, dilation, tile), device)
 
 
+@torch.compiler.disable
 @functools.lru_cache(maxsize=64)
 def window_plan(
     height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int], device: torch.device
