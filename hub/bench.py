@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from vithub.kernels import neighborhood_attention, window_attention
+from vithub.kernels import neighborhood_attention, rpb_from_swin_table, window_attention
 
 # Shapes: (name, B, H, W, heads, head_dim, kernel_or_window, shift); shift is None for NA rows.
 NA_SHAPES = [
@@ -147,7 +147,7 @@ def bench_window(repeats: int, device: torch.device, dtype: torch.dtype, shapes:
         attn = block.attn
         shift = block.shift_size[0]  # timm drops the shift when the window covers the map
         window = block.window_size[0]
-        rpb_ours = _swin_table_to_rpb(attn.relative_position_bias_table.detach(), window, heads)
+        rpb_ours = rpb_from_swin_table(attn.relative_position_bias_table.detach(), window)
         for mode in ("fwd", "fwd+bwd"):
             grad = mode == "fwd+bwd"
             qkv = torch.randn(b, h, w, 3, heads, d, dtype=dtype, device=device, requires_grad=grad)
@@ -186,19 +186,14 @@ def bench_window(repeats: int, device: torch.device, dtype: torch.dtype, shapes:
             def ours_block() -> torch.Tensor:
                 qkv_map = attn.qkv(x).view(b, h, w, 3, heads, d)
                 q, k, v = qkv_map.unbind(3)
-                out = window_attention(q, k, v, window, shift, _swin_table_to_rpb(attn.relative_position_bias_table,
-                                                                                   window, heads), backend="torch")
+                rpb_block = rpb_from_swin_table(attn.relative_position_bias_table, window)
+                out = window_attention(q, k, v, window, shift, rpb_block, backend="torch")
                 return attn.proj(out.reshape(b, h, w, dim))
 
             fns_block = {"torch": ours_block, "timm_block": lambda: block._attn(x)}
             rows.append(_run(fns_block, [x] + list(block.parameters()), [], grad, repeats, "window_block", name, mode,
                              True))
     return rows
-
-
-def _swin_table_to_rpb(table: torch.Tensor, window: int, heads: int) -> torch.Tensor:
-    """timm/official Swin table ``((2w-1)^2, heads)`` indexed by query - key -> ours ``(heads, 2w-1, 2w-1)``."""
-    return table.view(2 * window - 1, 2 * window - 1, heads).flip(0, 1).permute(2, 0, 1)
 
 
 def _run(fns, leaves, floor_leaves, grad, repeats, op, name, mode, with_rpb) -> Row:

@@ -14,7 +14,7 @@ from .dispatch import (
     triton_available,
     use_backend,
 )
-from .ops import neighborhood_attention, window_attention
+from .ops import neighborhood_attention, rpb_from_swin_table, window_attention
 
 __all__ = [
     "BACKENDS",
@@ -22,6 +22,7 @@ __all__ = [
     "available_backends",
     "current_backend",
     "neighborhood_attention",
+    "rpb_from_swin_table",
     "triton_available",
     "use_backend",
     "window_attention",

@@ -66,7 +66,7 @@ def window_attention(
         q, k, v: ``(B, H, W, heads, head_dim)`` with ``H``, ``W`` multiples of the window.
         window_size: int or ``(wh, ww)``.
         shift_size: int or pair, each ``0 <= shift < window``.
-        rpb: ``(heads, 2wh-1, 2ww-1)`` indexed by key minus query (Swin's own table is query minus key: flip it).
+        rpb: ``(heads, 2wh-1, 2ww-1)`` indexed by key minus query (convert Swin tables with :func:`rpb_from_swin_table`).
         scale: logit scale, default ``head_dim ** -0.5``.
         backend: ``None`` (by device), ``"reference"``, ``"torch"`` or ``"triton"``.
     """
@@ -81,3 +81,18 @@ def window_attention(
         return reference.window_attention(q, k, v, window, shift, rpb, softmax_scale)
     plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device)
     return tiled.local_attention(q, k, v, plan, rpb, softmax_scale)
+
+
+def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:
+    """Convert a Swin relative-position table to this layer's rpb convention.
+
+    Swin (timm and official) stores ``((2wh-1) * (2ww-1), heads)`` rows indexed by query minus key; the ops take
+    ``(heads, 2wh-1, 2ww-1)`` indexed by key minus query, so both axes are flipped.
+    """
+    wh, ww = pair(window_size, "window_size")
+    if table.dim() != 2 or table.shape[0] != (2 * wh - 1) * (2 * ww - 1):
+        raise ValueError(
+            f"table must have shape ((2wh-1)*(2ww-1), heads) = ({(2 * wh - 1) * (2 * ww - 1)}, heads) for window "
+            f"{(wh, ww)}, got {tuple(table.shape)}"
+        )
+    return table.view(2 * wh - 1, 2 * ww - 1, -1).flip(0, 1).permute(2, 0, 1)

@@ -12,7 +12,13 @@ import itertools
 import pytest
 import torch
 
-from vithub.kernels import BackendUnavailableError, neighborhood_attention, use_backend, window_attention
+from vithub.kernels import (
+    BackendUnavailableError,
+    neighborhood_attention,
+    rpb_from_swin_table,
+    use_backend,
+    window_attention,
+)
 from vithub.kernels.reference import neighborhood_indices
 
 BACKENDS = ["reference", "torch"]
@@ -149,8 +155,7 @@ def test_window_attention_matches_timm_swin(backend, height, width, window, shif
     qkv = torch.randn(2, height, width, 3, heads, head_dim, generator=gen, dtype=torch.float64)
     table = torch.randn((2 * window - 1) ** 2, heads, generator=gen, dtype=torch.float64)
     expected, used_window, used_shift = timm_swin_attention(qkv, window, shift, table)
-    # timm indexes its table by query - key: flip both axes for our key - query convention.
-    rpb = table.view(2 * window - 1, 2 * window - 1, heads).flip(0, 1).permute(2, 0, 1)
+    rpb = rpb_from_swin_table(table, window)
     q, k, v = qkv.unbind(3)
     if used_window != (window, window):
         # Crop the table to the window timm used along each axis (centre rows/cols of the full table).
@@ -215,6 +220,7 @@ def _qkv(*shape, dtype=torch.float32):
         (lambda: window_attention(*_qkv(1, 8, 8, 2, 4), 4, shift_size=-1), "shift_size must be >= 0"),
         (lambda: window_attention(*_qkv(1, 8, 8, 2, 4), 4, rpb=torch.randn(2, 7, 7, dtype=torch.float64)),
          "rpb must have the same dtype"),
+        (lambda: rpb_from_swin_table(torch.randn(49, 3), 7), r"table must have shape \(\(2wh-1\)\*\(2ww-1\), heads\)"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(call, message):
