@@ -30,8 +30,7 @@ from vithub.kernels import neighborhood_attention, rpb_from_swin_table, window_a
 
 # Shapes: (name, B, H, W, heads, head_dim, kernel_or_window, shift); shift is None for NA rows.
 NA_SHAPES = [
-    ("na_anchor_56", 8, 56, 56, 2, 32, 7, None),
-    ("nat_tiny_s1", 8, 56, 56, 2, 32, 7, None),
+    ("anchor_nat_tiny_s1", 8, 56, 56, 2, 32, 7, None),  # the 56x56 anchor is also NAT-Tiny's stage-1 shape
     ("nat_tiny_s2", 8, 28, 28, 4, 32, 7, None),
     ("nat_tiny_s3", 8, 14, 14, 8, 32, 7, None),
     ("nat_tiny_s4", 8, 7, 7, 16, 32, 7, None),
@@ -56,11 +55,10 @@ class Row:
     rpb: bool
     ms: Dict[str, float]
 
-    def ratios(self) -> Dict[str, float]:
-        base = self.ms.get("torch")
-        if base is None:
-            return {}
-        return {f"torch_vs_{name}": round(value / base, 3) for name, value in self.ms.items() if name != "torch"}
+    def speedups(self) -> Dict[str, float]:
+        """Other candidate's ms / ours: > 1 means our ``torch`` backend is faster."""
+        base = self.ms["torch"]
+        return {f"torch_speedup_vs_{name}": round(value / base, 3) for name, value in self.ms.items() if name != "torch"}
 
 
 def natten_na2d() -> Optional[Callable]:
@@ -129,36 +127,29 @@ def bench_neighborhood(repeats: int, device: torch.device, dtype: torch.dtype, s
     return rows
 
 
-def _timm_swin(dim: int, heads: int, window: int, shift: int, resolution: int, device, dtype):
-    from timm.models.swin_transformer import SwinTransformerBlock
-
-    block = SwinTransformerBlock(dim, (resolution, resolution), num_heads=heads, window_size=window,
-                                 shift_size=shift).to(device=device, dtype=dtype)
-    return block
-
-
 def bench_window(repeats: int, device: torch.device, dtype: torch.dtype, shapes: Sequence[tuple]) -> List[Row]:
-    from timm.models.swin_transformer import window_partition, window_reverse
+    from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 
     rows: List[Row] = []
     for name, b, h, w, heads, d, window, shift in shapes:
         dim = heads * d
-        block = _timm_swin(dim, heads, window, shift, h, device, dtype)
+        block = SwinTransformerBlock(dim, (h, w), num_heads=heads, window_size=window, shift_size=shift)
+        block = block.to(device=device, dtype=dtype)
         attn = block.attn
         shift = block.shift_size[0]  # timm drops the shift when the window covers the map
         window = block.window_size[0]
+        mask = block.attn_mask
         rpb_ours = rpb_from_swin_table(attn.relative_position_bias_table.detach(), window)
+        # timm's attention core: its WindowAttention with identity projections, sharing the block's bias table.
+        core_attn = type(attn)(dim, heads, window_size=window).to(device=device, dtype=dtype)
+        core_attn.qkv = torch.nn.Identity()
+        core_attn.proj = torch.nn.Identity()
+        core_attn.relative_position_bias_table = attn.relative_position_bias_table
         for mode in ("fwd", "fwd+bwd"):
             grad = mode == "fwd+bwd"
             qkv = torch.randn(b, h, w, 3, heads, d, dtype=dtype, device=device, requires_grad=grad)
             rpb = rpb_ours.clone().requires_grad_(grad)
             leaves = [qkv, rpb]
-            mask = block.attn_mask
-
-            core_attn = type(attn)(dim, heads, window_size=window).to(device=device, dtype=dtype)
-            core_attn.qkv = torch.nn.Identity()
-            core_attn.proj = torch.nn.Identity()
-            core_attn.relative_position_bias_table = attn.relative_position_bias_table
 
             def timm_core() -> torch.Tensor:
                 x = qkv.view(b, h, w, 3 * dim)
@@ -276,7 +267,7 @@ def run_kernel_bench(
         "torch": torch.__version__,
         "repeats": repeats,
         "natten": natten_na2d() is not None,
-        "rows": [dict(row.__dict__, ratios=row.ratios()) for row in rows],
+        "rows": [dict(row.__dict__, speedups=row.speedups()) for row in rows],
     }
     if output:
         write_json_atomic(output, payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,12 +65,17 @@ def test_kernel_bench_writes_table_and_json(tmp_path, capsys):
     window_ops = {row["op"] for row in saved["rows"]}
     assert window_ops == {"neighborhood", "window", "window_block"}
     assert all(value > 0 for row in saved["rows"] for value in row["ms"].values())
+    for row in saved["rows"]:
+        others = {name for name in row["ms"] if name != "torch"}
+        assert set(row["speedups"]) == {f"torch_speedup_vs_{name}" for name in others}
+        for name in others:
+            expected = row["ms"][name] / row["ms"]["torch"]
+            assert row["speedups"][f"torch_speedup_vs_{name}"] == pytest.approx(expected, rel=1e-2)
     assert not list(output.parent.glob("*.tmp"))
 
 
 def test_console_script_and_module_entry_points():
-    for command in (["vithub", "list", "--no-macs"], [sys.executable, "-m", "vithub", "list", "--no-macs"]):
-        if command[0] == "vithub":
-            command[0] = str(__import__("pathlib").Path(sys.executable).with_name("vithub"))
+    console_script = str(Path(sys.executable).with_name("vithub"))
+    for command in ([console_script, "list", "--no-macs"], [sys.executable, "-m", "vithub", "list", "--no-macs"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
