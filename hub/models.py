@@ -57,6 +57,11 @@ def default_input_size(arch: str) -> Tuple[int, int, int]:
     return tuple(cfg.input_size) if cfg is not None else (3, 224, 224)
 
 
+def count_params_m(model: torch.nn.Module) -> float:
+    """Parameters in millions, rounded to thousands."""
+    return round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
+
+
 def count_macs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> float:
     """Multiply-accumulates of one forward at ``input_size``, counted on the meta device.
 
@@ -74,10 +79,8 @@ def summarize(arch: str, with_macs: bool = True) -> ModelSummary:
     input_size = default_input_size(arch)
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False).eval()
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    gmacs = count_macs(model, input_size) / 1e9 if with_macs else None
-    return ModelSummary(arch, round(params, 3), None if gmacs is None else round(gmacs, 3), input_size,
-                        pretrained_tags(arch))
+    gmacs = round(count_macs(model, input_size) / 1e9, 3) if with_macs else None
+    return ModelSummary(arch, count_params_m(model), gmacs, input_size, pretrained_tags(arch))
 
 
 def model_info(name: str) -> Dict[str, Any]:
@@ -85,16 +88,14 @@ def model_info(name: str) -> Dict[str, Any]:
     arch = check_model_name(name)
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False)
-    cfg = model.pretrained_cfg if isinstance(model.pretrained_cfg, dict) else {}
-    feature_info = getattr(model, "feature_info", None)
-    if feature_info is not None and not isinstance(feature_info, list):
-        feature_info = feature_info.get_dicts() if hasattr(feature_info, "get_dicts") else list(feature_info)
+    # A classifier model (not features_only) carries feature_info as a plain list of dicts.
+    feature_info = getattr(model, "feature_info", None) or []
     return {
         "name": arch,
-        "pretrained_cfg": {key: value for key, value in cfg.items()},
+        "pretrained_cfg": dict(model.pretrained_cfg or {}),
         "pretrained_tags": pretrained_tags(arch),
-        "feature_info": [dict(item) for item in (feature_info or [])],
+        "feature_info": [dict(item) for item in feature_info],
         "num_features": getattr(model, "num_features", None),
         "num_classes": getattr(model, "num_classes", None),
-        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+        "params_m": count_params_m(model),
     }

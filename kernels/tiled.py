@@ -283,7 +283,10 @@ def local_attention(
 
     # Gathers index rows of (B * H * W, heads * head_dim): dim-0 index_select copies whole rows and takes the row
     # stride of a qkv slice as is, where a dim-1 gather would first copy the strided input.
-    offsets = torch.arange(batch, device=q.device)[:, None] * (height * width)
+    batch_index = torch.arange(batch, device=q.device)[:, None]
+
+    def rows_of(index: torch.Tensor, per_item: int) -> torch.Tensor:
+        return (index + batch_index * per_item).view(-1)
 
     def gather(x: torch.Tensor, rows: torch.Tensor, tokens: int) -> torch.Tensor:
         # Slot-major (slot, tile) order keeps (tile, head) adjacent, so it merges into SDPA's head axis as a view
@@ -291,8 +294,8 @@ def local_attention(
         gathered = x.reshape(batch * height * width, heads * head_dim).index_select(0, rows)
         return gathered.view(batch, tokens, plan.tiles * heads, head_dim).transpose(1, 2)
 
-    key_rows = (plan.key_index + offsets).view(-1)
-    q_tiles = gather(q, (plan.query_index + offsets).view(-1), plan.query_tokens)
+    key_rows = rows_of(plan.key_index, height * width)
+    q_tiles = gather(q, rows_of(plan.query_index, height * width), plan.query_tokens)
     k_tiles = gather(k, key_rows, plan.key_tokens)
     v_tiles = gather(v, key_rows, plan.key_tokens)
     mask = _attention_mask(plan, rpb, heads, q.dtype, q.device)
@@ -302,5 +305,4 @@ def local_attention(
         out = F.scaled_dot_product_attention(q_tiles, k_tiles, v_tiles, attn_mask=mask, scale=scale)
     slots = plan.query_tokens * plan.tiles
     out = out.transpose(1, 2).reshape(batch * slots, heads * head_dim)
-    out_index = plan.output_index + torch.arange(batch, device=q.device)[:, None] * slots
-    return out.index_select(0, out_index.view(-1)).view(batch, height, width, heads, head_dim)
+    return out.index_select(0, rows_of(plan.output_index, slots)).view(batch, height, width, heads, head_dim)
