@@ -1,4 +1,9 @@
 """vithub.backbones: one module per model family (timm style); importing this package registers every ``vh_*`` model.
 
-Families register themselves here as they land; each runs its attention through :mod:`vithub.kernels`.
+Each family runs its attention through :mod:`vithub.kernels`.
 """
+
+from . import nat
+from .nat import NAT
+
+__all__ = ["NAT", "nat"]

@@ -12,7 +12,14 @@ import timm
 import torch
 
 # Small constructor kwargs per model name (exact name or prefix ending in "*"): keeps the suite fast on 2 CPU cores.
-CONTRACT_KWARGS: Dict[str, Dict[str, Any]] = {}
+_NAT_SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4))
+CONTRACT_KWARGS: Dict[str, Dict[str, Any]] = {
+    "vh_nat_*": _NAT_SMALL,
+    # DiNAT keeps a dilated block per stage, with each variant's own dilations and kernel size.
+    "vh_dinat_large_384_11x11": dict(_NAT_SMALL, dilations=((8,), (4,), (1, 2), (1,))),
+    "vh_dinat_large_384": dict(_NAT_SMALL, dilations=((13,), (6,), (1, 3), (1,))),
+    "vh_dinat_*": dict(_NAT_SMALL, dilations=((8,), (4,), (1, 2), (1,))),
+}
 # Input (H, W) per model name/prefix; default: 64 x 64 (families support any input size).
 CONTRACT_INPUT: Dict[str, Tuple[int, int]] = {}
 DEFAULT_INPUT = (64, 64)
