@@ -492,7 +492,8 @@ def _from_transformers(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.T
 
 def _resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of a ``(heads, 2K-1, 2K-1)`` bias table (how the official 11x11 weights were made from 7x7)."""
-    resized = F.interpolate(rpb[None].float(), size=size, mode="bicubic", align_corners=False)
+    work_dtype = torch.float64 if rpb.dtype == torch.float64 else torch.float32  # no half-precision bicubic on CPU
+    resized = F.interpolate(rpb[None].to(work_dtype), size=size, mode="bicubic", align_corners=False)
     return resized[0].to(rpb.dtype)
 
 

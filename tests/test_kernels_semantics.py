@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
@@ -20,6 +18,8 @@ from vithub.kernels import (
     window_attention,
 )
 from vithub.kernels.reference import neighborhood_indices
+
+from oracles import loop_attention
 
 BACKENDS = ["reference", "torch"]
 
@@ -42,42 +42,6 @@ BACKENDS = ["reference", "torch"]
 )
 def test_neighborhood_tables(length, kernel, dilation, expected):
     assert neighborhood_indices(length, kernel, dilation).tolist() == expected
-
-
-def loop_neighborhood(length: int, kernel: int, dilation: int, i: int) -> list:
-    """The K same-group keys forming a contiguous run (in group coordinates) that contains i and is most centred,
-    shifted inward at the borders, found by scanning every candidate start."""
-    group = [j for j in range(length) if j % dilation == i % dilation]
-    coord = group.index(i)
-    left = kernel // 2
-    best = None
-    for start in range(len(group) - kernel + 1):
-        if start <= coord < start + kernel:
-            distance = abs(start - (coord - left))
-            if best is None or distance < best[0]:
-                best = (distance, start)
-    return group[best[1]:best[1] + kernel]
-
-
-def loop_attention(q, k, v, kernel, dilation, rpb, scale):
-    """Per-query float64 loop: obviously right, and shares nothing with the implementations under test."""
-    batch, height, width, heads, _ = q.shape
-    out = torch.zeros_like(q)
-    for b, y, x, h in itertools.product(range(batch), range(height), range(width), range(heads)):
-        rows = loop_neighborhood(height, kernel[0], dilation[0], y)
-        cols = loop_neighborhood(width, kernel[1], dilation[1], x)
-        logits, values = [], []
-        for ky in rows:
-            for kx in cols:
-                logit = scale * torch.dot(q[b, y, x, h], k[b, ky, kx, h])
-                if rpb is not None:
-                    logit = logit + rpb[h, (ky - y) // dilation[0] + kernel[0] - 1,
-                                        (kx - x) // dilation[1] + kernel[1] - 1]
-                logits.append(logit)
-                values.append(v[b, ky, kx, h])
-        weights = torch.stack(logits).softmax(0)
-        out[b, y, x, h] = (weights[:, None] * torch.stack(values)).sum(0)
-    return out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
