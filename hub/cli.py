@@ -1,4 +1,4 @@
-"""The ``vithub`` command: ``list``, ``info NAME``, ``bench kernels``."""
+"""The ``vithub`` command: ``list``, ``info NAME``, ``bench kernels``, ``bench models``."""
 
 from __future__ import annotations
 
@@ -35,11 +35,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from vithub.bench import run_kernel_bench
+DEFAULT_BENCH_OUTPUT = {
+    "kernels": "benchmarks/results/kernels_cpu.json",
+    "models": "benchmarks/results/models_cpu.json",
+}
 
-    run_kernel_bench(output=args.output, repeats=args.repeats, device=args.device, dtype=args.dtype,
-                     quick=args.quick, ops=args.ops)
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    output = DEFAULT_BENCH_OUTPUT[args.target] if args.output is None else args.output
+    if args.target == "kernels":
+        from vithub.bench import run_kernel_bench
+
+        run_kernel_bench(output=output, repeats=args.repeats or 7, device=args.device, dtype=args.dtype,
+                         quick=args.quick, ops=args.ops)
+        return 0
+    from vithub.bench_models import run_model_bench
+
+    run_model_bench(output=output, models=args.models, batch_sizes=args.batch_sizes, modes=args.modes,
+                    backends=args.backends, compare=args.compare, repeats=args.repeats or 3,
+                    img_size=args.img_size, device=args.device)
     return 0
 
 
@@ -57,14 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.add_argument("name", help="model name, e.g. vh_nat_tiny or vh_nat_tiny.in1k")
     p_info.set_defaults(func=_cmd_info)
 
-    p_bench = sub.add_parser("bench", help="benchmarks")
-    p_bench.add_argument("target", choices=["kernels"], help="what to benchmark")
-    p_bench.add_argument("--output", default="benchmarks/results/kernels_cpu.json", help="JSON path ('' for none)")
-    p_bench.add_argument("--repeats", type=int, default=7, help="timed calls per candidate (median kept)")
+    p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, or whole-model throughput")
+    p_bench.add_argument("target", choices=["kernels", "models"], help="what to benchmark")
+    p_bench.add_argument("--output", default=None,
+                         help="JSON path ('' for none; default benchmarks/results/<target>_cpu.json)")
+    p_bench.add_argument("--repeats", type=int, default=None,
+                         help="timed calls per candidate, median kept (default 7 for kernels, 3 for models)")
     p_bench.add_argument("--device", default="cpu")
-    p_bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p_bench.add_argument("--quick", action="store_true", help="first shapes only (smoke run)")
-    p_bench.add_argument("--ops", nargs="+", default=["neighborhood", "window"], choices=["neighborhood", "window"])
+    kernels = p_bench.add_argument_group("kernels")
+    kernels.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    kernels.add_argument("--quick", action="store_true", help="first shapes only (smoke run)")
+    kernels.add_argument("--ops", nargs="+", default=["neighborhood", "window"], choices=["neighborhood", "window"])
+    models = p_bench.add_argument_group("models")
+    models.add_argument("--models", nargs="+", default=["vh_nat_tiny", "vh_dinat_tiny"], help="models to time")
+    models.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    models.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
+    models.add_argument("--backends", nargs="+", default=["torch", "reference"], choices=["torch", "reference", "triton"],
+                        help="kernel backends to time each model with")
+    models.add_argument("--compare", nargs="*", default=[], help="timm models timed alongside, for context")
+    models.add_argument("--img-size", type=int, default=224)
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -73,8 +98,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``vithub`` console script."""
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
-    if getattr(args, "repeats", 1) < 1:
+    if getattr(args, "repeats", None) is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if any(size < 1 for size in getattr(args, "batch_sizes", [1])):
+        parser.error("--batch-sizes must all be >= 1")
     try:
         return args.func(args)
     except UnknownModelError as error:

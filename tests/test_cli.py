@@ -79,3 +79,29 @@ def test_console_script_and_module_entry_points():
     for command in ([console_script, "list", "--no-macs"], [sys.executable, "-m", "vithub", "list", "--no-macs"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
+
+
+def test_model_bench_writes_table_and_json(tmp_path, capsys, monkeypatch):
+    from vithub import bench_models
+
+    monkeypatch.setattr(bench_models, "REFERENCE_TRAIN_MAX_BATCH", 0)  # exercise the skip path cheaply
+    output = tmp_path / "models.json"
+    payload = bench_models.run_model_bench(output=str(output), models=["vh_nat_mini"], batch_sizes=[1],
+                                           backends=["torch", "reference"], repeats=1, img_size=32)
+    table = capsys.readouterr().out
+    assert "vh_nat_mini" in table and "skipped" in table
+    saved = json.loads(output.read_text())
+    assert saved == json.loads(json.dumps(payload))
+    eval_row, train_row = saved["rows"]
+    assert (eval_row["mode"], train_row["mode"]) == ("eval", "train")
+    assert set(eval_row["images_per_second"]) == {"torch", "reference"}
+    assert all(value > 0 for value in eval_row["images_per_second"].values())
+    assert set(train_row["images_per_second"]) == {"torch"} and "reference" in train_row["skipped"]
+
+
+def test_bad_model_bench_arguments_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "models", "--batch-sizes", "0"])
+    assert "--batch-sizes must all be >= 1" in capsys.readouterr().err
+    assert cli.main(["bench", "models", "--models", "vh_nat_tinyy", "--output", ""]) == 2
+    assert "close matches: vh_nat_tiny" in capsys.readouterr().err

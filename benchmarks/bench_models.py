@@ -1,0 +1,8 @@
+"""Model throughput benchmark as a script: same as ``vithub bench models`` (prints a table, writes JSON)."""
+
+import sys
+
+from vithub.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "models", *sys.argv[1:]]))

@@ -1,0 +1,133 @@
+"""``vithub bench models``: eval and train-step throughput (img/s) of whole models, per attention backend.
+
+Each row (model, batch size, mode) times every candidate round-robin in one stretch (see :func:`vithub.bench.measure`):
+our model once per kernel backend, plus any timm models named in ``compare`` for context. ``eval`` is a forward under
+``torch.no_grad`` in eval mode; ``train`` is forward, cross-entropy, backward and an SGD step in train mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import timm
+import torch
+
+from vithub.bench import device_name, measure, write_json_atomic
+from vithub.kernels import use_backend
+from vithub.models import check_model_name
+
+DEFAULT_MODELS = ("vh_nat_tiny", "vh_dinat_tiny")
+DEFAULT_BATCH_SIZES = (1, 32)
+# The reference backend keeps every gathered (B, H, W, K*K, C) neighbourhood for backward: about 25 GB for a
+# NAT-Tiny train step at batch 32, more than this machine has, so its train rows stop at this batch size.
+REFERENCE_TRAIN_MAX_BATCH = 8
+
+
+@dataclass
+class ModelRow:
+    model: str
+    batch: int
+    mode: str  # "eval" or "train"
+    ms: Dict[str, float]
+    skipped: Dict[str, str]
+
+    def images_per_second(self) -> Dict[str, float]:
+        return {name: round(self.batch * 1e3 / ms, 2) for name, ms in self.ms.items()}
+
+
+def _eval_step(model: torch.nn.Module, images: torch.Tensor, backend: Optional[str]) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad(), use_backend(backend):
+            model(images)
+
+    return step
+
+
+def _train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                backend: Optional[str]) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with use_backend(backend):
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+
+    return step
+
+
+def bench_model(name: str, batch: int, mode: str, backends: Sequence[str], compare: Sequence[str],
+                repeats: int, img_size: int, device: torch.device) -> ModelRow:
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, img_size, img_size, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    candidates: Dict[str, Callable[[], None]] = {}
+    skipped: Dict[str, str] = {}
+    for backend in backends:
+        if backend == "reference" and mode == "train" and batch > REFERENCE_TRAIN_MAX_BATCH:
+            skipped[backend] = f"reference train step above batch {REFERENCE_TRAIN_MAX_BATCH} needs > 20 GB"
+            continue
+        model = timm.create_model(name).to(device)
+        model.train(mode == "train")
+        candidates[backend] = (_train_step(model, images, labels, backend) if mode == "train"
+                               else _eval_step(model, images, backend))
+    for other in compare:
+        model = timm.create_model(other).to(device)
+        model.train(mode == "train")
+        candidates[other] = (_train_step(model, images, labels, None) if mode == "train"
+                             else _eval_step(model, images, None))
+    ms = measure(candidates, repeats, warmup=1) if candidates else {}
+    return ModelRow(name, batch, mode, ms, skipped)
+
+
+def format_table(rows: Sequence[ModelRow]) -> str:
+    names: List[str] = []
+    for row in rows:
+        names += [n for n in list(row.ms) + list(row.skipped) if n not in names]
+    widths = {n: max(16, len(n) + 8) for n in names}
+    header = f"{'model':<22}{'batch':>6}{'mode':>7}" + "".join(f"{n + ' img/s':>{widths[n]}}" for n in names)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        ips = row.images_per_second()
+        cells = "".join(f"{ips[n]:>{widths[n]}.2f}" if n in ips
+                        else f"{'skipped' if n in row.skipped else '-':>{widths[n]}}" for n in names)
+        lines.append(f"{row.model:<22}{row.batch:>6}{row.mode:>7}{cells}")
+    return "\n".join(lines)
+
+
+def run_model_bench(
+    output: Optional[str] = None,
+    models: Sequence[str] = DEFAULT_MODELS,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    modes: Sequence[str] = ("eval", "train"),
+    backends: Sequence[str] = ("torch", "reference"),
+    compare: Sequence[str] = (),
+    repeats: int = 3,
+    img_size: int = 224,
+    device: str = "cpu",
+) -> dict:
+    """Run the model benchmark, print the table, write JSON to ``output`` (if given) and return the payload."""
+    torch_device = torch.device(device)
+    models = [check_model_name(name) for name in models]
+    compare = [check_model_name(name) for name in compare]
+    rows = [
+        bench_model(name, batch, mode, backends, compare, repeats, img_size, torch_device)
+        for name in models for batch in batch_sizes for mode in modes
+    ]
+    print(format_table(rows))
+    payload = {
+        "benchmark": "models",
+        "device": device_name(torch_device),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "dtype": "float32",
+        "img_size": img_size,
+        "repeats": repeats,
+        "rows": [dict(row.__dict__, images_per_second=row.images_per_second()) for row in rows],
+    }
+    if output:
+        write_json_atomic(output, payload)
+        print(f"wrote {output}")
+    return payload
