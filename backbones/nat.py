@@ -583,72 +583,68 @@ _BASE = dict(embed_dim=128, depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), mlp_
 _LARGE = dict(embed_dim=192, depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), mlp_ratio=2.0, drop_path_rate=0.35)
 
 
-def _build(variant: str, pretrained: bool, model_args: Dict[str, Any], kwargs: Dict[str, Any]) -> NAT:
-    return _create_nat(variant, pretrained=pretrained, **dict(model_args, **kwargs))
-
-
 @register_model
 def vh_nat_mini(pretrained: bool = False, **kwargs: Any) -> NAT:
     """NAT-Mini: 20M params, 2.7 GMACs at 224."""
-    return _build("vh_nat_mini", pretrained, _MINI, kwargs)
+    return _create_nat("vh_nat_mini", pretrained, **dict(_MINI, **kwargs))
 
 
 @register_model
 def vh_nat_tiny(pretrained: bool = False, **kwargs: Any) -> NAT:
     """NAT-Tiny: 28M params, 4.3 GMACs at 224."""
-    return _build("vh_nat_tiny", pretrained, _TINY, kwargs)
+    return _create_nat("vh_nat_tiny", pretrained, **dict(_TINY, **kwargs))
 
 
 @register_model
 def vh_nat_small(pretrained: bool = False, **kwargs: Any) -> NAT:
     """NAT-Small: 51M params, 7.8 GMACs at 224; layer scale 1e-5."""
-    return _build("vh_nat_small", pretrained, dict(_SMALL, layer_scale=1e-5), kwargs)
+    return _create_nat("vh_nat_small", pretrained, **dict(dict(_SMALL, layer_scale=1e-5), **kwargs))
 
 
 @register_model
 def vh_nat_base(pretrained: bool = False, **kwargs: Any) -> NAT:
     """NAT-Base: 90M params, 13.7 GMACs at 224; layer scale 1e-5."""
-    return _build("vh_nat_base", pretrained, _BASE, kwargs)
+    return _create_nat("vh_nat_base", pretrained, **dict(_BASE, **kwargs))
 
 
 @register_model
 def vh_dinat_mini(pretrained: bool = False, **kwargs: Any) -> NAT:
     """DiNAT-Mini: NAT-Mini with alternating dilated blocks."""
-    return _build("vh_dinat_mini", pretrained, dict(_MINI, dilations=_DILATIONS_MINI_224), kwargs)
+    return _create_nat("vh_dinat_mini", pretrained, **dict(dict(_MINI, dilations=_DILATIONS_MINI_224), **kwargs))
 
 
 @register_model
 def vh_dinat_tiny(pretrained: bool = False, **kwargs: Any) -> NAT:
     """DiNAT-Tiny: NAT-Tiny with alternating dilated blocks."""
-    return _build("vh_dinat_tiny", pretrained, dict(_TINY, dilations=_DILATIONS_224), kwargs)
+    return _create_nat("vh_dinat_tiny", pretrained, **dict(dict(_TINY, dilations=_DILATIONS_224), **kwargs))
 
 
 @register_model
 def vh_dinat_small(pretrained: bool = False, **kwargs: Any) -> NAT:
     """DiNAT-Small (no layer scale, unlike NAT-Small)."""
-    return _build("vh_dinat_small", pretrained, dict(_SMALL, dilations=_DILATIONS_224), kwargs)
+    return _create_nat("vh_dinat_small", pretrained, **dict(dict(_SMALL, dilations=_DILATIONS_224), **kwargs))
 
 
 @register_model
 def vh_dinat_base(pretrained: bool = False, **kwargs: Any) -> NAT:
     """DiNAT-Base: layer scale 1e-5."""
-    return _build("vh_dinat_base", pretrained, dict(_BASE, dilations=_DILATIONS_224), kwargs)
+    return _create_nat("vh_dinat_base", pretrained, **dict(dict(_BASE, dilations=_DILATIONS_224), **kwargs))
 
 
 @register_model
 def vh_dinat_large(pretrained: bool = False, **kwargs: Any) -> NAT:
     """DiNAT-Large at 224: 200M params; ImageNet-22k pre-trained, 1k fine-tuned."""
-    return _build("vh_dinat_large", pretrained, dict(_LARGE, dilations=_DILATIONS_224), kwargs)
+    return _create_nat("vh_dinat_large", pretrained, **dict(dict(_LARGE, dilations=_DILATIONS_224), **kwargs))
 
 
 @register_model
 def vh_dinat_large_384(pretrained: bool = False, **kwargs: Any) -> NAT:
     """DiNAT-Large at 384 (dilations scaled to the larger maps)."""
-    return _build("vh_dinat_large_384", pretrained, dict(_LARGE, dilations=_DILATIONS_384), kwargs)
+    return _create_nat("vh_dinat_large_384", pretrained, **dict(dict(_LARGE, dilations=_DILATIONS_384), **kwargs))
 
 
 @register_model
 def vh_dinat_large_384_11x11(pretrained: bool = False, **kwargs: Any) -> NAT:
     """DiNAT-Large at 384 with 11x11 neighbourhoods."""
-    return _build("vh_dinat_large_384_11x11", pretrained,
-                  dict(_LARGE, kernel_size=11, dilations=_DILATIONS_224), kwargs)
+    model_args = dict(_LARGE, kernel_size=11, dilations=_DILATIONS_224)
+    return _create_nat("vh_dinat_large_384_11x11", pretrained, **dict(model_args, **kwargs))
