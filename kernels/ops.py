@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from . import reference, tiled
+from . import custom_ops
 from ._validation import Size2d, check_neighborhood, check_qkv, check_rpb, check_scale, check_window, pair
 from .dispatch import resolve_backend
 
@@ -41,10 +41,9 @@ def neighborhood_attention(
     check_rpb(rpb, q, kernel)
     softmax_scale = check_scale(scale, q.shape[-1])
     name = resolve_backend(backend, q.device)
-    if name == "reference":
-        return reference.neighborhood_attention(q, k, v, kernel, dil, rpb, softmax_scale)
-    plan = tiled.neighborhood_plan(q.shape[1], q.shape[2], kernel, dil, q.device)
-    return tiled.local_attention(q, k, v, plan, rpb, softmax_scale)
+    if torch.compiler.is_compiling():
+        return custom_ops.neighborhood_attention_op(q, k, v, rpb, list(kernel), list(dil), softmax_scale, name)
+    return custom_ops.neighborhood_eager(q, k, v, rpb, kernel, dil, softmax_scale, name)
 
 
 def window_attention(
@@ -77,10 +76,9 @@ def window_attention(
     check_rpb(rpb, q, window)
     softmax_scale = check_scale(scale, q.shape[-1])
     name = resolve_backend(backend, q.device)
-    if name == "reference":
-        return reference.window_attention(q, k, v, window, shift, rpb, softmax_scale)
-    plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device)
-    return tiled.local_attention(q, k, v, plan, rpb, softmax_scale)
+    if torch.compiler.is_compiling():
+        return custom_ops.window_attention_op(q, k, v, rpb, list(window), list(shift), softmax_scale, name)
+    return custom_ops.window_eager(q, k, v, rpb, window, shift, softmax_scale, name)
 
 
 def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:

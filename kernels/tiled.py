@@ -238,12 +238,16 @@ class _MaskedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale):  # type: ignore[override]
+    def forward(q, k, v, mask, scale):  # type: ignore[override]
         # SDPA picks its kernel from requires_grad even under no_grad: detached inputs keep it fused.
-        out = F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), attn_mask=mask.detach(), scale=scale)
-        ctx.save_for_backward(q, k, v, mask, out)
+        return F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), attn_mask=mask.detach(), scale=scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        # A separate setup_context lets torch.func (used by the custom ops' backward) run this Function.
+        q, k, v, mask, scale = inputs
+        ctx.save_for_backward(q, k, v, mask, output)
         ctx.scale = scale
-        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vithub.kernels import neighborhood_attention, window_attention
+from vithub.kernels import custom_ops, neighborhood_attention, use_backend, window_attention
 
 FAST_BACKENDS = ["torch"]
 TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -146,31 +146,66 @@ def test_torch_backend_memory_is_local():
     assert largest < (height * width) ** 2 // 50
 
 
-def test_torch_compile_matches_eager():
-    """torch.compile over a block using both ops gives eager's outputs and gradients (graph breaks allowed until
-    the ops are registered as custom ops)."""
+class _AttentionBlock(torch.nn.Module):
+    """A fused qkv projection feeding both ops (dilated NA with rpb, shifted windows with rpb), as models use them."""
 
-    class Block(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.qkv = torch.nn.Linear(16, 48)
-            self.rpb = torch.nn.Parameter(torch.randn(2, 5, 5))
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(16, 48)
+        self.na_rpb = torch.nn.Parameter(torch.randn(2, 5, 5))
+        self.window_rpb = torch.nn.Parameter(torch.randn(2, 7, 7))
 
-        def forward(self, x):
-            b, h, w, c = x.shape
-            q, k, v = self.qkv(x).view(b, h, w, 3, 2, 8).unbind(3)
-            local = neighborhood_attention(q, k, v, 3, 2, self.rpb, backend="torch")
-            windows = window_attention(q, k, v, 4, 2, backend="torch")
-            return (local + windows).reshape(b, h, w, c)
+    def forward(self, x):
+        b, h, w, c = x.shape
+        q, k, v = self.qkv(x).view(b, h, w, 3, 2, 8).unbind(3)
+        local = neighborhood_attention(q, k, v, 3, 2, self.na_rpb)
+        windows = window_attention(q, k, v, 4, 2, self.window_rpb)
+        return (local + windows).reshape(b, h, w, c)
 
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_fullgraph_compile_matches_eager(backend):
+    """The ops are torch.library custom ops: fullgraph=True compiles a block with no graph break, and outputs and
+    every parameter gradient equal eager's."""
     torch.manual_seed(0)
-    block = Block()
+    block = _AttentionBlock()
     x = torch.randn(2, 8, 12, 16)
-    expected = block(x)
-    expected.sum().backward()
-    expected_grad = block.rpb.grad.clone()
-    block.zero_grad()
-    got = torch.compile(block)(x)
-    got.sum().backward()
+    with use_backend(backend):
+        expected = block(x)
+        expected.square().sum().backward()
+        expected_grads = [p.grad.clone() for p in block.parameters()]
+        block.zero_grad()
+        torch._dynamo.reset()
+        got = torch.compile(block, fullgraph=True)(x)
+        got.square().sum().backward()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(block.rpb.grad, expected_grad, rtol=1e-4, atol=1e-5)
+    for param, grad in zip(block.parameters(), expected_grads):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-5)
+
+
+def _custom_op_cases():
+    gen = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, 8, 12, 3, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    q, k, v = qkv.unbind(3)  # strided views, as out of a fused projection
+    na_rpb = torch.randn(2, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    window_rpb = torch.randn(2, 7, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    for backend in ("torch", "reference"):
+        yield custom_ops.neighborhood_attention_op, (q, k, v, na_rpb, [3, 3], [2, 1], 0.4, backend)
+        yield custom_ops.neighborhood_attention_op, (q, k, v, None, [4, 3], [1, 2], 0.4, backend)
+        yield custom_ops.window_attention_op, (q, k, v, window_rpb, [4, 4], [2, 1], 0.4, backend)
+        yield custom_ops.window_attention_op, (q, k, v, None, [4, 6], [0, 3], 0.4, backend)
+
+
+@pytest.mark.parametrize("op, args", list(_custom_op_cases()))
+def test_custom_ops_pass_opcheck_and_gradcheck(op, args):
+    """torch.library.opcheck: schema, fake implementation, autograd registration, AOT dispatch; then gradcheck of
+    the registered backward (which differentiates the backend with torch.func)."""
+    torch.library.opcheck(op, args)
+    q, k, v, rpb, *rest = args
+    inputs = (q, k, v) if rpb is None else (q, k, v, rpb)
+
+    def call(*tensors):
+        bias = tensors[3] if len(tensors) == 4 else None
+        return op(tensors[0], tensors[1], tensors[2], bias, *rest)
+
+    assert torch.autograd.gradcheck(call, inputs)

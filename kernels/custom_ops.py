@@ -1,0 +1,129 @@
+"""The attention ops as ``torch.library`` custom ops, so ``torch.compile(..., fullgraph=True)`` sees one opaque node.
+
+Under ``torch.compile`` the public ops call these; eager calls go straight to the backends (no extra dispatch, and
+the backends' own fused backward). Each op has a fake implementation (output shapes for tracing) and a registered
+autograd formula. The backward is its own custom op: it recomputes the forward of the chosen backend with autograd
+and differentiates it, which costs one extra forward per call until a backend brings a dedicated backward kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from . import reference, tiled
+
+Tensor = torch.Tensor
+
+
+def neighborhood_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: Tuple[int, int],
+                       dilation: Tuple[int, int], scale: float, backend: str) -> Tensor:
+    """Neighborhood attention on an already validated call and an already resolved backend."""
+    if backend == "reference":
+        return reference.neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)
+    plan = tiled.neighborhood_plan(q.shape[1], q.shape[2], kernel, dilation, q.device)
+    return tiled.local_attention(q, k, v, plan, rpb, scale)
+
+
+def window_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window: Tuple[int, int],
+                 shift: Tuple[int, int], scale: float, backend: str) -> Tensor:
+    """Window attention on an already validated call and an already resolved backend."""
+    if backend == "reference":
+        return reference.window_attention(q, k, v, window, shift, rpb, scale)
+    plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device)
+    return tiled.local_attention(q, k, v, plan, rpb, scale)
+
+
+def _recompute_grads(forward: Callable[..., Tensor], grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                     rpb: Optional[Tensor], rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    # The op body runs below the autograd dispatch key, where enable_grad() has no effect; torch.func.vjp brings its
+    # own autograd level, so the backend's ordinary autograd graph (fused kernels included) gives the gradients.
+    if rpb is not None and rpb_grad:
+        _, pullback = torch.func.vjp(forward, q, k, v, rpb)
+        return pullback(grad)
+    _, pullback = torch.func.vjp(lambda q_, k_, v_: forward(q_, k_, v_, rpb), q, k, v)
+    grad_q, grad_k, grad_v = pullback(grad)
+    # A custom op returns tensors only: an empty one stands for "no rpb gradient".
+    return grad_q, grad_k, grad_v, q.new_empty(0)
+
+
+# --- neighborhood attention ---------------------------------------------------------------------------------------
+
+@torch.library.custom_op("vithub::neighborhood_attention", mutates_args=())
+def neighborhood_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int],
+                              dilation: List[int], scale: float, backend: str) -> Tensor:
+    return neighborhood_eager(q, k, v, rpb, tuple(kernel_size), tuple(dilation), scale, backend)
+
+
+@neighborhood_attention_op.register_fake
+def _(q, k, v, rpb, kernel_size, dilation, scale, backend):
+    return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("vithub::neighborhood_attention_backward", mutates_args=())
+def neighborhood_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
+                                       kernel_size: List[int], dilation: List[int], scale: float, backend: str,
+                                       rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(q_, k_, v_, rpb_):
+        return neighborhood_eager(q_, k_, v_, rpb_, tuple(kernel_size), tuple(dilation), scale, backend)
+
+    return _recompute_grads(forward, grad, q, k, v, rpb, rpb_grad)
+
+
+@neighborhood_attention_backward_op.register_fake
+def _(grad, q, k, v, rpb, kernel_size, dilation, scale, backend, rpb_grad):
+    grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None and rpb_grad else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_rpb
+
+
+# --- window attention ---------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("vithub::window_attention", mutates_args=())
+def window_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window_size: List[int],
+                        shift_size: List[int], scale: float, backend: str) -> Tensor:
+    return window_eager(q, k, v, rpb, tuple(window_size), tuple(shift_size), scale, backend)
+
+
+@window_attention_op.register_fake
+def _(q, k, v, rpb, window_size, shift_size, scale, backend):
+    return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("vithub::window_attention_backward", mutates_args=())
+def window_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
+                                 window_size: List[int], shift_size: List[int], scale: float, backend: str,
+                                 rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(q_, k_, v_, rpb_):
+        return window_eager(q_, k_, v_, rpb_, tuple(window_size), tuple(shift_size), scale, backend)
+
+    return _recompute_grads(forward, grad, q, k, v, rpb, rpb_grad)
+
+
+@window_attention_backward_op.register_fake
+def _(grad, q, k, v, rpb, window_size, shift_size, scale, backend, rpb_grad):
+    grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None and rpb_grad else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_rpb
+
+
+# --- autograd -----------------------------------------------------------------------------------------------------
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, rpb, size, second, scale, backend = inputs
+    ctx.save_for_backward(q, k, v, rpb)
+    ctx.arguments = (size, second, scale, backend)
+
+
+def _make_backward(backward_op: Callable[..., Tuple[Tensor, ...]]) -> Callable:
+    def backward(ctx, grad):
+        q, k, v, rpb = ctx.saved_tensors
+        rpb_grad = rpb is not None and ctx.needs_input_grad[3]
+        grad_q, grad_k, grad_v, grad_rpb = backward_op(grad, q, k, v, rpb, *ctx.arguments, rpb_grad)
+        return grad_q, grad_k, grad_v, (grad_rpb if rpb_grad else None), None, None, None, None
+
+    return backward
+
+
+neighborhood_attention_op.register_autograd(_make_backward(neighborhood_attention_backward_op),
+                                           setup_context=_setup_context)
+window_attention_op.register_autograd(_make_backward(window_attention_backward_op), setup_context=_setup_context)
