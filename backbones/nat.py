@@ -260,9 +260,6 @@ class NAT(nn.Module):
             )
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.kernel_size = _as_pair(kernel_size, "kernel_size")
-        self.dilations = dilations
-        self.grad_checkpointing = False
         dims = [int(embed_dim * 2 ** i) for i in range(len(depths))]
         self.num_features = self.head_hidden_size = dims[-1]
 
@@ -326,7 +323,6 @@ class NAT(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
         for stage in self.stages:
             stage.grad_checkpointing = enable
 

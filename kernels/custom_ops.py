@@ -48,17 +48,21 @@ def _recompute_grads(forward: Callable[..., Tensor], grad: Tensor, q: Tensor, k:
     return grad_q, grad_k, grad_v, q.new_empty(0)
 
 
+def _fake_forward(q, k, v, rpb, size, step, scale, backend):
+    return q.new_empty(q.shape)
+
+
+def _fake_backward(grad, q, k, v, rpb, size, step, scale, backend, rpb_grad):
+    grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None and rpb_grad else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_rpb
+
+
 # --- neighborhood attention ---------------------------------------------------------------------------------------
 
 @torch.library.custom_op("vithub::neighborhood_attention", mutates_args=())
 def neighborhood_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int],
                               dilation: List[int], scale: float, backend: str) -> Tensor:
     return neighborhood_eager(q, k, v, rpb, tuple(kernel_size), tuple(dilation), scale, backend)
-
-
-@neighborhood_attention_op.register_fake
-def _(q, k, v, rpb, kernel_size, dilation, scale, backend):
-    return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("vithub::neighborhood_attention_backward", mutates_args=())
@@ -71,23 +75,12 @@ def neighborhood_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Te
     return _recompute_grads(forward, grad, q, k, v, rpb, rpb_grad)
 
 
-@neighborhood_attention_backward_op.register_fake
-def _(grad, q, k, v, rpb, kernel_size, dilation, scale, backend, rpb_grad):
-    grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None and rpb_grad else q.new_empty(0)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_rpb
-
-
 # --- window attention ---------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("vithub::window_attention", mutates_args=())
 def window_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window_size: List[int],
                         shift_size: List[int], scale: float, backend: str) -> Tensor:
     return window_eager(q, k, v, rpb, tuple(window_size), tuple(shift_size), scale, backend)
-
-
-@window_attention_op.register_fake
-def _(q, k, v, rpb, window_size, shift_size, scale, backend):
-    return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("vithub::window_attention_backward", mutates_args=())
@@ -98,12 +91,6 @@ def window_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
         return window_eager(q_, k_, v_, rpb_, tuple(window_size), tuple(shift_size), scale, backend)
 
     return _recompute_grads(forward, grad, q, k, v, rpb, rpb_grad)
-
-
-@window_attention_backward_op.register_fake
-def _(grad, q, k, v, rpb, window_size, shift_size, scale, backend, rpb_grad):
-    grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None and rpb_grad else q.new_empty(0)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_rpb
 
 
 # --- autograd -----------------------------------------------------------------------------------------------------
@@ -124,6 +111,9 @@ def _make_backward(backward_op: Callable[..., Tuple[Tensor, ...]]) -> Callable:
     return backward
 
 
-neighborhood_attention_op.register_autograd(_make_backward(neighborhood_attention_backward_op),
-                                           setup_context=_setup_context)
-window_attention_op.register_autograd(_make_backward(window_attention_backward_op), setup_context=_setup_context)
+# Both ops share one signature shape (q, k, v, rpb, size, step, scale, backend), so fakes and autograd are shared.
+for _forward_op, _backward_op in ((neighborhood_attention_op, neighborhood_attention_backward_op),
+                                  (window_attention_op, window_attention_backward_op)):
+    _forward_op.register_fake(_fake_forward)
+    _backward_op.register_fake(_fake_backward)
+    _forward_op.register_autograd(_make_backward(_backward_op), setup_context=_setup_context)
