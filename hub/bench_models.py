@@ -65,19 +65,20 @@ def bench_model(name: str, batch: int, mode: str, backends: Sequence[str], compa
     labels = torch.randint(0, 1000, (batch,), device=device)
     candidates: Dict[str, Callable[[], None]] = {}
     skipped: Dict[str, str] = {}
+
+    def candidate(model_name: str, backend: Optional[str]) -> Callable[[], None]:
+        model = timm.create_model(model_name).to(device)
+        model.train(mode == "train")
+        return (_train_step(model, images, labels, backend) if mode == "train"
+                else _eval_step(model, images, backend))
+
     for backend in backends:
         if backend == "reference" and mode == "train" and batch > REFERENCE_TRAIN_MAX_BATCH:
             skipped[backend] = f"reference train step above batch {REFERENCE_TRAIN_MAX_BATCH} needs > 20 GB"
             continue
-        model = timm.create_model(name).to(device)
-        model.train(mode == "train")
-        candidates[backend] = (_train_step(model, images, labels, backend) if mode == "train"
-                               else _eval_step(model, images, backend))
+        candidates[backend] = candidate(name, backend)
     for other in compare:
-        model = timm.create_model(other).to(device)
-        model.train(mode == "train")
-        candidates[other] = (_train_step(model, images, labels, None) if mode == "train"
-                             else _eval_step(model, images, None))
+        candidates[other] = candidate(other, None)
     ms = measure(candidates, repeats, warmup=1) if candidates else {}
     return ModelRow(name, batch, mode, ms, skipped)
 
