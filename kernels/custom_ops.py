@@ -2,8 +2,9 @@
 
 Under ``torch.compile`` the public ops call these; eager calls go straight to the backends (no extra dispatch, and
 the backends' own fused backward). Each op has a fake implementation (output shapes for tracing) and a registered
-autograd formula. The backward is its own custom op: it recomputes the forward of the chosen backend with autograd
-and differentiates it, which costs one extra forward per call until a backend brings a dedicated backward kernel.
+autograd formula. The backward is its own custom op and recomputes the forward, because a custom op returns no
+saved state: the ``triton`` backend recomputes its forward (for the log-sum-exp) and runs its backward kernels; the
+other backends rebuild their autograd graph with ``torch.func.vjp`` and differentiate it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from . import reference, tiled
+from . import reference, tiled, triton_backend
 
 Tensor = torch.Tensor
 
@@ -22,6 +23,8 @@ def neighborhood_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], k
     """Neighborhood attention on an already validated call and an already resolved backend."""
     if backend == "reference":
         return reference.neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)
+    if backend == "triton":
+        return triton_backend.neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)
     plan = tiled.neighborhood_plan(q.shape[1], q.shape[2], kernel, dilation, q.device)
     return tiled.local_attention(q, k, v, plan, rpb, scale)
 
@@ -31,6 +34,8 @@ def window_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window:
     """Window attention on an already validated call and an already resolved backend."""
     if backend == "reference":
         return reference.window_attention(q, k, v, window, shift, rpb, scale)
+    if backend == "triton":
+        return triton_backend.window_attention(q, k, v, window, shift, rpb, scale)
     plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device)
     return tiled.local_attention(q, k, v, plan, rpb, scale)
 
@@ -46,6 +51,14 @@ def _recompute_grads(forward: Callable[..., Tensor], grad: Tensor, q: Tensor, k:
     grad_q, grad_k, grad_v = pullback(grad)
     # A custom op returns tensors only: an empty one stands for "no rpb gradient".
     return grad_q, grad_k, grad_v, q.new_empty(0)
+
+
+def _triton_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
+                  geometry: triton_backend.Geometry, scale: float,
+                  rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    out, lse = triton_backend.forward(q, k, v, rpb, geometry, scale)
+    grad_q, grad_k, grad_v, grad_rpb = triton_backend.backward(grad, q, k, v, rpb, out, lse, geometry, scale, rpb_grad)
+    return grad_q, grad_k, grad_v, (grad_rpb if grad_rpb is not None else q.new_empty(0))
 
 
 def _fake_forward(q, k, v, rpb, size, step, scale, backend):
@@ -69,6 +82,10 @@ def neighborhood_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Ten
 def neighborhood_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                                        kernel_size: List[int], dilation: List[int], scale: float, backend: str,
                                        rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if backend == "triton":
+        geometry = triton_backend.Geometry(False, tuple(kernel_size), dilation=tuple(dilation))
+        return _triton_grads(grad, q, k, v, rpb, geometry, scale, rpb_grad)
+
     def forward(q_, k_, v_, rpb_):
         return neighborhood_eager(q_, k_, v_, rpb_, tuple(kernel_size), tuple(dilation), scale, backend)
 
@@ -87,6 +104,10 @@ def window_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], 
 def window_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                                  window_size: List[int], shift_size: List[int], scale: float, backend: str,
                                  rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if backend == "triton":
+        geometry = triton_backend.Geometry(True, tuple(window_size), shift=tuple(shift_size))
+        return _triton_grads(grad, q, k, v, rpb, geometry, scale, rpb_grad)
+
     def forward(q_, k_, v_, rpb_):
         return window_eager(q_, k_, v_, rpb_, tuple(window_size), tuple(shift_size), scale, backend)
 

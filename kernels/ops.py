@@ -40,7 +40,7 @@ def neighborhood_attention(
     check_neighborhood(q, kernel, dil)
     check_rpb(rpb, q, kernel)
     softmax_scale = check_scale(scale, q.shape[-1])
-    name = resolve_backend(backend, q.device)
+    name = resolve_backend(backend, q)
     if torch.compiler.is_compiling():
         return custom_ops.neighborhood_attention_op(q, k, v, rpb, list(kernel), list(dil), softmax_scale, name)
     return custom_ops.neighborhood_eager(q, k, v, rpb, kernel, dil, softmax_scale, name)
@@ -75,7 +75,7 @@ def window_attention(
     check_window(q, window, shift)
     check_rpb(rpb, q, window)
     softmax_scale = check_scale(scale, q.shape[-1])
-    name = resolve_backend(backend, q.device)
+    name = resolve_backend(backend, q)
     if torch.compiler.is_compiling():
         return custom_ops.window_attention_op(q, k, v, rpb, list(window), list(shift), softmax_scale, name)
     return custom_ops.window_eager(q, k, v, rpb, window, shift, softmax_scale, name)

@@ -198,9 +198,11 @@ def test_integer_tensors_are_rejected():
         neighborhood_attention(q, q, q, 3)
 
 
-def test_triton_backend_never_falls_back_silently():
+def test_triton_backend_never_falls_back_silently(monkeypatch):
+    """On CPU without the interpreter, an explicit "triton" is refused with the way out, never run on torch."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, v = _qkv(1, 8, 8, 2, 4)
-    with pytest.raises(BackendUnavailableError, match="triton"):
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1|not installed"):
         neighborhood_attention(q, k, v, 3, backend="triton")
     with use_backend("triton"), pytest.raises(BackendUnavailableError, match="triton"):
         window_attention(q, k, v, 4)

@@ -1,0 +1,252 @@
+"""The ``triton`` backend: host side of the local-attention kernels in ``_triton_local.py``.
+
+CUDA tensors run the compiled kernels. CPU tensors run them in Triton's interpreter (slow; it exists for tests),
+which Triton enables per process: ``TRITON_INTERPRET=1`` must be in the environment before ``triton`` is first
+imported (torch and timm import it), e.g. ``TRITON_INTERPRET=1 python script.py``. The dispatcher checks both.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Optional, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 128
+
+# Query/key tiles: one Swin window per program when it fits in 64 lanes; 8x8 queries against 8x8 key tiles for NA.
+# These are starting points chosen for register use (64x64 fp32 score tiles); tune them on the GPU benchmark.
+TILE_LANES = 64
+NA_TILE = (8, 8)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What makes the two ops differ: window or neighbourhood, its size, and dilation or shift per axis."""
+
+    is_window: bool
+    kernel: Tuple[int, int]
+    dilation: Tuple[int, int] = (1, 1)
+    shift: Tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile shapes in logical coordinates: queries ``(ty, tx)`` per program and keys ``(kty, ktx)`` per step."""
+
+    query: Tuple[int, int]
+    key: Tuple[int, int]
+
+
+def triton_importable() -> bool:
+    """Whether the ``triton`` package can be imported here."""
+    return importlib.util.find_spec("triton") is not None
+
+
+# Both are read inside torch.compile'd code (backend resolution): dynamo treats their results as constants.
+@torch.compiler.assume_constant_result
+def interpreter_requested() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_interprets() -> bool:
+    import triton
+    import triton.language as tl
+
+    # Triton decorates its own library (tl.zeros, ...) once, when it is first imported: the mode is per process.
+    return not isinstance(tl.zeros, triton.JITFunction)
+
+
+@torch.compiler.assume_constant_result
+def triton_interprets() -> bool:
+    """Whether this process imported Triton in interpreter mode (``TRITON_INTERPRET=1`` before its first import)."""
+    return _triton_interprets()
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels() -> ModuleType:
+    # The kernel file is decorated in the mode Triton itself runs in, whatever TRITON_INTERPRET says now.
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if triton_interprets() else "0"
+    try:
+        return importlib.import_module(f"{__package__}._triton_local")
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+def unsupported_reason(q: Tensor) -> Optional[str]:
+    """Why the Triton kernels cannot take ``q`` (dtype or head_dim), or ``None`` when they can."""
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"the triton backend takes float32, float16 or bfloat16, got {q.dtype}"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"the triton backend takes head_dim <= {MAX_HEAD_DIM}, got {q.shape[-1]}"
+    return None
+
+
+def _lanes(count: int) -> int:
+    # Block sizes must be powers of two, and tl.dot needs at least 16 along every axis.
+    return max(16, 1 << (count - 1).bit_length())
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def default_tiles(geometry: Geometry) -> Tiles:
+    """Tiles that follow the windows for Swin (whole rows of a window, a divisor of its height) and 8x8 for NA."""
+    if geometry.is_window:
+        wh, ww = geometry.kernel
+        rows = max((r for r in range(1, wh + 1) if wh % r == 0 and r * ww <= TILE_LANES), default=1)
+        return Tiles(query=(rows, ww), key=(rows, ww))
+    return Tiles(query=NA_TILE, key=NA_TILE)
+
+
+def _allocate(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    # Every kernel output comes from here, so tests can poison it (NaN) and catch elements no program writes.
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _strides(x: Tensor) -> Tuple[int, ...]:
+    return tuple(x.stride())
+
+
+def _launch_common(q: Tensor, geometry: Geometry, tiles: Tiles, scale: float, per_key: bool = False):
+    batch, height, width, heads, head_dim = q.shape
+    dh, dw = geometry.dilation
+    ty, tx = tiles.key if per_key else tiles.query
+    # Sized for the longest dilation group; programs past a shorter group's end return at once.
+    tiles_y = _ceil_div(_ceil_div(height, dh), ty)
+    tiles_x = _ceil_div(_ceil_div(width, dw), tx)
+    grid = (dh * dw * tiles_y * tiles_x, batch * heads)
+    scalars = (height, width, heads, head_dim, *geometry.kernel, dh, dw, *geometry.shift, tiles_y, tiles_x, scale)
+    constants = dict(
+        IS_WINDOW=geometry.is_window,
+        TY=tiles.query[0], TX=tiles.query[1], BQ=_lanes(tiles.query[0] * tiles.query[1]),
+        KTY=tiles.key[0], KTX=tiles.key[1], BK=_lanes(tiles.key[0] * tiles.key[1]),
+        BD=_lanes(head_dim),
+        # fp32 inputs get exact fp32 products (as the other backends); half types use the tensor cores natively.
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+    return grid, scalars, constants
+
+
+def _check_tiles(tiles: Tiles) -> None:
+    for name, (a, b) in (("query", tiles.query), ("key", tiles.key)):
+        if a < 1 or b < 1 or a * b > 1024:
+            raise ValueError(f"tiles.{name} must be two positive ints with a product <= 1024, got {(a, b)}")
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], geometry: Geometry, scale: float,
+            tiles: Optional[Tiles] = None) -> Tuple[Tensor, Tensor]:
+    """Output ``(B, H, W, heads, head_dim)`` and the base-2 log-sum-exp ``(B, heads, H, W)`` (fp32)."""
+    tiles = tiles or default_tiles(geometry)
+    _check_tiles(tiles)
+    kernels = _kernels()
+    batch, height, width, heads, head_dim = q.shape
+    out = _allocate(q.shape, q.dtype, q.device)
+    lse = _allocate((batch, heads, height, width), torch.float32, q.device)
+    table = rpb.contiguous() if rpb is not None else q  # never read without HAS_RPB
+    grid, scalars, constants = _launch_common(q, geometry, tiles, scale)
+    kernels.local_attention_fwd[grid](
+        q, k, v, table, out, lse, *_strides(q), *_strides(k), *_strides(v), *scalars,
+        HAS_RPB=rpb is not None, **constants,
+    )
+    return out, lse
+
+
+def backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], out: Tensor, lse: Tensor,
+             geometry: Geometry, scale: float, rpb_grad: bool,
+             tiles: Optional[Tiles] = None) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Gradients of q, k, v (q's dtype) and of rpb (rpb's dtype, or ``None`` when not asked)."""
+    tiles = tiles or default_tiles(geometry)
+    _check_tiles(tiles)
+    kernels = _kernels()
+    batch, height, width, heads, head_dim = q.shape
+    has_rpb = rpb is not None
+    rpb_grad = rpb_grad and has_rpb
+    table = rpb.contiguous() if has_rpb else q
+    delta = _allocate(lse.shape, torch.float32, q.device)
+    grad_q = _allocate(q.shape, q.dtype, q.device)
+    grad_k = _allocate(q.shape, q.dtype, q.device)
+    grad_v = _allocate(q.shape, q.dtype, q.device)
+
+    grid, scalars, constants = _launch_common(q, geometry, tiles, scale)
+    table_size = (2 * geometry.kernel[0] - 1) * (2 * geometry.kernel[1] - 1)
+    if rpb_grad:
+        # One partial table per program (reduced inside the program), summed here: no contention across programs.
+        partials = torch.zeros((batch * grid[0], heads, table_size), dtype=torch.float32, device=q.device)
+    else:
+        partials = lse  # never written without RPB_GRAD
+    kernels.local_attention_bwd_query[grid](
+        q, k, v, table, out, grad, lse, delta, grad_q, partials,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *scalars,
+        HAS_RPB=has_rpb, RPB_GRAD=rpb_grad, **constants,
+    )
+    grid, scalars, constants = _launch_common(q, geometry, tiles, scale, per_key=True)
+    kernels.local_attention_bwd_key[grid](
+        q, k, v, table, grad, lse, delta, grad_k, grad_v,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *scalars,
+        HAS_RPB=has_rpb, **constants,
+    )
+    grad_rpb = None
+    if rpb_grad:
+        grad_rpb = partials.sum(dim=0).view(rpb.shape).to(rpb.dtype)
+    return grad_q, grad_k, grad_v, grad_rpb
+
+
+class _LocalAttention(torch.autograd.Function):
+    """Autograd over the Triton forward and its two-pass backward (saves the log-sum-exp, recomputes scores)."""
+
+    @staticmethod
+    def forward(q, k, v, rpb, geometry, scale, tiles):  # type: ignore[override]
+        return forward(q, k, v, rpb, geometry, scale, tiles)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        q, k, v, rpb, geometry, scale, tiles = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, rpb, out, lse)
+        ctx.geometry, ctx.scale, ctx.tiles = geometry, scale, tiles
+        ctx.mark_non_differentiable(lse)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):  # type: ignore[override]
+        q, k, v, rpb, out, lse = ctx.saved_tensors
+        grad_q, grad_k, grad_v, grad_rpb = backward(
+            grad_out, q, k, v, rpb, out, lse, ctx.geometry, ctx.scale, bool(ctx.needs_input_grad[3]), ctx.tiles
+        )
+        return grad_q, grad_k, grad_v, grad_rpb, None, None, None
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], geometry: Geometry, scale: float,
+                    tiles: Optional[Tiles] = None) -> Tensor:
+    """Differentiable local attention on the Triton kernels (validated arguments assumed)."""
+    reason = unsupported_reason(q)
+    if reason is not None:
+        raise ValueError(reason + "; use backend='torch'")
+    out, _ = _LocalAttention.apply(q, k, v, rpb, geometry, scale, tiles)
+    return out
+
+
+def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel: Tuple[int, int], dilation: Tuple[int, int],
+                           rpb: Optional[Tensor], scale: float, tiles: Optional[Tiles] = None) -> Tensor:
+    """Neighborhood attention (NATTEN semantics) on the Triton kernels."""
+    return local_attention(q, k, v, rpb, Geometry(False, tuple(kernel), dilation=tuple(dilation)), scale, tiles)
+
+
+def window_attention(q: Tensor, k: Tensor, v: Tensor, window: Tuple[int, int], shift: Tuple[int, int],
+                     rpb: Optional[Tensor], scale: float, tiles: Optional[Tiles] = None) -> Tensor:
+    """Swin (shifted) window attention on the Triton kernels."""
+    return local_attention(q, k, v, rpb, Geometry(True, tuple(window), shift=tuple(shift)), scale, tiles)
