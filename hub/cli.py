@@ -1,4 +1,4 @@
-"""The ``vithub`` command: ``list``, ``info NAME``, ``bench kernels``, ``bench models``."""
+"""The ``vithub`` command: ``list``, ``info NAME``, ``bench kernels``, ``bench models``, ``bench gpu``."""
 
 from __future__ import annotations
 
@@ -38,11 +38,31 @@ def _cmd_info(args: argparse.Namespace) -> int:
 DEFAULT_BENCH_OUTPUT = {
     "kernels": "benchmarks/results/kernels_cpu.json",
     "models": "benchmarks/results/models_cpu.json",
+    "gpu": "benchmarks/results/kernels_{gpu}.json",  # {gpu}: the device name, e.g. nvidia_h100_80gb_hbm3
 }
+
+
+def _gpu_slug() -> str:
+    import re
+
+    import torch
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no_gpu"
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     output = DEFAULT_BENCH_OUTPUT[args.target] if args.output is None else args.output
+    if args.target == "gpu":
+        from vithub.bench_gpu import run_gpu_bench
+
+        try:
+            run_gpu_bench(output=output.format(gpu=_gpu_slug()), repeats=args.repeats or 20,
+                          dtype="bfloat16" if args.dtype == "float32" else args.dtype, quick=args.quick)
+        except RuntimeError as error:
+            print(f"vithub: error: {error}", file=sys.stderr)
+            return 2
+        return 0
     if args.target == "kernels":
         from vithub.bench import run_kernel_bench
 
@@ -72,14 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.set_defaults(func=_cmd_info)
 
     p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, or whole-model throughput")
-    p_bench.add_argument("target", choices=["kernels", "models"], help="what to benchmark")
+    p_bench.add_argument("target", choices=["kernels", "models", "gpu"],
+                         help="kernels/models: CPU-capable; gpu: Triton vs torch, FlexAttention and timm on CUDA, bf16")
     p_bench.add_argument("--output", default=None,
-                         help="JSON path ('' for none; default benchmarks/results/<target>_cpu.json)")
+                         help="JSON path ('' for none; default benchmarks/results/<target>_cpu.json, "
+                              "kernels_<gpu name>.json for gpu)")
     p_bench.add_argument("--repeats", type=int, default=None,
-                         help="timed calls per candidate, median kept (default 7 for kernels, 3 for models)")
+                         help="timed calls per candidate, median kept (default 7 for kernels, 3 for models, 20 for gpu)")
     p_bench.add_argument("--device", default="cpu")
     kernels = p_bench.add_argument_group("kernels")
-    kernels.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    kernels.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                         help="kernels: default float32; gpu: default bfloat16")
     kernels.add_argument("--quick", action="store_true", help="first shapes only (smoke run)")
     kernels.add_argument("--ops", nargs="+", default=["neighborhood", "window"], choices=["neighborhood", "window"])
     models = p_bench.add_argument_group("models")

@@ -2,7 +2,7 @@
 
 Ops (heads-last ``(B, H, W, heads, head_dim)``): :func:`neighborhood_attention`, :func:`window_attention`.
 Backends: ``reference`` (naive, float64-capable ground truth), ``torch`` (fast tiled SDPA path, CPU and fallback),
-``triton`` (CUDA; not in this build yet, asking for it raises :class:`BackendUnavailableError`).
+``triton`` (fused kernels for CUDA, forward and backward; on CPU only under ``TRITON_INTERPRET=1``).
 This package imports nothing else from vithub.
 """
 
@@ -12,6 +12,7 @@ from .dispatch import (
     available_backends,
     current_backend,
     triton_available,
+    triton_refusal,
     use_backend,
 )
 from .ops import neighborhood_attention, rpb_from_swin_table, window_attention
@@ -24,6 +25,7 @@ __all__ = [
     "neighborhood_attention",
     "rpb_from_swin_table",
     "triton_available",
+    "triton_refusal",
     "use_backend",
     "window_attention",
 ]
