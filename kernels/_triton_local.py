@@ -107,6 +107,53 @@ def _offsets(b, h, py, px, d, s_b, s_y, s_x, s_h, s_d):
 
 
 @triton.jit
+def _program(heads, H, W, DH, DW, tiles_y, tiles_x, TY: tl.constexpr, TX: tl.constexpr):
+    """Decode the program ids: batch*heads row, batch, head, dilation group, its lengths and the tile's first coords."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    tx = pid % tiles_x
+    ty = (pid // tiles_x) % tiles_y
+    group = pid // (tiles_x * tiles_y)
+    gy = group // DW
+    gx = group % DW
+    return (pid, bh, bh // heads, bh % heads, gy, gx, _group_length(H, DH, gy), _group_length(W, DW, gx),
+            ty * TY, tx * TX)
+
+
+@triton.jit
+def _lanes(first_y, first_x, end_y, end_x, TY: tl.constexpr, TX: tl.constexpr, LANES: tl.constexpr):
+    """Logical coordinates of a ``TY x TX`` tile flattened over ``LANES`` lanes, and which lanes are real."""
+    i = tl.arange(0, LANES)
+    y = first_y + i // TX
+    x = first_x + i % TX
+    return y, x, (i < TY * TX) & (y < end_y) & (x < end_x)
+
+
+@triton.jit
+def _positions(y, x, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW: tl.constexpr):
+    return _position(y, gy, DH, SH, H, IS_WINDOW), _position(x, gx, DW, SW, W, IS_WINDOW)
+
+
+@triton.jit
+def _load(ptr, b, h, py, px, ok, d, d_ok, s_b, s_y, s_x, s_h, s_d):
+    return tl.load(ptr + _offsets(b, h, py, px, d, s_b, s_y, s_x, s_h, s_d), mask=ok[:, None] & d_ok[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _dense_offsets(b, h, py, px, d, H, W, heads, D):
+    """Offsets into a contiguous ``(B, H, W, heads, D)`` tensor (the outputs and saved out)."""
+    return _offsets(b, h, py, px, d, H * W * heads * D, W * heads * D, heads * D, D, 1)
+
+
+@triton.jit
+def _key_span(first, last, group_length, kernel, IS_WINDOW: tl.constexpr):
+    """Logical keys ``[lo, hi]`` that the queries ``[first, last]`` attend to along one axis (starts are monotone)."""
+    return (_first_key(first, group_length, kernel, IS_WINDOW),
+            _first_key(last, group_length, kernel, IS_WINDOW) + kernel - 1)
+
+
+@triton.jit
 def _scores(q, k, qy, qx, q_ok, ky, kx, k_ok, h, RPB, qk_scale, len_y, len_x, KH, KW, SH, SW,
             IS_WINDOW: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr):
     """Logits in base-2 units (``log2(e) * (scale q.k + rpb)``), ``-inf`` off the neighbourhood; and the mask."""
@@ -135,57 +182,30 @@ def local_attention_fwd(
     KTY: tl.constexpr, KTX: tl.constexpr, BK: tl.constexpr,
     BD: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    tx = pid % tiles_x
-    ty = (pid // tiles_x) % tiles_y
-    group = pid // (tiles_x * tiles_y)
-    gy = group // DW
-    gx = group % DW
-    len_y = _group_length(H, DH, gy)
-    len_x = _group_length(W, DW, gx)
-    first_y = ty * TY
-    first_x = tx * TX
+    pid, bh, b, h, gy, gx, len_y, len_x, first_y, first_x = _program(heads, H, W, DH, DW, tiles_y, tiles_x, TY, TX)
     # Dilation groups differ in length by one; the grid is sized for the longest.
     if (first_y >= len_y) | (first_x >= len_x):
         return
 
-    qi = tl.arange(0, BQ)
-    qy = first_y + qi // TX
-    qx = first_x + qi % TX
-    q_ok = (qi < TY * TX) & (qy < len_y) & (qx < len_x)
-    qpy = _position(qy, gy, DH, SH, H, IS_WINDOW)
-    qpx = _position(qx, gx, DW, SW, W, IS_WINDOW)
+    qy, qx, q_ok = _lanes(first_y, first_x, len_y, len_x, TY, TX, BQ)
+    qpy, qpx = _positions(qy, qx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
     d = tl.arange(0, BD)
     d_ok = d < D
-    q = tl.load(Q + _offsets(b, h, qpy, qpx, d, sqb, sqy, sqx, sqh, sqd), mask=q_ok[:, None] & d_ok[None, :],
-                other=0.0)
-
-    last_y = tl.minimum(first_y + TY - 1, len_y - 1)
-    last_x = tl.minimum(first_x + TX - 1, len_x - 1)
-    key_lo_y = _first_key(first_y, len_y, KH, IS_WINDOW)
-    key_hi_y = _first_key(last_y, len_y, KH, IS_WINDOW) + KH - 1
-    key_lo_x = _first_key(first_x, len_x, KW, IS_WINDOW)
-    key_hi_x = _first_key(last_x, len_x, KW, IS_WINDOW) + KW - 1
+    q = _load(Q, b, h, qpy, qpx, q_ok, d, d_ok, sqb, sqy, sqx, sqh, sqd)
+    key_lo_y, key_hi_y = _key_span(first_y, tl.minimum(first_y + TY - 1, len_y - 1), len_y, KH, IS_WINDOW)
+    key_lo_x, key_hi_x = _key_span(first_x, tl.minimum(first_x + TX - 1, len_x - 1), len_x, KW, IS_WINDOW)
 
     qk_scale = scale * LOG2E
     # A finite floor keeps exp2(m_old - m_new) at 1, not NaN, for padding lanes that never see a key.
     m = tl.full([BQ], -1.0e30, tl.float32)
     l = tl.zeros([BQ], tl.float32)
     acc = tl.zeros([BQ, BD], tl.float32)
-    ki = tl.arange(0, BK)
     for ky0 in range(key_lo_y, key_hi_y + 1, KTY):
         for kx0 in range(key_lo_x, key_hi_x + 1, KTX):
-            ky = ky0 + ki // KTX
-            kx = kx0 + ki % KTX
-            k_ok = (ki < KTY * KTX) & (ky <= key_hi_y) & (kx <= key_hi_x)
-            kpy = _position(ky, gy, DH, SH, H, IS_WINDOW)
-            kpx = _position(kx, gx, DW, SW, W, IS_WINDOW)
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + _offsets(b, h, kpy, kpx, d, skb, sky, skx, skh, skd), mask=kv_mask, other=0.0)
-            v = tl.load(V + _offsets(b, h, kpy, kpx, d, svb, svy, svx, svh, svd), mask=kv_mask, other=0.0)
+            ky, kx, k_ok = _lanes(ky0, kx0, key_hi_y + 1, key_hi_x + 1, KTY, KTX, BK)
+            kpy, kpx = _positions(ky, kx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+            k = _load(K, b, h, kpy, kpx, k_ok, d, d_ok, skb, sky, skx, skh, skd)
+            v = _load(V, b, h, kpy, kpx, k_ok, d, d_ok, svb, svy, svx, svh, svd)
             s, ok = _scores(q, k, qy, qx, q_ok, ky, kx, k_ok, h, RPB, qk_scale, len_y, len_x, KH, KW, SH, SW,
                             IS_WINDOW, HAS_RPB, PRECISION)
             m_new = tl.maximum(m, tl.max(s, 1))
@@ -197,8 +217,8 @@ def local_attention_fwd(
 
     l = tl.where(q_ok, l, 1.0)
     out = acc / l[:, None]
-    o_offsets = _offsets(b, h, qpy, qpx, d, H * W * heads * D, W * heads * D, heads * D, D, 1)
-    tl.store(O + o_offsets, out.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+    tl.store(O + _dense_offsets(b, h, qpy, qpx, d, H, W, heads, D), out.to(O.dtype.element_ty),
+             mask=q_ok[:, None] & d_ok[None, :])
     lse_offsets = (bh.to(tl.int64) * H + qpy) * W + qpx
     tl.store(LSE + lse_offsets, m + tl.log2(l), mask=q_ok)
 
@@ -220,62 +240,34 @@ def local_attention_bwd_query(
     BD: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dQ and ``delta`` per query tile; with ``RPB_GRAD`` also this program's partial rpb gradient."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    tx = pid % tiles_x
-    ty = (pid // tiles_x) % tiles_y
-    group = pid // (tiles_x * tiles_y)
-    gy = group // DW
-    gx = group % DW
-    len_y = _group_length(H, DH, gy)
-    len_x = _group_length(W, DW, gx)
-    first_y = ty * TY
-    first_x = tx * TX
+    pid, bh, b, h, gy, gx, len_y, len_x, first_y, first_x = _program(heads, H, W, DH, DW, tiles_y, tiles_x, TY, TX)
     if (first_y >= len_y) | (first_x >= len_x):
         return
 
-    qi = tl.arange(0, BQ)
-    qy = first_y + qi // TX
-    qx = first_x + qi % TX
-    q_ok = (qi < TY * TX) & (qy < len_y) & (qx < len_x)
-    qpy = _position(qy, gy, DH, SH, H, IS_WINDOW)
-    qpx = _position(qx, gx, DW, SW, W, IS_WINDOW)
+    qy, qx, q_ok = _lanes(first_y, first_x, len_y, len_x, TY, TX, BQ)
+    qpy, qpx = _positions(qy, qx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
     d = tl.arange(0, BD)
     d_ok = d < D
-    q_mask = q_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + _offsets(b, h, qpy, qpx, d, sqb, sqy, sqx, sqh, sqd), mask=q_mask, other=0.0)
-    do = tl.load(DO + _offsets(b, h, qpy, qpx, d, sdb, sdy, sdx, sdh, sdd), mask=q_mask, other=0.0)
-    o_offsets = _offsets(b, h, qpy, qpx, d, H * W * heads * D, W * heads * D, heads * D, D, 1)
-    o = tl.load(O + o_offsets, mask=q_mask, other=0.0)
+    q = _load(Q, b, h, qpy, qpx, q_ok, d, d_ok, sqb, sqy, sqx, sqh, sqd)
+    do = _load(DO, b, h, qpy, qpx, q_ok, d, d_ok, sdb, sdy, sdx, sdh, sdd)
+    o = _load(O, b, h, qpy, qpx, q_ok, d, d_ok, H * W * heads * D, W * heads * D, heads * D, D, 1)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     row_offsets = (bh.to(tl.int64) * H + qpy) * W + qpx
     tl.store(DELTA + row_offsets, delta, mask=q_ok)
     lse = tl.load(LSE + row_offsets, mask=q_ok, other=0.0)
-
-    last_y = tl.minimum(first_y + TY - 1, len_y - 1)
-    last_x = tl.minimum(first_x + TX - 1, len_x - 1)
-    key_lo_y = _first_key(first_y, len_y, KH, IS_WINDOW)
-    key_hi_y = _first_key(last_y, len_y, KH, IS_WINDOW) + KH - 1
-    key_lo_x = _first_key(first_x, len_x, KW, IS_WINDOW)
-    key_hi_x = _first_key(last_x, len_x, KW, IS_WINDOW) + KW - 1
+    key_lo_y, key_hi_y = _key_span(first_y, tl.minimum(first_y + TY - 1, len_y - 1), len_y, KH, IS_WINDOW)
+    key_lo_x, key_hi_x = _key_span(first_x, tl.minimum(first_x + TX - 1, len_x - 1), len_x, KW, IS_WINDOW)
 
     qk_scale = scale * LOG2E
     table = (2 * KH - 1) * (2 * KW - 1)
     partial = DRPB + ((b.to(tl.int64) * tl.num_programs(0) + pid) * heads + h) * table
     dq = tl.zeros([BQ, BD], tl.float32)
-    ki = tl.arange(0, BK)
     for ky0 in range(key_lo_y, key_hi_y + 1, KTY):
         for kx0 in range(key_lo_x, key_hi_x + 1, KTX):
-            ky = ky0 + ki // KTX
-            kx = kx0 + ki % KTX
-            k_ok = (ki < KTY * KTX) & (ky <= key_hi_y) & (kx <= key_hi_x)
-            kpy = _position(ky, gy, DH, SH, H, IS_WINDOW)
-            kpx = _position(kx, gx, DW, SW, W, IS_WINDOW)
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + _offsets(b, h, kpy, kpx, d, skb, sky, skx, skh, skd), mask=kv_mask, other=0.0)
-            v = tl.load(V + _offsets(b, h, kpy, kpx, d, svb, svy, svx, svh, svd), mask=kv_mask, other=0.0)
+            ky, kx, k_ok = _lanes(ky0, kx0, key_hi_y + 1, key_hi_x + 1, KTY, KTX, BK)
+            kpy, kpx = _positions(ky, kx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+            k = _load(K, b, h, kpy, kpx, k_ok, d, d_ok, skb, sky, skx, skh, skd)
+            v = _load(V, b, h, kpy, kpx, k_ok, d, d_ok, svb, svy, svx, svh, svd)
             s, ok = _scores(q, k, qy, qx, q_ok, ky, kx, k_ok, h, RPB, qk_scale, len_y, len_x, KH, KW, SH, SW,
                             IS_WINDOW, HAS_RPB, PRECISION)
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
@@ -286,8 +278,8 @@ def local_attention_bwd_query(
                 # Scattered into this program's own table, so only lanes of one program ever meet on an address.
                 tl.atomic_add(partial + _relative_index(qy, qx, ky, kx, KH, KW), ds, mask=ok)
 
-    dq_offsets = _offsets(b, h, qpy, qpx, d, H * W * heads * D, W * heads * D, heads * D, D, 1)
-    tl.store(DQ + dq_offsets, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
+    tl.store(DQ + _dense_offsets(b, h, qpy, qpx, d, H, W, heads, D), (dq * scale).to(DQ.dtype.element_ty),
+             mask=q_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
@@ -307,34 +299,17 @@ def local_attention_bwd_key(
     BD: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dK and dV per key tile of ``KTY x KTX`` (``tiles_*`` count key tiles here), over the queries that see it."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    tx = pid % tiles_x
-    ty = (pid // tiles_x) % tiles_y
-    group = pid // (tiles_x * tiles_y)
-    gy = group // DW
-    gx = group % DW
-    len_y = _group_length(H, DH, gy)
-    len_x = _group_length(W, DW, gx)
-    first_y = ty * KTY
-    first_x = tx * KTX
+    pid, bh, b, h, gy, gx, len_y, len_x, first_y, first_x = _program(heads, H, W, DH, DW, tiles_y, tiles_x,
+                                                                       KTY, KTX)
     if (first_y >= len_y) | (first_x >= len_x):
         return
 
-    ki = tl.arange(0, BK)
-    ky = first_y + ki // KTX
-    kx = first_x + ki % KTX
-    k_ok = (ki < KTY * KTX) & (ky < len_y) & (kx < len_x)
-    kpy = _position(ky, gy, DH, SH, H, IS_WINDOW)
-    kpx = _position(kx, gx, DW, SW, W, IS_WINDOW)
+    ky, kx, k_ok = _lanes(first_y, first_x, len_y, len_x, KTY, KTX, BK)
+    kpy, kpx = _positions(ky, kx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
     d = tl.arange(0, BD)
     d_ok = d < D
-    kv_mask = k_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + _offsets(b, h, kpy, kpx, d, skb, sky, skx, skh, skd), mask=kv_mask, other=0.0)
-    v = tl.load(V + _offsets(b, h, kpy, kpx, d, svb, svy, svx, svh, svd), mask=kv_mask, other=0.0)
-
+    k = _load(K, b, h, kpy, kpx, k_ok, d, d_ok, skb, sky, skx, skh, skd)
+    v = _load(V, b, h, kpy, kpx, k_ok, d, d_ok, svb, svy, svx, svh, svd)
     last_y = tl.minimum(first_y + KTY - 1, len_y - 1)
     last_x = tl.minimum(first_x + KTX - 1, len_x - 1)
     query_lo_y, query_hi_y = _query_span(first_y, last_y, len_y, KH, IS_WINDOW)
@@ -343,17 +318,12 @@ def local_attention_bwd_key(
     qk_scale = scale * LOG2E
     dk = tl.zeros([BK, BD], tl.float32)
     dv = tl.zeros([BK, BD], tl.float32)
-    qi = tl.arange(0, BQ)
     for qy0 in range(query_lo_y, query_hi_y + 1, TY):
         for qx0 in range(query_lo_x, query_hi_x + 1, TX):
-            qy = qy0 + qi // TX
-            qx = qx0 + qi % TX
-            q_ok = (qi < TY * TX) & (qy <= query_hi_y) & (qx <= query_hi_x)
-            qpy = _position(qy, gy, DH, SH, H, IS_WINDOW)
-            qpx = _position(qx, gx, DW, SW, W, IS_WINDOW)
-            q_mask = q_ok[:, None] & d_ok[None, :]
-            q = tl.load(Q + _offsets(b, h, qpy, qpx, d, sqb, sqy, sqx, sqh, sqd), mask=q_mask, other=0.0)
-            do = tl.load(DO + _offsets(b, h, qpy, qpx, d, sdb, sdy, sdx, sdh, sdd), mask=q_mask, other=0.0)
+            qy, qx, q_ok = _lanes(qy0, qx0, query_hi_y + 1, query_hi_x + 1, TY, TX, BQ)
+            qpy, qpx = _positions(qy, qx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+            q = _load(Q, b, h, qpy, qpx, q_ok, d, d_ok, sqb, sqy, sqx, sqh, sqd)
+            do = _load(DO, b, h, qpy, qpx, q_ok, d, d_ok, sdb, sdy, sdx, sdh, sdd)
             row_offsets = (bh.to(tl.int64) * H + qpy) * W + qpx
             lse = tl.load(LSE + row_offsets, mask=q_ok, other=0.0)
             delta = tl.load(DELTA + row_offsets, mask=q_ok, other=0.0)
@@ -365,6 +335,7 @@ def local_attention_bwd_key(
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
 
-    out_offsets = _offsets(b, h, kpy, kpx, d, H * W * heads * D, W * heads * D, heads * D, D, 1)
+    out_offsets = _dense_offsets(b, h, kpy, kpx, d, H, W, heads, D)
+    kv_mask = k_ok[:, None] & d_ok[None, :]
     tl.store(DK + out_offsets, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + out_offsets, dv.to(DV.dtype.element_ty), mask=kv_mask)

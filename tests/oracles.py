@@ -41,3 +41,14 @@ def loop_attention(q, k, v, kernel, dilation, rpb, scale):
         weights = torch.stack(logits).softmax(0)
         out[b, y, x, h] = (weights[:, None] * torch.stack(values)).sum(0)
     return out
+
+
+def outputs_and_grads(fn, q, k, v, rpb, grad_out):
+    """Run ``fn(q, k, v, rpb)`` on fresh leaves, backpropagate ``grad_out``; return the output and the gradients of
+    q, k, v (and rpb when given)."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    rpb_leaf = rpb.detach().clone().requires_grad_(True) if rpb is not None else None
+    out = fn(*leaves, rpb_leaf)
+    out.backward(grad_out)
+    grads = [leaf.grad for leaf in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
+    return out.detach(), grads

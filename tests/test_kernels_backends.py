@@ -7,6 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from oracles import outputs_and_grads
 from vithub.kernels import custom_ops, neighborhood_attention, use_backend, window_attention
 
 FAST_BACKENDS = ["torch"]
@@ -50,15 +51,6 @@ def make_inputs(case, table):
         rpb = torch.randn(case["heads"], 2 * table[0] - 1, 2 * table[1] - 1, generator=gen, dtype=case["dtype"])
     grad_out = torch.randn(*shape, generator=gen, dtype=case["dtype"])
     return q, k, v, rpb, grad_out
-
-
-def outputs_and_grads(fn, q, k, v, rpb, grad_out):
-    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-    rpb_leaf = rpb.detach().clone().requires_grad_(True) if rpb is not None else None
-    out = fn(*leaves, rpb_leaf)
-    out.backward(grad_out)
-    grads = [leaf.grad for leaf in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
-    return out.detach(), grads
 
 
 def assert_backends_agree(fn_for_backend, case, table):

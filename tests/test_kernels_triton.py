@@ -19,6 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from oracles import outputs_and_grads
 from vithub.kernels import (
     BackendUnavailableError,
     available_backends,
@@ -69,15 +70,6 @@ def _inputs(shape, table, with_rpb, seed, dtype=torch.float64, device="cpu"):
     return q, k, v, rpb, grad
 
 
-def _run(fn, q, k, v, rpb, grad):
-    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-    bias = rpb.detach().clone().requires_grad_(True) if rpb is not None else None
-    out = fn(*leaves, bias)
-    out.backward(grad)
-    grads = [t.grad for t in leaves] + ([bias.grad] if bias is not None else [])
-    return out.detach(), grads
-
-
 def _reference_for(geometry: Geometry, scale: float):
     if geometry.is_window:
         return lambda q, k, v, rpb: reference.window_attention(q, k, v, geometry.kernel, geometry.shift, rpb, scale)
@@ -88,9 +80,9 @@ def _reference_for(geometry: Geometry, scale: float):
 def _assert_triton_matches_reference(shape, geometry, tiles, with_rpb, seed):
     q, k, v, rpb, grad = _inputs(shape, geometry.kernel, with_rpb, seed)
     scale = shape[-1] ** -0.5
-    expected, expected_grads = _run(_reference_for(geometry, scale), q, k, v, rpb, grad)
+    expected, expected_grads = outputs_and_grads(_reference_for(geometry, scale), q, k, v, rpb, grad)
     as32 = [t.float() if t is not None else None for t in (q, k, v, rpb, grad)]
-    out, grads = _run(lambda *a: triton_backend.local_attention(*a, geometry, scale, tiles), *as32)
+    out, grads = outputs_and_grads(lambda *a: triton_backend.local_attention(*a, geometry, scale, tiles), *as32)
     torch.testing.assert_close(out.double(), expected, **FP32_VS_FLOAT64)
     for name, got, want in zip(("q", "k", "v", "rpb"), grads, expected_grads):
         tolerance = FP32_RPB_GRAD if name == "rpb" else FP32_VS_FLOAT64
@@ -165,7 +157,7 @@ def test_strided_qkv_views_and_strided_grad(poisoned):
     grad = torch.randn(2, 10, 9, 2, 12, generator=gen, dtype=torch.float64).transpose(1, 2)
     q, k, v = qkv.unbind(3)
     assert not q.is_contiguous() and not grad.is_contiguous()
-    expected, expected_grads = _run(
+    expected, expected_grads = outputs_and_grads(
         lambda q_, k_, v_, b_: reference.neighborhood_attention(q_, k_, v_, (3, 3), (2, 1), b_, 0.3), q, k, v, rpb, grad
     )
     fused = qkv.float().requires_grad_(True)
@@ -317,9 +309,9 @@ def test_cuda_half_precision_against_fp32_reference(poisoned, dtype, geometry, s
     shape = (4, *size, heads, head_dim)
     q, k, v, rpb, grad = _inputs(shape, geometry.kernel, True, seed=1, dtype=torch.float32, device="cuda")
     scale = head_dim ** -0.5
-    expected, expected_grads = _run(_reference_for(geometry, scale), q, k, v, rpb, grad)
+    expected, expected_grads = outputs_and_grads(_reference_for(geometry, scale), q, k, v, rpb, grad)
     half = [t.to(dtype) for t in (q, k, v, rpb, grad)]
-    out, grads = _run(lambda *a: triton_backend.local_attention(*a, geometry, scale), *half)
+    out, grads = outputs_and_grads(lambda *a: triton_backend.local_attention(*a, geometry, scale), *half)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     torch.testing.assert_close(out.float(), expected, **HALF_TOLERANCE[dtype])
     for name, got, want in zip(("q", "k", "v", "rpb"), grads, expected_grads):
@@ -335,8 +327,8 @@ def test_cuda_fp32_large_shape_against_reference(poisoned):
     geometry = Geometry(False, (7, 7), dilation=(2, 3))
     q, k, v, rpb, grad = _inputs(_assert_large, geometry.kernel, True, seed=2, dtype=torch.float32, device="cuda")
     scale = 32 ** -0.5
-    expected, expected_grads = _run(_reference_for(geometry, scale), *(t.double() for t in (q, k, v, rpb, grad)))
-    out, grads = _run(lambda *a: triton_backend.local_attention(*a, geometry, scale), q, k, v, rpb, grad)
+    expected, expected_grads = outputs_and_grads(_reference_for(geometry, scale), *(t.double() for t in (q, k, v, rpb, grad)))
+    out, grads = outputs_and_grads(lambda *a: triton_backend.local_attention(*a, geometry, scale), q, k, v, rpb, grad)
     torch.testing.assert_close(out.double(), expected, **FP32_VS_FLOAT64)
     for name, got, want in zip(("q", "k", "v", "rpb"), grads, expected_grads):
         tolerance = dict(rtol=1e-4, atol=1e-3) if name == "rpb" else FP32_VS_FLOAT64
