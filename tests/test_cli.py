@@ -70,7 +70,8 @@ def test_kernel_bench_writes_table_and_json(tmp_path, capsys):
         assert set(row["speedups"]) == {f"torch_speedup_vs_{name}" for name in others}
         for name in others:
             expected = row["ms"][name] / row["ms"]["torch"]
-            assert row["speedups"][f"torch_speedup_vs_{name}"] == pytest.approx(expected, rel=1e-2)
+            # Speedups are stored rounded to 3 decimals.
+            assert row["speedups"][f"torch_speedup_vs_{name}"] == pytest.approx(expected, abs=5.1e-4)
     assert not list(output.parent.glob("*.tmp"))
 
 
