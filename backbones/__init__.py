@@ -3,7 +3,8 @@
 Each family runs its attention through :mod:`vithub.kernels`.
 """
 
-from . import nat
+from . import nat, swin
 from .nat import NAT
+from .swin import Swin
 
-__all__ = ["NAT", "nat"]
+__all__ = ["NAT", "Swin", "nat", "swin"]

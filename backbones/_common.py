@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
 
 def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
@@ -30,3 +31,10 @@ def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] =
 
 def nhwc_to_nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
+
+
+def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a ``(heads, 2Kh-1, 2Kw-1)`` relative-position-bias table to ``size`` (a new kernel/window)."""
+    work_dtype = torch.float64 if rpb.dtype == torch.float64 else torch.float32  # no half-precision bicubic on CPU
+    resized = F.interpolate(rpb[None].to(work_dtype), size=size, mode="bicubic", align_corners=False)
+    return resized[0].to(rpb.dtype)

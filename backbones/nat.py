@@ -28,7 +28,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from vithub.kernels import neighborhood_attention
 
-from ._common import nhwc_to_nchw, take_indices
+from ._common import nhwc_to_nchw, resize_rpb, take_indices
 
 __all__ = ["NAT", "NATBlock", "NATStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
 
@@ -486,13 +486,6 @@ def _from_transformers(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.T
     return out
 
 
-def _resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of a ``(heads, 2K-1, 2K-1)`` bias table (how the official 11x11 weights were made from 7x7)."""
-    work_dtype = torch.float64 if rpb.dtype == torch.float64 else torch.float32  # no half-precision bicubic on CPU
-    resized = F.interpolate(rpb[None].to(work_dtype), size=size, mode="bicubic", align_corners=False)
-    return resized[0].to(rpb.dtype)
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, torch.Tensor]:
     """Convert official SHI-Labs or Hugging Face transformers NAT/DiNAT state dicts to this layout.
 
@@ -507,7 +500,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
     own = model.state_dict()
     for key, value in list(state_dict.items()):
         if key.endswith(".rpb") and key in own and value.shape != own[key].shape and value.dim() == 3:
-            state_dict[key] = _resize_rpb(value, tuple(own[key].shape[-2:]))
+            state_dict[key] = resize_rpb(value, tuple(own[key].shape[-2:]))
     return state_dict
 
 

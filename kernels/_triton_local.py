@@ -66,10 +66,11 @@ def _query_span(first, last, group_length, kernel, IS_WINDOW: tl.constexpr):
 
 @triton.jit
 def _position(coord, group, dilation, shift, length, IS_WINDOW: tl.constexpr):
-    """Map position read for a logical coordinate."""
+    """Map position read for a logical coordinate (windows: ``length`` is the unpadded extent that rolls)."""
     if IS_WINDOW:
         pos = coord + shift
         pos = tl.where(pos >= length, pos - length, pos)
+        pos = tl.where(coord < length, pos, coord)  # padding past the unpadded extent stays in place
     else:
         pos = group + coord * dilation
     return pos
@@ -130,8 +131,8 @@ def _lanes(first_y, first_x, end_y, end_x, TY: tl.constexpr, TX: tl.constexpr, L
 
 
 @triton.jit
-def _positions(y, x, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW: tl.constexpr):
-    return _position(y, gy, DH, SH, H, IS_WINDOW), _position(x, gx, DW, SW, W, IS_WINDOW)
+def _positions(y, x, gy, gx, UH, UW, DH, DW, SH, SW, IS_WINDOW: tl.constexpr):
+    return _position(y, gy, DH, SH, UH, IS_WINDOW), _position(x, gx, DW, SW, UW, IS_WINDOW)
 
 
 @triton.jit
@@ -174,7 +175,7 @@ def local_attention_fwd(
     skb, sky, skx, skh, skd,
     svb, svy, svx, svh, svd,
     H, W, heads, D,
-    KH, KW, DH, DW, SH, SW,
+    KH, KW, DH, DW, SH, SW, UH, UW,
     tiles_y, tiles_x,
     scale,
     IS_WINDOW: tl.constexpr, HAS_RPB: tl.constexpr,
@@ -188,7 +189,7 @@ def local_attention_fwd(
         return
 
     qy, qx, q_ok = _lanes(first_y, first_x, len_y, len_x, TY, TX, BQ)
-    qpy, qpx = _positions(qy, qx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+    qpy, qpx = _positions(qy, qx, gy, gx, UH, UW, DH, DW, SH, SW, IS_WINDOW)
     d = tl.arange(0, BD)
     d_ok = d < D
     q = _load(Q, b, h, qpy, qpx, q_ok, d, d_ok, sqb, sqy, sqx, sqh, sqd)
@@ -203,7 +204,7 @@ def local_attention_fwd(
     for ky0 in range(key_lo_y, key_hi_y + 1, KTY):
         for kx0 in range(key_lo_x, key_hi_x + 1, KTX):
             ky, kx, k_ok = _lanes(ky0, kx0, key_hi_y + 1, key_hi_x + 1, KTY, KTX, BK)
-            kpy, kpx = _positions(ky, kx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+            kpy, kpx = _positions(ky, kx, gy, gx, UH, UW, DH, DW, SH, SW, IS_WINDOW)
             k = _load(K, b, h, kpy, kpx, k_ok, d, d_ok, skb, sky, skx, skh, skd)
             v = _load(V, b, h, kpy, kpx, k_ok, d, d_ok, svb, svy, svx, svh, svd)
             s, ok = _scores(q, k, qy, qx, q_ok, ky, kx, k_ok, h, RPB, qk_scale, len_y, len_x, KH, KW, SH, SW,
@@ -231,7 +232,7 @@ def local_attention_bwd_query(
     svb, svy, svx, svh, svd,
     sdb, sdy, sdx, sdh, sdd,
     H, W, heads, D,
-    KH, KW, DH, DW, SH, SW,
+    KH, KW, DH, DW, SH, SW, UH, UW,
     tiles_y, tiles_x,
     scale,
     IS_WINDOW: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr,
@@ -245,7 +246,7 @@ def local_attention_bwd_query(
         return
 
     qy, qx, q_ok = _lanes(first_y, first_x, len_y, len_x, TY, TX, BQ)
-    qpy, qpx = _positions(qy, qx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+    qpy, qpx = _positions(qy, qx, gy, gx, UH, UW, DH, DW, SH, SW, IS_WINDOW)
     d = tl.arange(0, BD)
     d_ok = d < D
     q = _load(Q, b, h, qpy, qpx, q_ok, d, d_ok, sqb, sqy, sqx, sqh, sqd)
@@ -265,7 +266,7 @@ def local_attention_bwd_query(
     for ky0 in range(key_lo_y, key_hi_y + 1, KTY):
         for kx0 in range(key_lo_x, key_hi_x + 1, KTX):
             ky, kx, k_ok = _lanes(ky0, kx0, key_hi_y + 1, key_hi_x + 1, KTY, KTX, BK)
-            kpy, kpx = _positions(ky, kx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+            kpy, kpx = _positions(ky, kx, gy, gx, UH, UW, DH, DW, SH, SW, IS_WINDOW)
             k = _load(K, b, h, kpy, kpx, k_ok, d, d_ok, skb, sky, skx, skh, skd)
             v = _load(V, b, h, kpy, kpx, k_ok, d, d_ok, svb, svy, svx, svh, svd)
             s, ok = _scores(q, k, qy, qx, q_ok, ky, kx, k_ok, h, RPB, qk_scale, len_y, len_x, KH, KW, SH, SW,
@@ -290,7 +291,7 @@ def local_attention_bwd_key(
     svb, svy, svx, svh, svd,
     sdb, sdy, sdx, sdh, sdd,
     H, W, heads, D,
-    KH, KW, DH, DW, SH, SW,
+    KH, KW, DH, DW, SH, SW, UH, UW,
     tiles_y, tiles_x,
     scale,
     IS_WINDOW: tl.constexpr, HAS_RPB: tl.constexpr,
@@ -305,7 +306,7 @@ def local_attention_bwd_key(
         return
 
     ky, kx, k_ok = _lanes(first_y, first_x, len_y, len_x, KTY, KTX, BK)
-    kpy, kpx = _positions(ky, kx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+    kpy, kpx = _positions(ky, kx, gy, gx, UH, UW, DH, DW, SH, SW, IS_WINDOW)
     d = tl.arange(0, BD)
     d_ok = d < D
     k = _load(K, b, h, kpy, kpx, k_ok, d, d_ok, skb, sky, skx, skh, skd)
@@ -321,7 +322,7 @@ def local_attention_bwd_key(
     for qy0 in range(query_lo_y, query_hi_y + 1, TY):
         for qx0 in range(query_lo_x, query_hi_x + 1, TX):
             qy, qx, q_ok = _lanes(qy0, qx0, query_hi_y + 1, query_hi_x + 1, TY, TX, BQ)
-            qpy, qpx = _positions(qy, qx, gy, gx, H, W, DH, DW, SH, SW, IS_WINDOW)
+            qpy, qpx = _positions(qy, qx, gy, gx, UH, UW, DH, DW, SH, SW, IS_WINDOW)
             q = _load(Q, b, h, qpy, qpx, q_ok, d, d_ok, sqb, sqy, sqx, sqh, sqd)
             do = _load(DO, b, h, qpy, qpx, q_ok, d, d_ok, sdb, sdy, sdx, sdh, sdd)
             row_offsets = (bh.to(tl.int64) * H + qpy) * W + qpx

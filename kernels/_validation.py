@@ -105,3 +105,17 @@ def check_window(q: torch.Tensor, window: Tuple[int, int], shift: Tuple[int, int
             )
         if s >= w:
             raise ValueError(f"shift_size must be smaller than window_size in each axis, got shift {s} >= window {w}")
+
+
+def check_unpadded(q: torch.Tensor, unpadded: Optional[Size2d]) -> Tuple[int, int]:
+    """``unpadded_size``: None (the whole map) or ``(h, w)`` with ``1 <= h <= H`` and ``1 <= w <= W``."""
+    height, width = q.shape[1], q.shape[2]
+    if unpadded is None:
+        return height, width
+    h, w = pair(unpadded, "unpadded_size")
+    if h > height or w > width:
+        raise ValueError(
+            f"unpadded_size must fit in the map ({height}, {width}) (it is the size before bottom/right padding), "
+            f"got {(h, w)}"
+        )
+    return h, w

@@ -30,13 +30,15 @@ def neighborhood_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], k
 
 
 def window_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window: Tuple[int, int],
-                 shift: Tuple[int, int], scale: float, backend: str) -> Tensor:
+                 shift: Tuple[int, int], scale: float, backend: str,
+                 unpadded: Optional[Tuple[int, int]] = None) -> Tensor:
     """Window attention on an already validated call and an already resolved backend."""
+    unpadded = tuple(unpadded) if unpadded is not None else (q.shape[1], q.shape[2])
     if backend == "reference":
-        return reference.window_attention(q, k, v, window, shift, rpb, scale)
+        return reference.window_attention(q, k, v, window, shift, rpb, scale, unpadded)
     if backend == "triton":
-        return triton_backend.window_attention(q, k, v, window, shift, rpb, scale)
-    plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device)
+        return triton_backend.window_attention(q, k, v, window, shift, rpb, scale, unpadded=unpadded)
+    plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device, unpadded)
     return tiled.local_attention(q, k, v, plan, rpb, scale)
 
 
@@ -61,11 +63,12 @@ def _triton_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[T
     return grad_q, grad_k, grad_v, (grad_rpb if grad_rpb is not None else q.new_empty(0))
 
 
-def _fake_forward(q, k, v, rpb, size, step, scale, backend):
+def _fake_forward(q, k, v, rpb, *arguments):
     return q.new_empty(q.shape)
 
 
-def _fake_backward(grad, q, k, v, rpb, size, step, scale, backend, rpb_grad):
+def _fake_backward(grad, q, k, v, rpb, *arguments):
+    rpb_grad = arguments[4]
     grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None and rpb_grad else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_rpb
 
@@ -96,20 +99,22 @@ def neighborhood_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Te
 
 @torch.library.custom_op("vithub::window_attention", mutates_args=())
 def window_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window_size: List[int],
-                        shift_size: List[int], scale: float, backend: str) -> Tensor:
-    return window_eager(q, k, v, rpb, tuple(window_size), tuple(shift_size), scale, backend)
+                        shift_size: List[int], scale: float, backend: str, unpadded_size: List[int]) -> Tensor:
+    return window_eager(q, k, v, rpb, tuple(window_size), tuple(shift_size), scale, backend, tuple(unpadded_size))
 
 
 @torch.library.custom_op("vithub::window_attention_backward", mutates_args=())
 def window_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                                  window_size: List[int], shift_size: List[int], scale: float, backend: str,
-                                 rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                                 rpb_grad: bool, unpadded_size: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     if backend == "triton":
-        geometry = triton_backend.Geometry(True, tuple(window_size), shift=tuple(shift_size))
+        geometry = triton_backend.Geometry(True, tuple(window_size), shift=tuple(shift_size),
+                                           unpadded=tuple(unpadded_size))
         return _triton_grads(grad, q, k, v, rpb, geometry, scale, rpb_grad)
 
     def forward(q_, k_, v_, rpb_):
-        return window_eager(q_, k_, v_, rpb_, tuple(window_size), tuple(shift_size), scale, backend)
+        return window_eager(q_, k_, v_, rpb_, tuple(window_size), tuple(shift_size), scale, backend,
+                            tuple(unpadded_size))
 
     return _recompute_grads(forward, grad, q, k, v, rpb, rpb_grad)
 
@@ -117,22 +122,25 @@ def window_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
 # --- autograd -----------------------------------------------------------------------------------------------------
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, rpb, size, second, scale, backend = inputs
+    q, k, v, rpb, *arguments = inputs
     ctx.save_for_backward(q, k, v, rpb)
-    ctx.arguments = (size, second, scale, backend)
+    ctx.arguments = arguments
 
 
 def _make_backward(backward_op: Callable[..., Tuple[Tensor, ...]]) -> Callable:
     def backward(ctx, grad):
         q, k, v, rpb = ctx.saved_tensors
         rpb_grad = rpb is not None and ctx.needs_input_grad[3]
-        grad_q, grad_k, grad_v, grad_rpb = backward_op(grad, q, k, v, rpb, *ctx.arguments, rpb_grad)
-        return grad_q, grad_k, grad_v, (grad_rpb if rpb_grad else None), None, None, None, None
+        size, step, scale, backend, *extra = ctx.arguments
+        grad_q, grad_k, grad_v, grad_rpb = backward_op(grad, q, k, v, rpb, size, step, scale, backend, rpb_grad,
+                                                       *extra)
+        return (grad_q, grad_k, grad_v, (grad_rpb if rpb_grad else None)) + (None,) * len(ctx.arguments)
 
     return backward
 
 
-# Both ops share one signature shape (q, k, v, rpb, size, step, scale, backend), so fakes and autograd are shared.
+# Both ops take (q, k, v, rpb, size, step, scale, backend, *op-specific), and their backward ops the same with
+# rpb_grad after backend, so fakes and autograd are shared.
 for _forward_op, _backward_op in ((neighborhood_attention_op, neighborhood_attention_backward_op),
                                   (window_attention_op, window_attention_backward_op)):
     _forward_op.register_fake(_fake_forward)

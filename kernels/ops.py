@@ -7,7 +7,16 @@ from typing import Optional
 import torch
 
 from . import custom_ops
-from ._validation import Size2d, check_neighborhood, check_qkv, check_rpb, check_scale, check_window, pair
+from ._validation import (
+    Size2d,
+    check_neighborhood,
+    check_qkv,
+    check_rpb,
+    check_scale,
+    check_unpadded,
+    check_window,
+    pair,
+)
 from .dispatch import resolve_backend
 
 
@@ -55,6 +64,7 @@ def window_attention(
     rpb: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
     backend: Optional[str] = None,
+    unpadded_size: Optional[Size2d] = None,
 ) -> torch.Tensor:
     """Swin window attention (W-MSA, or SW-MSA when ``shift_size > 0``) without roll or partition copies.
 
@@ -68,17 +78,22 @@ def window_attention(
         rpb: ``(heads, 2wh-1, 2ww-1)`` indexed by key minus query (convert Swin tables with :func:`rpb_from_swin_table`).
         scale: logit scale, default ``head_dim ** -0.5``.
         backend: ``None`` (by device), ``"reference"``, ``"torch"`` or ``"triton"``.
+        unpadded_size: ``(h, w)`` of the map before bottom/right padding to a window multiple; then only that region
+            is rolled and the padding stays at the bottom/right, which is timm's Swin order (roll, then pad).
+            Default: the whole map rolls.
     """
     check_qkv(q, k, v)
     window = pair(window_size, "window_size")
     shift = pair(shift_size, "shift_size", minimum=0)
     check_window(q, window, shift)
     check_rpb(rpb, q, window)
+    unpadded = check_unpadded(q, unpadded_size)
     softmax_scale = check_scale(scale, q.shape[-1])
     name = resolve_backend(backend, q)
     if torch.compiler.is_compiling():
-        return custom_ops.window_attention_op(q, k, v, rpb, list(window), list(shift), softmax_scale, name)
-    return custom_ops.window_eager(q, k, v, rpb, window, shift, softmax_scale, name)
+        return custom_ops.window_attention_op(q, k, v, rpb, list(window), list(shift), softmax_scale, name,
+                                              list(unpadded))
+    return custom_ops.window_eager(q, k, v, rpb, window, shift, softmax_scale, name, unpadded)
 
 
 def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:

@@ -72,6 +72,13 @@ def swin_region_labels(length: int, window: int, shift: int) -> torch.Tensor:
     return labels
 
 
+def rolled_positions(length: int, shift: int, unpadded: int) -> torch.Tensor:
+    """Map position read at each position of the rolled map: the first ``unpadded`` positions are rolled by ``-shift``
+    (``torch.roll(x[:unpadded], -shift)``), the padding after them stays in place (timm's Swin: roll, then pad)."""
+    index = torch.arange(length)
+    return torch.where(index < unpadded, (index + shift) % unpadded, index)
+
+
 def window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -80,15 +87,22 @@ def window_attention(
     shift_size: Tuple[int, int],
     rpb: Optional[torch.Tensor],
     scale: float,
+    unpadded_size: Optional[Tuple[int, int]] = None,
 ) -> torch.Tensor:
-    """Roll, partition into windows, masked attention in each window with rpb, merge, roll back (Swin W/SW-MSA)."""
+    """Roll, partition into windows, masked attention in each window with rpb, merge, roll back (Swin W/SW-MSA).
+
+    With ``unpadded_size`` only that top-left region is rolled; the rest is padding that stays at the bottom/right.
+    """
     batch, height, width, heads, head_dim = q.shape
     wh, ww = window_size
     sh, sw = shift_size
+    uh, uw = unpadded_size if unpadded_size is not None else (height, width)
     device = q.device
+    rows = rolled_positions(height, sh, uh).to(device)
+    cols = rolled_positions(width, sw, uw).to(device)
 
     def partition(x: torch.Tensor) -> torch.Tensor:
-        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        x = x[:, rows][:, :, cols]
         x = x.view(batch, height // wh, wh, width // ww, ww, heads, head_dim)
         return x.permute(0, 1, 3, 5, 2, 4, 6).reshape(batch, height // wh, width // ww, heads, wh * ww, head_dim)
 
@@ -112,4 +126,4 @@ def window_attention(
     out = torch.einsum("bijhqk,bijhkc->bijhqc", logits.softmax(dim=-1), vw)
     out = out.view(batch, height // wh, width // ww, heads, wh, ww, head_dim)
     out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, height, width, heads, head_dim)
-    return torch.roll(out, shifts=(sh, sw), dims=(1, 2))
+    return out[:, torch.argsort(rows)][:, :, torch.argsort(cols)]  # undo the roll

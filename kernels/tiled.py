@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .reference import neighborhood_starts, swin_region_labels
+from .reference import neighborhood_starts, rolled_positions, swin_region_labels
 
 # Query tile side for neighborhood attention; the key region side is tile + kernel - 1. Smaller tiles waste fewer
 # FLOPs on masked keys, larger ones make fewer, bigger SDPA blocks; in a one-off CPU sweep of 4..10 at B=8, 56x56,
@@ -97,18 +97,19 @@ def neighborhood_axis_plan(length: int, kernel: int, dilation: int, tile: int = 
     )
 
 
-def window_axis_plan(length: int, window: int, shift: int) -> AxisPlan:
-    """Tile one axis for Swin window attention: tiles are the windows of the map rolled by ``-shift``."""
+def window_axis_plan(length: int, window: int, shift: int, unpadded: Optional[int] = None) -> AxisPlan:
+    """Tile one axis for Swin window attention: tiles are the windows of the map rolled by ``-shift`` (only its first
+    ``unpadded`` positions roll; padding stays at the end)."""
     tiles = length // window
-    rolled = torch.arange(length).view(tiles, window)
-    source = (rolled + shift) % length  # torch.roll(x, -shift)[p] == x[(p + shift) % length]
+    positions = rolled_positions(length, shift, length if unpadded is None else unpadded)
+    source = positions.view(tiles, window)
     offsets = torch.arange(window)
     relative = (offsets[None, :] - offsets[:, None] + window - 1).expand(tiles, window, window)
     allowed = None
     if shift > 0:
         labels = swin_region_labels(length, window, shift).view(tiles, window)
         allowed = labels[:, :, None] == labels[:, None, :]
-    output_slot = (torch.arange(length) - shift) % length
+    output_slot = torch.argsort(positions)  # the inverse permutation: where each map position sits in the tiles
     return AxisPlan(source, source, allowed, relative.contiguous(), output_slot)
 
 
@@ -177,9 +178,10 @@ def _neighborhood_plan_cpu(height: int, width: int, kernel: Tuple[int, int], dil
 
 
 @functools.lru_cache(maxsize=64)
-def _window_plan_cpu(height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int]) -> Plan2d:
-    plan_y = window_axis_plan(height, window[0], shift[0])
-    plan_x = window_axis_plan(width, window[1], shift[1])
+def _window_plan_cpu(height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int],
+                     unpadded: Tuple[int, int]) -> Plan2d:
+    plan_y = window_axis_plan(height, window[0], shift[0], unpadded[0])
+    plan_x = window_axis_plan(width, window[1], shift[1], unpadded[1])
     return combine(plan_y, plan_x, height, width, window)
 
 
@@ -205,10 +207,11 @@ def neighborhood_plan(
 @torch.compiler.disable
 @functools.lru_cache(maxsize=64)
 def window_plan(
-    height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int], device: torch.device
+    height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int], device: torch.device,
+    unpadded: Optional[Tuple[int, int]] = None,
 ) -> Plan2d:
-    """Cached plan for (shifted) window attention on an ``height x width`` map."""
-    return _to_device(_window_plan_cpu(height, width, window, shift), device)
+    """Cached plan for (shifted) window attention on an ``height x width`` map (rolled within ``unpadded``)."""
+    return _to_device(_window_plan_cpu(height, width, window, shift, unpadded or (height, width)), device)
 
 
 def _attention_mask(

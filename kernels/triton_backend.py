@@ -35,6 +35,7 @@ class Geometry:
     kernel: Tuple[int, int]
     dilation: Tuple[int, int] = (1, 1)
     shift: Tuple[int, int] = (0, 0)
+    unpadded: Optional[Tuple[int, int]] = None  # windows: the region that rolls (None: the whole map)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,9 @@ def _launch_common(q: Tensor, geometry: Geometry, tiles: Tiles, scale: float, pe
     tiles_y = _ceil_div(_ceil_div(height, dh), ty)
     tiles_x = _ceil_div(_ceil_div(width, dw), tx)
     grid = (dh * dw * tiles_y * tiles_x, batch * heads)
-    scalars = (height, width, heads, head_dim, *geometry.kernel, dh, dw, *geometry.shift, tiles_y, tiles_x, scale)
+    unpadded = geometry.unpadded or (height, width)
+    scalars = (height, width, heads, head_dim, *geometry.kernel, dh, dw, *geometry.shift, *unpadded, tiles_y, tiles_x,
+               scale)
     constants = dict(
         IS_WINDOW=geometry.is_window,
         TY=tiles.query[0], TX=tiles.query[1], BQ=_lanes(tiles.query[0] * tiles.query[1]),
@@ -247,6 +250,8 @@ def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel: Tuple[int, i
 
 
 def window_attention(q: Tensor, k: Tensor, v: Tensor, window: Tuple[int, int], shift: Tuple[int, int],
-                     rpb: Optional[Tensor], scale: float, tiles: Optional[Tiles] = None) -> Tensor:
+                     rpb: Optional[Tensor], scale: float, tiles: Optional[Tiles] = None,
+                     unpadded: Optional[Tuple[int, int]] = None) -> Tensor:
     """Swin (shifted) window attention on the Triton kernels."""
-    return local_attention(q, k, v, rpb, Geometry(True, tuple(window), shift=tuple(shift)), scale, tiles)
+    geometry = Geometry(True, tuple(window), shift=tuple(shift), unpadded=tuple(unpadded) if unpadded else None)
+    return local_attention(q, k, v, rpb, geometry, scale, tiles)

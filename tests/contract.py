@@ -19,6 +19,8 @@ CONTRACT_KWARGS: Dict[str, Dict[str, Any]] = {
     "vh_dinat_large_384_11x11": dict(_NAT_SMALL, dilations=((8,), (4,), (1, 2), (1,))),
     "vh_dinat_large_384": dict(_NAT_SMALL, dilations=((13,), (6,), (1, 3), (1,))),
     "vh_dinat_*": dict(_NAT_SMALL, dilations=((8,), (4,), (1, 2), (1,))),
+    # Two blocks in the middle stages keep a shifted-window block in the contract runs.
+    "vh_swin_*": dict(embed_dim=16, depths=(1, 2, 2, 1), num_heads=(1, 2, 2, 4)),
 }
 # Input (H, W) per model name/prefix; default: 64 x 64 (families support any input size).
 CONTRACT_INPUT: Dict[str, Tuple[int, int]] = {}

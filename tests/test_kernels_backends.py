@@ -34,9 +34,11 @@ def neighborhood_cases(draw):
 def window_cases(draw):
     window = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
     shift = (draw(st.integers(0, window[0] - 1)), draw(st.integers(0, window[1] - 1)))
+    height, width = window[0] * draw(st.integers(1, 4)), window[1] * draw(st.integers(1, 4))
+    # Swin pads to a window multiple after rolling: the unpadded map is up to one window smaller.
+    unpadded = (height - draw(st.integers(0, window[0] - 1)), width - draw(st.integers(0, window[1] - 1)))
     return dict(
-        batch=draw(st.integers(1, 2)), height=window[0] * draw(st.integers(1, 4)),
-        width=window[1] * draw(st.integers(1, 4)), heads=draw(st.integers(1, 3)),
+        batch=draw(st.integers(1, 2)), height=height, width=width, unpadded=unpadded, heads=draw(st.integers(1, 3)),
         head_dim=draw(st.sampled_from([1, 4, 8])), window=window, shift=shift, with_rpb=draw(st.booleans()),
         dtype=draw(st.sampled_from([torch.float32, torch.float64])), seed=draw(st.integers(0, 2**31 - 1)),
     )
@@ -77,7 +79,8 @@ def test_neighborhood_backends_match_reference(case):
 @given(window_cases())
 def test_window_backends_match_reference(case):
     def fn_for(backend):
-        return lambda q, k, v, rpb: window_attention(q, k, v, case["window"], case["shift"], rpb, backend=backend)
+        return lambda q, k, v, rpb: window_attention(q, k, v, case["window"], case["shift"], rpb, backend=backend,
+                                                     unpadded_size=case["unpadded"])
 
     assert_backends_agree(fn_for, case, case["window"])
 
@@ -184,8 +187,8 @@ def _custom_op_cases():
     for backend in ("torch", "reference"):
         yield custom_ops.neighborhood_attention_op, (q, k, v, na_rpb, [3, 3], [2, 1], 0.4, backend)
         yield custom_ops.neighborhood_attention_op, (q, k, v, None, [4, 3], [1, 2], 0.4, backend)
-        yield custom_ops.window_attention_op, (q, k, v, window_rpb, [4, 4], [2, 1], 0.4, backend)
-        yield custom_ops.window_attention_op, (q, k, v, None, [4, 6], [0, 3], 0.4, backend)
+        yield custom_ops.window_attention_op, (q, k, v, window_rpb, [4, 4], [2, 1], 0.4, backend, [8, 12])
+        yield custom_ops.window_attention_op, (q, k, v, None, [4, 6], [0, 3], 0.4, backend, [7, 10])
 
 
 @pytest.mark.parametrize("op, args", list(_custom_op_cases()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vithub.kernels import (
     BackendUnavailableError,
@@ -224,3 +225,42 @@ def test_use_backend_context_routes_calls(monkeypatch):
     with pytest.raises(ValueError, match="name must be None or one of"):
         with use_backend("fast"):
             pass
+
+
+@pytest.mark.parametrize("size, unpadded, window, shift", [((14, 21), (11, 17), 7, 3), ((8, 12), (6, 12), 4, (2, 1))])
+def test_window_unpadded_size_is_timms_roll_then_pad(size, unpadded, window, shift):
+    """timm's Swin rolls the unpadded map, zero-pads it at the bottom/right, attends in windows with the mask of the
+    padded map, then crops and rolls back; with unpadded_size the op does exactly that, on the padded map."""
+    from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention, window_partition, window_reverse
+
+    shift = (shift, shift) if isinstance(shift, int) else shift
+    heads, head_dim = 2, 8
+    dim = heads * head_dim
+    gen = torch.Generator().manual_seed(sum(size))
+    qkv = torch.randn(2, *unpadded, 3 * dim, generator=gen)
+    attn = WindowAttention(dim, heads, window_size=window)
+    attn.qkv, attn.proj = torch.nn.Identity(), torch.nn.Identity()
+    block = SwinTransformerBlock(dim, size, num_heads=heads, window_size=window, shift_size=shift[0],
+                                 always_partition=True, dynamic_mask=True)
+    block.shift_size = shift
+    # timm's order, literally.
+    rolled = torch.roll(qkv, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    padded = F.pad(rolled, (0, 0, 0, size[1] - unpadded[1], 0, size[0] - unpadded[0]))
+    windows = window_partition(padded, (window, window)).view(-1, window * window, 3 * dim)
+    out = attn(windows, mask=block.get_attn_mask(padded)).view(-1, window, window, dim)
+    expected = window_reverse(out, (window, window), *size)[:, :unpadded[0], :unpadded[1]]
+    expected = torch.roll(expected, shifts=shift, dims=(1, 2))
+    # The op on the padded map (padding in place, zeros as timm's), cropped.
+    q, k, v = F.pad(qkv, (0, 0, 0, size[1] - unpadded[1], 0, size[0] - unpadded[0])).view(
+        2, *size, 3, heads, head_dim).unbind(3)
+    rpb = rpb_from_swin_table(attn.relative_position_bias_table.detach(), window)
+    for backend in ("reference", "torch"):
+        got = window_attention(q, k, v, window, shift, rpb, backend=backend, unpadded_size=unpadded)
+        torch.testing.assert_close(got[:, :unpadded[0], :unpadded[1]].reshape(expected.shape), expected,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_unpadded_size_is_validated():
+    q, k, v = _qkv(1, 8, 8, 2, 4)
+    with pytest.raises(ValueError, match="unpadded_size must fit"):
+        window_attention(q, k, v, 4, 2, unpadded_size=(9, 8))

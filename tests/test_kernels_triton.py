@@ -72,7 +72,8 @@ def _inputs(shape, table, with_rpb, seed, dtype=torch.float64, device="cpu"):
 
 def _reference_for(geometry: Geometry, scale: float):
     if geometry.is_window:
-        return lambda q, k, v, rpb: reference.window_attention(q, k, v, geometry.kernel, geometry.shift, rpb, scale)
+        return lambda q, k, v, rpb: reference.window_attention(q, k, v, geometry.kernel, geometry.shift, rpb, scale,
+                                                               geometry.unpadded)
     return lambda q, k, v, rpb: reference.neighborhood_attention(q, k, v, geometry.kernel, geometry.dilation, rpb,
                                                                  scale)
 
@@ -116,7 +117,8 @@ def window_cases(draw):
     shift = (draw(st.integers(0, window[0] - 1)), draw(st.integers(0, window[1] - 1)))
     shape = (draw(st.integers(1, 2)), window[0] * draw(st.integers(1, 3)), window[1] * draw(st.integers(1, 3)),
              draw(st.integers(1, 2)), draw(st.sampled_from([4, 16, 24])))
-    return dict(shape=shape, geometry=Geometry(True, window, shift=shift), tiles=_tiles(draw),
+    unpadded = (shape[1] - draw(st.integers(0, window[0] - 1)), shape[2] - draw(st.integers(0, window[1] - 1)))
+    return dict(shape=shape, geometry=Geometry(True, window, shift=shift, unpadded=unpadded), tiles=_tiles(draw),
                 with_rpb=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
 
 
@@ -142,6 +144,7 @@ def test_window_kernels_match_reference(poisoned, case):
     (Geometry(False, (3, 5), dilation=(3, 2)), Tiles((3, 3), (4, 3))),
     (Geometry(True, (7, 7), shift=(3, 3)), None),  # Swin-T's shifted block: one window per program
     (Geometry(True, (4, 6), shift=(2, 5)), Tiles((2, 6), (4, 3))),  # half-window query tiles, split key tiles
+    (Geometry(True, (7, 7), shift=(3, 3), unpadded=(11, 9)), None),  # timm's roll-then-pad order on a padded map
 ])
 def test_model_like_configurations_match_reference(poisoned, geometry, tiles):
     size = (14, 11) if not geometry.is_window else (geometry.kernel[0] * 2, geometry.kernel[1] * 2)
@@ -225,7 +228,7 @@ def _custom_op_cases():
     yield custom_ops.neighborhood_attention_op, (q, k, v, torch.randn(2, 5, 5, generator=gen, requires_grad=True),
                                                  [3, 3], [2, 1], 0.4, "triton")
     yield custom_ops.window_attention_op, (q, k, v, torch.randn(2, 7, 7, generator=gen, requires_grad=True),
-                                           [4, 4], [2, 1], 0.4, "triton")
+                                           [4, 4], [2, 1], 0.4, "triton", [7, 10])
 
 
 @needs_interpreter
