@@ -68,9 +68,8 @@ def _query_span(first, last, group_length, kernel, IS_WINDOW: tl.constexpr):
 def _position(coord, group, dilation, shift, length, IS_WINDOW: tl.constexpr):
     """Map position read for a logical coordinate (windows: ``length`` is the unpadded extent that rolls)."""
     if IS_WINDOW:
-        pos = coord + shift
-        pos = tl.where(pos >= length, pos - length, pos)
-        pos = tl.where(coord < length, pos, coord)  # padding past the unpadded extent stays in place
+        # Padding past the unpadded extent stays in place; the shift may exceed that extent, hence a true modulo.
+        pos = tl.where(coord < length, (coord + shift) % length, coord)
     else:
         pos = group + coord * dilation
     return pos
