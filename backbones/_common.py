@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Set, Tuple, Union
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -38,3 +39,105 @@ def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     work_dtype = torch.float64 if rpb.dtype == torch.float64 else torch.float32  # no half-precision bicubic on CPU
     resized = F.interpolate(rpb[None].to(work_dtype), size=size, mode="bicubic", align_corners=False)
     return resized[0].to(rpb.dtype)
+
+
+class HierarchicalBackbone:
+    """timm hooks shared by the NHWC hierarchical families (mixed into an ``nn.Module``).
+
+    A family provides ``embed(x)`` (image to the first NHWC map), a ``STAGES`` attribute name holding an
+    ``nn.Sequential`` of stages, ``norm``, ``head`` (timm ``ClassifierHead``) and ``feature_info``; this gives
+    ``forward_intermediates``, ``prune_intermediate_layers``, ``forward_features``/``forward_head``/``forward``, the
+    classifier hooks, grad checkpointing (each stage's ``grad_checkpointing`` flag) and ``no_weight_decay`` (every
+    relative position bias, ``*.rpb``).
+    """
+
+    STAGES = "stages"
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _stage_list(self) -> nn.Sequential:
+        return getattr(self, self.STAGES)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Relative position biases (every ``rpb`` parameter) are not weight-decayed."""
+        return {name for name, _ in self.named_parameters() if name.endswith(".rpb")}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self._stage_list():
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (reductions 4, 8, 16, 32) as NCHW (or NHWC) maps, and the final normed NHWC features.
+
+        Args:
+            indices: stages to return; an int takes the last ``n``, ``None`` all of them.
+            norm: apply the final norm to the last stage's map when it is returned.
+            stop_early: stop after the last requested stage.
+            output_fmt: ``"NCHW"`` or ``"NHWC"``.
+            intermediates_only: return only the list of maps.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        all_stages = self._stage_list()
+        taken, max_index = take_indices(len(all_stages), indices)
+        last = len(all_stages) - 1
+        stages = all_stages[:max_index + 1] if stop_early else all_stages
+        intermediates = []
+        x = self.embed(x)
+        index = 0
+        for index, stage in enumerate(stages):
+            x = stage(x)
+            if index in taken:
+                feature = self.norm(x) if norm and index == last else x
+                intermediates.append(nhwc_to_nchw(feature) if output_fmt == "NCHW" else feature)
+        if intermediates_only:
+            return intermediates
+        if index == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and norm/head) that the requested intermediates do not need."""
+        taken, max_index = take_indices(len(self._stage_list()), indices)
+        setattr(self, self.STAGES, self._stage_list()[:max_index + 1])
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return taken
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``(B, C, H, W)`` to normed last-stage features ``(B, H/32, W/32, num_features)`` (NHWC)."""
+        return self.norm(self._stage_list()(self.embed(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

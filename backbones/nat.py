@@ -17,7 +17,7 @@ works.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from vithub.kernels import neighborhood_attention
 
-from ._common import nhwc_to_nchw, resize_rpb, take_indices
+from ._common import HierarchicalBackbone, resize_rpb
 
 __all__ = ["NAT", "NATBlock", "NATStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
 
@@ -195,7 +195,7 @@ class NATStage(nn.Module):
         return self.blocks(x)
 
 
-class NAT(nn.Module):
+class NAT(HierarchicalBackbone, nn.Module):
     """NAT / DiNAT backbone and classifier.
 
     Args:
@@ -294,6 +294,10 @@ class NAT(nn.Module):
                                    input_fmt="NHWC")
         self.apply(self._init_weights)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Image to the first NHWC map (stem and dropout)."""
+        return self.pos_drop(self.stem(x))
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -303,11 +307,6 @@ class NAT(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        """Relative position biases (names of every ``rpb`` parameter) are not weight-decayed."""
-        return {name for name, _ in self.named_parameters() if name.endswith(".rpb")}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -320,85 +319,6 @@ class NAT(nn.Module):
                 (r"^norm", (99999,)),
             ],
         )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (reductions 4, 8, 16, 32) as NCHW maps, and the final normed NHWC features.
-
-        Args:
-            indices: stages to return; an int takes the last ``n``, ``None`` all of them.
-            norm: apply the final norm to the last stage's map when it is returned.
-            stop_early: stop after the last requested stage.
-            output_fmt: ``"NCHW"`` or ``"NHWC"``.
-            intermediates_only: return only the list of maps.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        taken, max_index = take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
-        intermediates = []
-        x = self.pos_drop(self.stem(x))
-        index = 0
-        for index, stage in enumerate(stages):
-            x = stage(x)
-            if index in taken:
-                feature = self.norm(x) if norm and index == last else x
-                intermediates.append(nhwc_to_nchw(feature) if output_fmt == "NCHW" else feature)
-        if intermediates_only:
-            return intermediates
-        if index == last:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self,
-        indices: Union[int, List[int]] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and norm/head) that the requested intermediates do not need."""
-        taken, max_index = take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or max_index < len(self.feature_info) - 1:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return taken
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` to normed last-stage features ``(B, H/32, W/32, num_features)`` (NHWC)."""
-        x = self.pos_drop(self.stem(x))
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --- checkpoint conversion ----------------------------------------------------------------------------------------

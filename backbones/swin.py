@@ -19,7 +19,7 @@ the window uses the map size as window and no shift, unless ``always_partition``
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from vithub.kernels import rpb_from_swin_table, window_attention
 
-from ._common import nhwc_to_nchw, resize_rpb, take_indices
+from ._common import HierarchicalBackbone, resize_rpb
 
 __all__ = ["Swin", "SwinBlock", "SwinStage", "WindowAttention2d", "PatchMerging", "checkpoint_filter_fn"]
 
@@ -227,13 +227,15 @@ class SwinStage(nn.Module):
         return self.blocks(x)
 
 
-class Swin(nn.Module):
+class Swin(HierarchicalBackbone, nn.Module):
     """Swin Transformer (v1); constructor arguments as timm's ``SwinTransformer``.
 
     Any input size works (maps are padded to window multiples and to even sizes before merging, as timm does with
     ``strict_img_size=False``); ``img_size`` sets the per-stage window/shift rule and the default config.
     ``attn_drop_rate`` must be 0: the fused kernels do not drop attention probabilities.
     """
+
+    STAGES = "layers"  # timm's Swin names its stages ``layers``
 
     def __init__(
         self,
@@ -300,17 +302,16 @@ class Swin(nn.Module):
                                    input_fmt=self.output_fmt)
         self.apply(self._init_weights)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Image to the first NHWC map (patch embedding)."""
+        return self.patch_embed(x)
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        """Relative position biases (every ``rpb``) are not weight-decayed."""
-        return {name for name, _ in self.named_parameters() if name.endswith(".rpb")}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -323,21 +324,6 @@ class Swin(nn.Module):
                 (r"^norm", (99999,)),
             ],
         )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
 
     def set_input_size(self, img_size: Optional[IntOrPair] = None,
                        window_size: Optional[Union[IntOrPair, Sequence[IntOrPair]]] = None,
@@ -359,56 +345,6 @@ class Swin(nn.Module):
         for index, stage in enumerate(self.layers):
             scale = 2 ** max(index - 1, 0)
             stage.set_input_size(tuple((g + scale - 1) // scale for g in grid), windows[index], always_partition)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (reductions 4, 8, 16, 32) as NCHW (or NHWC) maps, and the final normed NHWC features."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        taken, max_index = take_indices(len(self.layers), indices)
-        last = len(self.layers) - 1
-        stages = self.layers[:max_index + 1] if stop_early else self.layers
-        intermediates = []
-        x = self.patch_embed(x)
-        index = 0
-        for index, stage in enumerate(stages):
-            x = stage(x)
-            if index in taken:
-                feature = self.norm(x) if norm and index == last else x
-                intermediates.append(nhwc_to_nchw(feature) if output_fmt == "NCHW" else feature)
-        if intermediates_only:
-            return intermediates
-        if index == last:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        """Drop the stages (and norm/head) that the requested intermediates do not need."""
-        taken, max_index = take_indices(len(self.layers), indices)
-        self.layers = self.layers[:max_index + 1]
-        if prune_norm or max_index < len(self.feature_info) - 1:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return taken
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` to normed last-stage features ``(B, H/32, W/32, num_features)`` (NHWC)."""
-        return self.norm(self.layers(self.patch_embed(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --- checkpoint conversion ----------------------------------------------------------------------------------------
