@@ -7,8 +7,8 @@ in a few per-axis helpers:
 * neighborhood attention: the logical axis is one dilation group (token ``g + c * d`` has group coordinate ``c``);
   a query's ``K`` keys start at ``clamp(c, left, L_g - 1 - right) - left`` (the window shifts inward at borders);
 * window attention: the logical axis is the map rolled by ``-shift`` (logical ``c`` reads position
-  ``(c + shift) mod L``); a query's keys are its window ``[c // w * w, + w)``, and keys of another Swin region of
-  the shifted map are masked.
+  ``(c + shift) mod U`` for ``c < U``, the unpadded extent, and ``c`` in the padding after it); a query's keys are
+  its window ``[c // w * w, + w)``, and keys of another Swin region of the shifted map are masked.
 
 So roll, window partition, dilation and border clamping are index arithmetic on loads and stores: no copies.
 The relative position bias is read at ``(k - q) + K - 1`` in logical coordinates per axis, which is the NAT/DiNAT
