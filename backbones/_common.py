@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import build_model_with_cfg
 
 
 def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
@@ -54,7 +55,8 @@ class HierarchicalBackbone:
     STAGES = "stages"
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Image ``(B, C, H, W)`` to the first NHWC map; every family defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define embed(x): image to its first NHWC map")
 
     def _stage_list(self) -> nn.Sequential:
         return getattr(self, self.STAGES)
@@ -141,3 +143,19 @@ class HierarchicalBackbone:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def build_hierarchical(model_cls: type, variant: str, pretrained: bool,
+                       filter_fn: Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]],
+                       **kwargs: Any) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for a four-stage family: checkpoints through ``filter_fn``, and
+    ``features_only`` through ``forward_intermediates`` (NCHW maps of stages ``out_indices``, default all)."""
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **kwargs,
+    )

@@ -24,11 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerScale, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from vithub.kernels import neighborhood_attention
 
-from ._common import HierarchicalBackbone, resize_rpb
+from ._common import HierarchicalBackbone, build_hierarchical, resize_rpb
 
 __all__ = ["NAT", "NATBlock", "NATStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
 
@@ -427,15 +427,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
 # --- registration -------------------------------------------------------------------------------------------------
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        NAT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
+    return build_hierarchical(NAT, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:

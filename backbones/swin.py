@@ -26,11 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from vithub.kernels import rpb_from_swin_table, window_attention
 
-from ._common import HierarchicalBackbone, resize_rpb
+from ._common import HierarchicalBackbone, build_hierarchical, resize_rpb
 
 __all__ = ["Swin", "SwinBlock", "SwinStage", "WindowAttention2d", "PatchMerging", "checkpoint_filter_fn"]
 
@@ -385,15 +385,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: Swin) -> Dict[str, t
 # --- registration -------------------------------------------------------------------------------------------------
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> Swin:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        Swin,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
+    return build_hierarchical(Swin, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(hf_hub_id: str, **kwargs: Any) -> Dict[str, Any]:

@@ -58,7 +58,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         try:
             run_gpu_bench(output=output.format(gpu=_gpu_slug()), repeats=args.repeats or 20,
-                          dtype="bfloat16" if args.dtype == "float32" else args.dtype, quick=args.quick)
+                          dtype=args.dtype or "bfloat16", quick=args.quick)
         except RuntimeError as error:
             print(f"vithub: error: {error}", file=sys.stderr)
             return 2
@@ -66,7 +66,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.target == "kernels":
         from vithub.bench import run_kernel_bench
 
-        run_kernel_bench(output=output, repeats=args.repeats or 7, device=args.device, dtype=args.dtype,
+        run_kernel_bench(output=output, repeats=args.repeats or 7, device=args.device, dtype=args.dtype or "float32",
                          quick=args.quick, ops=args.ops)
         return 0
     from vithub.bench_models import run_model_bench
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="timed calls per candidate, median kept (default 7 for kernels, 3 for models, 20 for gpu)")
     p_bench.add_argument("--device", default="cpu")
     kernels = p_bench.add_argument_group("kernels")
-    kernels.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+    kernels.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                          help="kernels: default float32; gpu: default bfloat16")
     kernels.add_argument("--quick", action="store_true", help="first shapes only (smoke run)")
     kernels.add_argument("--ops", nargs="+", default=["neighborhood", "window"], choices=["neighborhood", "window"])

@@ -147,8 +147,10 @@ def _dense_offsets(b, h, py, px, d, H, W, heads, D):
 
 
 @triton.jit
-def _key_span(first, last, group_length, kernel, IS_WINDOW: tl.constexpr):
-    """Logical keys ``[lo, hi]`` that the queries ``[first, last]`` attend to along one axis (starts are monotone)."""
+def _key_span(first, tile, group_length, kernel, IS_WINDOW: tl.constexpr):
+    """Logical keys ``[lo, hi]`` that a tile of queries from ``first`` attends to along one axis (starts are
+    monotone, so the first and last query bound it)."""
+    last = tl.minimum(first + tile - 1, group_length - 1)
     return (_first_key(first, group_length, kernel, IS_WINDOW),
             _first_key(last, group_length, kernel, IS_WINDOW) + kernel - 1)
 
@@ -192,8 +194,8 @@ def local_attention_fwd(
     d = tl.arange(0, BD)
     d_ok = d < D
     q = _load(Q, b, h, qpy, qpx, q_ok, d, d_ok, sqb, sqy, sqx, sqh, sqd)
-    key_lo_y, key_hi_y = _key_span(first_y, tl.minimum(first_y + TY - 1, len_y - 1), len_y, KH, IS_WINDOW)
-    key_lo_x, key_hi_x = _key_span(first_x, tl.minimum(first_x + TX - 1, len_x - 1), len_x, KW, IS_WINDOW)
+    key_lo_y, key_hi_y = _key_span(first_y, TY, len_y, KH, IS_WINDOW)
+    key_lo_x, key_hi_x = _key_span(first_x, TX, len_x, KW, IS_WINDOW)
 
     qk_scale = scale * LOG2E
     # A finite floor keeps exp2(m_old - m_new) at 1, not NaN, for padding lanes that never see a key.
@@ -255,8 +257,8 @@ def local_attention_bwd_query(
     row_offsets = (bh.to(tl.int64) * H + qpy) * W + qpx
     tl.store(DELTA + row_offsets, delta, mask=q_ok)
     lse = tl.load(LSE + row_offsets, mask=q_ok, other=0.0)
-    key_lo_y, key_hi_y = _key_span(first_y, tl.minimum(first_y + TY - 1, len_y - 1), len_y, KH, IS_WINDOW)
-    key_lo_x, key_hi_x = _key_span(first_x, tl.minimum(first_x + TX - 1, len_x - 1), len_x, KW, IS_WINDOW)
+    key_lo_y, key_hi_y = _key_span(first_y, TY, len_y, KH, IS_WINDOW)
+    key_lo_x, key_hi_x = _key_span(first_x, TX, len_x, KW, IS_WINDOW)
 
     qk_scale = scale * LOG2E
     table = (2 * KH - 1) * (2 * KW - 1)

@@ -1,4 +1,4 @@
-"""Oracles shared by the tests: obviously right, slow, and sharing no code with vithub."""
+"""Oracles shared by the tests (obviously right, slow, sharing no code with vithub), then small test helpers."""
 
 from __future__ import annotations
 
@@ -52,3 +52,45 @@ def outputs_and_grads(fn, q, k, v, rpb, grad_out):
     out.backward(grad_out)
     grads = [leaf.grad for leaf in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
     return out.detach(), grads
+
+
+class AttentionBlock(torch.nn.Module):
+    """A fused qkv projection feeding both vithub ops (NA with dilation and rpb, shifted windows with rpb)."""
+
+    def __init__(self, head_dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        dim = heads * head_dim
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.na_rpb = torch.nn.Parameter(torch.randn(heads, 5, 5))
+        self.window_rpb = torch.nn.Parameter(torch.randn(heads, 7, 7))
+
+    def forward(self, x):
+        from vithub.kernels import neighborhood_attention, window_attention
+
+        b, h, w, c = x.shape
+        q, k, v = self.qkv(x).view(b, h, w, 3, self.heads, self.head_dim).unbind(3)
+        local = neighborhood_attention(q, k, v, 3, 2, self.na_rpb)
+        windows = window_attention(q, k, v, 4, 2, self.window_rpb)
+        return (local + windows).reshape(b, h, w, c)
+
+
+def assert_compiled_matches_eager(backend, head_dim, device="cpu", rtol=1e-5, atol=1e-5, grad_rtol=1e-4,
+                                  grad_atol=1e-5):
+    """torch.compile(fullgraph=True) of an AttentionBlock gives eager's output and parameter gradients."""
+    from vithub.kernels import use_backend
+
+    torch.manual_seed(0)
+    block = AttentionBlock(head_dim).to(device)
+    x = torch.randn(2, 8, 12, 2 * head_dim, device=device)
+    with use_backend(backend):
+        expected = block(x)
+        expected.square().sum().backward()
+        expected_grads = [p.grad.clone() for p in block.parameters()]
+        block.zero_grad()
+        torch._dynamo.reset()
+        got = torch.compile(block, fullgraph=True)(x)
+        got.square().sum().backward()
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=atol)
+    for param, grad in zip(block.parameters(), expected_grads):
+        torch.testing.assert_close(param.grad, grad, rtol=grad_rtol, atol=grad_atol)

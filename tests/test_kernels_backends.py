@@ -7,8 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oracles import outputs_and_grads
-from vithub.kernels import custom_ops, neighborhood_attention, use_backend, window_attention
+from oracles import assert_compiled_matches_eager, outputs_and_grads
+from vithub.kernels import custom_ops, neighborhood_attention, window_attention
 
 FAST_BACKENDS = ["torch"]
 TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -141,41 +141,11 @@ def test_torch_backend_memory_is_local():
     assert largest < (height * width) ** 2 // 50
 
 
-class _AttentionBlock(torch.nn.Module):
-    """A fused qkv projection feeding both ops (dilated NA with rpb, shifted windows with rpb), as models use them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv = torch.nn.Linear(16, 48)
-        self.na_rpb = torch.nn.Parameter(torch.randn(2, 5, 5))
-        self.window_rpb = torch.nn.Parameter(torch.randn(2, 7, 7))
-
-    def forward(self, x):
-        b, h, w, c = x.shape
-        q, k, v = self.qkv(x).view(b, h, w, 3, 2, 8).unbind(3)
-        local = neighborhood_attention(q, k, v, 3, 2, self.na_rpb)
-        windows = window_attention(q, k, v, 4, 2, self.window_rpb)
-        return (local + windows).reshape(b, h, w, c)
-
-
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 def test_fullgraph_compile_matches_eager(backend):
     """The ops are torch.library custom ops: fullgraph=True compiles a block with no graph break, and outputs and
     every parameter gradient equal eager's."""
-    torch.manual_seed(0)
-    block = _AttentionBlock()
-    x = torch.randn(2, 8, 12, 16)
-    with use_backend(backend):
-        expected = block(x)
-        expected.square().sum().backward()
-        expected_grads = [p.grad.clone() for p in block.parameters()]
-        block.zero_grad()
-        torch._dynamo.reset()
-        got = torch.compile(block, fullgraph=True)(x)
-        got.square().sum().backward()
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    for param, grad in zip(block.parameters(), expected_grads):
-        torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-5)
+    assert_compiled_matches_eager(backend, head_dim=8)
 
 
 def _custom_op_cases():

@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oracles import outputs_and_grads
+from oracles import assert_compiled_matches_eager, outputs_and_grads
 from vithub.kernels import (
     BackendUnavailableError,
     available_backends,
@@ -240,40 +240,9 @@ def test_custom_ops_with_triton_pass_opcheck(op, args):
                                                 "test_aot_dispatch_dynamic"))
 
 
-class _Block(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.qkv = torch.nn.Linear(32, 96)
-        self.na_rpb = torch.nn.Parameter(torch.randn(2, 5, 5))
-        self.window_rpb = torch.nn.Parameter(torch.randn(2, 7, 7))
-
-    def forward(self, x):
-        b, h, w, c = x.shape
-        q, k, v = self.qkv(x).view(b, h, w, 3, 2, 16).unbind(3)
-        return (neighborhood_attention(q, k, v, 3, 2, self.na_rpb)
-                + window_attention(q, k, v, 4, 2, self.window_rpb)).reshape(b, h, w, c)
-
-
-def _compile_matches_eager(device):
-    torch.manual_seed(0)
-    block = _Block().to(device)
-    x = torch.randn(2, 8, 12, 32, device=device)
-    with use_backend("triton"):
-        expected = block(x)
-        expected.square().sum().backward()
-        expected_grads = [p.grad.clone() for p in block.parameters()]
-        block.zero_grad()
-        torch._dynamo.reset()
-        got = torch.compile(block, fullgraph=True)(x)
-        got.square().sum().backward()
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    for param, grad in zip(block.parameters(), expected_grads):
-        torch.testing.assert_close(param.grad, grad, rtol=1e-3, atol=1e-4)
-
-
 @needs_interpreter
 def test_fullgraph_compile_with_triton_backend():
-    _compile_matches_eager("cpu")
+    assert_compiled_matches_eager("triton", head_dim=16, rtol=1e-4, atol=1e-4, grad_rtol=1e-3, grad_atol=1e-4)
 
 
 # --- compiled for a Hopper GPU, no GPU needed ------------------------------------------------------------------------
@@ -350,4 +319,5 @@ def test_cuda_automatic_backend_is_triton(monkeypatch):
 
 @needs_cuda
 def test_cuda_fullgraph_compile():
-    _compile_matches_eager("cuda")
+    assert_compiled_matches_eager("triton", head_dim=16, device="cuda", rtol=1e-4, atol=1e-4, grad_rtol=1e-3,
+                                  grad_atol=1e-4)
