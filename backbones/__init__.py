@@ -3,8 +3,9 @@
 Each family runs its attention through :mod:`vithub.kernels`.
 """
 
-from . import nat, swin
+from . import fastervit, nat, swin
+from .fastervit import FasterViT
 from .nat import NAT
 from .swin import Swin
 
-__all__ = ["NAT", "Swin", "nat", "swin"]
+__all__ = ["FasterViT", "NAT", "Swin", "fastervit", "nat", "swin"]

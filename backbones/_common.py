@@ -43,9 +43,9 @@ def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 
 class HierarchicalBackbone:
-    """timm hooks shared by the NHWC hierarchical families (mixed into an ``nn.Module``).
+    """timm hooks shared by the hierarchical families (mixed into an ``nn.Module``).
 
-    A family provides ``embed(x)`` (image to the first NHWC map), a ``STAGES`` attribute name holding an
+    A family provides ``embed(x)`` (image to the first map, in its ``MAP_FORMAT``), a ``STAGES`` attribute name holding an
     ``nn.Sequential`` of stages, ``norm``, ``head`` (timm ``ClassifierHead``) and ``feature_info``; this gives
     ``forward_intermediates``, ``prune_intermediate_layers``, ``forward_features``/``forward_head``/``forward``, the
     classifier hooks, grad checkpointing (each stage's ``grad_checkpointing`` flag) and ``no_weight_decay`` (every
@@ -53,10 +53,16 @@ class HierarchicalBackbone:
     """
 
     STAGES = "stages"
+    MAP_FORMAT = "NHWC"  # layout of the stage outputs and of forward_features; NCHW for convolutional families
+
+    def _as_format(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
+        if output_fmt == self.MAP_FORMAT:
+            return x
+        return nhwc_to_nchw(x) if output_fmt == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` to the first NHWC map; every family defines it."""
-        raise NotImplementedError(f"{type(self).__name__} must define embed(x): image to its first NHWC map")
+        """Image ``(B, C, H, W)`` to the first map; every family defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define embed(x): image to its first feature map")
 
     def _stage_list(self) -> nn.Sequential:
         return getattr(self, self.STAGES)
@@ -90,7 +96,7 @@ class HierarchicalBackbone:
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (reductions 4, 8, 16, 32) as NCHW (or NHWC) maps, and the final normed NHWC features.
+        """Stage outputs (reductions 4, 8, 16, 32) as NCHW (or NHWC) maps, and the final normed features.
 
         Args:
             indices: stages to return; an int takes the last ``n``, ``None`` all of them.
@@ -112,7 +118,7 @@ class HierarchicalBackbone:
             x = stage(x)
             if index in taken:
                 feature = self.norm(x) if norm and index == last else x
-                intermediates.append(nhwc_to_nchw(feature) if output_fmt == "NCHW" else feature)
+                intermediates.append(self._as_format(feature, output_fmt))
         if intermediates_only:
             return intermediates
         if index == last:
@@ -135,7 +141,7 @@ class HierarchicalBackbone:
         return taken
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` to normed last-stage features ``(B, H/32, W/32, num_features)`` (NHWC)."""
+        """Image ``(B, C, H, W)`` to normed last-stage features (NHWC, or NCHW where ``MAP_FORMAT`` says so)."""
         return self.norm(self._stage_list()(self.embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

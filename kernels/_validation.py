@@ -119,3 +119,27 @@ def check_unpadded(q: torch.Tensor, unpadded: Optional[Size2d]) -> Tuple[int, in
             f"got {(h, w)}"
         )
     return h, w
+
+
+def check_carriers(q: torch.Tensor, window: Tuple[int, int], carrier_q: torch.Tensor, carrier_k: torch.Tensor,
+                   carrier_v: torch.Tensor) -> None:
+    """Carrier q/k/v: ``(B, H/wh, W/ww, E, heads, head_dim)`` (E >= 1 tokens per window) with q's dtype and device."""
+    batch, height, width, heads, head_dim = q.shape
+    rows, cols = height // window[0], width // window[1]
+    for name, tensor in (("carrier_q", carrier_q), ("carrier_k", carrier_k), ("carrier_v", carrier_v)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 6:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
+            raise ValueError(f"{name} must have shape (B, H/wh, W/ww, carriers, heads, head_dim), got {shape}")
+        b, r, c, carriers, h, d = tensor.shape
+        if (b, r, c, h, d) != (batch, rows, cols, heads, head_dim) or carriers < 1:
+            raise ValueError(
+                f"{name} must have shape (B, H/wh, W/ww, carriers, heads, head_dim) = "
+                f"({batch}, {rows}, {cols}, carriers >= 1, {heads}, {head_dim}) for q {tuple(q.shape)} and window "
+                f"{window}, got {tuple(tensor.shape)}"
+            )
+        if tensor.shape != carrier_q.shape:
+            raise ValueError(f"{name} must have the shape of carrier_q {tuple(carrier_q.shape)}, got {tuple(tensor.shape)}")
+        if tensor.dtype != q.dtype:
+            raise ValueError(f"{name} must have the same dtype as q ({q.dtype}), got {tensor.dtype}")
+        if tensor.device != q.device:
+            raise ValueError(f"{name} must be on the same device as q ({q.device}), got {tensor.device}")

@@ -119,6 +119,72 @@ def window_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
     return _recompute_grads(forward, grad, q, k, v, rpb, rpb_grad)
 
 
+# --- window attention with carrier tokens --------------------------------------------------------------------------
+
+def carrier_window_eager(q: Tensor, k: Tensor, v: Tensor, carrier_q: Tensor, carrier_k: Tensor, carrier_v: Tensor,
+                         rpb: Optional[Tensor], window: Tuple[int, int], scale: float,
+                         backend: str) -> Tuple[Tensor, Tensor]:
+    """Carrier window attention on an already validated call and resolved backend (``reference`` or ``torch``)."""
+    if backend == "reference":
+        return reference.carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb, scale)
+    return tiled.carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb, scale)
+
+
+@torch.library.custom_op("vithub::carrier_window_attention", mutates_args=())
+def carrier_window_attention_op(q: Tensor, k: Tensor, v: Tensor, carrier_q: Tensor, carrier_k: Tensor,
+                                carrier_v: Tensor, rpb: Optional[Tensor], window_size: List[int], scale: float,
+                                backend: str) -> Tuple[Tensor, Tensor]:
+    out, carrier_out = carrier_window_eager(q, k, v, carrier_q, carrier_k, carrier_v, rpb, tuple(window_size), scale,
+                                            backend)
+    return out, carrier_out.contiguous()
+
+
+@torch.library.custom_op("vithub::carrier_window_attention_backward", mutates_args=())
+def carrier_window_attention_backward_op(
+    grad: Tensor, grad_carrier: Tensor, q: Tensor, k: Tensor, v: Tensor, carrier_q: Tensor, carrier_k: Tensor,
+    carrier_v: Tensor, rpb: Optional[Tensor], window_size: List[int], scale: float, backend: str, rpb_grad: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    window = tuple(window_size)
+    inputs = (q, k, v, carrier_q, carrier_k, carrier_v)
+    if rpb is not None and rpb_grad:
+        _, pullback = torch.func.vjp(
+            lambda *t: carrier_window_eager(*t[:6], t[6], window, scale, backend), *inputs, rpb)
+        return pullback((grad, grad_carrier))
+    _, pullback = torch.func.vjp(lambda *t: carrier_window_eager(*t, rpb, window, scale, backend), *inputs)
+    return (*pullback((grad, grad_carrier)), q.new_empty(0))
+
+
+@carrier_window_attention_op.register_fake
+def _carrier_fake_forward(q, k, v, carrier_q, carrier_k, carrier_v, rpb, *arguments):
+    return q.new_empty(q.shape), carrier_q.new_empty(carrier_q.shape)
+
+
+@carrier_window_attention_backward_op.register_fake
+def _carrier_fake_backward(grad, grad_carrier, q, k, v, carrier_q, carrier_k, carrier_v, rpb, window_size, scale,
+                           backend, rpb_grad):
+    grad_rpb = rpb.new_empty(rpb.shape) if rpb is not None and rpb_grad else q.new_empty(0)
+    return (*(t.new_empty(t.shape) for t in (q, k, v, carrier_q, carrier_k, carrier_v)), grad_rpb)
+
+
+def _carrier_setup_context(ctx, inputs, output) -> None:
+    *tensors, window_size, scale, backend = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.arguments = (window_size, scale, backend)
+
+
+def _carrier_backward(ctx, grad, grad_carrier):
+    q, k, v, carrier_q, carrier_k, carrier_v, rpb = ctx.saved_tensors
+    rpb_grad = rpb is not None and ctx.needs_input_grad[6]
+    grad = grad if grad is not None else torch.zeros_like(q)
+    grad_carrier = grad_carrier if grad_carrier is not None else torch.zeros_like(carrier_q)
+    grads = carrier_window_attention_backward_op(grad, grad_carrier, q, k, v, carrier_q, carrier_k, carrier_v, rpb,
+                                                 *ctx.arguments, rpb_grad)
+    return (*grads[:6], grads[6] if rpb_grad else None, None, None, None)
+
+
+carrier_window_attention_op.register_autograd(_carrier_backward, setup_context=_carrier_setup_context)
+
+
 # --- autograd -----------------------------------------------------------------------------------------------------
 
 def _setup_context(ctx, inputs, output) -> None:

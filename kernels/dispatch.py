@@ -81,12 +81,19 @@ def available_backends(device: torch.device | str = "cpu") -> Tuple[str, ...]:
     return tuple(names)
 
 
-def resolve_backend(backend: Optional[str], q: torch.Tensor) -> str:
+def resolve_backend(backend: Optional[str], q: torch.Tensor, op_without_triton: Optional[str] = None) -> str:
     """Pick the backend for one call: the explicit argument, else the context, else the best for ``q``'s device.
 
     The automatic choice is Triton for CUDA tensors it supports (dtype, head_dim) and ``torch`` otherwise. An explicit
-    ``"triton"`` that cannot run raises :class:`BackendUnavailableError` instead of falling back.
+    ``"triton"`` that cannot run raises :class:`BackendUnavailableError` instead of falling back. For an op that has
+    no Triton kernel (``op_without_triton`` names it), an explicit ``backend="triton"`` raises, and the automatic
+    choice or a :func:`use_backend` ``"triton"`` block uses ``torch``.
     """
+    if op_without_triton is not None:
+        if _check_name(backend, "backend") == "triton":
+            raise BackendUnavailableError(f"{op_without_triton} has no Triton kernel; use backend='torch' or None")
+        name = backend or current_backend()
+        return "torch" if name in (None, "triton") else name
     name = _check_name(backend, "backend") or current_backend()
     device = q.device
     if name is None:

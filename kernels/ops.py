@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
 from . import custom_ops
 from ._validation import (
     Size2d,
+    check_carriers,
     check_neighborhood,
     check_qkv,
     check_rpb,
@@ -94,6 +95,50 @@ def window_attention(
         return custom_ops.window_attention_op(q, k, v, rpb, list(window), list(shift), softmax_scale, name,
                                               list(unpadded))
     return custom_ops.window_eager(q, k, v, rpb, window, shift, softmax_scale, name, unpadded)
+
+
+def carrier_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    carrier_q: torch.Tensor,
+    carrier_k: torch.Tensor,
+    carrier_v: torch.Tensor,
+    window_size: Size2d,
+    rpb: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    backend: Optional[str] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Window attention in which every window also holds its own carrier tokens (FasterViT's hierarchical attention).
+
+    Each window's sequence is its ``E`` carrier tokens followed by its ``wh*ww`` tokens; every token of the sequence
+    (carriers included) attends to the whole sequence. ``rpb`` biases token-token pairs as in
+    :func:`window_attention`; any pair with a carrier gets zero bias. No shift.
+
+    Args:
+        q, k, v: ``(B, H, W, heads, head_dim)`` with ``H``, ``W`` multiples of the window.
+        carrier_q, carrier_k, carrier_v: ``(B, H/wh, W/ww, E, heads, head_dim)``, the carriers of window ``(i, j)``
+            at ``[:, i, j]``.
+        window_size: int or ``(wh, ww)``.
+        rpb: ``(heads, 2wh-1, 2ww-1)`` indexed by key minus query.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        backend: ``None``, ``"reference"`` or ``"torch"`` (there is no Triton kernel for this op yet: ``None`` uses
+            ``torch`` on every device and an explicit ``"triton"`` raises).
+
+    Returns:
+        ``(out, carrier_out)`` shaped like ``q`` and ``carrier_q``.
+    """
+    check_qkv(q, k, v)
+    window = pair(window_size, "window_size")
+    check_window(q, window, (0, 0))
+    check_carriers(q, window, carrier_q, carrier_k, carrier_v)
+    check_rpb(rpb, q, window)
+    softmax_scale = check_scale(scale, q.shape[-1])
+    name = resolve_backend(backend, q, op_without_triton="carrier_window_attention")
+    if torch.compiler.is_compiling():
+        return custom_ops.carrier_window_attention_op(q, k, v, carrier_q, carrier_k, carrier_v, rpb, list(window),
+                                                      softmax_scale, name)
+    return custom_ops.carrier_window_eager(q, k, v, carrier_q, carrier_k, carrier_v, rpb, window, softmax_scale, name)
 
 
 def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:

@@ -127,3 +127,39 @@ def window_attention(
     out = out.view(batch, height // wh, width // ww, heads, wh, ww, head_dim)
     out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, height, width, heads, head_dim)
     return out[:, torch.argsort(rows)][:, :, torch.argsort(cols)]  # undo the roll
+
+
+def carrier_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    carrier_q: torch.Tensor,
+    carrier_k: torch.Tensor,
+    carrier_v: torch.Tensor,
+    window_size: Tuple[int, int],
+    rpb: Optional[torch.Tensor],
+    scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each window's sequence is its carrier tokens followed by its tokens in raster order; every token of that
+    sequence attends to all of it. ``rpb`` biases token-token pairs only; pairs with a carrier get zero bias."""
+    batch, height, width, heads, head_dim = q.shape
+    wh, ww = window_size
+    rows, cols = height // wh, width // ww
+    carriers = carrier_q.shape[3]
+
+    def sequence(x: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
+        x = x.view(batch, rows, wh, cols, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
+        return torch.cat([carrier, x.reshape(batch, rows, cols, wh * ww, heads, head_dim)], dim=3)
+
+    seq_q, seq_k, seq_v = sequence(q, carrier_q), sequence(k, carrier_k), sequence(v, carrier_v)
+    logits = torch.einsum("bijqhc,bijkhc->bijhqk", seq_q, seq_k) * scale
+    if rpb is not None:
+        ys, xs = torch.meshgrid(torch.arange(wh, device=q.device), torch.arange(ww, device=q.device), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        bias = torch.zeros(heads, carriers + wh * ww, carriers + wh * ww, dtype=logits.dtype, device=q.device)
+        bias[:, carriers:, carriers:] = rpb[:, ys[None, :] - ys[:, None] + wh - 1, xs[None, :] - xs[:, None] + ww - 1]
+        logits = logits + bias
+    out = torch.einsum("bijhqk,bijkhc->bijqhc", logits.softmax(dim=-1), seq_v)
+    carrier_out, tokens = out[:, :, :, :carriers], out[:, :, :, carriers:]
+    tokens = tokens.reshape(batch, rows, cols, wh, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
+    return tokens.reshape(batch, height, width, heads, head_dim), carrier_out

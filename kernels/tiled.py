@@ -313,3 +313,44 @@ def local_attention(
     slots = plan.query_tokens * plan.tiles
     out = out.transpose(1, 2).reshape(batch * slots, heads * head_dim)
     return out.index_select(0, rows_of(plan.output_index, slots)).view(batch, height, width, heads, head_dim)
+
+
+def carrier_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    carrier_q: torch.Tensor,
+    carrier_k: torch.Tensor,
+    carrier_v: torch.Tensor,
+    window: Tuple[int, int],
+    rpb: Optional[torch.Tensor],
+    scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Window attention with per-window carrier tokens as one SDPA call over ``(B * windows, heads, E + wh*ww)``."""
+    batch, height, width, heads, head_dim = q.shape
+    wh, ww = window
+    rows, cols = height // wh, width // ww
+    carriers = carrier_q.shape[3]
+    tokens = carriers + wh * ww
+
+    def sequence(x: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
+        # The concatenation is the one copy: window partition and the carrier prefix land in SDPA layout together.
+        x = x.view(batch, rows, wh, cols, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
+        x = x.reshape(batch, rows, cols, wh * ww, heads, head_dim)
+        return torch.cat([carrier, x], dim=3).view(batch * rows * cols, tokens, heads, head_dim).transpose(1, 2)
+
+    seq_q, seq_k, seq_v = sequence(q, carrier_q), sequence(k, carrier_k), sequence(v, carrier_v)
+    mask = None
+    if rpb is not None:
+        ys, xs = torch.meshgrid(torch.arange(wh, device=q.device), torch.arange(ww, device=q.device), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        bias = rpb[:, ys[None, :] - ys[:, None] + wh - 1, xs[None, :] - xs[:, None] + ww - 1]
+        mask = F.pad(bias, (carriers, 0, carriers, 0)).unsqueeze(0)  # carrier rows and columns: zero bias
+    if mask is not None and mask.requires_grad:
+        out = _MaskedAttention.apply(seq_q, seq_k, seq_v, mask, scale)
+    else:
+        out = F.scaled_dot_product_attention(seq_q, seq_k, seq_v, attn_mask=mask, scale=scale)
+    out = out.transpose(1, 2).reshape(batch, rows, cols, tokens, heads, head_dim)
+    carrier_out = out[:, :, :, :carriers]
+    out = out[:, :, :, carriers:].reshape(batch, rows, cols, wh, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
+    return out.reshape(batch, height, width, heads, head_dim), carrier_out

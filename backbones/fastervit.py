@@ -1,0 +1,616 @@
+"""FasterViT on the shared kernel layer, equal to the official implementation with its weights, at any input size.
+
+Paper: "FasterViT: Fast Vision Transformers with Hierarchical Attention" (Hatamizadeh et al., ICLR 2024,
+arXiv:2306.06189). Two convolutional stages, then stages of hierarchical attention (HAT) blocks on 7x7 windows:
+
+* a tokenizer pools each window into ``ct_size x ct_size`` carrier tokens;
+* in every HAT block the carriers of the whole map first attend to each other (one window over the carrier grid,
+  :func:`vithub.kernels.window_attention`), then each window attends over its tokens plus its own carriers, carriers
+  included as queries (:func:`vithub.kernels.carrier_window_attention`, zero bias for any pair with a carrier);
+* where ``do_propagation`` is set, the last block of a stage adds the carriers back onto their windows (nearest
+  upsampling);
+* position information comes from SwinV2-style continuous MLPs: a log-spaced relative-coordinate MLP gives the
+  attention bias (``16 * sigmoid``), and a second MLP gives absolute embeddings added to the window tokens and to the
+  carrier grid.
+
+Constructor arguments are the official ones, under the official names (``dim``, ``in_dim``, ``depths``,
+``window_size``, ``ct_size``, ``mlp_ratio``, ``num_heads``, ``resolution``, ``drop_path_rate``, ``hat``,
+``layer_scale``, ``layer_scale_conv``, ``do_propagation``, ...), so an official config builds the same architecture.
+Module and parameter names also follow the official code except that ``levels.{i}`` are ``stages.{i}`` with the
+downsampling at the start of stages 1-3 (so stage outputs are the maps detection necks want), the classifier is
+``head.fc``, and the derived buffers are not stored; ``checkpoint_filter_fn`` converts official checkpoints.
+
+Any input size: each attention stage pads its map to a window multiple (zeros, bottom/right), as the official
+any-resolution variant does, and crops after its last block; carrier grids, pooling windows and position tables are
+derived from the padded map at run time. At the size the official model was built for, outputs are the official ones.
+Where the official code only handles square grids, this one is general: a non-square carrier grid gets its own
+rectangular position embedding and bias instead of the official any-resolution variant's square-only handling.
+``resolution`` only decides which attention stages have carrier-token modules (those whose map at that resolution
+has more than one window, as in the official code); a stage with a single window at run time attends locally, as
+the official code does. Stochastic depth drops per image (the official code drops per window).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.models import generate_default_cfgs, register_model
+
+from vithub.kernels import carrier_window_attention, window_attention
+
+from ._common import HierarchicalBackbone, build_hierarchical
+
+__all__ = [
+    "FasterViT",
+    "FasterViTStage",
+    "HATBlock",
+    "ConvBlock",
+    "TokenInitializer",
+    "ContinuousPositionBias",
+    "GridPositionEmbedding",
+    "checkpoint_filter_fn",
+]
+
+Size = Tuple[int, int]
+_CPB_HIDDEN = 512  # hidden width of every continuous position MLP in the official code
+
+
+class ContinuousPositionBias(nn.Module):
+    """SwinV2's log-spaced continuous relative position bias: an MLP from ``(dy, dx)`` to one bias per head.
+
+    ``forward(window)`` returns the ``(heads, 2wh-1, 2ww-1)`` table the kernel ops take (key minus query). Offsets are
+    normalised by ``window - 1`` per axis, scaled to [-8, 8], log-spaced, and the MLP output becomes
+    ``16 * sigmoid``, as in the official code.
+    """
+
+    def __init__(self, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, _CPB_HIDDEN, bias=True), nn.ReLU(inplace=True),
+                                     nn.Linear(_CPB_HIDDEN, num_heads, bias=False))
+
+    def forward(self, window: Size) -> torch.Tensor:
+        weight = self.cpb_mlp[0].weight
+        axes = []
+        for size in window:
+            # The official table is indexed by query minus key; the ops index by key minus query, so it is negated.
+            offsets = -torch.arange(-(size - 1), size, device=weight.device, dtype=torch.float32)
+            offsets = offsets / max(size - 1, 1) * 8
+            axes.append(torch.sign(offsets) * torch.log2(offsets.abs() + 1.0) / math.log2(8))
+        coords = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1).to(weight.dtype)
+        return 16 * torch.sigmoid(self.cpb_mlp(coords).permute(2, 0, 1))
+
+
+class GridPositionEmbedding(nn.Module):
+    """Absolute position embedding of a ``h x w`` grid from an MLP of the centred, normalised coordinates."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, _CPB_HIDDEN, bias=True), nn.ReLU(),
+                                     nn.Linear(_CPB_HIDDEN, dim, bias=False))
+
+    def forward(self, grid: Size) -> torch.Tensor:
+        """``(h, w, dim)`` embedding for a grid of ``grid = (h, w)`` tokens."""
+        weight = self.cpb_mlp[0].weight
+        axes = [(torch.arange(size, device=weight.device, dtype=weight.dtype) - size // 2) / max(size // 2, 1)
+                for size in grid]
+        coords = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1)
+        return self.cpb_mlp(coords)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head attention in windows of an NHWC map (optionally with per-window carriers) with a continuous bias."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: Optional[float] = None,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide the stage width ({dim})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.pos_emb_funct = ContinuousPositionBias(num_heads)
+
+    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_drop(self.proj(x.flatten(-2)))
+
+    def forward(self, x: torch.Tensor, window: Size) -> torch.Tensor:
+        """``x``: ``(B, H, W, C)`` with ``H``, ``W`` multiples of ``window``."""
+        q, k, v = self._qkv(x)
+        rpb = self.pos_emb_funct(window).to(q.dtype)
+        return self._out(window_attention(q, k, v, window, rpb=rpb, scale=self.scale))
+
+    def forward_with_carriers(self, x: torch.Tensor, carriers: torch.Tensor,
+                              window: Size) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x``: ``(B, H, W, C)``; ``carriers``: ``(B, H/wh, W/ww, E, C)``; returns both updated."""
+        q, k, v = self._qkv(x)
+        carrier_q, carrier_k, carrier_v = self._qkv(carriers)
+        rpb = self.pos_emb_funct(window).to(q.dtype)
+        out, carrier_out = carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb=rpb,
+                                                    scale=self.scale)
+        return self._out(out), self._out(carrier_out)
+
+
+def _layer_scale(value: Optional[float], dim: int) -> Union[nn.Parameter, float]:
+    return nn.Parameter(value * torch.ones(dim)) if isinstance(value, (int, float)) else 1.0
+
+
+class ConvBlock(nn.Module):
+    """Residual conv block of the first two stages: conv3x3-BN-GELU-conv3x3-BN (NCHW)."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale: Optional[float] = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1)
+        self.norm1 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.act1 = nn.GELU()
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1)
+        self.norm2 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.gamma = _layer_scale(layer_scale, dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        if isinstance(self.gamma, nn.Parameter):
+            y = y * self.gamma.view(1, -1, 1, 1)
+        return x + self.drop_path(y)
+
+
+def _drop_paths(prob: float, training: bool, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Stochastic depth with one draw per image shared by all ``tensors`` (window tokens and their carriers)."""
+    if prob == 0.0 or not training:
+        return tensors
+    keep = tensors[0].new_empty(tensors[0].shape[0]).bernoulli_(1.0 - prob).div_(1.0 - prob)
+    return tuple(t * keep.view(-1, *([1] * (t.dim() - 1))) for t in tensors)
+
+
+def carriers_to_grid(carriers: torch.Tensor, ct_size: int) -> torch.Tensor:
+    """``(B, nh, nw, ct*ct, C)`` per-window carriers to the ``(B, nh*ct, nw*ct, C)`` carrier grid."""
+    batch, rows, cols, _, channels = carriers.shape
+    grid = carriers.view(batch, rows, cols, ct_size, ct_size, channels).permute(0, 1, 3, 2, 4, 5)
+    return grid.reshape(batch, rows * ct_size, cols * ct_size, channels)
+
+
+def grid_to_carriers(grid: torch.Tensor, ct_size: int) -> torch.Tensor:
+    """Inverse of :func:`carriers_to_grid`."""
+    batch, height, width, channels = grid.shape
+    rows, cols = height // ct_size, width // ct_size
+    carriers = grid.view(batch, rows, ct_size, cols, ct_size, channels).permute(0, 1, 3, 2, 4, 5)
+    return carriers.reshape(batch, rows, cols, ct_size * ct_size, channels)
+
+
+class HATBlock(nn.Module):
+    """Hierarchical attention block over an NHWC map (a window multiple) and, when given, its carrier tokens."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, ct_size: int = 1, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, qk_scale: Optional[float] = None, drop: float = 0.0, drop_path: float = 0.0,
+                 layer_scale: Optional[float] = None, hierarchical: bool = False, last: bool = False,
+                 do_propagation: bool = False) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.ct_size = ct_size
+        self.drop_path_prob = drop_path
+        self.pos_embed = GridPositionEmbedding(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = Mlp(dim, hidden_features=hidden, act_layer=nn.GELU, drop=drop)
+        self.gamma3 = _layer_scale(layer_scale, dim)
+        self.gamma4 = _layer_scale(layer_scale, dim)
+        self.hierarchical = hierarchical
+        if hierarchical:
+            self.hat_norm1 = nn.LayerNorm(dim)
+            self.hat_norm2 = nn.LayerNorm(dim)
+            self.hat_attn = WindowAttention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop)
+            self.hat_mlp = Mlp(dim, hidden_features=hidden, act_layer=nn.GELU, drop=drop)
+            self.hat_pos_embed = GridPositionEmbedding(dim)
+            self.gamma1 = _layer_scale(layer_scale, dim)
+            self.gamma2 = _layer_scale(layer_scale, dim)
+        self.last = last
+        self.do_propagation = do_propagation
+
+    def forward(self, x: torch.Tensor, carriers: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``x``: ``(B, H, W, C)``; ``carriers``: ``(B, H/w, W/w, ct*ct, C)`` or None (local attention only)."""
+        w = self.window_size
+        window = (w, w)
+        rows, cols = x.shape[1] // w, x.shape[2] // w
+        x = x + self.pos_embed(window).repeat(rows, cols, 1)
+        if carriers is None:
+            attended = self.attn(self.norm1(x), window)
+            (attended,) = _drop_paths(self.drop_path_prob, self.training, self.gamma3 * attended)
+            x = x + attended
+            (mlp_out,) = _drop_paths(self.drop_path_prob, self.training, self.gamma4 * self.mlp(self.norm2(x)))
+            return x + mlp_out, None
+        if not self.hierarchical:
+            raise RuntimeError("carriers were given to a HAT block built without carrier-token modules")
+
+        # Global attention among all carriers: one window spanning the carrier grid.
+        grid = carriers_to_grid(carriers, self.ct_size)
+        grid_size = (grid.shape[1], grid.shape[2])
+        grid = grid + self.hat_pos_embed(grid_size)
+        (update,) = _drop_paths(self.drop_path_prob, self.training,
+                                self.gamma1 * self.hat_attn(self.hat_norm1(grid), grid_size))
+        grid = grid + update
+        (update,) = _drop_paths(self.drop_path_prob, self.training, self.gamma2 * self.hat_mlp(self.hat_norm2(grid)))
+        carriers = grid_to_carriers(grid + update, self.ct_size)
+
+        # Each window over its tokens plus its carriers; the token-wise layers see both.
+        attended, carrier_attended = self.attn.forward_with_carriers(self.norm1(x), self.norm1(carriers), window)
+        attended, carrier_attended = _drop_paths(self.drop_path_prob, self.training, self.gamma3 * attended,
+                                                 self.gamma3 * carrier_attended)
+        x, carriers = x + attended, carriers + carrier_attended
+        mlp_out, carrier_mlp_out = _drop_paths(self.drop_path_prob, self.training,
+                                               self.gamma4 * self.mlp(self.norm2(x)),
+                                               self.gamma4 * self.mlp(self.norm2(carriers)))
+        x, carriers = x + mlp_out, carriers + carrier_mlp_out
+
+        if self.last and self.do_propagation:
+            batch, channels, ct = x.shape[0], x.shape[-1], self.ct_size
+            per_window = carriers.reshape(-1, ct, ct, channels).permute(0, 3, 1, 2)
+            upsampled = F.interpolate(per_window.float(), size=window, mode="nearest").to(x.dtype)
+            upsampled = upsampled.view(batch, rows, cols, channels, w, w).permute(0, 1, 4, 2, 5, 3)
+            x = x + self.gamma1 * upsampled.reshape(x.shape)
+        return x, carriers
+
+
+class TokenInitializer(nn.Module):
+    """Carrier tokens of a padded NCHW map: depthwise 3x3 conv, then average pooling to ``ct_size^2`` per window.
+
+    The pooling window and stride follow the official rule for the map at hand, so they change with the input size.
+    """
+
+    def __init__(self, dim: int, ct_size: int = 1) -> None:
+        super().__init__()
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.ct_size = ct_size
+
+    def forward(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
+        """``x``: ``(B, C, H, W)`` with ``H``, ``W`` multiples of ``window_size``; returns ``(B, H/w, W/w, ct^2, C)``."""
+        kernel, stride = [], []
+        for size in x.shape[-2:]:
+            outputs = int(self.ct_size * size / window_size)
+            step = int(size / outputs)
+            kernel.append(size - (outputs - 1) * step)
+            stride.append(step)
+        pooled = F.avg_pool2d(self.pos_embed(x), kernel_size=tuple(kernel), stride=tuple(stride))
+        return grid_to_carriers(pooled.permute(0, 2, 3, 1), self.ct_size)
+
+
+class Downsample(nn.Module):
+    """LayerNorm2d, then a stride-2 3x3 conv doubling the width (no bias)."""
+
+    def __init__(self, dim: int, out_dim: Optional[int] = None) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(dim)
+        self.reduction = nn.Sequential(nn.Conv2d(dim, out_dim or 2 * dim, 3, 2, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduction(self.norm(x))
+
+
+class PatchEmbed(nn.Module):
+    """Two stride-2 3x3 conv-BN-ReLU layers: image to the stride-4 map (NCHW)."""
+
+    def __init__(self, in_chans: int = 3, in_dim: int = 64, dim: int = 96) -> None:
+        super().__init__()
+        self.conv_down = nn.Sequential(
+            nn.Conv2d(in_chans, in_dim, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(in_dim, eps=1e-4),
+            nn.ReLU(),
+            nn.Conv2d(in_dim, dim, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(dim, eps=1e-4),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_down(x)
+
+
+class FasterViTStage(nn.Module):
+    """Optional downsampling, then conv blocks or HAT blocks (NCHW in and out)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, ct_size: int, conv: bool,
+                 downsample: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: Optional[float] = None,
+                 drop: float = 0.0, drop_path: Sequence[float] = (), layer_scale: Optional[float] = None,
+                 layer_scale_conv: Optional[float] = None, hierarchical: bool = False,
+                 do_propagation: bool = False) -> None:
+        super().__init__()
+        self.conv = conv
+        self.window_size = window_size
+        self.grad_checkpointing = False
+        self.downsample = Downsample(dim // 2, dim) if downsample else nn.Identity()
+        drop_path = list(drop_path) or [0.0] * depth
+        if conv:
+            self.blocks = nn.ModuleList([ConvBlock(dim, drop_path[i], layer_scale_conv) for i in range(depth)])
+        else:
+            self.blocks = nn.ModuleList([
+                HATBlock(dim, num_heads, window_size, ct_size, mlp_ratio, qkv_bias, qk_scale, drop, drop_path[i],
+                         layer_scale, hierarchical, last=i == depth - 1, do_propagation=do_propagation)
+                for i in range(depth)
+            ])
+        self.global_tokenizer = TokenInitializer(dim, ct_size) if hierarchical and not conv else None
+
+    def _run(self, block: nn.Module, *inputs: Any) -> Any:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return torch.utils.checkpoint.checkpoint(block, *inputs, use_reentrant=False)
+        return block(*inputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.conv:
+            for block in self.blocks:
+                x = self._run(block, x)
+            return x
+        height, width = x.shape[-2:]
+        w = self.window_size
+        x = F.pad(x, (0, (-width) % w, 0, (-height) % w))
+        rows, cols = x.shape[-2] // w, x.shape[-1] // w
+        # As in the official code, carriers exist only where the (padded) map holds more than one window.
+        carriers = None
+        if self.global_tokenizer is not None and rows * cols > 1:
+            carriers = self.global_tokenizer(x, w)
+        x = x.permute(0, 2, 3, 1)
+        for block in self.blocks:
+            x, carriers = self._run(block, x, carriers)
+        return x[:, :height, :width].permute(0, 3, 1, 2).contiguous()
+
+
+def _as_list(value: Union[int, Sequence[int]], count: int, name: str) -> List[int]:
+    values = [value] * count if isinstance(value, int) else list(value)
+    if len(values) != count or not all(isinstance(v, int) and v >= 1 for v in values):
+        raise ValueError(f"{name} must be a positive int or one positive int per stage ({count}), got {value!r}")
+    return values
+
+
+class FasterViT(HierarchicalBackbone, nn.Module):
+    """FasterViT (official constructor arguments and names; any input size; ``forward_features`` is NCHW)."""
+
+    STAGES = "stages"
+    MAP_FORMAT = "NCHW"
+
+    def __init__(
+        self,
+        dim: int = 64,
+        in_dim: int = 64,
+        depths: Sequence[int] = (2, 3, 6, 5),
+        window_size: Union[int, Sequence[int]] = (7, 7, 7, 7),
+        ct_size: int = 2,
+        mlp_ratio: float = 4.0,
+        num_heads: Sequence[int] = (2, 4, 8, 16),
+        resolution: Union[int, Sequence[int]] = 224,
+        drop_path_rate: float = 0.2,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        layer_scale: Optional[float] = None,
+        layer_scale_conv: Optional[float] = None,
+        layer_norm_last: bool = False,
+        hat: Optional[Sequence[bool]] = (False, False, True, False),
+        do_propagation: bool = False,
+        global_pool: str = "avg",
+    ) -> None:
+        """Args as in the official ``FasterViT``; ``resolution`` (int or ``(h, w)``) decides which attention stages
+        get carrier tokens (see the module docstring); ``attn_drop_rate`` must be 0 (the fused ops have no dropout)."""
+        super().__init__()
+        if attn_drop_rate:
+            raise ValueError(f"attn_drop_rate must be 0 (the fused attention ops have no dropout), got {attn_drop_rate}")
+        num_stages = len(depths)
+        if len(num_heads) != num_stages:
+            raise ValueError(f"depths and num_heads need one entry per stage, got {len(depths)} and {len(num_heads)}")
+        windows = _as_list(window_size, num_stages, "window_size")
+        if not isinstance(ct_size, int) or ct_size < 1:
+            raise ValueError(f"ct_size must be a positive int, got {ct_size!r}")
+        hat = [True] * num_stages if hat is None else list(hat)
+        if len(hat) != num_stages:
+            raise ValueError(f"hat needs one flag per stage ({num_stages}), got {hat!r}")
+        res_h, res_w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = int(dim * 2 ** (num_stages - 1))
+        self.patch_embed = PatchEmbed(in_chans=in_chans, in_dim=in_dim, dim=dim)
+        rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+        stages, self.feature_info = [], []
+        for index in range(num_stages):
+            stage_dim = int(dim * 2 ** index)
+            conv = index < 2
+            w = windows[index]
+            stage_res = (int(2 ** (-2 - index) * res_h), int(2 ** (-2 - index) * res_w))
+            windows_at_resolution = math.ceil(stage_res[0] / w) * math.ceil(stage_res[1] / w)
+            stages.append(FasterViTStage(
+                stage_dim, depths[index], num_heads[index], w, ct_size, conv=conv, downsample=index > 0,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
+                drop_path=rates[index], layer_scale=layer_scale,
+                layer_scale_conv=layer_scale_conv, hierarchical=hat[index] and not conv and windows_at_resolution > 1,
+                do_propagation=do_propagation,
+            ))
+            self.feature_info.append(dict(num_chs=stage_dim, reduction=4 * 2 ** index, module=f"stages.{index}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = LayerNorm2d(self.num_features) if layer_norm_last else nn.BatchNorm2d(self.num_features)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, input_fmt="NCHW")
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, LayerNorm2d, nn.BatchNorm2d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Image to the stride-4 NCHW map."""
+        return self.patch_embed(x)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """The continuous position MLPs are not weight-decayed (as timm does for SwinV2's ``cpb_mlp``)."""
+        return {name for name, _ in self.named_parameters() if ".cpb_mlp." in name}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for layer-wise LR decay: stem, then stage by stage (block by block unless coarse)."""
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.global_tokenizer", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+
+# --- checkpoint conversion ----------------------------------------------------------------------------------------
+
+_DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "relative_bias")
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: FasterViT) -> Dict[str, torch.Tensor]:
+    """Convert an official FasterViT state dict (or checkpoint) to this layout; our own passes through.
+
+    * ``levels.{i}`` becomes ``stages.{i}``, and ``levels.{i}.downsample`` moves to ``stages.{i+1}.downsample``;
+    * the classifier ``head`` becomes ``head.fc``;
+    * the position buffers derived at construction (``relative_coords_table``, ``relative_position_index``,
+      ``relative_bias``) are dropped (computed per input size here), and so is the tokenizer's second name for its
+      conv (``global_tokenizer.to_global_feature.pos``, the same tensor as ``global_tokenizer.pos_embed``).
+    """
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+            break
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS or ".to_global_feature.pos." in key:
+            continue
+        key = re.sub(r"^levels\.(\d+)\.downsample", lambda m: f"stages.{int(m.group(1)) + 1}.downsample", key)
+        key = re.sub(r"^levels\.", "stages.", key)
+        key = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+        out[key] = value
+    return out
+
+
+# --- registration -------------------------------------------------------------------------------------------------
+
+def _create_fastervit(variant: str, pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return build_hierarchical(FasterViT, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+_LICENSE = "NVIDIA Source Code License-NC (non-commercial use only)"
+
+
+def _cfg(filename: str, crop_pct: float = 1.0, **kwargs: Any) -> Dict[str, Any]:
+    # Weights: the official NVIDIA checkpoints on the Hugging Face Hub, converted on load. Non-commercial licence.
+    return {
+        "hf_hub_id": "ahatamiz/FasterViT",
+        "hf_hub_filename": filename,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": crop_pct,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.conv_down.0",
+        "classifier": "head.fc",
+        "license": _LICENSE,
+        "paper_ids": "arXiv:2306.06189",
+        "origin_url": "https://github.com/NVlabs/FasterViT",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "vh_fastervit_0_224.in1k": _cfg("fastervit_0_224_1k.pth.tar", crop_pct=0.875),
+    "vh_fastervit_1_224.in1k": _cfg("fastervit_1_224_1k.pth.tar"),
+    "vh_fastervit_2_224.in1k": _cfg("fastervit_2_224_1k.pth.tar"),
+    "vh_fastervit_3_224.in1k": _cfg("fastervit_3_224_1k.pth.tar"),
+    "vh_fastervit_4_224.in1k": _cfg("fastervit_4_224_1k.pth.tar"),
+    "vh_fastervit_5_224.in1k": _cfg("fastervit_5_224_1k.pth.tar"),
+    "vh_fastervit_6_224.in1k": _cfg("fastervit_6_224_1k.pth.tar"),
+})
+
+# The official variants (faster_vit_{0..6}_224); any of these can be overridden by keyword.
+_VARIANTS: Dict[int, Dict[str, Any]] = {
+    0: dict(dim=64, in_dim=64, depths=(2, 3, 6, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+    1: dict(dim=80, in_dim=32, depths=(1, 3, 8, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+    2: dict(dim=96, in_dim=64, depths=(3, 3, 8, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+    3: dict(dim=128, in_dim=64, depths=(3, 3, 12, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.3,
+            layer_scale=1e-5, do_propagation=True),
+    4: dict(dim=196, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), drop_path_rate=0.3,
+            layer_scale=1e-5, do_propagation=True),
+    5: dict(dim=320, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), drop_path_rate=0.3,
+            layer_scale=1e-5, do_propagation=True),
+    6: dict(dim=320, in_dim=64, depths=(3, 3, 16, 8), num_heads=(4, 8, 16, 32), drop_path_rate=0.5,
+            layer_scale=1e-5, do_propagation=True),
+}
+_COMMON = dict(window_size=(7, 7, 7, 7), ct_size=2, mlp_ratio=4, resolution=224, hat=(False, False, True, False))
+
+
+def _variant(index: int, pretrained: bool, kwargs: Dict[str, Any]) -> FasterViT:
+    args = dict(_COMMON, **_VARIANTS[index])
+    return _create_fastervit(f"vh_fastervit_{index}_224", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vh_fastervit_0_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    """FasterViT-0, 224 (31.4M params)."""
+    return _variant(0, pretrained, kwargs)
+
+
+@register_model
+def vh_fastervit_1_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    """FasterViT-1, 224 (53.4M params)."""
+    return _variant(1, pretrained, kwargs)
+
+
+@register_model
+def vh_fastervit_2_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    """FasterViT-2, 224 (75.9M params)."""
+    return _variant(2, pretrained, kwargs)
+
+
+@register_model
+def vh_fastervit_3_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    """FasterViT-3, 224 (159.5M params)."""
+    return _variant(3, pretrained, kwargs)
+
+
+@register_model
+def vh_fastervit_4_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    """FasterViT-4, 224 (424.6M params)."""
+    return _variant(4, pretrained, kwargs)
+
+
+@register_model
+def vh_fastervit_5_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    """FasterViT-5, 224 (975.5M params)."""
+    return _variant(5, pretrained, kwargs)
+
+
+@register_model
+def vh_fastervit_6_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    """FasterViT-6, 224 (1360M params)."""
+    return _variant(6, pretrained, kwargs)
