@@ -149,9 +149,12 @@ def carrier_window_attention_backward_op(
     if rpb is not None and rpb_grad:
         _, pullback = torch.func.vjp(
             lambda *t: carrier_window_eager(*t[:6], t[6], window, scale, backend), *inputs, rpb)
-        return pullback((grad, grad_carrier))
-    _, pullback = torch.func.vjp(lambda *t: carrier_window_eager(*t, rpb, window, scale, backend), *inputs)
-    return (*pullback((grad, grad_carrier)), q.new_empty(0))
+        grads = pullback((grad, grad_carrier))
+    else:
+        _, pullback = torch.func.vjp(lambda *t: carrier_window_eager(*t, rpb, window, scale, backend), *inputs)
+        grads = (*pullback((grad, grad_carrier)), q.new_empty(0))
+    # Gradients of strided inputs (slices of a fused qkv) come back strided; the fake promises contiguous ones.
+    return tuple(g.contiguous() for g in grads)
 
 
 @carrier_window_attention_op.register_fake

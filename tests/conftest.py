@@ -15,3 +15,17 @@ def _has_nvidia_device() -> bool:
 # Triton's CPU interpreter. An explicit TRITON_INTERPRET in the environment wins.
 if "TRITON_INTERPRET" not in os.environ and not _has_nvidia_device():
     os.environ["TRITON_INTERPRET"] = "1"
+
+
+import pytest  # noqa: E402  (after the environment setup above, on purpose)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's shared data (golden outputs of official code) next to the repository; a user's clone has none."""
+    path = REPO_ROOT.parent / "shared"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (golden files ship with the project workspace, not with the repository)")
+    return path

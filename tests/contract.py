@@ -21,6 +21,9 @@ CONTRACT_KWARGS: Dict[str, Dict[str, Any]] = {
     "vh_dinat_*": dict(_NAT_SMALL, dilations=((8,), (4,), (1, 2), (1,))),
     # Two blocks in the middle stages keep a shifted-window block in the contract runs.
     "vh_swin_*": dict(embed_dim=16, depths=(1, 2, 2, 1), num_heads=(1, 2, 2, 4)),
+    # 2x2 windows keep several windows (so carrier tokens) in stage 2 of a 64x64 input; each variant keeps its own
+    # layer scale and propagation flags.
+    "vh_fastervit_*": dict(dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4), window_size=(7, 7, 2, 2)),
 }
 # Input (H, W) per model name/prefix; default: 64 x 64 (families support any input size).
 CONTRACT_INPUT: Dict[str, Tuple[int, int]] = {}
