@@ -32,6 +32,7 @@ the official code does. Stochastic depth drops per image (the official code drop
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -63,6 +64,31 @@ Size = Tuple[int, int]
 _CPB_HIDDEN = 512  # hidden width of every continuous position MLP in the official code
 
 
+def _build_coordinates(kind: str, size: Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    axes = []
+    for length in size:
+        if kind == "log_relative":
+            # The official table is indexed by query minus key; the ops index by key minus query, so it is negated.
+            offsets = -torch.arange(-(length - 1), length, device=device, dtype=torch.float32)
+            offsets = offsets / max(length - 1, 1) * 8
+            axes.append(torch.sign(offsets) * torch.log2(offsets.abs() + 1.0) / math.log2(8))
+        else:
+            work = torch.promote_types(dtype, torch.float32)
+            axes.append((torch.arange(length, device=device, dtype=work) - length // 2) / max(length // 2, 1))
+    return torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1).to(dtype)
+
+
+_cached_coordinates = functools.lru_cache(maxsize=128)(_build_coordinates)
+
+
+def _coordinates(kind: str, size: Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(h, w, 2)`` MLP inputs: ``"log_relative"`` offsets of a ``size`` window (``2h-1 x 2w-1`` of them) or
+    ``"centred"`` positions of a ``size`` grid. Cached per shape in eager mode; traced as plain ops under compile."""
+    if torch.compiler.is_compiling():
+        return _build_coordinates(kind, size, device, dtype)
+    return _cached_coordinates(kind, size, device, dtype)
+
+
 class ContinuousPositionBias(nn.Module):
     """SwinV2's log-spaced continuous relative position bias: an MLP from ``(dy, dx)`` to one bias per head.
 
@@ -79,13 +105,7 @@ class ContinuousPositionBias(nn.Module):
 
     def forward(self, window: Size) -> torch.Tensor:
         weight = self.cpb_mlp[0].weight
-        axes = []
-        for size in window:
-            # The official table is indexed by query minus key; the ops index by key minus query, so it is negated.
-            offsets = -torch.arange(-(size - 1), size, device=weight.device, dtype=torch.float32)
-            offsets = offsets / max(size - 1, 1) * 8
-            axes.append(torch.sign(offsets) * torch.log2(offsets.abs() + 1.0) / math.log2(8))
-        coords = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1).to(weight.dtype)
+        coords = _coordinates("log_relative", tuple(window), weight.device, weight.dtype)
         return 16 * torch.sigmoid(self.cpb_mlp(coords).permute(2, 0, 1))
 
 
@@ -100,10 +120,7 @@ class GridPositionEmbedding(nn.Module):
     def forward(self, grid: Size) -> torch.Tensor:
         """``(h, w, dim)`` embedding for a grid of ``grid = (h, w)`` tokens."""
         weight = self.cpb_mlp[0].weight
-        axes = [(torch.arange(size, device=weight.device, dtype=weight.dtype) - size // 2) / max(size // 2, 1)
-                for size in grid]
-        coords = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1)
-        return self.cpb_mlp(coords)
+        return self.cpb_mlp(_coordinates("centred", tuple(grid), weight.device, weight.dtype))
 
 
 class WindowAttention(nn.Module):
@@ -134,19 +151,33 @@ class WindowAttention(nn.Module):
         rpb = self.pos_emb_funct(window).to(q.dtype)
         return self._out(window_attention(q, k, v, window, rpb=rpb, scale=self.scale))
 
-    def forward_with_carriers(self, x: torch.Tensor, carriers: torch.Tensor,
-                              window: Size) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``x``: ``(B, H, W, C)``; ``carriers``: ``(B, H/wh, W/ww, E, C)``; returns both updated."""
-        q, k, v = self._qkv(x)
-        carrier_q, carrier_k, carrier_v = self._qkv(carriers)
+    def forward_with_carriers(self, tokens: torch.Tensor, map_size: Size, carrier_shape: Tuple[int, int, int],
+                              window: Size) -> torch.Tensor:
+        """``tokens``: ``(B, H*W + nh*nw*E, C)``, the map's tokens in raster order then the carriers of each window
+        (``carrier_shape = (nh, nw, E)``); returns the attended tokens in the same layout.
+
+        One token matrix keeps the projections to one matmul each, as in the official code.
+        """
+        batch, _, channels = tokens.shape
+        height, width = map_size
+        qkv = self.qkv(tokens)
+        map_tokens = height * width
+        q, k, v = qkv[:, :map_tokens].view(batch, height, width, 3, self.num_heads, self.head_dim).unbind(3)
+        carrier_q, carrier_k, carrier_v = qkv[:, map_tokens:].view(
+            batch, *carrier_shape, 3, self.num_heads, self.head_dim).unbind(4)
         rpb = self.pos_emb_funct(window).to(q.dtype)
         out, carrier_out = carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb=rpb,
                                                     scale=self.scale)
-        return self._out(out), self._out(carrier_out)
+        out = torch.cat([out.reshape(batch, map_tokens, channels), carrier_out.reshape(batch, -1, channels)], dim=1)
+        return self.proj_drop(self.proj(out))
 
 
-def _layer_scale(value: Optional[float], dim: int) -> Union[nn.Parameter, float]:
-    return nn.Parameter(value * torch.ones(dim)) if isinstance(value, (int, float)) else 1.0
+def _layer_scale(value: Optional[float], dim: int) -> Optional[nn.Parameter]:
+    return nn.Parameter(value * torch.ones(dim)) if isinstance(value, (int, float)) else None
+
+
+def _scaled(gamma: Optional[nn.Parameter], x: torch.Tensor) -> torch.Tensor:
+    return x if gamma is None else gamma * x
 
 
 class ConvBlock(nn.Module):
@@ -164,7 +195,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
-        if isinstance(self.gamma, nn.Parameter):
+        if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return x + self.drop_path(y)
 
@@ -228,14 +259,15 @@ class HATBlock(nn.Module):
         """``x``: ``(B, H, W, C)``; ``carriers``: ``(B, H/w, W/w, ct*ct, C)`` or None (local attention only)."""
         w = self.window_size
         window = (w, w)
-        rows, cols = x.shape[1] // w, x.shape[2] // w
+        batch, height, width, channels = x.shape
+        rows, cols = height // w, width // w
         x = x + self.pos_embed(window).repeat(rows, cols, 1)
+        prob, training = self.drop_path_prob, self.training
         if carriers is None:
-            attended = self.attn(self.norm1(x), window)
-            (attended,) = _drop_paths(self.drop_path_prob, self.training, self.gamma3 * attended)
-            x = x + attended
-            (mlp_out,) = _drop_paths(self.drop_path_prob, self.training, self.gamma4 * self.mlp(self.norm2(x)))
-            return x + mlp_out, None
+            (update,) = _drop_paths(prob, training, _scaled(self.gamma3, self.attn(self.norm1(x), window)))
+            x = x + update
+            (update,) = _drop_paths(prob, training, _scaled(self.gamma4, self.mlp(self.norm2(x))))
+            return x + update, None
         if not self.hierarchical:
             raise RuntimeError("carriers were given to a HAT block built without carrier-token modules")
 
@@ -243,28 +275,29 @@ class HATBlock(nn.Module):
         grid = carriers_to_grid(carriers, self.ct_size)
         grid_size = (grid.shape[1], grid.shape[2])
         grid = grid + self.hat_pos_embed(grid_size)
-        (update,) = _drop_paths(self.drop_path_prob, self.training,
-                                self.gamma1 * self.hat_attn(self.hat_norm1(grid), grid_size))
+        (update,) = _drop_paths(prob, training, _scaled(self.gamma1, self.hat_attn(self.hat_norm1(grid), grid_size)))
         grid = grid + update
-        (update,) = _drop_paths(self.drop_path_prob, self.training, self.gamma2 * self.hat_mlp(self.hat_norm2(grid)))
+        (update,) = _drop_paths(prob, training, _scaled(self.gamma2, self.hat_mlp(self.hat_norm2(grid))))
         carriers = grid_to_carriers(grid + update, self.ct_size)
+        carrier_shape = tuple(carriers.shape[1:4])
 
-        # Each window over its tokens plus its carriers; the token-wise layers see both.
-        attended, carrier_attended = self.attn.forward_with_carriers(self.norm1(x), self.norm1(carriers), window)
-        attended, carrier_attended = _drop_paths(self.drop_path_prob, self.training, self.gamma3 * attended,
-                                                 self.gamma3 * carrier_attended)
-        x, carriers = x + attended, carriers + carrier_attended
-        mlp_out, carrier_mlp_out = _drop_paths(self.drop_path_prob, self.training,
-                                               self.gamma4 * self.mlp(self.norm2(x)),
-                                               self.gamma4 * self.mlp(self.norm2(carriers)))
-        x, carriers = x + mlp_out, carriers + carrier_mlp_out
+        # Each window over its tokens plus its carriers. Map tokens and carriers share every token-wise layer, so
+        # they travel as one token matrix: map tokens in raster order, then the carriers window by window.
+        tokens = torch.cat([x.reshape(batch, height * width, channels), carriers.reshape(batch, -1, channels)], dim=1)
+        attended = self.attn.forward_with_carriers(self.norm1(tokens), (height, width), carrier_shape, window)
+        (update,) = _drop_paths(prob, training, _scaled(self.gamma3, attended))
+        tokens = tokens + update
+        (update,) = _drop_paths(prob, training, _scaled(self.gamma4, self.mlp(self.norm2(tokens))))
+        tokens = tokens + update
+        x = tokens[:, :height * width].reshape(batch, height, width, channels)
+        carriers = tokens[:, height * width:].reshape(batch, *carrier_shape, channels)
 
         if self.last and self.do_propagation:
-            batch, channels, ct = x.shape[0], x.shape[-1], self.ct_size
+            ct = self.ct_size
             per_window = carriers.reshape(-1, ct, ct, channels).permute(0, 3, 1, 2)
             upsampled = F.interpolate(per_window.float(), size=window, mode="nearest").to(x.dtype)
             upsampled = upsampled.view(batch, rows, cols, channels, w, w).permute(0, 1, 4, 2, 5, 3)
-            x = x + self.gamma1 * upsampled.reshape(x.shape)
+            x = x + _scaled(self.gamma1, upsampled.reshape(x.shape))
         return x, carriers
 
 

@@ -7,6 +7,7 @@ our model once per kernel backend, plus any timm models named in ``compare`` for
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -105,12 +106,22 @@ def run_model_bench(
     modes: Sequence[str] = ("eval", "train"),
     backends: Sequence[str] = ("torch", "reference"),
     compare: Sequence[str] = (),
+    compare_imports: Sequence[str] = (),
     repeats: int = 3,
     img_size: int = 224,
     device: str = "cpu",
 ) -> dict:
-    """Run the model benchmark, print the table, write JSON to ``output`` (if given) and return the payload."""
+    """Run the model benchmark, print the table, write JSON to ``output`` (if given) and return the payload.
+
+    ``compare_imports`` names modules to import before the ``compare`` names are looked up, for third-party packages
+    that register their models with timm on import (the official FasterViT package does).
+    """
     torch_device = torch.device(device)
+    for module in compare_imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(f"compare_imports: cannot import {module!r} ({error}); install it first") from error
     models = [check_model_name(name) for name in models]
     compare = [check_model_name(name) for name in compare]
     rows = [
@@ -126,6 +137,7 @@ def run_model_bench(
         "dtype": "float32",
         "img_size": img_size,
         "repeats": repeats,
+        "compare_imports": {m: getattr(importlib.import_module(m), "__version__", "unknown") for m in compare_imports},
         "rows": [dict(row.__dict__, images_per_second=row.images_per_second()) for row in rows],
     }
     if output:

@@ -72,7 +72,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from vithub.bench_models import run_model_bench
 
     run_model_bench(output=output, models=args.models, batch_sizes=args.batch_sizes, modes=args.modes,
-                    backends=args.backends, compare=args.compare, repeats=args.repeats or 3,
+                    backends=args.backends, compare=args.compare, compare_imports=args.compare_import,
+                    repeats=args.repeats or 3,
                     img_size=args.img_size, device=args.device)
     return 0
 
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--backends", nargs="+", default=["torch", "reference"], choices=["torch", "reference", "triton"],
                         help="kernel backends to time each model with")
     models.add_argument("--compare", nargs="*", default=[], help="timm models timed alongside, for context")
+    models.add_argument("--compare-import", nargs="*", default=[], metavar="MODULE",
+                        help="modules imported first so that they register --compare models with timm (e.g. the "
+                             "official FasterViT package: --compare-import fastervit --compare faster_vit_0_224)")
     models.add_argument("--img-size", type=int, default=224)
     p_bench.set_defaults(func=_cmd_bench)
     return parser
@@ -127,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--batch-sizes must all be >= 1")
     try:
         return args.func(args)
-    except UnknownModelError as error:
+    except (UnknownModelError, ImportError) as error:
         print(f"vithub: error: {error}", file=sys.stderr)
         return 2
 

@@ -38,6 +38,8 @@ def window_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window:
         return reference.window_attention(q, k, v, window, shift, rpb, scale, unpadded)
     if backend == "triton":
         return triton_backend.window_attention(q, k, v, window, shift, rpb, scale, unpadded=unpadded)
+    if shift == (0, 0):  # no roll: the windows are a reshape (the unpadded extent only matters to the roll)
+        return tiled.unshifted_window_attention(q, k, v, window, rpb, scale)
     plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device, unpadded)
     return tiled.local_attention(q, k, v, plan, rpb, scale)
 

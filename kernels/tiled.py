@@ -315,6 +315,19 @@ def local_attention(
     return out.index_select(0, rows_of(plan.output_index, slots)).view(batch, height, width, heads, head_dim)
 
 
+def unshifted_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: Tuple[int, int],
+    rpb: Optional[torch.Tensor],
+    scale: float,
+) -> torch.Tensor:
+    """Window attention without a shift: the windows are a reshape, so no gather plan is needed (one SDPA call over
+    ``(B * windows, heads, wh*ww)``; a map that is one window needs no copy at all)."""
+    return _windows_sdpa(q, k, v, None, window, rpb, scale)[0]
+
+
 def carrier_window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -327,30 +340,48 @@ def carrier_window_attention(
     scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Window attention with per-window carrier tokens as one SDPA call over ``(B * windows, heads, E + wh*ww)``."""
+    out, carrier_out = _windows_sdpa(q, k, v, (carrier_q, carrier_k, carrier_v), window, rpb, scale)
+    return out, carrier_out
+
+
+def _windows_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    carriers: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    window: Tuple[int, int],
+    rpb: Optional[torch.Tensor],
+    scale: float,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     batch, height, width, heads, head_dim = q.shape
     wh, ww = window
     rows, cols = height // wh, width // ww
-    carriers = carrier_q.shape[3]
-    tokens = carriers + wh * ww
+    extra = carriers[0].shape[3] if carriers is not None else 0
+    tokens = extra + wh * ww
 
-    def sequence(x: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
-        # The concatenation is the one copy: window partition and the carrier prefix land in SDPA layout together.
+    def sequence(x: torch.Tensor, carrier: Optional[torch.Tensor]) -> torch.Tensor:
         x = x.view(batch, rows, wh, cols, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
         x = x.reshape(batch, rows, cols, wh * ww, heads, head_dim)
-        return torch.cat([carrier, x], dim=3).view(batch * rows * cols, tokens, heads, head_dim).transpose(1, 2)
+        if carrier is not None:
+            # The concatenation is the one copy: window partition and the carrier prefix land in SDPA layout together.
+            x = torch.cat([carrier, x], dim=3)
+        return x.reshape(batch * rows * cols, tokens, heads, head_dim).transpose(1, 2)
 
-    seq_q, seq_k, seq_v = sequence(q, carrier_q), sequence(k, carrier_k), sequence(v, carrier_v)
+    seq_q, seq_k, seq_v = (sequence(x, carriers[i] if carriers is not None else None)
+                           for i, x in enumerate((q, k, v)))
     mask = None
     if rpb is not None:
         ys, xs = torch.meshgrid(torch.arange(wh, device=q.device), torch.arange(ww, device=q.device), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
-        bias = rpb[:, ys[None, :] - ys[:, None] + wh - 1, xs[None, :] - xs[:, None] + ww - 1]
-        mask = F.pad(bias, (carriers, 0, carriers, 0)).unsqueeze(0)  # carrier rows and columns: zero bias
+        mask = rpb[:, ys[None, :] - ys[:, None] + wh - 1, xs[None, :] - xs[:, None] + ww - 1]
+        if extra:
+            mask = F.pad(mask, (extra, 0, extra, 0))  # carrier rows and columns: zero bias
+        mask = mask.unsqueeze(0)
     if mask is not None and mask.requires_grad:
         out = _MaskedAttention.apply(seq_q, seq_k, seq_v, mask, scale)
     else:
         out = F.scaled_dot_product_attention(seq_q, seq_k, seq_v, attn_mask=mask, scale=scale)
     out = out.transpose(1, 2).reshape(batch, rows, cols, tokens, heads, head_dim)
-    carrier_out = out[:, :, :, :carriers]
-    out = out[:, :, :, carriers:].reshape(batch, rows, cols, wh, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
+    carrier_out = out[:, :, :, :extra] if extra else None
+    out = out[:, :, :, extra:].reshape(batch, rows, cols, wh, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
     return out.reshape(batch, height, width, heads, head_dim), carrier_out

@@ -106,3 +106,5 @@ def test_bad_model_bench_arguments_are_rejected(capsys):
     assert "--batch-sizes must all be >= 1" in capsys.readouterr().err
     assert cli.main(["bench", "models", "--models", "vh_nat_tinyy", "--output", ""]) == 2
     assert "close matches: vh_nat_tiny" in capsys.readouterr().err
+    assert cli.main(["bench", "models", "--compare-import", "no_such_package_xyz", "--output", ""]) == 2
+    assert "cannot import 'no_such_package_xyz'" in capsys.readouterr().err
