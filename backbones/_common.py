@@ -45,10 +45,10 @@ def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 class HierarchicalBackbone:
     """timm hooks shared by the hierarchical families (mixed into an ``nn.Module``).
 
-    A family provides ``embed(x)`` (image to the first map, in its ``MAP_FORMAT``), a ``STAGES`` attribute name holding an
-    ``nn.Sequential`` of stages, ``norm``, ``head`` (timm ``ClassifierHead``) and ``feature_info``; this gives
-    ``forward_intermediates``, ``prune_intermediate_layers``, ``forward_features``/``forward_head``/``forward``, the
-    classifier hooks, grad checkpointing (each stage's ``grad_checkpointing`` flag) and ``no_weight_decay`` (every
+    A family provides ``embed(x)`` (image to the first map, in its ``MAP_FORMAT``), a ``STAGES`` attribute name
+    holding an ``nn.Sequential`` of stages, ``norm``, ``head`` (timm ``ClassifierHead``) and ``feature_info``; this
+    gives ``forward_intermediates``, ``prune_intermediate_layers``, ``forward_features``/``forward_head``/``forward``,
+    the classifier hooks, grad checkpointing (each stage's ``grad_checkpointing`` flag) and ``no_weight_decay`` (every
     relative position bias, ``*.rpb``).
     """
 

@@ -313,7 +313,7 @@ class TokenInitializer(nn.Module):
         self.ct_size = ct_size
 
     def forward(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
-        """``x``: ``(B, C, H, W)`` with ``H``, ``W`` multiples of ``window_size``; returns ``(B, H/w, W/w, ct^2, C)``."""
+        """``x``: ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``window_size``; returns ``(B, H/w, W/w, ct^2, C)``."""
         kernel, stride = [], []
         for size in x.shape[-2:]:
             outputs = int(self.ct_size * size / window_size)
@@ -444,7 +444,8 @@ class FasterViT(HierarchicalBackbone, nn.Module):
         get carrier tokens (see the module docstring); ``attn_drop_rate`` must be 0 (the fused ops have no dropout)."""
         super().__init__()
         if attn_drop_rate:
-            raise ValueError(f"attn_drop_rate must be 0 (the fused attention ops have no dropout), got {attn_drop_rate}")
+            raise ValueError(f"attn_drop_rate must be 0 (the fused attention ops have no dropout), "
+                             f"got {attn_drop_rate}")
         num_stages = len(depths)
         if len(num_heads) != num_stages:
             raise ValueError(f"depths and num_heads need one entry per stage, got {len(depths)} and {len(num_heads)}")

@@ -138,7 +138,8 @@ def check_carriers(q: torch.Tensor, window: Tuple[int, int], carrier_q: torch.Te
                 f"{window}, got {tuple(tensor.shape)}"
             )
         if tensor.shape != carrier_q.shape:
-            raise ValueError(f"{name} must have the shape of carrier_q {tuple(carrier_q.shape)}, got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"{name} must have the shape of carrier_q {tuple(carrier_q.shape)}, got {tuple(tensor.shape)}")
         if tensor.dtype != q.dtype:
             raise ValueError(f"{name} must have the same dtype as q ({q.dtype}), got {tensor.dtype}")
         if tensor.device != q.device:

@@ -49,7 +49,8 @@ def make_inputs(batch, rows, cols, window, carriers, heads, head_dim, dtype=torc
     carrier_shape = (batch, rows, cols, carriers, heads, head_dim)
     qkv = [torch.randn(shape, generator=generator, dtype=dtype) for _ in range(3)]
     carrier_qkv = [torch.randn(carrier_shape, generator=generator, dtype=dtype) for _ in range(3)]
-    rpb = torch.randn(heads, 2 * window[0] - 1, 2 * window[1] - 1, generator=generator, dtype=dtype) if with_rpb else None
+    rpb_shape = (heads, 2 * window[0] - 1, 2 * window[1] - 1)
+    rpb = torch.randn(rpb_shape, generator=generator, dtype=dtype) if with_rpb else None
     return qkv, carrier_qkv, rpb
 
 
