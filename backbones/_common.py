@@ -53,6 +53,8 @@ class HierarchicalBackbone:
     """
 
     STAGES = "stages"
+    STEM = "stem"  # module name(s) before the first stage, a regex alternative, for group_matcher
+    STAGE_PREAMBLE = "downsample"  # per-stage modules grouped before that stage's blocks (regex alternative)
     MAP_FORMAT = "NHWC"  # layout of the stage outputs and of forward_features; NCHW for convolutional families
 
     def _as_format(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
@@ -71,6 +73,20 @@ class HierarchicalBackbone:
     def no_weight_decay(self) -> Set[str]:
         """Relative position biases (every ``rpb`` parameter) are not weight-decayed."""
         return {name for name, _ in self.named_parameters() if name.endswith(".rpb")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for layer-wise LR decay: stem, then per stage its preamble (downsampling) and each block
+        in order (or whole stages when ``coarse``), final norm last."""
+        stages = self.STAGES
+        return dict(
+            stem=rf"^(?:{self.STEM})",
+            blocks=rf"^{stages}\.(\d+)" if coarse else [
+                (rf"^{stages}\.(\d+)\.(?:{self.STAGE_PREAMBLE})", (0,)),
+                (rf"^{stages}\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

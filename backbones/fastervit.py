@@ -200,14 +200,6 @@ class ConvBlock(nn.Module):
         return x + self.drop_path(y)
 
 
-def _drop_paths(prob: float, training: bool, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """Stochastic depth with one draw per image shared by all ``tensors`` (window tokens and their carriers)."""
-    if prob == 0.0 or not training:
-        return tensors
-    keep = tensors[0].new_empty(tensors[0].shape[0]).bernoulli_(1.0 - prob).div_(1.0 - prob)
-    return tuple(t * keep.view(-1, *([1] * (t.dim() - 1))) for t in tensors)
-
-
 def carriers_to_grid(carriers: torch.Tensor, ct_size: int) -> torch.Tensor:
     """``(B, nh, nw, ct*ct, C)`` per-window carriers to the ``(B, nh*ct, nw*ct, C)`` carrier grid."""
     batch, rows, cols, _, channels = carriers.shape
@@ -233,7 +225,8 @@ class HATBlock(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.ct_size = ct_size
-        self.drop_path_prob = drop_path
+        # One draw per image; carriers travel in the same token matrix as their map, so they share it.
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.pos_embed = GridPositionEmbedding(dim)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop)
@@ -262,12 +255,9 @@ class HATBlock(nn.Module):
         batch, height, width, channels = x.shape
         rows, cols = height // w, width // w
         x = x + self.pos_embed(window).repeat(rows, cols, 1)
-        prob, training = self.drop_path_prob, self.training
         if carriers is None:
-            (update,) = _drop_paths(prob, training, _scaled(self.gamma3, self.attn(self.norm1(x), window)))
-            x = x + update
-            (update,) = _drop_paths(prob, training, _scaled(self.gamma4, self.mlp(self.norm2(x))))
-            return x + update, None
+            x = x + self.drop_path(_scaled(self.gamma3, self.attn(self.norm1(x), window)))
+            return x + self.drop_path(_scaled(self.gamma4, self.mlp(self.norm2(x)))), None
         if not self.hierarchical:
             raise RuntimeError("carriers were given to a HAT block built without carrier-token modules")
 
@@ -275,20 +265,17 @@ class HATBlock(nn.Module):
         grid = carriers_to_grid(carriers, self.ct_size)
         grid_size = (grid.shape[1], grid.shape[2])
         grid = grid + self.hat_pos_embed(grid_size)
-        (update,) = _drop_paths(prob, training, _scaled(self.gamma1, self.hat_attn(self.hat_norm1(grid), grid_size)))
-        grid = grid + update
-        (update,) = _drop_paths(prob, training, _scaled(self.gamma2, self.hat_mlp(self.hat_norm2(grid))))
-        carriers = grid_to_carriers(grid + update, self.ct_size)
+        grid = grid + self.drop_path(_scaled(self.gamma1, self.hat_attn(self.hat_norm1(grid), grid_size)))
+        grid = grid + self.drop_path(_scaled(self.gamma2, self.hat_mlp(self.hat_norm2(grid))))
+        carriers = grid_to_carriers(grid, self.ct_size)
         carrier_shape = tuple(carriers.shape[1:4])
 
         # Each window over its tokens plus its carriers. Map tokens and carriers share every token-wise layer, so
         # they travel as one token matrix: map tokens in raster order, then the carriers window by window.
         tokens = torch.cat([x.reshape(batch, height * width, channels), carriers.reshape(batch, -1, channels)], dim=1)
         attended = self.attn.forward_with_carriers(self.norm1(tokens), (height, width), carrier_shape, window)
-        (update,) = _drop_paths(prob, training, _scaled(self.gamma3, attended))
-        tokens = tokens + update
-        (update,) = _drop_paths(prob, training, _scaled(self.gamma4, self.mlp(self.norm2(tokens))))
-        tokens = tokens + update
+        tokens = tokens + self.drop_path(_scaled(self.gamma3, attended))
+        tokens = tokens + self.drop_path(_scaled(self.gamma4, self.mlp(self.norm2(tokens))))
         x = tokens[:, :height * width].reshape(batch, height, width, channels)
         carriers = tokens[:, height * width:].reshape(batch, *carrier_shape, channels)
 
@@ -414,6 +401,8 @@ class FasterViT(HierarchicalBackbone, nn.Module):
     """FasterViT (official constructor arguments and names; any input size; ``forward_features`` is NCHW)."""
 
     STAGES = "stages"
+    STEM = "patch_embed"
+    STAGE_PREAMBLE = "downsample|global_tokenizer"
     MAP_FORMAT = "NCHW"
 
     def __init__(
@@ -499,19 +488,6 @@ class FasterViT(HierarchicalBackbone, nn.Module):
     def no_weight_decay(self) -> set:
         """The continuous position MLPs are not weight-decayed (as timm does for SwinV2's ``cpb_mlp``)."""
         return {name for name, _ in self.named_parameters() if ".cpb_mlp." in name}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        """Parameter groups for layer-wise LR decay: stem, then stage by stage (block by block unless coarse)."""
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.global_tokenizer", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
 
 
 # --- checkpoint conversion ----------------------------------------------------------------------------------------

@@ -236,6 +236,7 @@ class Swin(HierarchicalBackbone, nn.Module):
     """
 
     STAGES = "layers"  # timm's Swin names its stages ``layers``
+    STEM = "patch_embed"
 
     def __init__(
         self,
@@ -312,18 +313,6 @@ class Swin(HierarchicalBackbone, nn.Module):
             trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        """Parameter groups for layer-wise LR decay (timm's Swin grouping)."""
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^layers\.(\d+)" if coarse else [
-                (r"^layers\.(\d+)\.downsample", (0,)),
-                (r"^layers\.(\d+)\.\w+\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
 
     def set_input_size(self, img_size: Optional[IntOrPair] = None,
                        window_size: Optional[Union[IntOrPair, Sequence[IntOrPair]]] = None,

@@ -117,9 +117,10 @@ def run_model_bench(
     that register their models with timm on import (the official FasterViT package does).
     """
     torch_device = torch.device(device)
+    imported_versions: Dict[str, str] = {}
     for module in compare_imports:
         try:
-            importlib.import_module(module)
+            imported_versions[module] = getattr(importlib.import_module(module), "__version__", "unknown")
         except ImportError as error:
             raise ImportError(f"compare_imports: cannot import {module!r} ({error}); install it first") from error
     models = [check_model_name(name) for name in models]
@@ -137,7 +138,7 @@ def run_model_bench(
         "dtype": "float32",
         "img_size": img_size,
         "repeats": repeats,
-        "compare_imports": {m: getattr(importlib.import_module(m), "__version__", "unknown") for m in compare_imports},
+        "compare_imports": imported_versions,
         "rows": [dict(row.__dict__, images_per_second=row.images_per_second()) for row in rows],
     }
     if output:

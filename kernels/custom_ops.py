@@ -9,7 +9,7 @@ other backends rebuild their autograd graph with ``torch.func.vjp`` and differen
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
@@ -44,17 +44,20 @@ def window_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window:
     return tiled.local_attention(q, k, v, plan, rpb, scale)
 
 
-def _recompute_grads(forward: Callable[..., Tensor], grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
-                     rpb: Optional[Tensor], rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _recompute_grads(forward: Callable[..., Any], grad: Any, inputs: Tuple[Tensor, ...], rpb: Optional[Tensor],
+                     rpb_grad: bool) -> Tuple[Tensor, ...]:
+    """Gradients of ``forward(*inputs, rpb)`` for the output gradient(s) ``grad``: one per input, then rpb's (an
+    empty tensor when rpb takes none, since a custom op returns tensors only)."""
     # The op body runs below the autograd dispatch key, where enable_grad() has no effect; torch.func.vjp brings its
     # own autograd level, so the backend's ordinary autograd graph (fused kernels included) gives the gradients.
     if rpb is not None and rpb_grad:
-        _, pullback = torch.func.vjp(forward, q, k, v, rpb)
-        return pullback(grad)
-    _, pullback = torch.func.vjp(lambda q_, k_, v_: forward(q_, k_, v_, rpb), q, k, v)
-    grad_q, grad_k, grad_v = pullback(grad)
-    # A custom op returns tensors only: an empty one stands for "no rpb gradient".
-    return grad_q, grad_k, grad_v, q.new_empty(0)
+        _, pullback = torch.func.vjp(forward, *inputs, rpb)
+        grads = pullback(grad)
+    else:
+        _, pullback = torch.func.vjp(lambda *tensors: forward(*tensors, rpb), *inputs)
+        grads = (*pullback(grad), inputs[0].new_empty(0))
+    # Gradients of strided inputs (slices of a fused qkv) can come back strided; the fakes promise contiguous ones.
+    return tuple(g.contiguous() for g in grads)
 
 
 def _triton_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
@@ -94,7 +97,7 @@ def neighborhood_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Te
     def forward(q_, k_, v_, rpb_):
         return neighborhood_eager(q_, k_, v_, rpb_, tuple(kernel_size), tuple(dilation), scale, backend)
 
-    return _recompute_grads(forward, grad, q, k, v, rpb, rpb_grad)
+    return _recompute_grads(forward, grad, (q, k, v), rpb, rpb_grad)
 
 
 # --- window attention ---------------------------------------------------------------------------------------------
@@ -118,7 +121,7 @@ def window_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
         return window_eager(q_, k_, v_, rpb_, tuple(window_size), tuple(shift_size), scale, backend,
                             tuple(unpadded_size))
 
-    return _recompute_grads(forward, grad, q, k, v, rpb, rpb_grad)
+    return _recompute_grads(forward, grad, (q, k, v), rpb, rpb_grad)
 
 
 # --- window attention with carrier tokens --------------------------------------------------------------------------
@@ -146,17 +149,11 @@ def carrier_window_attention_backward_op(
     grad: Tensor, grad_carrier: Tensor, q: Tensor, k: Tensor, v: Tensor, carrier_q: Tensor, carrier_k: Tensor,
     carrier_v: Tensor, rpb: Optional[Tensor], window_size: List[int], scale: float, backend: str, rpb_grad: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    window = tuple(window_size)
-    inputs = (q, k, v, carrier_q, carrier_k, carrier_v)
-    if rpb is not None and rpb_grad:
-        _, pullback = torch.func.vjp(
-            lambda *t: carrier_window_eager(*t[:6], t[6], window, scale, backend), *inputs, rpb)
-        grads = pullback((grad, grad_carrier))
-    else:
-        _, pullback = torch.func.vjp(lambda *t: carrier_window_eager(*t, rpb, window, scale, backend), *inputs)
-        grads = (*pullback((grad, grad_carrier)), q.new_empty(0))
-    # Gradients of strided inputs (slices of a fused qkv) come back strided; the fake promises contiguous ones.
-    return tuple(g.contiguous() for g in grads)
+    def forward(q_, k_, v_, carrier_q_, carrier_k_, carrier_v_, rpb_):
+        return carrier_window_eager(q_, k_, v_, carrier_q_, carrier_k_, carrier_v_, rpb_, tuple(window_size), scale,
+                                    backend)
+
+    return _recompute_grads(forward, (grad, grad_carrier), (q, k, v, carrier_q, carrier_k, carrier_v), rpb, rpb_grad)
 
 
 @carrier_window_attention_op.register_fake

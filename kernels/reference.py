@@ -72,6 +72,15 @@ def swin_region_labels(length: int, window: int, shift: int) -> torch.Tensor:
     return labels
 
 
+def window_bias(rpb: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor:
+    """The ``(heads, wh*ww, wh*ww)`` bias of one window, ``[h, query, key]``, from a key-minus-query ``rpb`` table
+    (tokens in raster order)."""
+    wh, ww = window_size
+    ys, xs = torch.meshgrid(torch.arange(wh, device=rpb.device), torch.arange(ww, device=rpb.device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    return rpb[:, ys[None, :] - ys[:, None] + wh - 1, xs[None, :] - xs[:, None] + ww - 1]
+
+
 def rolled_positions(length: int, shift: int, unpadded: int) -> torch.Tensor:
     """Map position read at each position of the rolled map: the first ``unpadded`` positions are rolled by ``-shift``
     (``torch.roll(x[:unpadded], -shift)``), the padding after them stays in place (timm's Swin: roll, then pad)."""
@@ -109,12 +118,8 @@ def window_attention(
     qw, kw, vw = partition(q), partition(k), partition(v)
     logits = torch.einsum("bijhqc,bijhkc->bijhqk", qw, kw) * scale
 
-    ys, xs = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
     if rpb is not None:
-        rel_y = ys[None, :] - ys[:, None] + wh - 1  # [query, key] -> key - query
-        rel_x = xs[None, :] - xs[:, None] + ww - 1
-        logits = logits + rpb[:, rel_y, rel_x][None, None, None]
+        logits = logits + window_bias(rpb, window_size)[None, None, None]
 
     labels_y = swin_region_labels(height, wh, sh).to(device).view(height // wh, wh)
     labels_x = swin_region_labels(width, ww, sw).to(device).view(width // ww, ww)
@@ -154,10 +159,8 @@ def carrier_window_attention(
     seq_q, seq_k, seq_v = sequence(q, carrier_q), sequence(k, carrier_k), sequence(v, carrier_v)
     logits = torch.einsum("bijqhc,bijkhc->bijhqk", seq_q, seq_k) * scale
     if rpb is not None:
-        ys, xs = torch.meshgrid(torch.arange(wh, device=q.device), torch.arange(ww, device=q.device), indexing="ij")
-        ys, xs = ys.flatten(), xs.flatten()
         bias = torch.zeros(heads, carriers + wh * ww, carriers + wh * ww, dtype=logits.dtype, device=q.device)
-        bias[:, carriers:, carriers:] = rpb[:, ys[None, :] - ys[:, None] + wh - 1, xs[None, :] - xs[:, None] + ww - 1]
+        bias[:, carriers:, carriers:] = window_bias(rpb, window_size)
         logits = logits + bias
     out = torch.einsum("bijhqk,bijkhc->bijqhc", logits.softmax(dim=-1), seq_v)
     carrier_out, tokens = out[:, :, :, :carriers], out[:, :, :, carriers:]

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .reference import neighborhood_starts, rolled_positions, swin_region_labels
+from .reference import neighborhood_starts, rolled_positions, swin_region_labels, window_bias
 
 # Query tile side for neighborhood attention; the key region side is tile + kernel - 1. Smaller tiles waste fewer
 # FLOPs on masked keys, larger ones make fewer, bigger SDPA blocks; in a one-off CPU sweep of 4..10 at B=8, 56x56,
@@ -277,6 +277,14 @@ class _MaskedAttention(torch.autograd.Function):
                 grad_v.view(batch, groups, keys, head_dim), grad_mask, None)
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+            scale: float) -> torch.Tensor:
+    """SDPA with an additive mask; :class:`_MaskedAttention` when the mask (an rpb) needs a gradient."""
+    if mask is not None and mask.requires_grad:
+        return _MaskedAttention.apply(q, k, v, mask, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
 def local_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -305,11 +313,7 @@ def local_attention(
     q_tiles = gather(q, rows_of(plan.query_index, height * width), plan.query_tokens)
     k_tiles = gather(k, key_rows, plan.key_tokens)
     v_tiles = gather(v, key_rows, plan.key_tokens)
-    mask = _attention_mask(plan, rpb, heads, q.dtype, q.device)
-    if mask is not None and mask.requires_grad:
-        out = _MaskedAttention.apply(q_tiles, k_tiles, v_tiles, mask, scale)
-    else:
-        out = F.scaled_dot_product_attention(q_tiles, k_tiles, v_tiles, attn_mask=mask, scale=scale)
+    out = _attend(q_tiles, k_tiles, v_tiles, _attention_mask(plan, rpb, heads, q.dtype, q.device), scale)
     slots = plan.query_tokens * plan.tiles
     out = out.transpose(1, 2).reshape(batch * slots, heads * head_dim)
     return out.index_select(0, rows_of(plan.output_index, slots)).view(batch, height, width, heads, head_dim)
@@ -340,8 +344,7 @@ def carrier_window_attention(
     scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Window attention with per-window carrier tokens as one SDPA call over ``(B * windows, heads, E + wh*ww)``."""
-    out, carrier_out = _windows_sdpa(q, k, v, (carrier_q, carrier_k, carrier_v), window, rpb, scale)
-    return out, carrier_out
+    return _windows_sdpa(q, k, v, (carrier_q, carrier_k, carrier_v), window, rpb, scale)  # type: ignore[return-value]
 
 
 def _windows_sdpa(
@@ -353,6 +356,7 @@ def _windows_sdpa(
     rpb: Optional[torch.Tensor],
     scale: float,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Unshifted windows (each optionally prefixed by its carriers) partitioned by reshape, one SDPA call."""
     batch, height, width, heads, head_dim = q.shape
     wh, ww = window
     rows, cols = height // wh, width // ww
@@ -371,16 +375,11 @@ def _windows_sdpa(
                            for i, x in enumerate((q, k, v)))
     mask = None
     if rpb is not None:
-        ys, xs = torch.meshgrid(torch.arange(wh, device=q.device), torch.arange(ww, device=q.device), indexing="ij")
-        ys, xs = ys.flatten(), xs.flatten()
-        mask = rpb[:, ys[None, :] - ys[:, None] + wh - 1, xs[None, :] - xs[:, None] + ww - 1]
+        mask = window_bias(rpb, window)
         if extra:
             mask = F.pad(mask, (extra, 0, extra, 0))  # carrier rows and columns: zero bias
         mask = mask.unsqueeze(0)
-    if mask is not None and mask.requires_grad:
-        out = _MaskedAttention.apply(seq_q, seq_k, seq_v, mask, scale)
-    else:
-        out = F.scaled_dot_product_attention(seq_q, seq_k, seq_v, attn_mask=mask, scale=scale)
+    out = _attend(seq_q, seq_k, seq_v, mask, scale)
     out = out.transpose(1, 2).reshape(batch, rows, cols, tokens, heads, head_dim)
     carrier_out = out[:, :, :, :extra] if extra else None
     out = out[:, :, :, extra:].reshape(batch, rows, cols, wh, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)

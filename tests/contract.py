@@ -136,6 +136,25 @@ def check_grad_checkpointing(model: torch.nn.Module, size: Tuple[int, int]) -> N
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def check_group_matcher(model: torch.nn.Module) -> None:
+    """Layer-wise LR decay groups: every parameter in one group, the stem first, the final norm last, and blocks in
+    network order (a later stage never lands in an earlier group)."""
+    from timm.models import group_parameters
+
+    for coarse in (False, True):
+        groups = list(group_parameters(model, model.group_matcher(coarse)).values())
+        names = [name for group in groups for name in group]
+        assert sorted(names) == sorted(n for n, _ in model.named_parameters()), "groups must cover each parameter once"
+        first_conv = model.pretrained_cfg["first_conv"]
+        assert f"{first_conv}.weight" in groups[0], f"stem group {groups[0][:3]} lacks {first_conv}"
+        # timm puts parameters no pattern matches (the classifier) in one group after all others.
+        norm_group = next(i for i, group in enumerate(groups) if "norm.weight" in group)
+        assert norm_group >= len(groups) - 2, f"the final norm is in group {norm_group} of {len(groups)}"
+        stage_of = [max((int(n.split(".")[1]) for n in group if n.split(".")[0] in ("stages", "layers")), default=-1)
+                    for group in groups[1:norm_group]]
+        assert stage_of == sorted(stage_of) and min(stage_of) >= 0, f"stage order across groups: {stage_of}"
+
+
 def check_odd_sizes(model: torch.nn.Module) -> None:
     model.eval()
     for size in ODD_INPUTS:

@@ -45,6 +45,10 @@ def test_grad_checkpointing(vh_name):
                                       contract.contract_input(vh_name))
 
 
+def test_group_matcher(vh_name):
+    contract.check_group_matcher(contract.make_model(vh_name))
+
+
 def test_odd_input_sizes(vh_name):
     contract.check_odd_sizes(contract.make_model(vh_name))
 

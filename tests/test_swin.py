@@ -176,6 +176,22 @@ def test_training_hooks():
         torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("coarse", [False, True])
+def test_group_matcher_groups_like_timm(coarse):
+    """Layer-wise LR decay groups every parameter as timm's Swin does (our rpb stands for timm's bias table)."""
+    from timm.models import group_parameters
+
+    theirs, ours = _pair_of_models("swin_tiny_patch4_window7_224", **REDUCED)
+
+    def group_of(model, rename=lambda n: n):
+        groups = group_parameters(model, model.group_matcher(coarse))
+        return {rename(name): index for index, names in enumerate(groups.values()) for name in names}
+
+    expected = group_of(theirs)
+    got = group_of(ours, lambda n: n.replace("attn.rpb", "attn.relative_position_bias_table"))
+    assert got == expected
+
+
 def test_attn_drop_rate_is_refused():
     with pytest.raises(ValueError, match="attn_drop_rate"):
         timm.create_model("vh_swin_tiny_patch4_window7_224", attn_drop_rate=0.1, **REDUCED)
