@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg
 
 
@@ -33,6 +34,15 @@ def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] =
 
 def nhwc_to_nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
+
+
+def init_linear(module: nn.Module) -> None:
+    """The families' initialisation (``model.apply``): truncated-normal (std 0.02) linear weights, zero biases.
+    Norm layers keep PyTorch's default (ones, zeros), which is what the reference implementations set."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

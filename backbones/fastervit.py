@@ -42,12 +42,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import carrier_window_attention, window_attention
 
-from ._common import HierarchicalBackbone, build_hierarchical
+from ._common import HierarchicalBackbone, build_hierarchical, init_linear
 
 __all__ = [
     "FasterViT",
@@ -468,17 +468,7 @@ class FasterViT(HierarchicalBackbone, nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = LayerNorm2d(self.num_features) if layer_norm_last else nn.BatchNorm2d(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, input_fmt="NCHW")
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, LayerNorm2d, nn.BatchNorm2d)):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(init_linear)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image to the stride-4 NCHW map."""

@@ -28,7 +28,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from vithub.kernels import neighborhood_attention
 
-from ._common import HierarchicalBackbone, build_hierarchical, resize_rpb
+from ._common import HierarchicalBackbone, build_hierarchical, init_linear, resize_rpb
 
 __all__ = ["NAT", "NATBlock", "NATStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
 
@@ -292,22 +292,11 @@ class NAT(HierarchicalBackbone, nn.Module):
         self.norm = norm_layer(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                    input_fmt="NHWC")
-        self.apply(self._init_weights)
+        self.apply(init_linear)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image to the first NHWC map (stem and dropout)."""
         return self.pos_drop(self.stem(x))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
 
 # --- checkpoint conversion ----------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from vithub.kernels import rpb_from_swin_table, window_attention
 
-from ._common import HierarchicalBackbone, build_hierarchical, resize_rpb
+from ._common import HierarchicalBackbone, build_hierarchical, init_linear, resize_rpb
 
 __all__ = ["Swin", "SwinBlock", "SwinStage", "WindowAttention2d", "PatchMerging", "checkpoint_filter_fn"]
 
@@ -301,18 +301,11 @@ class Swin(HierarchicalBackbone, nn.Module):
         self.norm = norm_layer(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                    input_fmt=self.output_fmt)
-        self.apply(self._init_weights)
+        self.apply(init_linear)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image to the first NHWC map (patch embedding)."""
         return self.patch_embed(x)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
     def set_input_size(self, img_size: Optional[IntOrPair] = None,
                        window_size: Optional[Union[IntOrPair, Sequence[IntOrPair]]] = None,
