@@ -144,3 +144,67 @@ def check_carriers(q: torch.Tensor, window: Tuple[int, int], carrier_q: torch.Te
             raise ValueError(f"{name} must have the same dtype as q ({q.dtype}), got {tensor.dtype}")
         if tensor.device != q.device:
             raise ValueError(f"{name} must be on the same device as q ({q.device}), got {tensor.device}")
+
+
+def _check_tensor(name: str, tensor: object, form: str, dims: int) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {form}, got {type(tensor)}")
+    if tensor.dim() != dims:
+        raise ValueError(f"{name} must have shape {form} ({dims} dims), got {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if any(size == 0 for size in tensor.shape):
+        raise ValueError(f"{name} must have no empty dimension, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _check_like(name: str, tensor: torch.Tensor, q: torch.Tensor) -> None:
+    if tensor.dtype != q.dtype:
+        raise ValueError(f"{name} must have the same dtype as q ({q.dtype}), got {tensor.dtype}")
+    if tensor.device != q.device:
+        raise ValueError(f"{name} must be on the same device as q ({q.device}), got {tensor.device}")
+
+
+def check_table_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_table: Optional[torch.Tensor],
+                          stride: int) -> None:
+    """Shapes of :func:`vithub.kernels.table_bias_attention`: k ``(B, H, W, heads, d)``, v ``(B, H, W, heads, dv)``,
+    q ``(B, ceil(H/stride), ceil(W/stride), heads, d)``, table ``(heads, H, W)``."""
+    form = "(B, H, W, heads, head_dim)"
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, tensor, form, 5)
+    batch, height, width, heads, head_dim = k.shape
+    if v.shape[:4] != k.shape[:4]:
+        raise ValueError(f"v must have shape (B, H, W, heads, value_dim) with (B, H, W, heads) of k "
+                         f"{tuple(k.shape[:4])}, got {tuple(v.shape)}")
+    expected = (batch, -(-height // stride), -(-width // stride), heads, head_dim)
+    if tuple(q.shape) != expected:
+        raise ValueError(f"q must have shape (B, ceil(H/query_stride), ceil(W/query_stride), heads, head_dim) = "
+                         f"{expected} for k {tuple(k.shape)} and query_stride {stride}, got {tuple(q.shape)}")
+    for name, tensor in (("k", k), ("v", v)):
+        _check_like(name, tensor, q)
+    if bias_table is None:
+        return
+    table_form = f"(heads, H, W) = {(heads, height, width)}"
+    _check_tensor("bias_table", bias_table, table_form, 3)
+    if tuple(bias_table.shape) != (heads, height, width):
+        raise ValueError(f"bias_table must have shape {table_form} (entry [h, |dy|, |dx|]) for the key map "
+                         f"{(height, width)}, got {tuple(bias_table.shape)}")
+    _check_like("bias_table", bias_table, q)
+
+
+def check_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> None:
+    """Shapes of :func:`vithub.kernels.relu_linear_attention`: q, k ``(B, *tokens, heads, d)``, v ``(B, *tokens,
+    heads, dv)``."""
+    form = "(B, *tokens, heads, head_dim)"
+    dims = q.dim() if isinstance(q, torch.Tensor) and q.dim() >= 4 else 4  # at least one token axis
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, tensor, form, dims)
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the same shape as q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(f"v must have shape (B, *tokens, heads, value_dim) with the leading dims of q "
+                         f"{tuple(q.shape[:-1])}, got {tuple(v.shape)}")
+    for name, tensor in (("k", k), ("v", v)):
+        _check_like(name, tensor, q)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < float("inf")):
+        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")

@@ -6,10 +6,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import custom_ops
+from . import custom_ops, dense, reference
 from ._validation import (
     Size2d,
     check_carriers,
+    check_linear_attention,
+    check_table_attention,
     check_neighborhood,
     check_qkv,
     check_rpb,
@@ -139,6 +141,76 @@ def carrier_window_attention(
         return custom_ops.carrier_window_attention_op(q, k, v, carrier_q, carrier_k, carrier_v, rpb, list(window),
                                                       softmax_scale, name)
     return custom_ops.carrier_window_eager(q, k, v, carrier_q, carrier_k, carrier_v, rpb, window, softmax_scale, name)
+
+
+def table_bias_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias_table: Optional[torch.Tensor] = None,
+    query_stride: int = 1,
+    scale: Optional[float] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Dense attention over a 2-D map with an additive bias gathered from a table indexed by ``(|dy|, |dx|)``
+    (LeViT attention and attention-subsample; EfficientViT-M cascaded group attention inside a window).
+
+    Every query attends to every key. Query ``(i, j)`` sits at ``(i * query_stride, j * query_stride)`` of the key
+    map, so ``query_stride=2`` is LeViT's subsampling attention (queries from ``x[::2, ::2]``). The logit of query
+    ``(i, j)`` and key ``(y, x)`` is ``scale * q.k + bias_table[h, |i*s - y|, |j*s - x|]``.
+
+    Args:
+        q: ``(B, ceil(H/s), ceil(W/s), heads, head_dim)``.
+        k: ``(B, H, W, heads, head_dim)``.
+        v: ``(B, H, W, heads, value_dim)`` (``value_dim`` may differ from ``head_dim``).
+        bias_table: ``(heads, H, W)``; ``None`` for no bias. Models trained at another size resize their table to
+            the new ``(H, W)`` first.
+        query_stride: ``s >= 1``.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        backend: ``None``, ``"reference"`` or ``"torch"`` (one SDPA call with the gathered bias; no Triton kernel:
+            ``None`` uses ``torch`` on every device and an explicit ``"triton"`` raises).
+
+    Returns:
+        ``(B, ceil(H/s), ceil(W/s), heads, value_dim)``.
+    """
+    if isinstance(query_stride, bool) or not isinstance(query_stride, int) or query_stride < 1:
+        raise ValueError(f"query_stride must be an int >= 1, got {query_stride!r}")
+    check_table_attention(q, k, v, bias_table, query_stride)
+    softmax_scale = check_scale(scale, q.shape[-1])
+    name = resolve_backend(backend, q, op_without_triton="table_bias_attention")
+    if name == "reference":
+        return reference.table_bias_attention(q, k, v, bias_table, query_stride, softmax_scale)
+    return dense.table_bias_attention(q, k, v, bias_table, query_stride, softmax_scale)
+
+
+def relu_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eps: float = 1e-15,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """ReLU linear attention (EfficientViT-B/L "LiteMLA"): ``out_i = sum_j a_ij v_j / (sum_j a_ij + eps)`` with
+    ``a_ij = relu(q_i) . relu(k_j)``, over all tokens of each (batch, head).
+
+    The ``torch`` backend forms ``relu(k)^T v`` first (cost linear in the number of tokens) and accumulates in fp32
+    at least, with autocast off: half-precision inputs are upcast and the result is cast back to ``v``'s dtype.
+
+    Args:
+        q, k: ``(B, *tokens, heads, head_dim)``, e.g. heads-last maps ``(B, H, W, heads, head_dim)``; raw
+            projections, the ReLU is applied here.
+        v: ``(B, *tokens, heads, value_dim)``.
+        eps: added to the normaliser (official EfficientViT: ``1e-15``; timm's LiteMLA: ``1e-5``).
+        backend: ``None``, ``"reference"`` (explicit tokens-by-tokens weights) or ``"torch"``; no Triton kernel.
+
+    Returns:
+        ``(B, *tokens, heads, value_dim)`` in ``v``'s dtype.
+    """
+    check_linear_attention(q, k, v, eps)
+    name = resolve_backend(backend, q, op_without_triton="relu_linear_attention")
+    if name == "reference":
+        return reference.relu_linear_attention(q, k, v, float(eps))
+    return dense.relu_linear_attention(q, k, v, float(eps))
 
 
 def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:

@@ -166,3 +166,34 @@ def carrier_window_attention(
     carrier_out, tokens = out[:, :, :, :carriers], out[:, :, :, carriers:]
     tokens = tokens.reshape(batch, rows, cols, wh, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
     return tokens.reshape(batch, height, width, heads, head_dim), carrier_out
+
+
+def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_table: Optional[torch.Tensor],
+                         stride: int, scale: float) -> torch.Tensor:
+    """Dense attention of every query over every key; query ``(i, j)`` sits at ``(i*stride, j*stride)`` of the key
+    map and gets ``bias_table[h, |dy|, |dx|]`` added to its scaled logits."""
+    batch, q_height, q_width, heads, _ = q.shape
+    _, height, width, _, value_dim = v.shape
+    logits = torch.einsum("bijhc,byxhc->bhijyx", q, k) * scale
+    if bias_table is not None:
+        qy = torch.arange(q_height, device=q.device) * stride
+        qx = torch.arange(q_width, device=q.device) * stride
+        dy = (qy[:, None] - torch.arange(height, device=q.device)[None, :]).abs()  # (Hq, H)
+        dx = (qx[:, None] - torch.arange(width, device=q.device)[None, :]).abs()  # (Wq, W)
+        bias = bias_table[:, dy[:, None, :, None], dx[None, :, None, :]]  # (heads, Hq, Wq, H, W)
+        logits = logits + bias[None]
+    probs = logits.reshape(batch, heads, q_height, q_width, height * width).softmax(dim=-1)
+    probs = probs.view(batch, heads, q_height, q_width, height, width)
+    return torch.einsum("bhijyx,byxhc->bijhc", probs, v)
+
+
+def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """``out_i = sum_j a_ij v_j / (sum_j a_ij + eps)`` with ``a_ij = relu(q_i) . relu(k_j)``, written as the explicit
+    ``(tokens x tokens)`` weight matrix."""
+    batch, heads, head_dim = q.shape[0], q.shape[-2], q.shape[-1]
+    token_shape = q.shape[1:-2]
+    flat_q, flat_k = q.reshape(batch, -1, heads, head_dim).relu(), k.reshape(batch, -1, heads, head_dim).relu()
+    flat_v = v.reshape(batch, -1, heads, v.shape[-1])
+    weights = torch.einsum("bnhc,bmhc->bhnm", flat_q, flat_k)
+    out = torch.einsum("bhnm,bmhc->bnhc", weights, flat_v) / (weights.sum(dim=-1).transpose(1, 2)[..., None] + eps)
+    return out.reshape(batch, *token_shape, heads, v.shape[-1])

@@ -1,0 +1,78 @@
+"""Fast PyTorch path (the ``torch`` backend) for the dense attention forms: table-bias attention (LeViT,
+EfficientViT-M) and ReLU linear attention (EfficientViT-B/L)."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .tiled import _attend
+
+
+def _table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int,
+                 device: torch.device) -> torch.Tensor:
+    height, width = key_size
+    qy = torch.arange(query_size[0], device=device) * stride
+    qx = torch.arange(query_size[1], device=device) * stride
+    ky, kx = torch.arange(height, device=device), torch.arange(width, device=device)
+    dy = (qy[:, None, None, None] - ky[None, None, :, None]).abs()
+    dx = (qx[None, :, None, None] - kx[None, None, None, :]).abs()
+    return (dy * width + dx).reshape(-1)
+
+
+_INDEX_CACHE: Dict[Tuple[Tuple[int, int], Tuple[int, int], int, str], torch.Tensor] = {}
+
+
+def table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int,
+                device: torch.device) -> torch.Tensor:
+    """Flat ``(Hq*Wq*H*W,)`` index into a ``(H*W)`` table row: ``|qy*stride - ky| * W + |qx*stride - kx|``, cached
+    per shape and device (under ``torch.compile`` it is traced into the graph instead)."""
+    if torch.compiler.is_compiling():
+        return _table_index(query_size, key_size, stride, device)
+    key = (query_size, key_size, stride, str(device))
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        index = _INDEX_CACHE[key] = _table_index(query_size, key_size, stride, device)
+    return index
+
+
+def gather_table_bias(bias_table: torch.Tensor, query_size: Tuple[int, int], stride: int) -> torch.Tensor:
+    """The dense ``(heads, Hq*Wq, H*W)`` bias of a ``(heads, H, W)`` table indexed by ``(|dy|, |dx|)``."""
+    heads, height, width = bias_table.shape
+    index = table_index(query_size, (height, width), stride, bias_table.device)
+    return bias_table.reshape(heads, height * width).index_select(1, index).view(
+        heads, query_size[0] * query_size[1], height * width)
+
+
+def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_table: Optional[torch.Tensor],
+                         stride: int, scale: float) -> torch.Tensor:
+    """One SDPA call over ``(B, heads, Hq*Wq, H*W)`` with the gathered table as additive mask."""
+    batch, q_height, q_width, heads, head_dim = q.shape
+    height, width, value_dim = k.shape[1], k.shape[2], v.shape[-1]
+    seq_q = q.reshape(batch, q_height * q_width, heads, head_dim).transpose(1, 2)
+    seq_k = k.reshape(batch, height * width, heads, head_dim).transpose(1, 2)
+    seq_v = v.reshape(batch, height * width, heads, value_dim).transpose(1, 2)
+    mask = None
+    if bias_table is not None:
+        mask = gather_table_bias(bias_table, (q_height, q_width), stride).unsqueeze(0)
+    out = _attend(seq_q, seq_k, seq_v, mask, scale)
+    return out.transpose(1, 2).reshape(batch, q_height, q_width, heads, value_dim)
+
+
+def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """``relu(q) (relu(k)^T [v, 1])`` in at least fp32: two small matmuls per (batch, head), O(tokens) memory; the
+    normaliser column is summed directly instead of padding ``v`` with ones."""
+    batch, heads, head_dim, value_dim = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
+    compute = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        flat_q = F.relu(q.reshape(batch, -1, heads, head_dim).to(compute)).transpose(1, 2)  # (B, h, N, d)
+        flat_k = F.relu(k.reshape(batch, -1, heads, head_dim).to(compute)).transpose(1, 2)
+        flat_v = v.reshape(batch, -1, heads, value_dim).to(compute).transpose(1, 2)  # (B, h, N, dv)
+        context = flat_k.transpose(-1, -2) @ flat_v  # (B, h, d, dv)
+        key_sum = flat_k.sum(dim=2, keepdim=True).transpose(-1, -2)  # (B, h, d, 1)
+        numerator = flat_q @ context
+        denominator = flat_q @ key_sum
+        out = numerator / (denominator + eps)
+    return out.transpose(1, 2).reshape(*q.shape[:-1], value_dim).to(v.dtype)
