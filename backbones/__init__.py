@@ -3,9 +3,10 @@
 Each family runs its attention through :mod:`vithub.kernels`.
 """
 
-from . import fastervit, nat, swin
+from . import fastervit, levit, nat, swin
 from .fastervit import FasterViT
+from .levit import Levit
 from .nat import NAT
 from .swin import Swin
 
-__all__ = ["FasterViT", "NAT", "Swin", "fastervit", "nat", "swin"]
+__all__ = ["FasterViT", "Levit", "NAT", "Swin", "fastervit", "levit", "nat", "swin"]

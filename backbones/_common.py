@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg
 
+from vithub.kernels import gather_table_bias
+
 
 def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
     """Absolute stage indices for ``forward_intermediates`` and the largest of them.
@@ -52,6 +54,81 @@ def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return resized[0].to(rpb.dtype)
 
 
+def resize_bias_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bicubic (antialiased) resize of a ``(heads, h, w)`` attention-bias table indexed by ``(|dy|, |dx|)`` to
+    ``size``; for square tables this is timm's ``resize_rel_pos_bias_table_levit``. Returns ``table`` itself when the
+    size is unchanged, so trained sizes stay exact and differentiable."""
+    if tuple(table.shape[-2:]) == tuple(size):
+        return table
+    work_dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
+    resized = F.interpolate(table[None].to(work_dtype), size=tuple(size), mode="bicubic", antialias=True)
+    return resized[0].to(table.dtype)
+
+
+class BiasTableMixin:
+    """An ``attention_biases`` table ``(heads, h*w)`` trained for a ``resolution`` of ``(h, w)`` tokens (timm's layout
+    for LeViT and EfficientViT-M), resized to other grids and gathered into a dense bias.
+
+    In eval mode, with no gradient wanted for the table, the gathered bias is cached per grid, stride and device, as
+    timm caches it; the cache is keyed on the table's version, so loading weights or any in-place update refreshes it.
+    """
+
+    attention_biases: nn.Parameter
+    resolution: Tuple[int, int]
+
+    def _init_table(self, heads: int, resolution: Tuple[int, int]) -> None:
+        self.resolution = tuple(resolution)
+        self.attention_biases = nn.Parameter(torch.zeros(heads, resolution[0] * resolution[1]))
+        self._gathered_cache: Dict[Any, torch.Tensor] = {}
+
+    def bias_table(self, size: Tuple[int, int]) -> torch.Tensor:
+        """The ``(heads, H, W)`` table for a key map of ``size`` (the trained table resized when it differs)."""
+        return resize_bias_table(self.attention_biases.view(-1, *self.resolution), size)
+
+    def gathered_bias(self, query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int) -> torch.Tensor:
+        """Dense ``(heads, Hq*Wq, H*W)`` bias for :func:`vithub.kernels.table_bias_attention`."""
+        table = self.attention_biases
+        cacheable = (not self.training and not torch.compiler.is_compiling()
+                     and not (torch.is_grad_enabled() and table.requires_grad))
+        if not cacheable:
+            return gather_table_bias(self.bias_table(key_size), query_size, stride)
+        key = (tuple(query_size), tuple(key_size), stride, table.device, table.dtype, table._version)
+        bias = self._gathered_cache.get(key)
+        if bias is None:
+            self._gathered_cache.clear()  # one grid at a time: a stale version is never looked up again
+            bias = self._gathered_cache[key] = gather_table_bias(self.bias_table(key_size), query_size, stride)
+        return bias
+
+
+class FusableConvNorm(nn.Module):
+    """Conv without bias followed by BatchNorm2d (timm's ``ConvNorm`` layout: ``<conv>``, ``bn``); ``fused()``
+    returns the single biased conv that computes the same in eval mode."""
+
+    CONV = "linear"
+
+    def fused(self) -> nn.Module:
+        return torch.nn.utils.fusion.fuse_conv_bn_eval(getattr(self, self.CONV), self.bn)
+
+
+def fuse_batchnorms(model: nn.Module) -> nn.Module:
+    """Replace, in place, every submodule that has a ``fused()`` method by what it returns (BatchNorm folded into
+    the adjacent conv/linear from running statistics). The model is put in eval mode first."""
+    model.eval()
+
+    def visit(module: nn.Module) -> None:
+        for name, child in list(module.named_children()):
+            if callable(getattr(child, "fused", None)):
+                replacement = child.fused()
+                replacement.eval()
+                setattr(module, name, replacement)
+            else:
+                visit(child)
+
+    with torch.no_grad():
+        visit(model)
+    return model
+
+
 class HierarchicalBackbone:
     """timm hooks shared by the hierarchical families (mixed into an ``nn.Module``).
 
@@ -79,10 +156,12 @@ class HierarchicalBackbone:
     def _stage_list(self) -> nn.Sequential:
         return getattr(self, self.STAGES)
 
+    BIAS_TABLE = "rpb"  # parameter name of the attention-bias tables, excluded from weight decay
+
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
-        """Relative position biases (every ``rpb`` parameter) are not weight-decayed."""
-        return {name for name, _ in self.named_parameters() if name.endswith(".rpb")}
+        """Attention-bias tables (every ``rpb`` parameter, or the family's ``BIAS_TABLE``) are not weight-decayed."""
+        return {name for name, _ in self.named_parameters() if name.split(".")[-1] == self.BIAS_TABLE}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -208,3 +208,14 @@ def check_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ep
         _check_like(name, tensor, q)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < float("inf")):
         raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+
+
+def check_gathered_bias(bias: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+    """A gathered table bias must be ``(heads, Hq*Wq, H*W)`` with q's dtype and device."""
+    heads = k.shape[3]
+    expected = (heads, q.shape[1] * q.shape[2], k.shape[1] * k.shape[2])
+    form = f"(heads, Hq*Wq, H*W) = {expected}"
+    _check_tensor("gathered_bias", bias, form, 3)
+    if tuple(bias.shape) != expected:
+        raise ValueError(f"gathered_bias must have shape {form} (from gather_table_bias), got {tuple(bias.shape)}")
+    _check_like("gathered_bias", bias, q)

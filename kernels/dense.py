@@ -8,8 +8,6 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .tiled import _attend
-
 
 def _table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int,
                  device: torch.device) -> torch.Tensor:
@@ -46,18 +44,27 @@ def gather_table_bias(bias_table: torch.Tensor, query_size: Tuple[int, int], str
         heads, query_size[0] * query_size[1], height * width)
 
 
-def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_table: Optional[torch.Tensor],
-                         stride: int, scale: float) -> torch.Tensor:
-    """One SDPA call over ``(B, heads, Hq*Wq, H*W)`` with the gathered table as additive mask."""
+def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+                         scale: float) -> torch.Tensor:
+    """Attention with a gathered ``(heads, Hq*Wq, H*W)`` bias: scaled logits as one batched matmul, the bias added in
+    place, softmax, one matmul with ``v``.
+
+    An explicit score matrix instead of SDPA: these maps are small (LeViT: at most 196 x 196, EfficientViT-M:
+    49 x 49 windows), where CPU SDPA takes its unfused math path (with extra all-masked-row checks), and value
+    widths differ from key widths (LeViT: 2-4x), which the fused SDPA kernels do not take. Memory is that of the
+    score matrix, ``B * heads * Hq*Wq * H*W``, as in timm and the official code.
+    """
     batch, q_height, q_width, heads, head_dim = q.shape
     height, width, value_dim = k.shape[1], k.shape[2], v.shape[-1]
     seq_q = q.reshape(batch, q_height * q_width, heads, head_dim).transpose(1, 2)
     seq_k = k.reshape(batch, height * width, heads, head_dim).transpose(1, 2)
     seq_v = v.reshape(batch, height * width, heads, value_dim).transpose(1, 2)
-    mask = None
-    if bias_table is not None:
-        mask = gather_table_bias(bias_table, (q_height, q_width), stride).unsqueeze(0)
-    out = _attend(seq_q, seq_k, seq_v, mask, scale)
+    # Scaling q (Nq x d) is cheaper than scaling the logits (Nq x Nk); the matmul's backward needs only its inputs,
+    # so adding the bias in place is autograd-safe.
+    logits = (seq_q * scale) @ seq_k.transpose(-1, -2)
+    if bias is not None:
+        logits += bias
+    out = logits.softmax(dim=-1) @ seq_v
     return out.transpose(1, 2).reshape(batch, q_height, q_width, heads, value_dim)
 
 

@@ -10,6 +10,7 @@ from . import custom_ops, dense, reference
 from ._validation import (
     Size2d,
     check_carriers,
+    check_gathered_bias,
     check_linear_attention,
     check_table_attention,
     check_neighborhood,
@@ -151,6 +152,8 @@ def table_bias_attention(
     query_stride: int = 1,
     scale: Optional[float] = None,
     backend: Optional[str] = None,
+    *,
+    gathered_bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Dense attention over a 2-D map with an additive bias gathered from a table indexed by ``(|dy|, |dx|)``
     (LeViT attention and attention-subsample; EfficientViT-M cascaded group attention inside a window).
@@ -169,6 +172,9 @@ def table_bias_attention(
         scale: logit scale, default ``head_dim ** -0.5``.
         backend: ``None``, ``"reference"`` or ``"torch"`` (one SDPA call with the gathered bias; no Triton kernel:
             ``None`` uses ``torch`` on every device and an explicit ``"triton"`` raises).
+        gathered_bias: instead of ``bias_table``, its dense form ``(heads, Hq*Wq, H*W)`` from
+            :func:`gather_table_bias` with the same ``query_stride``, for callers that cache it across calls (the
+            model families do in eval mode, as timm does).
 
     Returns:
         ``(B, ceil(H/s), ceil(W/s), heads, value_dim)``.
@@ -176,11 +182,17 @@ def table_bias_attention(
     if isinstance(query_stride, bool) or not isinstance(query_stride, int) or query_stride < 1:
         raise ValueError(f"query_stride must be an int >= 1, got {query_stride!r}")
     check_table_attention(q, k, v, bias_table, query_stride)
+    if gathered_bias is not None:
+        if bias_table is not None:
+            raise ValueError("pass either bias_table or gathered_bias, not both")
+        check_gathered_bias(gathered_bias, q, k)
     softmax_scale = check_scale(scale, q.shape[-1])
     name = resolve_backend(backend, q, op_without_triton="table_bias_attention")
+    if gathered_bias is None and bias_table is not None and name == "torch":
+        gathered_bias = dense.gather_table_bias(bias_table, (q.shape[1], q.shape[2]), query_stride)
     if name == "reference":
-        return reference.table_bias_attention(q, k, v, bias_table, query_stride, softmax_scale)
-    return dense.table_bias_attention(q, k, v, bias_table, query_stride, softmax_scale)
+        return reference.table_bias_attention(q, k, v, bias_table, query_stride, softmax_scale, gathered_bias)
+    return dense.table_bias_attention(q, k, v, gathered_bias, softmax_scale)
 
 
 def relu_linear_attention(

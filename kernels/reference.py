@@ -169,9 +169,10 @@ def carrier_window_attention(
 
 
 def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_table: Optional[torch.Tensor],
-                         stride: int, scale: float) -> torch.Tensor:
+                         stride: int, scale: float, gathered_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Dense attention of every query over every key; query ``(i, j)`` sits at ``(i*stride, j*stride)`` of the key
-    map and gets ``bias_table[h, |dy|, |dx|]`` added to its scaled logits."""
+    map and gets ``bias_table[h, |dy|, |dx|]`` added to its scaled logits (or ``gathered_bias[h, query, key]``, raster
+    order, when given)."""
     batch, q_height, q_width, heads, _ = q.shape
     _, height, width, _, value_dim = v.shape
     logits = torch.einsum("bijhc,byxhc->bhijyx", q, k) * scale
@@ -182,6 +183,8 @@ def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
         dx = (qx[:, None] - torch.arange(width, device=q.device)[None, :]).abs()  # (Wq, W)
         bias = bias_table[:, dy[:, None, :, None], dx[None, :, None, :]]  # (heads, Hq, Wq, H, W)
         logits = logits + bias[None]
+    if gathered_bias is not None:
+        logits = logits + gathered_bias.view(heads, q_height, q_width, height, width)[None]
     probs = logits.reshape(batch, heads, q_height, q_width, height * width).softmax(dim=-1)
     probs = probs.view(batch, heads, q_height, q_width, height, width)
     return torch.einsum("bhijyx,byxhc->bijhc", probs, v)
