@@ -3,10 +3,11 @@
 Each family runs its attention through :mod:`vithub.kernels`.
 """
 
-from . import fastervit, levit, nat, swin
+from . import efficientvit_msra, fastervit, levit, nat, swin
+from .efficientvit_msra import EfficientVitMsra
 from .fastervit import FasterViT
 from .levit import Levit
 from .nat import NAT
 from .swin import Swin
 
-__all__ = ["FasterViT", "Levit", "NAT", "Swin", "fastervit", "levit", "nat", "swin"]
+__all__ = ["EfficientVitMsra", "FasterViT", "Levit", "NAT", "Swin", "efficientvit_msra", "fastervit", "levit", "nat", "swin"]

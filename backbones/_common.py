@@ -100,6 +100,29 @@ class BiasTableMixin:
         return bias
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1, stride-1, ungrouped ``nn.Conv2d`` (same parameters and state dict) computed as a matmul over channels.
+
+    On CPU, PyTorch sends 1x1 convs on small maps (the 4x4 and 7x7 stages of EfficientViT) to its im2col fallback,
+    several times slower than the equivalent ``linear``; on a channels-last map the channel-last view is free.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
+        return out.permute(0, 3, 1, 2)
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
+           groups: int = 1, bias: bool = True) -> nn.Conv2d:
+    """``nn.Conv2d``, or :class:`PointwiseConv2d` for a plain 1x1 conv (identical parameters)."""
+    if kernel_size == 1 and stride == 1 and padding == 0 and groups == 1:
+        return PointwiseConv2d(in_channels, out_channels, bias=bias)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+
+
 class FusableConvNorm(nn.Module):
     """Conv without bias followed by BatchNorm2d (timm's ``ConvNorm`` layout: ``<conv>``, ``bn``); ``fused()``
     returns the single biased conv that computes the same in eval mode."""
