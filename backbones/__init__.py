@@ -3,11 +3,25 @@
 Each family runs its attention through :mod:`vithub.kernels`.
 """
 
-from . import efficientvit_msra, fastervit, levit, nat, swin
+from . import efficientvit_mit, efficientvit_msra, fastervit, levit, nat, swin
+from .efficientvit_mit import EfficientVitMit
 from .efficientvit_msra import EfficientVitMsra
 from .fastervit import FasterViT
 from .levit import Levit
 from .nat import NAT
 from .swin import Swin
 
-__all__ = ["EfficientVitMsra", "FasterViT", "Levit", "NAT", "Swin", "efficientvit_msra", "fastervit", "levit", "nat", "swin"]
+__all__ = [
+    "EfficientVitMit",
+    "EfficientVitMsra",
+    "FasterViT",
+    "Levit",
+    "NAT",
+    "Swin",
+    "efficientvit_mit",
+    "efficientvit_msra",
+    "fastervit",
+    "levit",
+    "nat",
+    "swin",
+]

@@ -29,6 +29,8 @@ CONTRACT_KWARGS: Dict[str, Dict[str, Any]] = {
     # 3x3 windows on the 4x4 first-stage map: two windows per side, zero-padded.
     "vh_efficientvit_m*": dict(embed_dim=(16, 24, 32), key_dim=(4, 4, 4), depth=(1, 1, 1), num_heads=(2, 2, 2),
                                window_size=(3, 3, 3)),
+    "vh_efficientvit_b*": dict(widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), head_dim=8, head_widths=(32, 48)),
+    "vh_efficientvit_l*": dict(widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), head_dim=8, head_widths=(32, 48)),
 }
 # Input (H, W) per model name/prefix; default: 64 x 64 (families support any input size).
 CONTRACT_INPUT: Dict[str, Tuple[int, int]] = {}
