@@ -473,54 +473,53 @@ def _cfgs() -> Dict[str, Dict[str, Any]]:
 
 default_cfgs = generate_default_cfgs(_cfgs())
 
-_B = dict(large=False)
-_L = dict(large=True, head_dim=32)
-
+_ARCHS: Dict[str, Dict[str, Any]] = {
+    "b0": dict(widths=(8, 16, 32, 64, 128), depths=(1, 2, 2, 2, 2), head_dim=16, head_widths=(1024, 1280)),
+    "b1": dict(widths=(16, 32, 64, 128, 256), depths=(1, 2, 3, 3, 4), head_dim=16, head_widths=(1536, 1600)),
+    "b2": dict(widths=(24, 48, 96, 192, 384), depths=(1, 3, 4, 4, 6), head_dim=32, head_widths=(2304, 2560)),
+    "b3": dict(widths=(32, 64, 128, 256, 512), depths=(1, 4, 6, 6, 9), head_dim=32, head_widths=(2304, 2560)),
+    "l1": dict(widths=(32, 64, 128, 256, 512), depths=(1, 1, 1, 6, 6), head_widths=(3072, 3200), large=True),
+    "l2": dict(widths=(32, 64, 128, 256, 512), depths=(1, 2, 2, 8, 8), head_widths=(3072, 3200), large=True),
+    "l3": dict(widths=(64, 128, 256, 512, 1024), depths=(1, 2, 2, 8, 8), head_widths=(6144, 6400), large=True),
+}
 
 @register_model
 def vh_efficientvit_b0(pretrained: bool = False, **kwargs: Any) -> EfficientVitMit:
-    """EfficientViT-B0: 3.4M params at 224."""
-    return _create("vh_efficientvit_b0", pretrained, **dict(
-        _B, widths=(8, 16, 32, 64, 128), depths=(1, 2, 2, 2, 2), head_dim=16, head_widths=(1024, 1280), **kwargs))
+    """EfficientViT-B0: 3.4M params."""
+    return _create("vh_efficientvit_b0", pretrained, **dict(_ARCHS["b0"], **kwargs))
 
 
 @register_model
 def vh_efficientvit_b1(pretrained: bool = False, **kwargs: Any) -> EfficientVitMit:
-    """EfficientViT-B1: 9.1M params at 224."""
-    return _create("vh_efficientvit_b1", pretrained, **dict(
-        _B, widths=(16, 32, 64, 128, 256), depths=(1, 2, 3, 3, 4), head_dim=16, head_widths=(1536, 1600), **kwargs))
+    """EfficientViT-B1: 9.1M params."""
+    return _create("vh_efficientvit_b1", pretrained, **dict(_ARCHS["b1"], **kwargs))
 
 
 @register_model
 def vh_efficientvit_b2(pretrained: bool = False, **kwargs: Any) -> EfficientVitMit:
-    """EfficientViT-B2: 24.3M params at 224."""
-    return _create("vh_efficientvit_b2", pretrained, **dict(
-        _B, widths=(24, 48, 96, 192, 384), depths=(1, 3, 4, 4, 6), head_dim=32, head_widths=(2304, 2560), **kwargs))
+    """EfficientViT-B2: 24.3M params."""
+    return _create("vh_efficientvit_b2", pretrained, **dict(_ARCHS["b2"], **kwargs))
 
 
 @register_model
 def vh_efficientvit_b3(pretrained: bool = False, **kwargs: Any) -> EfficientVitMit:
-    """EfficientViT-B3: 48.6M params at 224."""
-    return _create("vh_efficientvit_b3", pretrained, **dict(
-        _B, widths=(32, 64, 128, 256, 512), depths=(1, 4, 6, 6, 9), head_dim=32, head_widths=(2304, 2560), **kwargs))
+    """EfficientViT-B3: 48.7M params."""
+    return _create("vh_efficientvit_b3", pretrained, **dict(_ARCHS["b3"], **kwargs))
 
 
 @register_model
 def vh_efficientvit_l1(pretrained: bool = False, **kwargs: Any) -> EfficientVitMit:
-    """EfficientViT-L1: 52.7M params at 224."""
-    return _create("vh_efficientvit_l1", pretrained, **dict(
-        _L, widths=(32, 64, 128, 256, 512), depths=(1, 1, 1, 6, 6), head_widths=(3072, 3200), **kwargs))
+    """EfficientViT-L1: 52.7M params."""
+    return _create("vh_efficientvit_l1", pretrained, **dict(_ARCHS["l1"], **kwargs))
 
 
 @register_model
 def vh_efficientvit_l2(pretrained: bool = False, **kwargs: Any) -> EfficientVitMit:
-    """EfficientViT-L2: 63.7M params at 224."""
-    return _create("vh_efficientvit_l2", pretrained, **dict(
-        _L, widths=(32, 64, 128, 256, 512), depths=(1, 2, 2, 8, 8), head_widths=(3072, 3200), **kwargs))
+    """EfficientViT-L2: 63.7M params."""
+    return _create("vh_efficientvit_l2", pretrained, **dict(_ARCHS["l2"], **kwargs))
 
 
 @register_model
 def vh_efficientvit_l3(pretrained: bool = False, **kwargs: Any) -> EfficientVitMit:
-    """EfficientViT-L3: 246.0M params at 224."""
-    return _create("vh_efficientvit_l3", pretrained, **dict(
-        _L, widths=(64, 128, 256, 512, 1024), depths=(1, 2, 2, 8, 8), head_widths=(6144, 6400), **kwargs))
+    """EfficientViT-L3: 246.0M params."""
+    return _create("vh_efficientvit_l3", pretrained, **dict(_ARCHS["l3"], **kwargs))

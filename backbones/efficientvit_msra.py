@@ -411,35 +411,35 @@ _ARCHS: List[Dict[str, Any]] = [
 
 @register_model
 def vh_efficientvit_m0(pretrained: bool = False, **kwargs: Any) -> EfficientVitMsra:
-    """EfficientViT-M0: 2.3M params, 79 MMACs at 224."""
+    """EfficientViT-M0: 2.4M params."""
     return _create("vh_efficientvit_m0", pretrained, **dict(_ARCHS[0], **kwargs))
 
 
 @register_model
 def vh_efficientvit_m1(pretrained: bool = False, **kwargs: Any) -> EfficientVitMsra:
-    """EfficientViT-M1: 3.0M params, 167 MMACs at 224."""
+    """EfficientViT-M1: 3.0M params."""
     return _create("vh_efficientvit_m1", pretrained, **dict(_ARCHS[1], **kwargs))
 
 
 @register_model
 def vh_efficientvit_m2(pretrained: bool = False, **kwargs: Any) -> EfficientVitMsra:
-    """EfficientViT-M2: 4.2M params, 201 MMACs at 224."""
+    """EfficientViT-M2: 4.2M params."""
     return _create("vh_efficientvit_m2", pretrained, **dict(_ARCHS[2], **kwargs))
 
 
 @register_model
 def vh_efficientvit_m3(pretrained: bool = False, **kwargs: Any) -> EfficientVitMsra:
-    """EfficientViT-M3: 6.9M params, 263 MMACs at 224."""
+    """EfficientViT-M3: 6.9M params."""
     return _create("vh_efficientvit_m3", pretrained, **dict(_ARCHS[3], **kwargs))
 
 
 @register_model
 def vh_efficientvit_m4(pretrained: bool = False, **kwargs: Any) -> EfficientVitMsra:
-    """EfficientViT-M4: 8.8M params, 299 MMACs at 224."""
+    """EfficientViT-M4: 8.8M params."""
     return _create("vh_efficientvit_m4", pretrained, **dict(_ARCHS[4], **kwargs))
 
 
 @register_model
 def vh_efficientvit_m5(pretrained: bool = False, **kwargs: Any) -> EfficientVitMsra:
-    """EfficientViT-M5: 12.4M params, 522 MMACs at 224."""
+    """EfficientViT-M5: 12.5M params."""
     return _create("vh_efficientvit_m5", pretrained, **dict(_ARCHS[5], **kwargs))

@@ -501,29 +501,29 @@ _ARCHS = {
 
 @register_model
 def vh_levit_128s(pretrained: bool = False, **kwargs: Any) -> Levit:
-    """LeViT-128S: 7.8M params, 0.31 GMACs at 224."""
+    """LeViT-128S: 7.8M params."""
     return _create_levit("vh_levit_128s", pretrained, **dict(_ARCHS["128s"], **kwargs))
 
 
 @register_model
 def vh_levit_128(pretrained: bool = False, **kwargs: Any) -> Levit:
-    """LeViT-128: 9.2M params, 0.41 GMACs at 224."""
+    """LeViT-128: 9.2M params."""
     return _create_levit("vh_levit_128", pretrained, **dict(_ARCHS["128"], **kwargs))
 
 
 @register_model
 def vh_levit_192(pretrained: bool = False, **kwargs: Any) -> Levit:
-    """LeViT-192: 11.0M params, 0.66 GMACs at 224."""
+    """LeViT-192: 11.0M params."""
     return _create_levit("vh_levit_192", pretrained, **dict(_ARCHS["192"], **kwargs))
 
 
 @register_model
 def vh_levit_256(pretrained: bool = False, **kwargs: Any) -> Levit:
-    """LeViT-256: 18.9M params, 1.13 GMACs at 224."""
+    """LeViT-256: 18.9M params."""
     return _create_levit("vh_levit_256", pretrained, **dict(_ARCHS["256"], **kwargs))
 
 
 @register_model
 def vh_levit_384(pretrained: bool = False, **kwargs: Any) -> Levit:
-    """LeViT-384: 39.1M params, 2.36 GMACs at 224."""
+    """LeViT-384: 39.1M params."""
     return _create_levit("vh_levit_384", pretrained, **dict(_ARCHS["384"], **kwargs))
