@@ -7,7 +7,9 @@ our model once per kernel backend, plus any timm models named in ``compare`` for
 
 from __future__ import annotations
 
+import copy
 import importlib
+import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -59,17 +61,40 @@ def _train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     return step
 
 
+class NoTwinError(ValueError):
+    """``--twin`` for a model that timm does not have (NAT, DiNAT, FasterViT)."""
+
+
+def twin_name(name: str) -> str:
+    """timm's own model for a vh model (``vh_levit_256`` -> ``levit_256``)."""
+    twin = name[len("vh_"):] if name.startswith("vh_") else ""
+    if twin not in timm.list_models(twin):
+        raise NoTwinError(f"{name} has no timm twin (expected a timm model named {twin!r})")
+    return twin
+
+
+def load_twin_weights(ours: torch.nn.Module, twin: torch.nn.Module) -> None:
+    """Load the timm twin's weights into our model through our family's checkpoint filter (same weights)."""
+    family = sys.modules[type(ours).__module__]
+    ours.load_state_dict(family.checkpoint_filter_fn(twin.state_dict(), ours), strict=True)
+
+
 def bench_model(name: str, batch: int, mode: str, backends: Sequence[str], compare: Sequence[str],
-                repeats: int, img_size: int, device: torch.device) -> ModelRow:
+                repeats: int, img_size: int, device: torch.device, twin: bool = False,
+                fused: bool = False) -> ModelRow:
     torch.manual_seed(0)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
     candidates: Dict[str, Callable[[], None]] = {}
     skipped: Dict[str, str] = {}
+    base = timm.create_model(name)
+    others = {other: timm.create_model(other) for other in compare}
+    if twin:
+        reference = others.setdefault(twin_name(name), timm.create_model(twin_name(name)))
+        load_twin_weights(base, reference)
 
-    def candidate(model_name: str, backend: Optional[str]) -> Callable[[], None]:
-        model = timm.create_model(model_name).to(device)
-        model.train(mode == "train")
+    def step(model: torch.nn.Module, backend: Optional[str]) -> Callable[[], None]:
+        model = model.to(device).train(mode == "train")
         return (_train_step(model, images, labels, backend) if mode == "train"
                 else _eval_step(model, images, backend))
 
@@ -77,9 +102,14 @@ def bench_model(name: str, batch: int, mode: str, backends: Sequence[str], compa
         if backend == "reference" and mode == "train" and batch > REFERENCE_TRAIN_MAX_BATCH:
             skipped[backend] = f"reference train step above batch {REFERENCE_TRAIN_MAX_BATCH} needs > 20 GB"
             continue
-        candidates[backend] = candidate(name, backend)
-    for other in compare:
-        candidates[other] = candidate(other, None)
+        candidates[backend] = step(copy.deepcopy(base), backend)
+    if fused:
+        if mode == "eval" and callable(getattr(base, "fuse", None)):
+            candidates["fused"] = step(copy.deepcopy(base).fuse(), None)
+        else:
+            skipped["fused"] = "fuse() is for inference" if mode == "train" else f"{name} has no fuse()"
+    for other, model in others.items():
+        candidates[other] = step(model, None)
     ms = measure(candidates, repeats, warmup=1) if candidates else {}
     return ModelRow(name, batch, mode, ms, skipped)
 
@@ -110,11 +140,15 @@ def run_model_bench(
     repeats: int = 3,
     img_size: int = 224,
     device: str = "cpu",
+    twin: bool = False,
+    fused: bool = False,
 ) -> dict:
     """Run the model benchmark, print the table, write JSON to ``output`` (if given) and return the payload.
 
     ``compare_imports`` names modules to import before the ``compare`` names are looked up, for third-party packages
-    that register their models with timm on import (the official FasterViT package does).
+    that register their models with timm on import (the official FasterViT package does). ``twin`` also times each
+    model's timm twin (``vh_levit_256`` -> ``levit_256``) with the same weights; ``fused`` also times our model after
+    ``fuse()`` (eval rows only).
     """
     torch_device = torch.device(device)
     imported_versions: Dict[str, str] = {}
@@ -126,7 +160,7 @@ def run_model_bench(
     models = [check_model_name(name) for name in models]
     compare = [check_model_name(name) for name in compare]
     rows = [
-        bench_model(name, batch, mode, backends, compare, repeats, img_size, torch_device)
+        bench_model(name, batch, mode, backends, compare, repeats, img_size, torch_device, twin, fused)
         for name in models for batch in batch_sizes for mode in modes
     ]
     print(format_table(rows))
@@ -139,6 +173,7 @@ def run_model_bench(
         "img_size": img_size,
         "repeats": repeats,
         "compare_imports": imported_versions,
+        "same_weights_as_twin": twin,
         "rows": [dict(row.__dict__, images_per_second=row.images_per_second()) for row in rows],
     }
     if output:

@@ -73,8 +73,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     run_model_bench(output=output, models=args.models, batch_sizes=args.batch_sizes, modes=args.modes,
                     backends=args.backends, compare=args.compare, compare_imports=args.compare_import,
-                    repeats=args.repeats or 3,
-                    img_size=args.img_size, device=args.device)
+                    repeats=args.repeats or 3, img_size=args.img_size, device=args.device, twin=args.twin,
+                    fused=args.fused)
     return 0
 
 
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="modules imported first so that they register --compare models with timm (e.g. the "
                              "official FasterViT package: --compare-import fastervit --compare faster_vit_0_224)")
     models.add_argument("--img-size", type=int, default=224)
+    models.add_argument("--twin", action="store_true",
+                        help="also time each model's timm twin (vh_levit_256 -> levit_256) with the same weights")
+    models.add_argument("--fused", action="store_true", help="also time the model after fuse() (eval rows)")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -129,9 +132,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--repeats must be >= 1")
     if any(size < 1 for size in getattr(args, "batch_sizes", [1])):
         parser.error("--batch-sizes must all be >= 1")
+    from vithub.bench_models import NoTwinError
+
     try:
         return args.func(args)
-    except (UnknownModelError, ImportError) as error:
+    except (UnknownModelError, NoTwinError, ImportError) as error:
         print(f"vithub: error: {error}", file=sys.stderr)
         return 2
 

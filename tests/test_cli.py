@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 
 from vithub import cli, models
 from vithub.bench import run_kernel_bench
@@ -108,3 +110,22 @@ def test_bad_model_bench_arguments_are_rejected(capsys):
     assert "close matches: vh_nat_tiny" in capsys.readouterr().err
     assert cli.main(["bench", "models", "--compare-import", "no_such_package_xyz", "--output", ""]) == 2
     assert "cannot import 'no_such_package_xyz'" in capsys.readouterr().err
+
+
+def test_model_bench_twin_with_same_weights_and_fused(tmp_path, capsys):
+    from vithub import bench_models
+
+    payload = bench_models.run_model_bench(output=str(tmp_path / "twin.json"), models=["vh_efficientvit_m0"],
+                                           batch_sizes=[2], backends=["torch"], repeats=1, img_size=64, twin=True,
+                                           fused=True)
+    eval_row, train_row = payload["rows"]
+    assert set(eval_row["images_per_second"]) == {"torch", "fused", "efficientvit_m0"}
+    assert set(train_row["images_per_second"]) == {"torch", "efficientvit_m0"} and "fused" in train_row["skipped"]
+    assert payload["same_weights_as_twin"] is True
+    ours, twin = timm.create_model("vh_efficientvit_m0"), timm.create_model("efficientvit_m0")
+    bench_models.load_twin_weights(ours, twin)  # the same weights: equal outputs
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), twin.eval()(x), rtol=1e-5, atol=1e-5)
+    assert cli.main(["bench", "models", "--models", "vh_nat_mini", "--twin", "--output", ""]) == 2
+    assert "has no timm twin" in capsys.readouterr().err
