@@ -7,7 +7,11 @@ row come from the same stretch of a noisy shared machine. Columns:
 * ``floor``: SDPA over the same number of disjoint ``K*K``-token blocks, already partitioned: the same FLOPs with no
   gather and no waste, the practical floor for any local-attention kernel;
 * ``natten``: NATTEN's ``na2d`` (only when NATTEN is installed; its CPU path takes no rpb, so NA rows compare rpb=None);
-* ``timm_core``: timm's Swin attention with identity projections (roll, window partition, SDPA with bias and mask,
+* ``sdpa``: ``scaled_dot_product_attention`` with the same gathered bias (table rows: the alternative to our explicit
+  matmul path);
+* ``timm_core``: for the table and linear rows, timm's own attention arithmetic (LeViT/EfficientViT-M: ``q @ k *
+  scale + bias``, softmax, ``@ v``; EfficientViT-B LiteMLA: ``v`` padded with ones, two fp32 matmuls) on the same
+  tensors; for window rows, timm's Swin attention with identity projections (roll, window partition, SDPA with bias and mask,
   reverse, roll) on the q/k/v tensor; ``timm_block``: timm's ``SwinTransformerBlock._attn`` with its projections,
   against ours (same weights: qkv linear, :func:`window_attention`, proj linear).
 """
@@ -26,7 +30,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from vithub.kernels import neighborhood_attention, rpb_from_swin_table, window_attention
+from vithub.kernels import (
+    gather_table_bias,
+    neighborhood_attention,
+    relu_linear_attention,
+    rpb_from_swin_table,
+    table_bias_attention,
+    window_attention,
+)
 
 # Shapes: (name, B, H, W, heads, head_dim, kernel_or_window, shift); shift is None for NA rows.
 NA_SHAPES = [
@@ -43,6 +54,18 @@ WINDOW_SHAPES = [
     ("swin_tiny_s3", 8, 14, 14, 12, 32, 7, 0),
     ("swin_tiny_s3_shift", 8, 14, 14, 12, 32, 7, 3),
     ("swin_tiny_s4", 8, 7, 7, 24, 32, 7, 0),
+]
+# (name, B, H, W, heads, key_dim, value_dim, query_stride): LeViT-256 at 224 (stage-1 attention, the stage-2
+# subsampling attention) and EfficientViT-M5's first-stage 7x7 windows (4 windows per image, one head per call).
+TABLE_SHAPES = [
+    ("levit_256_s1", 32, 14, 14, 4, 32, 64, 1),
+    ("levit_256_down2", 32, 14, 14, 8, 32, 128, 2),
+    ("effvit_m5_s1_windows", 128, 7, 7, 1, 16, 64, 1),
+]
+# (name, B, H, W, groups, head_dim): EfficientViT-B1 at 224, LiteMLA in stages 3 and 4 (2 scales x heads groups).
+LINEAR_SHAPES = [
+    ("effvit_b1_s3", 32, 14, 14, 16, 16),
+    ("effvit_b1_s4", 32, 7, 7, 32, 16),
 ]
 REFERENCE_MAX_ELEMENTS = 60_000_000  # gathered (B, H, W, K, K, heads, d) elements the reference may build
 
@@ -187,6 +210,58 @@ def bench_window(repeats: int, device: torch.device, dtype: torch.dtype, shapes:
     return rows
 
 
+def bench_table(repeats: int, device: torch.device, dtype: torch.dtype, shapes: Sequence[tuple]) -> List[Row]:
+    rows: List[Row] = []
+    for name, b, h, w, heads, key_dim, value_dim, stride in shapes:
+        q_h, q_w = -(-h // stride), -(-w // stride)
+        for mode in ("fwd", "fwd+bwd"):
+            grad = mode == "fwd+bwd"
+            q = torch.randn(b, q_h, q_w, heads, key_dim, dtype=dtype, device=device, requires_grad=grad)
+            k = torch.randn(b, h, w, heads, key_dim, dtype=dtype, device=device, requires_grad=grad)
+            v = torch.randn(b, h, w, heads, value_dim, dtype=dtype, device=device, requires_grad=grad)
+            table = torch.randn(heads, h, w, dtype=dtype, device=device, requires_grad=grad)
+            scale = key_dim ** -0.5
+
+            def gathered() -> torch.Tensor:
+                return gather_table_bias(table, (q_h, q_w), stride)
+
+            def sdpa() -> torch.Tensor:
+                out = F.scaled_dot_product_attention(q.flatten(1, 2).transpose(1, 2), k.flatten(1, 2).transpose(1, 2),
+                                                     v.flatten(1, 2).transpose(1, 2), attn_mask=gathered())
+                return out.transpose(1, 2)
+
+            def timm_core() -> torch.Tensor:
+                # timm's LeViT/EfficientViT-M arithmetic: (B, heads, N, d) operands, bias added to scaled logits.
+                attn = q.flatten(1, 2).permute(0, 2, 1, 3) @ k.flatten(1, 2).permute(0, 2, 3, 1) * scale + gathered()
+                return attn.softmax(dim=-1) @ v.flatten(1, 2).permute(0, 2, 1, 3)
+
+            fns = {"torch": lambda: table_bias_attention(q, k, v, table, stride, backend="torch"),
+                   "sdpa": sdpa, "timm_core": timm_core}
+            rows.append(_run(fns, [q, k, v, table], [], grad, repeats, "table_bias", name, mode, True))
+    return rows
+
+
+def bench_linear(repeats: int, device: torch.device, dtype: torch.dtype, shapes: Sequence[tuple]) -> List[Row]:
+    rows: List[Row] = []
+    for name, b, h, w, groups, dim in shapes:
+        for mode in ("fwd", "fwd+bwd"):
+            grad = mode == "fwd+bwd"
+            q, k, v = (torch.randn(b, h, w, groups, dim, dtype=dtype, device=device, requires_grad=grad)
+                       for _ in range(3))
+
+            def timm_core() -> torch.Tensor:
+                # timm's LiteMLA._attn on (B, groups, N, d) operands: v padded with ones for the normaliser.
+                tq, tk, tv = (t.flatten(1, 2).transpose(1, 2) for t in (q, k, v))
+                tq, tk = F.relu(tq).float(), F.relu(tk).float()
+                tv = F.pad(tv, (0, 1), mode="constant", value=1.0).float()
+                out = tq @ (tk.transpose(-1, -2) @ tv)
+                return out[..., :-1] / (out[..., -1:] + 1e-5)
+
+            fns = {"torch": lambda: relu_linear_attention(q, k, v, 1e-5, backend="torch"), "timm_core": timm_core}
+            rows.append(_run(fns, [q, k, v], [], grad, repeats, "relu_linear", name, mode, False))
+    return rows
+
+
 def _run(fns, leaves, floor_leaves, grad, repeats, op, name, mode, with_rpb) -> Row:
     if grad:
         timed = {key: _train_step(fn, floor_leaves if key == "floor" else leaves) for key, fn in fns.items()}
@@ -198,7 +273,7 @@ def _run(fns, leaves, floor_leaves, grad, repeats, op, name, mode, with_rpb) -> 
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    columns = ["torch", "floor", "natten", "timm_core", "timm_block", "reference"]
+    columns = ["torch", "floor", "natten", "sdpa", "timm_core", "timm_block", "reference"]
     header = f"{'op':<13}{'shape':<20}{'mode':<9}{'rpb':<5}" + "".join(f"{c + ' ms':>14}" for c in columns)
     header += f"{'vs floor':>10}{'vs natten':>11}{'timm/torch':>12}"
     lines = [header, "-" * len(header)]
@@ -259,6 +334,10 @@ def run_kernel_bench(
         rows += bench_neighborhood(repeats, torch_device, torch_dtype, na_shapes)
     if "window" in ops:
         rows += bench_window(repeats, torch_device, torch_dtype, window_shapes)
+    if "table" in ops:
+        rows += bench_table(repeats, torch_device, torch_dtype, TABLE_SHAPES[:1] if quick else TABLE_SHAPES)
+    if "linear" in ops:
+        rows += bench_linear(repeats, torch_device, torch_dtype, LINEAR_SHAPES[:1] if quick else LINEAR_SHAPES)
     print(format_table(rows))
     payload = {
         "benchmark": "kernels",

@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                          help="kernels: default float32; gpu: default bfloat16")
     kernels.add_argument("--quick", action="store_true", help="first shapes only (smoke run)")
-    kernels.add_argument("--ops", nargs="+", default=["neighborhood", "window"], choices=["neighborhood", "window"])
+    kernels.add_argument("--ops", nargs="+", default=["neighborhood", "window"],
+                         choices=["neighborhood", "window", "table", "linear"],
+                         help="table: table_bias_attention (LeViT/EfficientViT-M shapes); linear: "
+                              "relu_linear_attention (EfficientViT-B shapes)")
     models = p_bench.add_argument_group("models")
     models.add_argument("--models", nargs="+", default=["vh_nat_tiny", "vh_dinat_tiny"], help="models to time")
     models.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])

@@ -129,3 +129,12 @@ def test_model_bench_twin_with_same_weights_and_fused(tmp_path, capsys):
         torch.testing.assert_close(ours.eval()(x), twin.eval()(x), rtol=1e-5, atol=1e-5)
     assert cli.main(["bench", "models", "--models", "vh_nat_mini", "--twin", "--output", ""]) == 2
     assert "has no timm twin" in capsys.readouterr().err
+
+
+def test_kernel_bench_dense_ops(tmp_path):
+    payload = run_kernel_bench(output=str(tmp_path / "dense.json"), repeats=1, quick=True, ops=["table", "linear"])
+    rows = {(row["op"], row["mode"]): row for row in payload["rows"]}
+    assert set(rows) == {(op, mode) for op in ("table_bias", "relu_linear") for mode in ("fwd", "fwd+bwd")}
+    assert set(rows[("table_bias", "fwd")]["ms"]) == {"torch", "sdpa", "timm_core"}
+    assert set(rows[("relu_linear", "fwd+bwd")]["ms"]) == {"torch", "timm_core"}
+    assert all(value > 0 for row in payload["rows"] for value in row["ms"].values())
