@@ -213,7 +213,8 @@ def relu_linear_attention(
             projections, the ReLU is applied here.
         v: ``(B, *tokens, heads, value_dim)``.
         eps: added to the normaliser (official EfficientViT: ``1e-15``; timm's LiteMLA: ``1e-5``).
-        backend: ``None``, ``"reference"`` (explicit tokens-by-tokens weights) or ``"torch"``; no Triton kernel.
+        backend: ``None``, ``"reference"`` (the sums written out as einsums, float64-capable) or ``"torch"``; no
+            Triton kernel.
 
     Returns:
         ``(B, *tokens, heads, value_dim)`` in ``v``'s dtype.
