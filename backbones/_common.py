@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, checkpoint_seq
 
 from vithub.kernels import gather_table_bias
 
@@ -150,6 +150,39 @@ def fuse_batchnorms(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         visit(model)
     return model
+
+
+class SequentialStage(nn.Module):
+    """A stage: ``downsample`` (or ``nn.Identity``) then ``blocks`` (an ``nn.Sequential``), with timm's per-stage
+    gradient checkpointing of the blocks (``grad_checkpointing``, set through the model)."""
+
+    downsample: nn.Module
+    blocks: nn.Sequential
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def adapt_bias_tables(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """For the ``attention_biases`` families (LeViT, EfficientViT-M): drop timm's/official index buffers and resize
+    square tables trained for another grid to the ``resolution`` of the module that holds them."""
+    state_dict = {key: value for key, value in state_dict.items() if not key.endswith("attention_bias_idxs")}
+    own = model.state_dict()
+    for key, value in state_dict.items():
+        if key.endswith("attention_biases") and key in own and value.shape != own[key].shape:
+            side = int(round(value.shape[1] ** 0.5))
+            if side * side != value.shape[1]:
+                raise ValueError(f"{key}: cannot resize a non-square bias table of {value.shape[1]} entries")
+            resolution = model.get_submodule(key.rsplit(".", 1)[0]).resolution
+            state_dict[key] = resize_bias_table(value.view(-1, side, side), resolution).flatten(1)
+    return state_dict
 
 
 class HierarchicalBackbone:

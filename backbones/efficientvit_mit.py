@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, GELUTanh, SelectAdaptivePool2d
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import relu_linear_attention
 
-from ._common import HierarchicalBackbone, build_hierarchical, conv2d, fuse_batchnorms
+from ._common import HierarchicalBackbone, SequentialStage, build_hierarchical, conv2d, fuse_batchnorms
 
 __all__ = ["EfficientVitMit", "LiteMLA", "checkpoint_filter_fn"]
 
@@ -226,14 +226,14 @@ class Stem(nn.Sequential):
             self.add_module(f"res{index}", ResidualBlock(block, nn.Identity(), drop_path))
 
 
-class EfficientVitStage(nn.Module):
+class EfficientVitStage(SequentialStage):
     """A strided first block (no shortcut), then either local blocks or (``vit_stage``) LiteMLA blocks."""
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, norm_layer: Any, act_layer: Any, head_dim: int,
                  vit_stage: bool, large: bool, fewer_norm: bool, expand_ratio: float = 4,
                  drop_path: float = 0.0) -> None:
         super().__init__()
-        self.grad_checkpointing = False
+        self.downsample = nn.Identity()  # the strided first block is blocks.0 (timm/official layout)
         if large:
             first_expand = 24 if vit_stage else 16
             block_type = "default" if fewer_norm else "fused"
@@ -252,11 +252,6 @@ class EfficientVitStage(nn.Module):
                                                        fewer_norm=large and fewer_norm, block_type=block_type),
                                      nn.Identity(), drop_path) for _ in range(local_count)]
         self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class ClassifierHead(nn.Module):

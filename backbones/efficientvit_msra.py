@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d, SqueezeExcite, to_2tuple
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import table_bias_attention
 
@@ -33,10 +33,11 @@ from ._common import (
     BiasTableMixin,
     FusableConvNorm,
     HierarchicalBackbone,
+    SequentialStage,
+    adapt_bias_tables,
     build_hierarchical,
     conv2d,
     fuse_batchnorms,
-    resize_bias_table,
 )
 from .levit import NormLinear
 
@@ -189,12 +190,11 @@ def _local_residuals(dim: int, drop_path: float) -> nn.Sequential:
                          ResidualDrop(ConvMlp(dim, dim * 2), drop_path))
 
 
-class EfficientVitStage(nn.Module):
+class EfficientVitStage(SequentialStage):
     def __init__(self, in_dim: int, out_dim: int, key_dim: int, downsample: bool, num_heads: int,
                  attn_ratio: float, resolution: int, window_resolution: int, kernels: Sequence[int], depth: int,
                  drop_path: float = 0.0) -> None:
         super().__init__()
-        self.grad_checkpointing = False
         if downsample:
             self.downsample = nn.Sequential(OrderedDict([
                 ("res1", _local_residuals(in_dim, drop_path)),
@@ -212,12 +212,6 @@ class EfficientVitStage(nn.Module):
                               drop_path)
             for _ in range(depth)
         ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class PatchEmbedding(nn.Sequential):
@@ -359,14 +353,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: EfficientVitMsra) ->
         state_dict = state_dict["model"]
     if any(key.startswith("blocks1.") for key in state_dict):
         state_dict = _from_official(state_dict)
-    state_dict = {key: value for key, value in state_dict.items() if not key.endswith("attention_bias_idxs")}
-    own = model.state_dict()
-    for key, value in state_dict.items():
-        if key.endswith("attention_biases") and key in own and value.shape != own[key].shape:
-            module = model.get_submodule(key.rsplit(".", 1)[0])
-            side = int(round(value.shape[1] ** 0.5))
-            state_dict[key] = resize_bias_table(value.view(-1, side, side), module.resolution).flatten(1)
-    return state_dict
+    return adapt_bias_tables(state_dict, model)
 
 
 # --- registration -------------------------------------------------------------------------------------------------

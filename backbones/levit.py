@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, get_act_layer, to_2tuple, to_ntuple, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import table_bias_attention
 
@@ -31,9 +31,10 @@ from ._common import (
     BiasTableMixin,
     FusableConvNorm,
     HierarchicalBackbone,
+    SequentialStage,
+    adapt_bias_tables,
     build_hierarchical,
     fuse_batchnorms,
-    resize_bias_table,
 )
 
 __all__ = ["Levit", "LevitAttention", "LevitAttentionDownsample", "checkpoint_filter_fn"]
@@ -235,12 +236,11 @@ class LevitBlock(nn.Module):
         return x + self.drop_path2(self.mlp(x))
 
 
-class LevitStage(nn.Module):
+class LevitStage(SequentialStage):
     def __init__(self, in_dim: int, out_dim: int, key_dim: int, depth: int, num_heads: int, attn_ratio: float,
                  mlp_ratio: float, act_layer: Type[nn.Module], attn_act_layer: Type[nn.Module],
                  resolution: Tuple[int, int], downsample: bool, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.grad_checkpointing = False
         if downsample:
             self.downsample = LevitDownsample(in_dim, out_dim, key_dim, in_dim // key_dim, resolution, act_layer,
                                               attn_act_layer, drop_path)
@@ -254,12 +254,6 @@ class LevitStage(nn.Module):
                        drop_path)
             for _ in range(depth)
         ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 # --- model --------------------------------------------------------------------------------------------------------
@@ -448,16 +442,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: Levit) -> Dict[str, 
         state_dict = state_dict["model"]
     if any(key.startswith("patch_embed.") for key in state_dict):
         state_dict = _from_official(state_dict, model)
-    state_dict = {key: value for key, value in state_dict.items() if not key.endswith("attention_bias_idxs")}
-    own = model.state_dict()
-    for key, value in state_dict.items():
-        if key.endswith("attention_biases") and key in own and value.shape != own[key].shape:
-            module = model.get_submodule(key.rsplit(".", 1)[0])
-            side = int(round(value.shape[1] ** 0.5))
-            if side * side != value.shape[1]:
-                raise ValueError(f"{key}: cannot resize a non-square bias table of {value.shape[1]} entries")
-            state_dict[key] = resize_bias_table(value.view(-1, side, side), module.resolution).flatten(1)
-    return state_dict
+    return adapt_bias_tables(state_dict, model)
 
 
 # --- registration -------------------------------------------------------------------------------------------------

@@ -24,11 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerScale, Mlp, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import neighborhood_attention
 
-from ._common import HierarchicalBackbone, build_hierarchical, init_linear, resize_rpb
+from ._common import HierarchicalBackbone, SequentialStage, build_hierarchical, init_linear, resize_rpb
 
 __all__ = ["NAT", "NATBlock", "NATStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
 
@@ -163,7 +163,7 @@ class NATBlock(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-class NATStage(nn.Module):
+class NATStage(SequentialStage):
     """Optional downsampler (every stage but the first), then ``depth`` NAT blocks; NHWC."""
 
     def __init__(
@@ -180,19 +180,12 @@ class NATStage(nn.Module):
         **block_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.grad_checkpointing = False
         self.downsample = ConvDownsample(dim, out_dim, norm_layer) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
             NATBlock(out_dim, num_heads, kernel_size, dilations[i], drop_path=drop_path[i], norm_layer=norm_layer,
                      **block_kwargs)
             for i in range(depth)
         ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class NAT(HierarchicalBackbone, nn.Module):

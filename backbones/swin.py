@@ -26,11 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import rpb_from_swin_table, window_attention
 
-from ._common import HierarchicalBackbone, build_hierarchical, init_linear, resize_rpb
+from ._common import HierarchicalBackbone, SequentialStage, build_hierarchical, init_linear, resize_rpb
 
 __all__ = ["Swin", "SwinBlock", "SwinStage", "WindowAttention2d", "PatchMerging", "checkpoint_filter_fn"]
 
@@ -171,7 +171,7 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class SwinStage(nn.Module):
+class SwinStage(SequentialStage):
     """Optional patch merging, then ``depth`` blocks alternating regular and shifted windows."""
 
     def __init__(
@@ -194,7 +194,6 @@ class SwinStage(nn.Module):
         super().__init__()
         self.input_resolution = input_resolution
         self.output_resolution = tuple((r + 1) // 2 for r in input_resolution) if downsample else input_resolution
-        self.grad_checkpointing = False
         if downsample:
             self.downsample: nn.Module = PatchMerging(dim, out_dim, norm_layer=norm_layer)
         else:
@@ -219,12 +218,6 @@ class SwinStage(nn.Module):
         self.output_resolution = tuple((r + 1) // 2 for r in feat_size) if downsampled else feat_size
         for block in self.blocks:
             block.set_input_size(self.output_resolution, window_size, always_partition)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class Swin(HierarchicalBackbone, nn.Module):
