@@ -153,7 +153,7 @@ def _check_tensor(name: str, tensor: object, form: str, dims: int) -> torch.Tens
         raise ValueError(f"{name} must have shape {form} ({dims} dims), got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if any(size == 0 for size in tensor.shape):
+    if tensor.numel() == 0:
         raise ValueError(f"{name} must have no empty dimension, got shape {tuple(tensor.shape)}")
     return tensor
 
