@@ -256,13 +256,13 @@ class _MaskedAttention(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, mask, out = ctx.saved_tensors
         batch, groups, queries, head_dim = q.shape
-        keys, value_dim = k.shape[2], v.shape[-1]
+        keys = k.shape[2]
         # One contiguous copy of each operand buys large, well-shaped bmm calls (faster here than per-batch bmm on
         # the strided slot-major views).
         flat_q = q.contiguous().view(batch * groups, queries, head_dim)
         flat_k = k.contiguous().view(batch * groups, keys, head_dim)
-        flat_v = v.contiguous().view(batch * groups, keys, value_dim)
-        flat_grad = grad_out.contiguous().view(batch * groups, queries, value_dim)
+        flat_v = v.contiguous().view(batch * groups, keys, head_dim)
+        flat_grad = grad_out.contiguous().view(batch * groups, queries, head_dim)
         probs = torch.bmm(flat_q, flat_k.transpose(1, 2)).view(batch, groups, queries, keys)
         probs = probs.mul_(ctx.scale).add_(mask).softmax(dim=-1).view(batch * groups, queries, keys)
         grad_v = torch.bmm(probs.transpose(1, 2), flat_grad)
@@ -274,7 +274,7 @@ class _MaskedAttention(torch.autograd.Function):
         grad_k = torch.bmm(grad_scores.transpose(1, 2), flat_q).mul_(ctx.scale)
         grad_mask = grad_scores.view(batch, groups, queries, keys).sum(dim=0, keepdim=True)
         return (grad_q.view(batch, groups, queries, head_dim), grad_k.view(batch, groups, keys, head_dim),
-                grad_v.view(batch, groups, keys, value_dim), grad_mask, None)
+                grad_v.view(batch, groups, keys, head_dim), grad_mask, None)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
