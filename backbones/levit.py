@@ -118,11 +118,7 @@ class Stem16(nn.Sequential):
                 self.add_module(f"act{index + 1}", act_layer())
 
 
-class _TableAttention(BiasTableMixin, nn.Module):
-    """Shared parts of the two attention modules: the trained bias table, resized per grid, gathered and cached."""
-
-
-class LevitAttention(_TableAttention):
+class LevitAttention(BiasTableMixin, nn.Module):
     """Multi-head self-attention over the whole map with a ``(|dy|, |dx|)`` bias table; ``qkv`` packs each head's
     ``[q, k, v]`` together (timm/official order)."""
 
@@ -158,7 +154,7 @@ class Subsample(nn.Module):
         return x[:, ::self.stride, ::self.stride]
 
 
-class LevitAttentionDownsample(_TableAttention):
+class LevitAttentionDownsample(BiasTableMixin, nn.Module):
     """Attention whose queries come from every ``stride``-th token (output ``ceil(H/s) x ceil(W/s)``); keys and values
     from the whole map."""
 
