@@ -130,10 +130,10 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
         for index, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
             if index > 0:
                 feature = feature + groups[index]
-            q, k, v = qkv(feature).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
-            q = dw(q)
+            q, kv = qkv(feature).split([self.key_dim, self.key_dim + self.val_dim], dim=1)
             # NCHW to heads-last (B, H, W, 1, C) views; the op takes the strides as they are.
-            q, k, v = (t.permute(0, 2, 3, 1).unsqueeze(3) for t in (q, k, v))
+            q = dw(q).permute(0, 2, 3, 1).unsqueeze(3)
+            k, v = kv.permute(0, 2, 3, 1).unsqueeze(3).split([self.key_dim, self.val_dim], dim=-1)
             out = table_bias_attention(q, k, v, gathered_bias=bias[index:index + 1])
             feature = out.squeeze(3).permute(0, 3, 1, 2)
             outputs.append(feature)

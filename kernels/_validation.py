@@ -169,6 +169,8 @@ def check_table_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
                           stride: int) -> None:
     """Shapes of :func:`vithub.kernels.table_bias_attention`: k ``(B, H, W, heads, d)``, v ``(B, H, W, heads, dv)``,
     q ``(B, ceil(H/stride), ceil(W/stride), heads, d)``, table ``(heads, H, W)``."""
+    if bias_table is None and _table_call_is_well_formed(q, k, v, stride):
+        return  # the common call, checked in a few comparisons; anything else gets the full checks and messages
     form = "(B, H, W, heads, head_dim)"
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, tensor, form, 5)
@@ -190,6 +192,15 @@ def check_table_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
         raise ValueError(f"bias_table must have shape {table_form} (entry [h, |dy|, |dx|]) for the key map "
                          f"{(height, width)}, got {tuple(bias_table.shape)}")
     _check_like("bias_table", bias_table, q)
+
+
+def _table_call_is_well_formed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int) -> bool:
+    if not (type(q) is type(k) is type(v) is torch.Tensor) or q.dim() != 5 or k.dim() != 5 or v.dim() != 5:
+        return False
+    batch, height, width, heads, head_dim = k.shape
+    return (q.shape == (batch, -(-height // stride), -(-width // stride), heads, head_dim)
+            and v.shape[:4] == k.shape[:4] and v.shape[4] > 0 and q.numel() > 0 and k.numel() > 0
+            and q.is_floating_point() and q.dtype == k.dtype == v.dtype and q.device == k.device == v.device)
 
 
 def check_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> None:

@@ -56,6 +56,18 @@ def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     """
     batch, q_height, q_width, heads, head_dim = q.shape
     height, width, value_dim = k.shape[1], k.shape[2], v.shape[-1]
+    if heads == 1:
+        # One head (EfficientViT-M calls each cascaded head alone): 3-D operands are views, and baddbmm applies
+        # scale and bias in the matmul itself, so the call costs a few ops less (it is made 28 times a forward).
+        flat_q = q.reshape(batch, q_height * q_width, head_dim)
+        flat_k = k.reshape(batch, height * width, head_dim)
+        flat_v = v.reshape(batch, height * width, value_dim)
+        if bias is None:
+            logits = torch.bmm(flat_q, flat_k.transpose(1, 2)).mul_(scale)
+        else:
+            logits = torch.baddbmm(bias, flat_q, flat_k.transpose(1, 2), alpha=scale)
+        out = torch.bmm(logits.softmax(dim=-1), flat_v)
+        return out.view(batch, q_height, q_width, 1, value_dim)
     seq_q = q.reshape(batch, q_height * q_width, heads, head_dim).transpose(1, 2)
     seq_k = k.reshape(batch, height * width, heads, head_dim).transpose(1, 2)
     seq_v = v.reshape(batch, height * width, heads, value_dim).transpose(1, 2)
