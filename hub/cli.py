@@ -1,4 +1,5 @@
-"""The ``vithub`` command: ``list``, ``info NAME``, ``bench kernels``, ``bench models``, ``bench gpu``."""
+"""The ``vithub`` command: ``list``, ``info NAME``, ``train``, ``validate``, ``bench kernels``, ``bench models``,
+``bench gpu``."""
 
 from __future__ import annotations
 
@@ -91,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_info = sub.add_parser("info", help="pretrained cfg and feature_info of one model")
     p_info.add_argument("name", help="model name, e.g. vh_nat_tiny or vh_nat_tiny.in1k")
     p_info.set_defaults(func=_cmd_info)
+
+    from vithub.train.cli import add_train_arguments, add_validate_arguments, run_train, run_validate
+
+    p_train = sub.add_parser("train", help="fine-tune a timm model (default: the embedded digits data set)")
+    add_train_arguments(p_train)
+    p_train.set_defaults(func=run_train)
+    p_validate = sub.add_parser("validate", help="top-1/top-5 of a model and checkpoint on a validation split")
+    add_validate_arguments(p_validate)
+    p_validate.set_defaults(func=run_validate)
 
     p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, or whole-model throughput")
     p_bench.add_argument("target", choices=["kernels", "models", "gpu"],

@@ -1,0 +1,146 @@
+"""vithub train / validate: the embedded default end to end, kill-and-resume equal to an unbroken run, and bad
+input (data folders, checkpoints that do not fit, a non-finite loss)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from vithub import cli
+from vithub.train import DataError, TrainConfig, TrainingError, train, validate
+from vithub.train.checkpoint import load_state
+
+QUICK = dict(epochs=2, batch_size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("digits_run")
+    summary = train(TrainConfig(output=str(output), checkpoint_every=5, **QUICK))
+    return output, summary
+
+
+def test_embedded_default_trains_end_to_end(digits_run):
+    output, summary = digits_run
+    for key in ("top1", "top5", "best_top1", "epochs", "seconds", "images_per_second", "model", "data"):
+        assert key in summary, key
+    assert summary["data"] == "digits" and summary["epochs"] == 2 and summary["num_classes"] == 10
+    assert summary["top1"] > 60.0  # two epochs from scratch; the README's six reach about 98%
+    assert json.loads((output / "summary.json").read_text()) == summary
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert (output / "metrics.csv").read_text().count("\n") == 3
+    state = load_state(output / "last.state.pt")  # weights_only load: plain tensors and numbers only
+    assert state["epoch"] == 2 and state["num_updates"] == 2 * (1437 // 64)
+    best = output / summary["best_checkpoint"]
+    metrics = validate(summary["model"], str(best), None)
+    assert metrics["top1"] == pytest.approx(summary["best_top1"])
+
+
+def _train_command(output: Path, *extra: str):
+    return [sys.executable, "-m", "vithub.train", "--output", str(output), "--epochs", "2", "--checkpoint-every", "3",
+            "--seed", "7", *extra]
+
+
+def test_kill_and_resume_matches_an_unbroken_run(tmp_path):
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(_train_command(unbroken), check=True, env=environment, capture_output=True, timeout=600)
+
+    process = subprocess.Popen(_train_command(broken), env=environment, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (broken / "step.state.pt").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first step checkpoint"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # mid-epoch, possibly mid-write
+    process.wait()
+    state = load_state(sorted(broken.glob("*.state.pt"), key=lambda p: p.stat().st_mtime)[-1])
+    assert state["num_updates"] < 2 * (1437 // 64), "the kill came too late to test a resume"
+
+    subprocess.run(_train_command(broken, "--resume", "auto"), check=True, env=environment, capture_output=True,
+                   timeout=600)
+    expected, actual = load_file(unbroken / "last.safetensors"), load_file(broken / "last.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+    assert (broken / "metrics.csv").read_text().splitlines()[1:] != []
+    summary = json.loads((broken / "summary.json").read_text())
+    assert summary["resumed_from"] and summary["top1"] == json.loads((unbroken / "summary.json").read_text())["top1"]
+
+
+def _image_folder(root: Path, classes=("cat", "dog"), images_per_class=4, splits=("train", "val")):
+    for split in splits:
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(images_per_class):
+                pixels = torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+def test_image_folder_trains(tmp_path):
+    data = _image_folder(tmp_path / "data")
+    summary = train(TrainConfig(model="vh_efficientvit_m0", data=str(data), output=str(tmp_path / "run"),
+                                img_size=32, epochs=1, batch_size=4, progress=False))
+    assert summary["num_classes"] == 2 and summary["classes"] == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda root: root / "missing", "is not a directory"),
+    (lambda root: root, "has no train/ folder"),
+    (lambda root: _image_folder(root, splits=("train",)), "has no val/ folder"),
+    (lambda root: _image_folder(root, images_per_class=0), "holds no images"),
+    (lambda root: (_image_folder(root, classes=("a", "b"), splits=("train",)),
+                   _image_folder(root, classes=("a", "c"), splits=("val",)))[0], "class folders differ"),
+])
+def test_bad_data_folders_are_named(tmp_path, make, message):
+    data = make(tmp_path / "data")
+    data.mkdir(parents=True, exist_ok=True) if not data.name == "missing" else None
+    with pytest.raises(DataError, match=message):
+        train(TrainConfig(data=str(data), output=str(tmp_path / "run"), img_size=32, **QUICK))
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert cli.main(["train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "run")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert cli.main(["train", "--epochs", "0", "--output", str(tmp_path / "run")]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_initial_checkpoint_that_does_not_fit(tmp_path, digits_run):
+    output, _ = digits_run
+    weights = load_file(output / "last.safetensors")
+    weights["head.linear.weight"] = torch.zeros(3, weights["head.linear.weight"].shape[1])
+    path = tmp_path / "other_classes.safetensors"
+    save_file(weights, str(path))
+    with pytest.raises(TrainingError, match=r"shape mismatches \(1\): \['head.linear.weight"):
+        train(TrainConfig(initial_checkpoint=str(path), output=str(tmp_path / "run"), **QUICK))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from timm.loss import LabelSmoothingCrossEntropy
+
+    calls = {"n": 0}
+    original = LabelSmoothingCrossEntropy.forward
+
+    def poisoned(self, x, target):
+        calls["n"] += 1
+        loss = original(self, x, target)
+        return loss * float("nan") if calls["n"] > 1437 // 64 + 3 else loss  # in epoch 2
+
+    monkeypatch.setattr(LabelSmoothingCrossEntropy, "forward", poisoned)
+    with pytest.raises(TrainingError, match="loss is nan at epoch 1"):
+        train(TrainConfig(output=str(tmp_path), **QUICK))
+    assert load_state(tmp_path / "last.state.pt")["epoch"] == 1

@@ -1,0 +1,5 @@
+import sys
+
+from vithub.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""Command-line front end of the training pipeline: ``vithub train``, ``vithub validate``, ``python -m vithub.train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from .data import DataError
+from .engine import DEFAULT_MODEL, TrainConfig, TrainingError, config_from_args, train, validate
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``vithub train`` (timm ``train.py`` names where it has them)."""
+    defaults = TrainConfig()
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="any timm model name (ours: vh_*)")
+    parser.add_argument("--pretrained", action="store_true", help="start from the model's pretrained weights")
+    parser.add_argument("--initial-checkpoint", default=None, help="start from these weights (.safetensors or "
+                        "a weights-only torch file)")
+    parser.add_argument("--data", default=None, help="folder with train/ and val/ class sub-folders; default: the "
+                        "embedded handwritten digits (scikit-learn)")
+    parser.add_argument("--output", default=defaults.output, help="run folder: checkpoints, metrics, summary.json")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", "-b", type=int, default=defaults.batch_size)
+    parser.add_argument("--opt", default=defaults.opt, help="timm optimizer name")
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--sched", default=defaults.sched, help="timm scheduler name")
+    parser.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs)
+    parser.add_argument("--min-lr", type=float, default=defaults.min_lr)
+    parser.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay (timm group_matcher)")
+    parser.add_argument("--drop-path", type=float, default=None)
+    parser.add_argument("--mixup", type=float, default=0.0)
+    parser.add_argument("--cutmix", type=float, default=0.0)
+    parser.add_argument("--smoothing", type=float, default=defaults.smoothing)
+    parser.add_argument("--model-ema", action="store_true")
+    parser.add_argument("--model-ema-decay", type=float, default=defaults.model_ema_decay)
+    parser.add_argument("--amp", default=None, choices=["bfloat16", "float16"], help="mixed precision (CUDA)")
+    parser.add_argument("--grad-accum-steps", type=int, default=1)
+    parser.add_argument("--clip-grad", type=float, default=None)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--torchcompile", action="store_true")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--img-size", type=int, default=None)
+    parser.add_argument("--workers", "-j", type=int, default=0)
+    parser.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint in --output) or a "
+                        "*.state.pt file")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N optimizer steps")
+    parser.add_argument("--keep-best", type=int, default=defaults.keep_best)
+    parser.add_argument("--device", default=None)
+
+
+def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--checkpoint", default=None, help=".safetensors (e.g. a run's best-eNNN.safetensors)")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--batch-size", "-b", type=int, default=64)
+    parser.add_argument("--img-size", type=int, default=None)
+    parser.add_argument("--device", default=None)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        summary = train(config_from_args(vars(args)))
+    except (DataError, TrainingError, ValueError) as error:
+        print(f"vithub train: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({key: summary[key] for key in ("top1", "top5", "best_top1", "seconds")}))
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    try:
+        metrics = validate(args.model, args.checkpoint, args.data, args.batch_size, args.img_size, args.device)
+    except (DataError, TrainingError, ValueError) as error:
+        print(f"vithub validate: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m vithub.train [options]``: the same as ``vithub train``."""
+    parser = argparse.ArgumentParser(prog="python -m vithub.train", description="Fine-tune a timm model.")
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(list(argv) if argv is not None else None))

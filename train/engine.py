@@ -1,0 +1,383 @@
+"""The fine-tuning loop behind ``vithub train``: any timm model (ours or timm's), timm's optimizers, schedulers,
+losses, mixup and EMA, checkpoints that a kill cannot corrupt, and an exact resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup, resolve_data_config
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, Sampler
+
+from .checkpoint import (
+    STATE_SUFFIX,
+    atomic_write,
+    complete_checkpoints,
+    load_state,
+    load_weights,
+    rng_state,
+    save_state,
+    save_weights,
+    set_rng_state,
+)
+from .data import DataBundle, build_data
+
+DEFAULT_MODEL = "vh_efficientvit_m0"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a checkpoint that does not fit); the last good checkpoint stays."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``vithub train``, named as in timm's ``train.py`` where it has them."""
+
+    model: str = DEFAULT_MODEL
+    pretrained: bool = False
+    initial_checkpoint: Optional[str] = None
+    data: Optional[str] = None  # None / "digits": the embedded default; else a folder with train/ and val/
+    output: str = "output/train"
+    epochs: int = 6
+    batch_size: int = 64
+    opt: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    sched: str = "cosine"
+    warmup_epochs: int = 1
+    min_lr: float = 1e-5
+    layer_decay: Optional[float] = None
+    drop_path: Optional[float] = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    smoothing: float = 0.1
+    model_ema: bool = False
+    model_ema_decay: float = 0.998
+    amp: Optional[str] = None  # "bfloat16" or "float16"; CUDA only
+    grad_accum_steps: int = 1
+    clip_grad: Optional[float] = None
+    channels_last: bool = False
+    torchcompile: bool = False
+    seed: int = 42
+    img_size: Optional[int] = None
+    workers: int = 0
+    resume: Optional[str] = None  # "auto" (newest complete checkpoint in output) or a .state.pt path
+    checkpoint_every: int = 0  # also save a step checkpoint every N optimizer updates (0: epoch ends only)
+    keep_best: int = 3
+    device: Optional[str] = None
+    progress: Optional[bool] = None  # None: a progress bar when stderr is a terminal
+
+    def check(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
+                    "keep_best": self.keep_best}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.checkpoint_every < 0 or self.workers < 0:
+            raise ValueError("checkpoint_every and workers must be >= 0")
+        if self.amp not in (None, "bfloat16", "float16"):
+            raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}")
+
+
+class EpochBatches(Sampler):
+    """This epoch's batches: a permutation drawn from ``(seed, epoch)`` alone, cut into full batches, starting at
+    ``start`` (the batches a resumed epoch has already seen are skipped, so the order matches an unbroken run)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(size, generator=generator).tolist()
+        self.batches = [order[i:i + batch_size] for i in range(0, size - batch_size + 1, batch_size)][start:]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def batches_per_epoch(size: int, batch_size: int) -> int:
+    return size // batch_size
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    kwargs: Dict[str, Any] = {"num_classes": num_classes}
+    if config.drop_path is not None:
+        kwargs["drop_path_rate"] = config.drop_path
+    return timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
+
+
+def _load_initial(model: torch.nn.Module, path: str) -> None:
+    state_dict = load_weights(Path(path)) if path.endswith(".safetensors") else \
+        torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state_dict, dict) and "state_dict" in state_dict:
+        state_dict = state_dict["state_dict"]
+    own = model.state_dict()
+    mismatched = [f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+                  for key, value in state_dict.items() if key in own and value.shape != own[key].shape]
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if mismatched or missing or unexpected:
+        raise TrainingError(
+            f"initial_checkpoint {path} does not fit {type(model).__name__}: "
+            + "; ".join(part for part in (
+                f"shape mismatches ({len(mismatched)}): {mismatched[:3]}" if mismatched else "",
+                f"missing ({len(missing)}): {missing[:3]}" if missing else "",
+                f"unexpected ({len(unexpected)}): {unexpected[:3]}" if unexpected else "") if part)
+            + " (a classifier of another class count? train with that many classes, or drop the head keys)")
+    model.load_state_dict(state_dict)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False) -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``loader``."""
+    model.eval()
+    correct1 = correct5 = seen = 0
+    loss_sum = 0.0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
+        seen += len(labels)
+    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss_sum / seen}
+
+
+def _write_history(output: Path, history: List[Dict[str, Any]]) -> None:
+    """metrics.csv and metrics.jsonl rewritten whole from the history (so a resumed run's files match an unbroken
+    one's)."""
+    if not history:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    text = buffer.getvalue()
+    atomic_write(output / "metrics.csv", lambda tmp: Path(tmp).write_text(text))
+    lines = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(output / "metrics.jsonl", lambda tmp: Path(tmp).write_text(lines))
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Fine-tune ``config.model`` on ``config.data``; returns the summary also written to ``output/summary.json``."""
+    config.check()
+    started = time.time()
+    device = _device(config)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+
+    resume_path = _resume_path(config, output)
+    probe = _create_model(config, 1000) if config.data not in (None, "digits") else None
+    data_config = resolve_data_config({"input_size": (3, config.img_size, config.img_size)} if config.img_size
+                                      else {}, model=probe) if probe is not None else {}
+    data: DataBundle = build_data(config.data, config.img_size or 0, data_config)
+    model = _create_model(config, data.num_classes).to(device)
+    if config.initial_checkpoint:
+        _load_initial(model, config.initial_checkpoint)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
+                                    layer_decay=config.layer_decay)
+    updates_per_epoch = max(1, batches_per_epoch(len(data.train), config.batch_size) // config.grad_accum_steps)
+    if batches_per_epoch(len(data.train), config.batch_size) == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
+    scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=config.epochs,
+                                       warmup_epochs=config.warmup_epochs, min_lr=config.min_lr,
+                                       step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
+    use_amp = config.amp is not None and device.type == "cuda"
+    amp_dtype = getattr(torch, config.amp) if config.amp else torch.float32
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp == "float16")
+    mixup = (Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
+                   num_classes=data.num_classes) if config.mixup > 0 or config.cutmix > 0 else None)
+    criterion = SoftTargetCrossEntropy() if mixup else (
+        LabelSmoothingCrossEntropy(config.smoothing) if config.smoothing > 0 else torch.nn.CrossEntropyLoss())
+    step_fn = torch.compile(model) if config.torchcompile else model
+
+    epoch, batch_in_epoch, num_updates = 0, 0, 0
+    history: List[Dict[str, Any]] = []
+    best: List[Dict[str, Any]] = []  # [{"top1", "epoch", "file"}], best first
+    if resume_path is not None:
+        state = load_state(resume_path)
+        weights = load_weights(output / state["weights"])
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:
+            raise TrainingError(f"resume: {resume_path} does not fit model {config.model}: {error}") from error
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        scaler.load_state_dict(state["scaler"])
+        epoch, batch_in_epoch, num_updates = state["epoch"], state["batch_in_epoch"], state["num_updates"]
+        history, best = state["history"], state["best"]
+        set_rng_state(state["rng"])
+
+    val_loader = DataLoader(data.val, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
+    images_seen, train_seconds = 0, 0.0
+
+    def checkpoint(tag: str) -> None:
+        weights_name = f"{tag}.safetensors"
+        save_weights(output / weights_name, model.state_dict(), {"model": config.model})
+        save_state(output / f"{tag}{STATE_SUFFIX}", {
+            "weights": weights_name, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "num_updates": num_updates,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
+            "rng": rng_state(), "history": history, "best": best, "config": asdict(config),
+            "model": config.model, "num_classes": data.num_classes, "classes": data.classes,
+        })
+
+    total_batches = batches_per_epoch(len(data.train), config.batch_size)
+    show_progress = sys.stderr.isatty() if config.progress is None else config.progress
+    while epoch < config.epochs:
+        model.train()
+        sampler = EpochBatches(len(data.train), config.batch_size, config.seed, epoch, batch_in_epoch)
+        loader = DataLoader(data.train, batch_sampler=sampler, num_workers=config.workers)
+        progress = _progress(total_batches, batch_in_epoch, epoch, config.epochs, show_progress)
+        epoch_start = time.time()
+        loss_sum, loss_count = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            if mixup is not None:
+                images, labels = mixup(images, labels)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                loss = criterion(step_fn(images), labels)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, batch {batch_in_epoch} (update "
+                                    f"{num_updates}); nothing was saved after the last good checkpoint in {output}. "
+                                    "Lower lr, add warmup or clip_grad, or check the data")
+            scaler.scale(loss / config.grad_accum_steps).backward()
+            batch_in_epoch += 1
+            if batch_in_epoch % config.grad_accum_steps == 0:
+                if config.clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                num_updates += 1
+                scheduler.step_update(num_updates)
+                if ema is not None:
+                    ema.update(model, step=num_updates)
+                if config.checkpoint_every and num_updates % config.checkpoint_every == 0:
+                    checkpoint("step")
+            loss_sum += loss.item()
+            loss_count += 1
+            images_seen += len(labels)
+            if progress is not None:
+                progress.set_postfix(loss=f"{loss.item():.3f}",
+                                     img_s=f"{images_seen / max(train_seconds + time.time() - epoch_start, 1e-9):.0f}")
+                progress.update(1)
+        if progress is not None:
+            progress.close()
+        train_seconds += time.time() - epoch_start
+        metrics = evaluate(ema.module if ema is not None else model, val_loader, device, config.channels_last)
+        epoch += 1
+        batch_in_epoch = 0
+        row = {"epoch": epoch, "train_loss": loss_sum / max(loss_count, 1), "val_loss": metrics["loss"],
+               "top1": metrics["top1"], "top5": metrics["top5"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.time() - started, 2)}
+        history.append(row)
+        best = _update_best(output, best, row, model if ema is None else ema.module, config)
+        _write_history(output, history)
+        checkpoint("last")
+        print(f"epoch {epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} val top1 {row['top1']:.2f} "
+              f"top5 {row['top5']:.2f}", flush=True)
+
+    summary = {
+        "model": config.model, "data": data.description, "num_classes": data.num_classes, "classes": data.classes,
+        "epochs": config.epochs, "top1": history[-1]["top1"], "top5": history[-1]["top5"],
+        "best_top1": best[0]["top1"] if best else history[-1]["top1"], "best_checkpoint": best[0]["file"] if best
+        else None, "seconds": round(time.time() - started, 2),
+        "images_per_second": round(images_seen / train_seconds, 2) if train_seconds else None,
+        "resumed_from": str(resume_path) if resume_path else None,
+    }
+    atomic_write(output / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    return summary
+
+
+def _resume_path(config: TrainConfig, output: Path) -> Optional[Path]:
+    if not config.resume:
+        return None
+    if config.resume == "auto":
+        found = complete_checkpoints(output)
+        return found[0][1] if found else None  # nothing saved yet: start from scratch
+    path = Path(config.resume)
+    if not path.is_file():
+        raise TrainingError(f"resume: {path} does not exist (pass 'auto' or a *{STATE_SUFFIX} file)")
+    return path
+
+
+def _update_best(output: Path, best: List[Dict[str, Any]], row: Dict[str, Any], model: torch.nn.Module,
+                 config: TrainConfig) -> List[Dict[str, Any]]:
+    """Keep the ``keep_best`` best epochs by top-1 as ``best-eNNN.safetensors``; drop the files that fall out."""
+    if len(best) >= config.keep_best and row["top1"] <= best[-1]["top1"]:
+        return best
+    name = f"best-e{row['epoch']:03d}.safetensors"
+    save_weights(output / name, model.state_dict(), {"model": config.model, "top1": str(row["top1"])})
+    best = sorted(best + [{"top1": row["top1"], "epoch": row["epoch"], "file": name}],
+                  key=lambda item: (-item["top1"], item["epoch"]))
+    for dropped in best[config.keep_best:]:
+        (output / dropped["file"]).unlink(missing_ok=True)
+    return best[:config.keep_best]
+
+
+def _progress(total: int, done: int, epoch: int, epochs: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+
+
+def config_from_args(values: Dict[str, Any]) -> TrainConfig:
+    names = {field.name for field in fields(TrainConfig)}
+    return TrainConfig(**{key: value for key, value in values.items() if key in names})
+
+
+def validate(model_name: str, checkpoint: Optional[str], data: Optional[str], batch_size: int = 64,
+             img_size: Optional[int] = None, device: Optional[str] = None) -> Dict[str, float]:
+    """Top-1/top-5 of ``model_name`` (weights from ``checkpoint``, a safetensors or weights-only file) on the
+    validation split of ``data``."""
+    config = TrainConfig(model=model_name, data=data, img_size=img_size, device=device)
+    probe = _create_model(config, 1000) if data not in (None, "digits") else None
+    data_config = resolve_data_config({}, model=probe) if probe is not None else {}
+    bundle = build_data(data, img_size or 0, data_config)
+    model = _create_model(config, bundle.num_classes)
+    if checkpoint:
+        _load_initial(model, checkpoint)
+    torch_device = _device(config)
+    loader = DataLoader(bundle.val, batch_size=batch_size, shuffle=False)
+    return evaluate(model.to(torch_device), loader, torch_device)
