@@ -224,6 +224,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     step_fn = torch.compile(model) if config.torchcompile else model
 
     epoch, batch_in_epoch, num_updates = 0, 0, 0
+    resumed_loss = (0.0, 0)  # a step checkpoint carries the running train loss of its unfinished epoch
     history: List[Dict[str, Any]] = []
     best: List[Dict[str, Any]] = []  # [{"top1", "epoch", "file"}], best first
     if resume_path is not None:
@@ -240,10 +241,13 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         scaler.load_state_dict(state["scaler"])
         epoch, batch_in_epoch, num_updates = state["epoch"], state["batch_in_epoch"], state["num_updates"]
         history, best = state["history"], state["best"]
+        resumed_loss = tuple(state["epoch_loss"])
         set_rng_state(state["rng"])
 
     val_loader = DataLoader(data.val, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
     images_seen, train_seconds = 0, 0.0
+
+    loss_sum, loss_count = 0.0, 0
 
     def checkpoint(tag: str) -> None:
         weights_name = f"{tag}.safetensors"
@@ -253,6 +257,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
             "rng": rng_state(), "history": history, "best": best, "config": asdict(config),
+            "epoch_loss": [loss_sum, loss_count],
             "model": config.model, "num_classes": data.num_classes, "classes": data.classes,
         })
 
@@ -264,7 +269,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         loader = DataLoader(data.train, batch_sampler=sampler, num_workers=config.workers)
         progress = _progress(total_batches, batch_in_epoch, epoch, config.epochs, show_progress)
         epoch_start = time.time()
-        loss_sum, loss_count = 0.0, 0
+        loss_sum, loss_count = resumed_loss
+        resumed_loss = (0.0, 0)
         optimizer.zero_grad(set_to_none=True)
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
@@ -278,6 +284,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, batch {batch_in_epoch} (update "
                                     f"{num_updates}); nothing was saved after the last good checkpoint in {output}. "
                                     "Lower lr, add warmup or clip_grad, or check the data")
+            loss_sum += loss.item()
+            loss_count += 1
             scaler.scale(loss / config.grad_accum_steps).backward()
             batch_in_epoch += 1
             if batch_in_epoch % config.grad_accum_steps == 0:
@@ -293,8 +301,6 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                     ema.update(model, step=num_updates)
                 if config.checkpoint_every and num_updates % config.checkpoint_every == 0:
                     checkpoint("step")
-            loss_sum += loss.item()
-            loss_count += 1
             images_seen += len(labels)
             if progress is not None:
                 progress.set_postfix(loss=f"{loss.item():.3f}",
