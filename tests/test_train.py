@@ -150,3 +150,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     with pytest.raises(TrainingError, match="loss is nan at epoch 1"):
         train(TrainConfig(output=str(tmp_path), **QUICK))
     assert load_state(tmp_path / "last.state.pt")["epoch"] == 1
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, digits_run):
+    import shutil
+
+    output, _ = digits_run
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    with pytest.raises(TrainingError, match=r"batch_size: checkpoint 64, now 32"):
+        train(TrainConfig(output=str(copy), resume="auto", **dict(QUICK, batch_size=32)))
+    with pytest.raises(TrainingError, match=r"resume: .* does not exist"):
+        train(TrainConfig(output=str(copy), resume=str(copy / "nope.state.pt"), **QUICK))

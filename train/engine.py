@@ -229,7 +229,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     best: List[Dict[str, Any]] = []  # [{"top1", "epoch", "file"}], best first
     if resume_path is not None:
         state = load_state(resume_path)
-        weights = load_weights(output / state["weights"])
+        _check_resumable(state.get("config", {}), config, resume_path)
+        weights = load_weights(Path(resume_path).parent / state["weights"])
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:
@@ -332,6 +333,18 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     }
     atomic_write(output / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     return summary
+
+
+# Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
+RESUME_FIXED = ("model", "data", "batch_size", "grad_accum_steps", "seed", "epochs", "img_size")
+
+
+def _check_resumable(saved: Dict[str, Any], config: TrainConfig, path: Path) -> None:
+    changed = [f"{name}: checkpoint {saved[name]!r}, now {getattr(config, name)!r}" for name in RESUME_FIXED
+               if name in saved and saved[name] != getattr(config, name)]
+    if changed:
+        raise TrainingError(f"resume: {path} belongs to a run with other settings ({'; '.join(changed)}); resume "
+                            "with the same ones, or start a new run (no --resume) or use --initial-checkpoint")
 
 
 def _resume_path(config: TrainConfig, output: Path) -> Optional[Path]:
