@@ -162,3 +162,34 @@ def test_resume_with_other_settings_is_refused(tmp_path, digits_run):
         train(TrainConfig(output=str(copy), resume="auto", **dict(QUICK, batch_size=32)))
     with pytest.raises(TrainingError, match=r"resume: .* does not exist"):
         train(TrainConfig(output=str(copy), resume=str(copy / "nope.state.pt"), **QUICK))
+
+
+def _torchrun(output: Path, *extra: str):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "vithub.train", "--output", str(output), "--epochs", "1", "--batch-size", "32",
+               "--checkpoint-every", "5", "--device", "cpu", *extra]
+    result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((output / "summary.json").read_text())
+
+
+def test_torchrun_two_cpu_processes_and_resume(tmp_path):
+    """DDP (gloo): two ranks end with the same parameters; a run resumed from its last step checkpoint under
+    torchrun ends where the unbroken run did."""
+    output = tmp_path / "ddp"
+    summary = _torchrun(output)
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+    assert load_state(output / "last.state.pt")["num_updates"] == 1437 // 64  # global batch 2 x 32
+    unbroken = load_file(output / "last.safetensors")
+    # What a kill just after the step checkpoint at update 20 leaves: drop everything written later.
+    for name in ("last.safetensors", "last.state.pt", "summary.json", "metrics.csv", "metrics.jsonl"):
+        (output / name).unlink()
+    for best in output.glob("best-*.safetensors"):
+        best.unlink()
+    assert load_state(output / "step.state.pt")["num_updates"] == 20
+    resumed = _torchrun(output, "--resume", "auto")
+    assert resumed["resumed_from"].endswith("step.state.pt") and resumed["ranks_identical"] is True
+    final = load_file(output / "last.safetensors")
+    for key in unbroken:
+        torch.testing.assert_close(final[key], unbroken[key], rtol=0, atol=0, msg=key)

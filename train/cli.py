@@ -66,7 +66,8 @@ def run_train(args: argparse.Namespace) -> int:
     except (DataError, TrainingError, ValueError) as error:
         print(f"vithub train: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({key: summary[key] for key in ("top1", "top5", "best_top1", "seconds")}))
+    if "top1" in summary:  # rank 0 (or a single process) reports; other torchrun ranks stay quiet
+        print(json.dumps({key: summary[key] for key in ("top1", "top5", "best_top1", "seconds")}))
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import timm
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -97,13 +99,17 @@ class TrainConfig:
 
 
 class EpochBatches(Sampler):
-    """This epoch's batches: a permutation drawn from ``(seed, epoch)`` alone, cut into full batches, starting at
-    ``start`` (the batches a resumed epoch has already seen are skipped, so the order matches an unbroken run)."""
+    """This process's batches of an epoch: a permutation drawn from ``(seed, epoch)`` alone, cut into full global
+    batches of ``batch_size * world`` images, of which rank ``r`` takes the ``r``-th slice; starting at global batch
+    ``start`` (a resumed epoch skips what it has seen, so the order matches an unbroken run)."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(size, generator=generator).tolist()
-        self.batches = [order[i:i + batch_size] for i in range(0, size - batch_size + 1, batch_size)][start:]
+        step = batch_size * world
+        self.batches = [order[i + rank * batch_size:i + (rank + 1) * batch_size]
+                        for i in range(0, size - step + 1, step)][start:]
 
     def __iter__(self):
         return iter(self.batches)
@@ -189,6 +195,24 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     config.check()
     started = time.time()
     device = _device(config)
+    rank, world = 0, 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        use_nccl = device.type == "cuda"
+        if use_nccl:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_nccl else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        return _train(config, device, rank, world, started)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, device: torch.device, rank: int, world: int, started: float) -> Dict[str, Any]:
+    main = rank == 0  # only rank 0 evaluates, logs and writes files
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -207,9 +231,11 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
                                     layer_decay=config.layer_decay)
-    updates_per_epoch = max(1, batches_per_epoch(len(data.train), config.batch_size) // config.grad_accum_steps)
-    if batches_per_epoch(len(data.train), config.batch_size) == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
+    total_batches = batches_per_epoch(len(data.train), config.batch_size * world)
+    if total_batches == 0:
+        raise ValueError(f"batch_size {config.batch_size} x {world} processes is larger than the "
+                         f"{len(data.train)} training images")
+    updates_per_epoch = max(1, total_batches // config.grad_accum_steps)
     scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=config.epochs,
                                        warmup_epochs=config.warmup_epochs, min_lr=config.min_lr,
                                        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
@@ -221,7 +247,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                    num_classes=data.num_classes) if config.mixup > 0 or config.cutmix > 0 else None)
     criterion = SoftTargetCrossEntropy() if mixup else (
         LabelSmoothingCrossEntropy(config.smoothing) if config.smoothing > 0 else torch.nn.CrossEntropyLoss())
-    step_fn = torch.compile(model) if config.torchcompile else model
+    step_fn = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    step_fn = torch.compile(step_fn) if config.torchcompile else step_fn
 
     epoch, batch_in_epoch, num_updates = 0, 0, 0
     resumed_loss = (0.0, 0)  # a step checkpoint carries the running train loss of its unfinished epoch
@@ -230,6 +257,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     if resume_path is not None:
         state = load_state(resume_path)
         _check_resumable(state.get("config", {}), config, resume_path)
+        if state.get("world_size", 1) != world:
+            raise TrainingError(f"resume: {resume_path} was written by {state.get('world_size', 1)} processes, this "
+                                f"run has {world}: the per-process batches (and so the data order) would differ")
         weights = load_weights(Path(resume_path).parent / state["weights"])
         try:
             model.load_state_dict(weights)
@@ -251,6 +281,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     loss_sum, loss_count = 0.0, 0
 
     def checkpoint(tag: str) -> None:
+        if not main:
+            return
         weights_name = f"{tag}.safetensors"
         save_weights(output / weights_name, model.state_dict(), {"model": config.model})
         save_state(output / f"{tag}{STATE_SUFFIX}", {
@@ -258,15 +290,14 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
             "rng": rng_state(), "history": history, "best": best, "config": asdict(config),
-            "epoch_loss": [loss_sum, loss_count],
+            "epoch_loss": [loss_sum, loss_count], "world_size": world,
             "model": config.model, "num_classes": data.num_classes, "classes": data.classes,
         })
 
-    total_batches = batches_per_epoch(len(data.train), config.batch_size)
-    show_progress = sys.stderr.isatty() if config.progress is None else config.progress
+    show_progress = main and (sys.stderr.isatty() if config.progress is None else config.progress)
     while epoch < config.epochs:
         model.train()
-        sampler = EpochBatches(len(data.train), config.batch_size, config.seed, epoch, batch_in_epoch)
+        sampler = EpochBatches(len(data.train), config.batch_size, config.seed, epoch, batch_in_epoch, rank, world)
         loader = DataLoader(data.train, batch_sampler=sampler, num_workers=config.workers)
         progress = _progress(total_batches, batch_in_epoch, epoch, config.epochs, show_progress)
         epoch_start = time.time()
@@ -281,11 +312,15 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss = criterion(step_fn(images), labels)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, batch {batch_in_epoch} (update "
+            loss_value = loss.detach().float()
+            if world > 1:  # the mean over ranks: every rank logs, and stops on, the same value
+                dist.all_reduce(loss_value)
+                loss_value /= world
+            if not torch.isfinite(loss_value):
+                raise TrainingError(f"loss is {loss_value.item()} at epoch {epoch}, batch {batch_in_epoch} (update "
                                     f"{num_updates}); nothing was saved after the last good checkpoint in {output}. "
                                     "Lower lr, add warmup or clip_grad, or check the data")
-            loss_sum += loss.item()
+            loss_sum += loss_value.item()
             loss_count += 1
             scaler.scale(loss / config.grad_accum_steps).backward()
             batch_in_epoch += 1
@@ -302,17 +337,19 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                     ema.update(model, step=num_updates)
                 if config.checkpoint_every and num_updates % config.checkpoint_every == 0:
                     checkpoint("step")
-            images_seen += len(labels)
+            images_seen += len(labels) * world
             if progress is not None:
-                progress.set_postfix(loss=f"{loss.item():.3f}",
+                progress.set_postfix(loss=f"{loss_value.item():.3f}",
                                      img_s=f"{images_seen / max(train_seconds + time.time() - epoch_start, 1e-9):.0f}")
                 progress.update(1)
         if progress is not None:
             progress.close()
         train_seconds += time.time() - epoch_start
-        metrics = evaluate(ema.module if ema is not None else model, val_loader, device, config.channels_last)
         epoch += 1
         batch_in_epoch = 0
+        if not main:
+            continue
+        metrics = evaluate(ema.module if ema is not None else model, val_loader, device, config.channels_last)
         row = {"epoch": epoch, "train_loss": loss_sum / max(loss_count, 1), "val_loss": metrics["loss"],
                "top1": metrics["top1"], "top5": metrics["top5"], "lr": optimizer.param_groups[0]["lr"],
                "seconds": round(time.time() - started, 2)}
@@ -323,7 +360,11 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         print(f"epoch {epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} val top1 {row['top1']:.2f} "
               f"top5 {row['top5']:.2f}", flush=True)
 
+    ranks_identical = _ranks_agree(model) if world > 1 else True
+    if not main:
+        return {"rank": rank, "ranks_identical": ranks_identical}
     summary = {
+        "world_size": world, "ranks_identical": ranks_identical,
         "model": config.model, "data": data.description, "num_classes": data.num_classes, "classes": data.classes,
         "epochs": config.epochs, "top1": history[-1]["top1"], "top5": history[-1]["top5"],
         "best_top1": best[0]["top1"] if best else history[-1]["top1"], "best_checkpoint": best[0]["file"] if best
@@ -345,6 +386,15 @@ def _check_resumable(saved: Dict[str, Any], config: TrainConfig, path: Path) -> 
     if changed:
         raise TrainingError(f"resume: {path} belongs to a run with other settings ({'; '.join(changed)}); resume "
                             "with the same ones, or start a new run (no --resume) or use --initial-checkpoint")
+
+
+def _ranks_agree(model: torch.nn.Module) -> bool:
+    """Whether every rank ends with the same parameters (a float64 fingerprint of each, gathered). BatchNorm
+    running statistics are per rank between DDP's broadcasts from rank 0, and rank 0's are the ones saved."""
+    fingerprint = torch.stack([parameter.detach().double().sum() for parameter in model.parameters()])
+    gathered = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, fingerprint)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])
 
 
 def _resume_path(config: TrainConfig, output: Path) -> Optional[Path]:
