@@ -47,22 +47,17 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of a ``(heads, 2Kh-1, 2Kw-1)`` relative-position-bias table to ``size`` (a new kernel/window)."""
+def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """Bicubic resize of a ``(heads, h, w)`` bias table to ``size``: a relative-position-bias table of a new
+    kernel/window (NAT, Swin), or with ``antialias=True`` timm's rule for LeViT-style ``(|dy|, |dx|)`` tables
+    (``resize_rel_pos_bias_table_levit``, here also for non-square sizes). Returns ``rpb`` itself when the size is
+    unchanged, so trained sizes stay exact and differentiable."""
+    if tuple(rpb.shape[-2:]) == tuple(size):
+        return rpb
     work_dtype = torch.float64 if rpb.dtype == torch.float64 else torch.float32  # no half-precision bicubic on CPU
-    resized = F.interpolate(rpb[None].to(work_dtype), size=size, mode="bicubic", align_corners=False)
+    resized = F.interpolate(rpb[None].to(work_dtype), size=tuple(size), mode="bicubic", align_corners=False,
+                            antialias=antialias)
     return resized[0].to(rpb.dtype)
-
-
-def resize_bias_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bicubic (antialiased) resize of a ``(heads, h, w)`` attention-bias table indexed by ``(|dy|, |dx|)`` to
-    ``size``; for square tables this is timm's ``resize_rel_pos_bias_table_levit``. Returns ``table`` itself when the
-    size is unchanged, so trained sizes stay exact and differentiable."""
-    if tuple(table.shape[-2:]) == tuple(size):
-        return table
-    work_dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
-    resized = F.interpolate(table[None].to(work_dtype), size=tuple(size), mode="bicubic", antialias=True)
-    return resized[0].to(table.dtype)
 
 
 class BiasTableMixin:
@@ -83,7 +78,7 @@ class BiasTableMixin:
 
     def bias_table(self, size: Tuple[int, int]) -> torch.Tensor:
         """The ``(heads, H, W)`` table for a key map of ``size`` (the trained table resized when it differs)."""
-        return resize_bias_table(self.attention_biases.view(-1, *self.resolution), size)
+        return resize_rpb(self.attention_biases.view(-1, *self.resolution), size, antialias=True)
 
     def gathered_bias(self, query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int) -> torch.Tensor:
         """Dense ``(heads, Hq*Wq, H*W)`` bias for :func:`vithub.kernels.table_bias_attention`."""
@@ -185,7 +180,7 @@ def adapt_bias_tables(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> 
             if side * side != value.shape[1]:
                 raise ValueError(f"{key}: cannot resize a non-square bias table of {value.shape[1]} entries")
             resolution = model.get_submodule(key.rsplit(".", 1)[0]).resolution
-            state_dict[key] = resize_bias_table(value.view(-1, side, side), resolution).flatten(1)
+            state_dict[key] = resize_rpb(value.view(-1, side, side), resolution, antialias=True).flatten(1)
     return state_dict
 
 

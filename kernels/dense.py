@@ -21,6 +21,7 @@ def _table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride:
 
 
 _INDEX_CACHE: Dict[Tuple[Tuple[int, int], Tuple[int, int], int, str], torch.Tensor] = {}
+_INDEX_CACHE_LIMIT = 256  # distinct (grid, stride, device) entries kept; any-size inputs must not grow it forever
 
 
 def table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int,
@@ -32,6 +33,8 @@ def table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: 
     key = (query_size, key_size, stride, str(device))
     index = _INDEX_CACHE.get(key)
     if index is None:
+        if len(_INDEX_CACHE) >= _INDEX_CACHE_LIMIT:
+            _INDEX_CACHE.clear()
         index = _INDEX_CACHE[key] = _table_index(query_size, key_size, stride, device)
     return index
 
@@ -49,9 +52,9 @@ def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     """Attention with a gathered ``(heads, Hq*Wq, H*W)`` bias: scaled logits as one batched matmul, the bias added in
     place, softmax, one matmul with ``v``.
 
-    An explicit score matrix instead of SDPA: these maps are small (LeViT: at most 196 x 196, EfficientViT-M:
-    49 x 49 windows), where CPU SDPA takes its unfused math path (with extra all-masked-row checks), and value
-    widths differ from key widths (LeViT: 2-4x), which the fused SDPA kernels do not take. Memory is that of the
+    An explicit score matrix instead of SDPA: at these sizes (LeViT: at most 196 x 196, EfficientViT-M: 49 x 49
+    windows, value widths unlike key widths) CPU SDPA with a float bias ran its unfused math path and was the
+    slowest of ours, SDPA and timm's arithmetic in ``vithub bench kernels --ops table``. Memory is that of the
     score matrix, ``B * heads * Hq*Wq * H*W``, as in timm and the official code.
     """
     batch, q_height, q_width, heads, head_dim = q.shape

@@ -170,8 +170,8 @@ def table_bias_attention(
             the new ``(H, W)`` first.
         query_stride: ``s >= 1``.
         scale: logit scale, default ``head_dim ** -0.5``.
-        backend: ``None``, ``"reference"`` or ``"torch"`` (one SDPA call with the gathered bias; no Triton kernel:
-            ``None`` uses ``torch`` on every device and an explicit ``"triton"`` raises).
+        backend: ``None``, ``"reference"`` or ``"torch"`` (batched matmuls with the gathered bias; no Triton
+            kernel: ``None`` uses ``torch`` on every device and an explicit ``"triton"`` raises).
         gathered_bias: instead of ``bias_table``, its dense form ``(heads, Hq*Wq, H*W)`` from
             :func:`gather_table_bias` with the same ``query_stride``, for callers that cache it across calls (the
             model families do in eval mode, as timm does).
