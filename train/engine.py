@@ -135,6 +135,18 @@ def _create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     return timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
 
 
+def _build_data(config: TrainConfig) -> DataBundle:
+    """The run's data; image folders take their preprocessing from the model's pretrained cfg (read from a model
+    built on the meta device: no weights are made or downloaded for it), with ``img_size`` overriding the size."""
+    data_config: Dict[str, Any] = {}
+    if config.data not in (None, "digits"):
+        with torch.device("meta"):
+            probe = timm.create_model(config.model)
+        size = {"input_size": (3, config.img_size, config.img_size)} if config.img_size else {}
+        data_config = resolve_data_config(size, model=probe)
+    return build_data(config.data, config.img_size or 0, data_config)
+
+
 def _load_initial(model: torch.nn.Module, path: str) -> None:
     state_dict = load_weights(Path(path)) if path.endswith(".safetensors") else \
         torch.load(path, map_location="cpu", weights_only=True)
@@ -220,10 +232,7 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int, sta
     random.seed(config.seed)
 
     resume_path = _resume_path(config, output)
-    probe = _create_model(config, 1000) if config.data not in (None, "digits") else None
-    data_config = resolve_data_config({"input_size": (3, config.img_size, config.img_size)} if config.img_size
-                                      else {}, model=probe) if probe is not None else {}
-    data: DataBundle = build_data(config.data, config.img_size or 0, data_config)
+    data = _build_data(config)
     model = _create_model(config, data.num_classes).to(device)
     if config.initial_checkpoint:
         _load_initial(model, config.initial_checkpoint)
@@ -441,9 +450,7 @@ def validate(model_name: str, checkpoint: Optional[str], data: Optional[str], ba
     """Top-1/top-5 of ``model_name`` (weights from ``checkpoint``, a safetensors or weights-only file) on the
     validation split of ``data``."""
     config = TrainConfig(model=model_name, data=data, img_size=img_size, device=device)
-    probe = _create_model(config, 1000) if data not in (None, "digits") else None
-    data_config = resolve_data_config({}, model=probe) if probe is not None else {}
-    bundle = build_data(data, img_size or 0, data_config)
+    bundle = _build_data(config)
     model = _create_model(config, bundle.num_classes)
     if checkpoint:
         _load_initial(model, checkpoint)
