@@ -1,15 +1,18 @@
-"""Data for ``vithub train``: the embedded default (scikit-learn's bundled handwritten digits) or an ImageNet-style
-folder read through ``timm.data``."""
+"""Data for ``vithub train``: the embedded default (scikit-learn's bundled handwritten digits), an ImageNet-style
+folder, or a dataset spec that timm's ``create_dataset`` understands (``torch/cifar10``, ``hfds/...``), all read
+through ``timm.data``; unreadable images are skipped and counted, not silently replaced."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
 
 DIGITS = "digits"
 DIGITS_VAL_EVERY = 5  # every 5th image (by index) is validation: 360 of 1797, all ten classes
@@ -59,6 +62,122 @@ class DataBundle:
     input_size: Tuple[int, int, int]
 
 
+# Prefixes of timm's create_dataset specs. The streaming ones have no length and no random access, which the exact
+# resume (a permutation of indices per epoch) needs.
+MAP_STYLE_PREFIXES = ("torch", "hfds")
+STREAMING_PREFIXES = ("hfids", "tfds", "wds")
+
+
+class Unreadable(NamedTuple):
+    """A sample whose image could not be decoded: its index in the split, the file (when known) and why."""
+
+    index: int
+    source: str
+    reason: str
+
+
+class ReadableSamples(Dataset):
+    """A split whose unreadable images come back as :class:`Unreadable` instead of an image, for
+    :func:`collate_readable` to drop and the training loop to count. timm's ``ImageDataset`` would replace a bad file
+    by its neighbour without telling the caller, so for it the image is opened here from its reader."""
+
+    def __init__(self, dataset: Dataset, transform: Optional[Any] = None) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.reads_files = hasattr(dataset, "reader") and hasattr(dataset, "filename")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def source(self, index: int) -> str:
+        return str(self.dataset.filename(index, absolute=True)) if self.reads_files else f"sample {index}"
+
+    def _load(self, index: int) -> Tuple[Any, Any]:
+        if not self.reads_files:
+            return self.dataset[index]
+        handle, target, *_ = self.dataset.reader[index]
+        try:
+            with Image.open(handle) as opened:
+                return opened.convert(self.dataset.input_img_mode or "RGB"), target  # decodes every pixel
+        finally:
+            if hasattr(handle, "close"):
+                handle.close()
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            image, target = self._load(index)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's decode errors
+            return Unreadable(index, self.source(index), f"{type(error).__name__}: {error}")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, -1 if target is None else target
+
+
+def collate_readable(samples: Sequence[Any]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], List[Unreadable]]:
+    """``(images, labels, unreadable)``: the readable samples stacked (``None`` when there are none) and the
+    unreadable ones listed."""
+    bad = [sample for sample in samples if isinstance(sample, Unreadable)]
+    good = [sample for sample in samples if not isinstance(sample, Unreadable)]
+    if not good:
+        return None, None, bad
+    images, labels = default_collate(good)
+    return images, labels, bad
+
+
+class UnreadableLimit:
+    """Counts the distinct unreadable images of each split and raises :class:`DataError` once a split has more than
+    ``max_fraction`` of its images unreadable."""
+
+    def __init__(self, sizes: Dict[str, int], max_fraction: float, verbose: bool = True) -> None:
+        if not 0.0 <= max_fraction <= 1.0:
+            raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {max_fraction}")
+        self.sizes = sizes
+        self.max_fraction = max_fraction
+        self.verbose = verbose
+        self.found: Dict[str, Dict[int, Unreadable]] = {split: {} for split in sizes}
+
+    def record(self, split: str, samples: Sequence[Unreadable]) -> None:
+        found = self.found[split]
+        for sample in samples:
+            if sample.index not in found:
+                found[sample.index] = sample
+                if self.verbose:
+                    print(f"vithub train: skipped unreadable {split} image {sample.source} ({sample.reason})",
+                          file=sys.stderr, flush=True)
+        limit = int(self.max_fraction * self.sizes[split])
+        if len(found) > limit:
+            first = "; ".join(f"{item.source}: {item.reason}" for item in list(found.values())[:3])
+            raise DataError(f"data: {len(found)} of the {self.sizes[split]} {split} images are unreadable, more than "
+                            f"max_unreadable={self.max_fraction:g} allows ({limit}); first: {first}")
+
+    def state(self) -> Dict[str, List[Tuple[int, str, str]]]:
+        """The unreadable samples found so far, as plain tuples (a weights-only checkpoint can hold them)."""
+        return {split: [tuple(item) for item in found.values()] for split, found in self.found.items()}
+
+    def restore(self, split: str, items: Sequence[Sequence[Any]], check: bool = False) -> None:
+        """Add samples found earlier (a resumed run, or other processes); ``check``: apply the limit as well."""
+        samples = [Unreadable(int(index), str(source), str(reason)) for index, source, reason in items]
+        if check:
+            self.record(split, samples)
+        else:
+            for sample in samples:
+                self.found[split].setdefault(sample.index, sample)
+
+    def counts(self) -> Dict[str, int]:
+        return {split: len(found) for split, found in self.found.items()}
+
+    def files(self, limit: int = 20) -> Dict[str, List[str]]:
+        return {split: [item.source for item in list(found.values())[:limit]] for split, found in self.found.items()}
+
+
+class ToRGB:
+    """PIL image to RGB (torchvision's MNIST-style datasets give grey images; timm's transforms expect three
+    channels). A class, not a lambda, so DataLoader workers can pickle it."""
+
+    def __call__(self, image: Any) -> Any:
+        return image.convert("RGB") if isinstance(image, Image.Image) else image
+
+
 def _image_folder_classes(split_dir: Path) -> List[str]:
     classes = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
     if not classes:
@@ -66,16 +185,38 @@ def _image_folder_classes(split_dir: Path) -> List[str]:
     return classes
 
 
-def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]) -> DataBundle:
-    """``data``: ``None`` or ``"digits"`` for the embedded default, else a folder holding ``train/`` and ``val/``
-    with one sub-folder of images per class (the classes of both must match)."""
+def dataset_spec_prefix(data: str) -> Optional[str]:
+    """The timm ``create_dataset`` prefix of ``data`` (``"torch"`` for ``"torch/cifar10"``), or ``None`` for a
+    folder path."""
+    prefix, sep, rest = data.partition("/")
+    if sep and rest and prefix.lower() in MAP_STYLE_PREFIXES + STREAMING_PREFIXES and not Path(data).is_dir():
+        return prefix.lower()
+    return None
+
+
+def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any], data_dir: Optional[str] = None,
+               train_split: str = "train", val_split: str = "validation", download: bool = False) -> DataBundle:
+    """``data``: ``None`` or ``"digits"`` for the embedded default; a folder holding ``train/`` and ``val/`` with
+    one sub-folder of images per class (the classes of both must match); or a timm dataset spec such as
+    ``"torch/cifar10"`` or ``"hfds/<name>"``, read from ``data_dir`` (``download``: let torchvision fetch it there)
+    with ``train_split`` and ``val_split``."""
     if data in (None, DIGITS):
         size = image_size or 32
         return DataBundle(DigitsDataset("train", size), DigitsDataset("val", size), 10,
                           [str(i) for i in range(10)], DIGITS, (3, size, size))
+    from timm.data import create_transform
+
+    transforms = {split: create_transform(**dict(data_config, is_training=split == "train"))
+                  for split in ("train", "val")}
+    input_size = tuple(data_config["input_size"])
+    prefix = dataset_spec_prefix(data)
+    if prefix is not None:
+        return _build_spec(data, prefix, data_dir, {"train": train_split, "val": val_split}, download, transforms,
+                           input_size)
     root = Path(data)
     if not root.is_dir():
-        raise DataError(f"data: {root} is not a directory (expected a folder with train/ and val/, or 'digits')")
+        raise DataError(f"data: {root} is not a directory (expected a folder with train/ and val/, 'digits', or a "
+                        f"timm dataset spec such as torch/cifar10 with --data-dir)")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"data: {root} has no {split}/ folder (expected {root}/{split}/<class>/<images>)")
@@ -84,19 +225,64 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
     if val_classes != classes:
         raise DataError(f"data: class folders differ between {root}/train ({len(classes)}) and {root}/val "
                         f"({len(val_classes)}): {sorted(set(classes) ^ set(val_classes))[:5]}")
-    from timm.data import create_dataset, create_transform
+    from timm.data import create_dataset
 
     datasets = {}
-    for split, is_training in (("train", True), ("val", False)):
-        transform = create_transform(**dict(data_config, is_training=is_training))
+    for split in ("train", "val"):
         try:
-            dataset = create_dataset("", root=str(root / split), is_training=is_training, transform=transform)
+            dataset = create_dataset("", root=str(root / split), is_training=split == "train")
         except RuntimeError as error:  # timm's folder reader refuses a tree without images
             if "Found 0 images" not in str(error):
                 raise
             raise DataError(f"data: {root}/{split} holds no images in its class folders ({error})") from error
         if len(dataset) == 0:
             raise DataError(f"data: {root}/{split} holds no images in its class folders")
-        datasets[split] = dataset
-    return DataBundle(datasets["train"], datasets["val"], len(classes), classes, str(root),
-                      tuple(data_config["input_size"]))
+        datasets[split] = ReadableSamples(dataset, transforms[split])
+    return DataBundle(datasets["train"], datasets["val"], len(classes), classes, str(root), input_size)
+
+
+def _spec_classes(dataset: Any, spec: str) -> List[str]:
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        class_to_idx = getattr(getattr(dataset, "reader", None), "class_to_idx", None)
+        if class_to_idx:
+            classes = sorted(class_to_idx, key=class_to_idx.get)
+    if not classes:
+        raise DataError(f"data: {spec} does not say its classes (no .classes or class_to_idx); use an image folder")
+    return [str(name) for name in classes]
+
+
+def _build_spec(spec: str, prefix: str, data_dir: Optional[str], splits: Dict[str, str], download: bool,
+                transforms: Dict[str, Any], input_size: Tuple[int, int, int]) -> DataBundle:
+    if prefix in STREAMING_PREFIXES:
+        raise DataError(f"data: {spec} is a streaming dataset ({prefix}/), which has no length or random access; "
+                        "vithub train needs both for its exact resume. Use an image folder, torch/<name> or "
+                        "hfds/<name>")
+    if not data_dir:
+        raise DataError(f"data: {spec} needs --data-dir, the folder that holds its files (or where "
+                        "--dataset-download should put them)")
+    from timm.data import create_dataset
+
+    datasets, classes = {}, None
+    for split, split_name in splits.items():
+        try:
+            dataset = create_dataset(spec, root=data_dir, split=split_name, is_training=split == "train",
+                                     download=download)
+        except (RuntimeError, FileNotFoundError, AssertionError, ValueError, ImportError) as error:
+            raise DataError(f"data: cannot open {spec} split {split_name!r} in {data_dir}: {error}") from error
+        if len(dataset) == 0:
+            raise DataError(f"data: {spec} split {split_name!r} in {data_dir} is empty")
+        split_classes = _spec_classes(dataset, spec)
+        if classes is not None and split_classes != classes:
+            raise DataError(f"data: {spec} has other classes in split {split_name!r} than in {splits['train']!r}")
+        classes = split_classes
+        reads_files = hasattr(dataset, "reader")
+        transform = transforms[split] if reads_files else _with_rgb(transforms[split])
+        datasets[split] = ReadableSamples(dataset, transform)
+    return DataBundle(datasets["train"], datasets["val"], len(classes), classes, spec, input_size)
+
+
+def _with_rgb(transform: Any) -> Any:
+    from torchvision.transforms import Compose
+
+    return Compose([ToRGB(), transform])

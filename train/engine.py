@@ -37,7 +37,8 @@ from .checkpoint import (
     save_weights,
     set_rng_state,
 )
-from .data import DataBundle, build_data
+from .data import DataBundle, DataError, UnreadableLimit, build_data, collate_readable
+from .reporting import WandbRun, require_wandb, write_curves
 
 DEFAULT_MODEL = "vh_efficientvit_m0"
 
@@ -53,7 +54,12 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     pretrained: bool = False
     initial_checkpoint: Optional[str] = None
-    data: Optional[str] = None  # None / "digits": the embedded default; else a folder with train/ and val/
+    data: Optional[str] = None  # None / "digits": the embedded default; a folder with train/ and val/; a timm spec
+    data_dir: Optional[str] = None  # where a timm dataset spec (torch/cifar10, hfds/...) keeps its files
+    train_split: str = "train"
+    val_split: str = "validation"
+    dataset_download: bool = False
+    max_unreadable: float = 0.01  # the largest fraction of a split's images that may be unreadable (skipped)
     output: str = "output/train"
     epochs: int = 6
     batch_size: int = 64
@@ -83,6 +89,10 @@ class TrainConfig:
     keep_best: int = 3
     device: Optional[str] = None
     progress: Optional[bool] = None  # None: a progress bar when stderr is a terminal
+    wandb: bool = False
+    wandb_project: str = "vithub"
+    wandb_name: Optional[str] = None  # default: the output folder's name
+    wandb_tags: Optional[List[str]] = None
 
     def check(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
@@ -96,6 +106,8 @@ class TrainConfig:
             raise ValueError("checkpoint_every and workers must be >= 0")
         if self.amp not in (None, "bfloat16", "float16"):
             raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}")
+        if not 0.0 <= self.max_unreadable <= 1.0:
+            raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}")
 
 
 class EpochBatches(Sampler):
@@ -144,7 +156,8 @@ def _build_data(config: TrainConfig) -> DataBundle:
             probe = timm.create_model(config.model)
         size = {"input_size": (3, config.img_size, config.img_size)} if config.img_size else {}
         data_config = resolve_data_config(size, model=probe)
-    return build_data(config.data, config.img_size or 0, data_config)
+    return build_data(config.data, config.img_size or 0, data_config, config.data_dir, config.train_split,
+                      config.val_split, config.dataset_download)
 
 
 def _load_initial(model: torch.nn.Module, path: str) -> None:
@@ -169,12 +182,19 @@ def _load_initial(model: torch.nn.Module, path: str) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False) -> Dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``loader``."""
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False,
+             unreadable: Optional[UnreadableLimit] = None) -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``loader``. Batches may carry a third item, the
+    unreadable samples (:func:`vithub.train.data.collate_readable`): those are skipped and recorded in
+    ``unreadable`` under ``"val"``."""
     model.eval()
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
-    for images, labels in loader:
+    for images, labels, *rest in loader:
+        if rest and unreadable is not None:
+            unreadable.record("val", rest[0])
+        if images is None:
+            continue
         images, labels = images.to(device), labels.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -184,6 +204,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, c
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
         seen += len(labels)
+    if seen == 0:
+        raise TrainingError("evaluation: no readable validation image")
     return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss_sum / seen}
 
 
@@ -205,6 +227,8 @@ def _write_history(output: Path, history: List[Dict[str, Any]]) -> None:
 def train(config: TrainConfig) -> Dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; returns the summary also written to ``output/summary.json``."""
     config.check()
+    if config.wandb:
+        require_wandb()  # before any data or model work
     started = time.time()
     device = _device(config)
     rank, world = 0, 1
@@ -263,6 +287,8 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int, sta
     resumed_loss = (0.0, 0)  # a step checkpoint carries the running train loss of its unfinished epoch
     history: List[Dict[str, Any]] = []
     best: List[Dict[str, Any]] = []  # [{"top1", "epoch", "file"}], best first
+    unreadable_saved: Dict[str, List[Any]] = {}
+    wandb_id: Optional[str] = None
     if resume_path is not None:
         state = load_state(resume_path)
         _check_resumable(state.get("config", {}), config, resume_path)
@@ -282,9 +308,24 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int, sta
         epoch, batch_in_epoch, num_updates = state["epoch"], state["batch_in_epoch"], state["num_updates"]
         history, best = state["history"], state["best"]
         resumed_loss = tuple(state["epoch_loss"])
+        unreadable_saved = state.get("unreadable", {})
+        wandb_id = state.get("wandb_id")
         set_rng_state(state["rng"])
 
-    val_loader = DataLoader(data.val, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
+    unreadable = UnreadableLimit({"train": len(data.train), "val": len(data.val)}, config.max_unreadable,
+                                 verbose=main)
+    for split, items in unreadable_saved.items():
+        unreadable.restore(split, items)
+    val_loader = DataLoader(data.val, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+                            collate_fn=collate_readable)
+    wandb_run = None
+    if main and config.wandb:
+        wandb_config = dict(asdict(config), num_classes=data.num_classes, data_description=data.description,
+                            train_images=len(data.train), val_images=len(data.val), world_size=world,
+                            parameters=sum(parameter.numel() for parameter in model.parameters()))
+        wandb_run = WandbRun(output, config.wandb_project, config.wandb_name, config.wandb_tags, wandb_config,
+                             wandb_id)
+        wandb_id = wandb_run.id
     images_seen, train_seconds = 0, 0.0
 
     loss_sum, loss_count = 0.0, 0
@@ -299,94 +340,146 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int, sta
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
             "rng": rng_state(), "history": history, "best": best, "config": asdict(config),
-            "epoch_loss": [loss_sum, loss_count], "world_size": world,
+            "epoch_loss": [loss_sum, loss_count], "world_size": world, "unreadable": unreadable.state(),
+            "wandb_id": wandb_id,
             "model": config.model, "num_classes": data.num_classes, "classes": data.classes,
         })
 
-    show_progress = main and (sys.stderr.isatty() if config.progress is None else config.progress)
-    while epoch < config.epochs:
-        model.train()
-        sampler = EpochBatches(len(data.train), config.batch_size, config.seed, epoch, batch_in_epoch, rank, world)
-        loader = DataLoader(data.train, batch_sampler=sampler, num_workers=config.workers)
-        progress = _progress(total_batches, batch_in_epoch, epoch, config.epochs, show_progress)
-        epoch_start = time.time()
-        loss_sum, loss_count = resumed_loss
-        resumed_loss = (0.0, 0)
-        optimizer.zero_grad(set_to_none=True)
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            if mixup is not None:
-                images, labels = mixup(images, labels)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = criterion(step_fn(images), labels)
-            loss_value = loss.detach().float()
-            if world > 1:  # the mean over ranks: every rank logs, and stops on, the same value
-                dist.all_reduce(loss_value)
-                loss_value /= world
-            if not torch.isfinite(loss_value):
-                raise TrainingError(f"loss is {loss_value.item()} at epoch {epoch}, batch {batch_in_epoch} (update "
-                                    f"{num_updates}); nothing was saved after the last good checkpoint in {output}. "
-                                    "Lower lr, add warmup or clip_grad, or check the data")
-            loss_sum += loss_value.item()
-            loss_count += 1
-            scaler.scale(loss / config.grad_accum_steps).backward()
-            batch_in_epoch += 1
-            if batch_in_epoch % config.grad_accum_steps == 0:
-                if config.clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                num_updates += 1
-                scheduler.step_update(num_updates)
-                if ema is not None:
-                    ema.update(model, step=num_updates)
-                if config.checkpoint_every and num_updates % config.checkpoint_every == 0:
-                    checkpoint("step")
-            images_seen += len(labels) * world
+    try:
+        show_progress = main and (sys.stderr.isatty() if config.progress is None else config.progress)
+        while epoch < config.epochs:
+            model.train()
+            sampler = EpochBatches(len(data.train), config.batch_size, config.seed, epoch, batch_in_epoch, rank, world)
+            loader = DataLoader(data.train, batch_sampler=sampler, num_workers=config.workers,
+                                collate_fn=collate_readable)
+            progress = _progress(total_batches, batch_in_epoch, epoch, config.epochs, show_progress)
+            epoch_start = time.time()
+            loss_sum, loss_count = resumed_loss
+            resumed_loss = (0.0, 0)
+            optimizer.zero_grad(set_to_none=True)
+            for images, labels, bad in loader:
+                # A batch that unreadable images left with fewer than two (of a larger batch size) is skipped:
+                # BatchNorm cannot train on one image.
+                usable = images is not None and len(images) >= min(2, config.batch_size)
+                _check_batch(unreadable, bad, not usable, batch_in_epoch, rank, world, device)
+                if usable:
+                    images, labels = images.to(device), labels.to(device)
+                    if mixup is not None:
+                        images, labels = mixup(images, labels)
+                    if config.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        loss = criterion(step_fn(images), labels)
+                    loss_value = loss.detach().float()
+                    if world > 1:  # the mean over ranks: every rank logs, and stops on, the same value
+                        dist.all_reduce(loss_value)
+                        loss_value /= world
+                    if not torch.isfinite(loss_value):
+                        raise TrainingError(f"loss is {loss_value.item()} at epoch {epoch}, batch {batch_in_epoch} (update "
+                                            f"{num_updates}); nothing was saved after the last good checkpoint in {output}. "
+                                            "Lower lr, add warmup or clip_grad, or check the data")
+                    loss_sum += loss_value.item()
+                    loss_count += 1
+                    scaler.scale(loss / config.grad_accum_steps).backward()
+                    images_seen += len(labels) * world
+                batch_in_epoch += 1
+                if batch_in_epoch % config.grad_accum_steps == 0:
+                    if config.clip_grad is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    num_updates += 1
+                    scheduler.step_update(num_updates)
+                    if ema is not None:
+                        ema.update(model, step=num_updates)
+                    if config.checkpoint_every and num_updates % config.checkpoint_every == 0:
+                        checkpoint("step")
+                if progress is not None and loss_count:
+                    progress.set_postfix(loss=f"{loss_sum / loss_count:.3f}",
+                                         img_s=f"{images_seen / max(train_seconds + time.time() - epoch_start, 1e-9):.0f}")
+                    progress.update(1)
             if progress is not None:
-                progress.set_postfix(loss=f"{loss_value.item():.3f}",
-                                     img_s=f"{images_seen / max(train_seconds + time.time() - epoch_start, 1e-9):.0f}")
-                progress.update(1)
-        if progress is not None:
-            progress.close()
-        train_seconds += time.time() - epoch_start
-        epoch += 1
-        batch_in_epoch = 0
-        if not main:
-            continue
-        metrics = evaluate(ema.module if ema is not None else model, val_loader, device, config.channels_last)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(loss_count, 1), "val_loss": metrics["loss"],
-               "top1": metrics["top1"], "top5": metrics["top5"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": round(time.time() - started, 2)}
-        history.append(row)
-        best = _update_best(output, best, row, model if ema is None else ema.module, config)
-        _write_history(output, history)
-        checkpoint("last")
-        print(f"epoch {epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} val top1 {row['top1']:.2f} "
-              f"top5 {row['top5']:.2f}", flush=True)
+                progress.close()
+            train_seconds += time.time() - epoch_start
+            epoch += 1
+            batch_in_epoch = 0
+            if world > 1:  # each rank saw its slice: every rank merges all, so every rank stops alike
+                gathered: List[Any] = [None] * world
+                dist.all_gather_object(gathered, unreadable.state()["train"])
+                unreadable.restore("train", [item for part in gathered for item in part], check=True)
+            if not main:
+                continue
+            metrics = evaluate(ema.module if ema is not None else model, val_loader, device, config.channels_last,
+                               unreadable)
+            counts = unreadable.counts()
+            row = {"epoch": epoch, "train_loss": loss_sum / max(loss_count, 1), "val_loss": metrics["loss"],
+                   "top1": metrics["top1"], "top5": metrics["top5"], "lr": optimizer.param_groups[0]["lr"],
+                   "unreadable_train": counts["train"], "unreadable_val": counts["val"],
+                   "seconds": round(time.time() - started, 2)}
+            history.append(row)
+            best = _update_best(output, best, row, model if ema is None else ema.module, config)
+            _write_history(output, history)
+            write_curves(output / "curves.png", history)
+            checkpoint("last")
+            if wandb_run is not None:
+                wandb_run.log_epoch(row)
+            print(f"epoch {epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} val top1 {row['top1']:.2f} "
+                  f"top5 {row['top5']:.2f}", flush=True)
 
-    ranks_identical = _ranks_agree(model) if world > 1 else True
-    if not main:
-        return {"rank": rank, "ranks_identical": ranks_identical}
-    summary = {
-        "world_size": world, "ranks_identical": ranks_identical,
-        "model": config.model, "data": data.description, "num_classes": data.num_classes, "classes": data.classes,
-        "epochs": config.epochs, "top1": history[-1]["top1"], "top5": history[-1]["top5"],
-        "best_top1": best[0]["top1"] if best else history[-1]["top1"], "best_checkpoint": best[0]["file"] if best
-        else None, "seconds": round(time.time() - started, 2),
-        "images_per_second": round(images_seen / train_seconds, 2) if train_seconds else None,
-        "resumed_from": str(resume_path) if resume_path else None,
-    }
-    atomic_write(output / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+        ranks_identical = _ranks_agree(model) if world > 1 else True
+        if not main:
+            return {"rank": rank, "ranks_identical": ranks_identical}
+        summary = {
+            "world_size": world, "ranks_identical": ranks_identical,
+            "model": config.model, "data": data.description, "num_classes": data.num_classes, "classes": data.classes,
+            "epochs": config.epochs, "top1": history[-1]["top1"], "top5": history[-1]["top5"],
+            "best_top1": best[0]["top1"] if best else history[-1]["top1"], "best_checkpoint": best[0]["file"] if best
+            else None, "seconds": round(time.time() - started, 2),
+            "images_per_second": round(images_seen / train_seconds, 2) if train_seconds else None,
+            "resumed_from": str(resume_path) if resume_path else None,
+            "unreadable_images": unreadable.counts(), "unreadable_files": unreadable.files(),
+            "curves": "curves.png", "wandb_run_id": wandb_id,
+        }
+        atomic_write(output / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    except BaseException:
+        if wandb_run is not None:
+            wandb_run.finish(exit_code=1)
+        raise
+    if wandb_run is not None:
+        wandb_run.finish(summary=summary)
     return summary
 
 
 # Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
-RESUME_FIXED = ("model", "data", "batch_size", "grad_accum_steps", "seed", "epochs", "img_size")
+RESUME_FIXED = ("model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs", "img_size")
+
+
+def _check_batch(unreadable: UnreadableLimit, bad: List[Any], unusable: bool, batch: int, rank: int, world: int,
+                 device: torch.device) -> None:
+    """Count a batch's unreadable images; stop past the limit. Under torchrun the ranks agree on stopping first (one
+    tiny all-reduce), so no rank waits forever on one that stopped; a batch left (nearly) empty cannot be skipped
+    there, since DDP needs every rank's gradients."""
+    problem: Optional[Exception] = None
+    try:
+        if bad:
+            unreadable.record("train", bad)
+    except DataError as error:
+        problem = error
+    if world == 1:
+        if problem is not None:
+            raise problem
+        return
+    if problem is None and unusable:
+        problem = TrainingError(f"batch {batch} on rank {rank} has fewer than two readable images; under torchrun "
+                                "it cannot be skipped (remove the unreadable files listed above)")
+    flag = torch.tensor([0.0 if problem is None else 1.0], device=device)
+    dist.all_reduce(flag)
+    if problem is not None:
+        raise problem
+    if flag.item():
+        raise TrainingError(f"another process stopped the run at batch {batch} (its error is in its own output)")
 
 
 def _check_resumable(saved: Dict[str, Any], config: TrainConfig, path: Path) -> None:
@@ -446,14 +539,18 @@ def config_from_args(values: Dict[str, Any]) -> TrainConfig:
 
 
 def validate(model_name: str, checkpoint: Optional[str], data: Optional[str], batch_size: int = 64,
-             img_size: Optional[int] = None, device: Optional[str] = None) -> Dict[str, float]:
+             img_size: Optional[int] = None, device: Optional[str] = None, data_dir: Optional[str] = None,
+             val_split: str = "validation", max_unreadable: float = 0.01) -> Dict[str, float]:
     """Top-1/top-5 of ``model_name`` (weights from ``checkpoint``, a safetensors or weights-only file) on the
-    validation split of ``data``."""
-    config = TrainConfig(model=model_name, data=data, img_size=img_size, device=device)
+    validation split of ``data``, and how many of its images were unreadable (skipped)."""
+    config = TrainConfig(model=model_name, data=data, img_size=img_size, device=device, data_dir=data_dir,
+                         val_split=val_split)
     bundle = _build_data(config)
     model = _create_model(config, bundle.num_classes)
     if checkpoint:
         _load_initial(model, checkpoint)
     torch_device = _device(config)
-    loader = DataLoader(bundle.val, batch_size=batch_size, shuffle=False)
-    return evaluate(model.to(torch_device), loader, torch_device)
+    loader = DataLoader(bundle.val, batch_size=batch_size, shuffle=False, collate_fn=collate_readable)
+    unreadable = UnreadableLimit({"val": len(bundle.val)}, max_unreadable)
+    metrics = evaluate(model.to(torch_device), loader, torch_device, unreadable=unreadable)
+    return dict(metrics, unreadable_images=unreadable.counts()["val"])
