@@ -1,16 +1,19 @@
 """vithub: efficient vision-transformer backbones on one shared attention-kernel layer, registered with timm.
 
-``import vithub`` registers every ``vh_*`` architecture with timm, so ``timm.create_model("vh_...")`` works.
+``import vithub`` registers every ``vh_*`` architecture with timm, so ``timm.create_model("vh_...")`` works, and
+``timm.create_model("hf-hub:org/repo")`` builds a vh_* model pushed with :func:`push_to_hub`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from vithub import backbones as backbones  # noqa: F401  (registers the vh_* models with timm)
 from vithub import kernels as kernels
+from vithub.publishing import HubError, WeightsMismatchError, load, pull, push_to_hub, save_pretrained
 
 try:
     __version__ = version("vithub")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__", "backbones", "kernels"]
+__all__ = ["__version__", "backbones", "kernels", "save_pretrained", "push_to_hub", "pull", "load", "HubError",
+           "WeightsMismatchError"]

@@ -1,5 +1,5 @@
-"""The ``vithub`` command: ``list``, ``info NAME``, ``train``, ``validate``, ``bench kernels``, ``bench models``,
-``bench gpu``."""
+"""The ``vithub`` command: ``list``, ``info NAME``, ``train``, ``validate``, ``push``, ``pull``, ``bench kernels``,
+``bench models``, ``bench gpu``."""
 
 from __future__ import annotations
 
@@ -79,6 +79,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vithub.publishing import model_from_checkpoint, model_from_run, push_to_hub
+
+    source = Path(args.source)
+    if source.is_dir():
+        model, card = model_from_run(source, **({"model_name": args.model} if args.model else {}))
+    else:
+        model, card = model_from_checkpoint(source, args.model)
+    if args.license:
+        card["license"] = args.license
+    if args.dataset:
+        card["datasets"] = [args.dataset]
+    url = push_to_hub(model, args.repo_id, private=args.private, revision=args.revision,
+                      commit_message=args.commit_message, **{key: value for key, value in card.items() if value})
+    print(json.dumps({"repo_id": args.repo_id, "commit_url": url, "architecture": model.pretrained_cfg.get(
+        "architecture"), "metrics": card.get("metrics", {})}))
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from vithub.publishing import load, pull
+
+    folder = pull(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
+    model = load(folder)  # verifies the weights against the architecture
+    print(json.dumps({"repo_id": args.repo_id, "revision": folder.name, "path": str(folder),
+                      "architecture": model.pretrained_cfg.get("architecture"), "num_classes": model.num_classes,
+                      "files": sorted(entry.name for entry in folder.iterdir())}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vithub", description="Efficient vision-transformer backbones for timm.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_validate = sub.add_parser("validate", help="top-1/top-5 of a model and checkpoint on a validation split")
     add_validate_arguments(p_validate)
     p_validate.set_defaults(func=run_validate)
+
+    p_push = sub.add_parser("push", help="publish a training run's best weights (or a checkpoint) to the Hub")
+    p_push.add_argument("source", help="a `vithub train` output folder, or a checkpoint (.safetensors, .state.pt)")
+    p_push.add_argument("repo_id", help="namespace/name (or name, in your namespace)")
+    p_push.add_argument("--private", action="store_true", help="create the repo private")
+    p_push.add_argument("--revision", default=None, help="branch to commit to (created from main if new)")
+    p_push.add_argument("--commit-message", default="Upload model with vithub")
+    p_push.add_argument("--license", default=None, help="model card licence (default: the architecture's)")
+    p_push.add_argument("--dataset", default=None, help="Hub dataset id for the card's metadata")
+    p_push.add_argument("--model", default=None, help="architecture, for a checkpoint that does not name it")
+    p_push.set_defaults(func=_cmd_push)
+    p_pull = sub.add_parser("pull", help="download a model repo into the cache and verify its weights")
+    p_pull.add_argument("repo_id", help="namespace/name (optionally @revision)")
+    p_pull.add_argument("--revision", default=None, help="branch, tag or commit sha")
+    p_pull.add_argument("--cache-dir", default=None)
+    p_pull.set_defaults(func=_cmd_pull)
 
     p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, or whole-model throughput")
     p_bench.add_argument("target", choices=["kernels", "models", "gpu"],
@@ -146,10 +194,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if any(size < 1 for size in getattr(args, "batch_sizes", [1])):
         parser.error("--batch-sizes must all be >= 1")
     from vithub.bench_models import NoTwinError
+    from vithub.publishing import HubError
 
     try:
         return args.func(args)
-    except (UnknownModelError, NoTwinError, ImportError) as error:
+    except (UnknownModelError, NoTwinError, ImportError, HubError) as error:
         print(f"vithub: error: {error}", file=sys.stderr)
         return 2
 

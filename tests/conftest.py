@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 
@@ -15,6 +19,20 @@ def _has_nvidia_device() -> bool:
 # Triton's CPU interpreter. An explicit TRITON_INTERPRET in the environment wins.
 if "TRITON_INTERPRET" not in os.environ and not _has_nvidia_device():
     os.environ["TRITON_INTERPRET"] = "1"
+
+# huggingface_hub reads its endpoint, cache and token settings once, when first imported (timm imports it). Every
+# Hub request of the suite goes to the stand-in Hub the tests start on 127.0.0.1 (tests/hub_server.py), with a
+# fresh cache and no token of the user's, so nothing leaves the machine and nothing of the user's is touched.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hub_server import free_port  # noqa: E402
+
+TEST_HUB_PORT = free_port()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{TEST_HUB_PORT}"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="vithub-test-hf-home-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], True)
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
 
 
 import pytest  # noqa: E402  (after the environment setup above, on purpose)
@@ -29,3 +47,12 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (golden files ship with the project workspace, not with the repository)")
     return path
+
+
+@pytest.fixture(scope="session")
+def test_hub():
+    """The stand-in Hugging Face Hub (tests/hub_server.py) at ``HF_ENDPOINT``, for the whole session."""
+    from hub_server import HubServer
+
+    with HubServer(TEST_HUB_PORT) as server:
+        yield server

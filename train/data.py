@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 DIGITS = "digits"
+DIGITS_SIZE = 32  # the default image size of the embedded digits
 DIGITS_VAL_EVERY = 5  # every 5th image (by index) is validation: 360 of 1797, all ten classes
 
 
@@ -29,7 +30,7 @@ class DigitsDataset(Dataset):
 
     num_classes = 10
 
-    def __init__(self, split: str, image_size: int = 32) -> None:
+    def __init__(self, split: str, image_size: int = DIGITS_SIZE) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         from sklearn.datasets import load_digits
@@ -201,7 +202,7 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
     ``"torch/cifar10"`` or ``"hfds/<name>"``, read from ``data_dir`` (``download``: let torchvision fetch it there)
     with ``train_split`` and ``val_split``."""
     if data in (None, DIGITS):
-        size = image_size or 32
+        size = image_size or DIGITS_SIZE
         return DataBundle(DigitsDataset("train", size), DigitsDataset("val", size), 10,
                           [str(i) for i in range(10)], DIGITS, (3, size, size))
     from timm.data import create_transform

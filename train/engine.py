@@ -37,7 +37,7 @@ from .checkpoint import (
     save_weights,
     set_rng_state,
 )
-from .data import DataBundle, DataError, UnreadableLimit, build_data, collate_readable
+from .data import DIGITS, DIGITS_SIZE, DataBundle, DataError, UnreadableLimit, build_data, collate_readable
 from .reporting import WandbRun, require_wandb, write_curves
 
 DEFAULT_MODEL = "vh_efficientvit_m0"
@@ -147,17 +147,23 @@ def _create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     return timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
 
 
+def data_config_for(config: TrainConfig) -> Dict[str, Any]:
+    """The preprocessing of a run, as a timm data config: image folders and dataset specs take the model's pretrained
+    cfg (read from a model built on the meta device: no weights are made or downloaded for it), with ``img_size``
+    overriding the size; the embedded digits have their own fixed preprocessing."""
+    if config.data in (None, DIGITS):
+        size = config.img_size or DIGITS_SIZE
+        return {"input_size": (3, size, size), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
+                "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "crop_mode": "center"}
+    with torch.device("meta"):
+        probe = timm.create_model(config.model)
+    size = {"input_size": (3, config.img_size, config.img_size)} if config.img_size else {}
+    return resolve_data_config(size, model=probe)
+
+
 def _build_data(config: TrainConfig) -> DataBundle:
-    """The run's data; image folders take their preprocessing from the model's pretrained cfg (read from a model
-    built on the meta device: no weights are made or downloaded for it), with ``img_size`` overriding the size."""
-    data_config: Dict[str, Any] = {}
-    if config.data not in (None, "digits"):
-        with torch.device("meta"):
-            probe = timm.create_model(config.model)
-        size = {"input_size": (3, config.img_size, config.img_size)} if config.img_size else {}
-        data_config = resolve_data_config(size, model=probe)
-    return build_data(config.data, config.img_size or 0, data_config, config.data_dir, config.train_split,
-                      config.val_split, config.dataset_download)
+    return build_data(config.data, config.img_size or 0, data_config_for(config), config.data_dir,
+                      config.train_split, config.val_split, config.dataset_download)
 
 
 def _load_initial(model: torch.nn.Module, path: str) -> None:
