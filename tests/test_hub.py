@@ -70,7 +70,7 @@ def test_save_pretrained_round_trips_through_local_dir(tmp_path, name):
     assert "timm" in card.data.tags and name in card.data.tags and card.data.datasets == ["toy-shapes"]
     values = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert values == {"top-1 accuracy": 91.25, "top-5 accuracy": 99.5}
-    assert f'timm.create_model("local-dir:' in card.text and "import vithub" in card.text
+    assert 'timm.create_model("local-dir:' in card.text and "import vithub" in card.text
 
 
 def test_push_pull_identical_outputs_and_revisions(tmp_path, test_hub, token):
