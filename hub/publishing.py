@@ -140,8 +140,9 @@ def push_to_hub(model: torch.nn.Module, repo_id: str, *, private: bool = False, 
                 **card: Any) -> str:
     """Create ``repo_id`` if needed (``private`` applies when it is created; pushing to an existing public repo with
     ``private=True`` is refused), then commit :func:`save_pretrained`'s files to ``revision`` (a branch, created from
-    main if new). ``token``: default the ``HF_TOKEN`` environment variable or the ``hf auth login`` token; it is
-    never printed. ``card``: :func:`save_pretrained`'s card arguments. Returns the commit's URL."""
+    main if new). The commit replaces config.json, model.safetensors and README.md, so the card always describes
+    the weights next to it. ``token``: default the ``HF_TOKEN`` environment variable or the ``hf auth login``
+    token; it is never printed. ``card``: :func:`save_pretrained`'s card arguments. Returns the commit's URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 

@@ -286,7 +286,8 @@ class HubHandler(BaseHTTPRequestHandler):
             elif key == "deletedFile":
                 files.pop(value["path"], None)
             elif key == "deletedFolder":
-                files = {name: data for name, data in files.items() if not name.startswith(value["path"].rstrip("/") + "/")}
+                folder = value["path"].rstrip("/") + "/"
+                files = {name: data for name, data in files.items() if not name.startswith(folder)}
             else:
                 self.error(400, "BadRequest", f"the test Hub does not support {key} operations (LFS)")
                 return
@@ -332,7 +333,8 @@ class HubHandler(BaseHTTPRequestHandler):
         self.send(200, {
             "branches": [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
                          for name, sha in found.branches.items()],
-            "tags": [{"name": name, "ref": f"refs/tags/{name}", "targetCommit": sha} for name, sha in found.tags.items()],
+            "tags": [{"name": name, "ref": f"refs/tags/{name}", "targetCommit": sha}
+                     for name, sha in found.tags.items()],
             "converts": []})
 
     def commits(self, repo: str, revision: str) -> None:

@@ -86,6 +86,8 @@ def test_push_pull_identical_outputs_and_revisions(tmp_path, test_hub, token):
     _same_outputs(second, vithub.load("tester/m0-demo"))
     _same_outputs(first, vithub.load("hf-hub:tester/m0-demo", revision=first_commit))
     _same_outputs(first, vithub.load(f"hf-hub:tester/m0-demo@{first_commit}"))
+    HfApi().create_tag("tester/m0-demo", tag="v1", revision=first_commit)
+    _same_outputs(first, vithub.load("tester/m0-demo", revision="v1"))
     pinned = vithub.pull("tester/m0-demo", revision=first_commit, cache_dir=tmp_path / "cache")
     assert pinned.name == first_commit and pinned.is_relative_to(tmp_path / "cache")
 

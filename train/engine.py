@@ -381,9 +381,10 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int, sta
                         dist.all_reduce(loss_value)
                         loss_value /= world
                     if not torch.isfinite(loss_value):
-                        raise TrainingError(f"loss is {loss_value.item()} at epoch {epoch}, batch {batch_in_epoch} (update "
-                                            f"{num_updates}); nothing was saved after the last good checkpoint in {output}. "
-                                            "Lower lr, add warmup or clip_grad, or check the data")
+                        raise TrainingError(
+                            f"loss is {loss_value.item()} at epoch {epoch}, batch {batch_in_epoch} (update "
+                            f"{num_updates}); nothing was saved after the last good checkpoint in {output}. Lower "
+                            "lr, add warmup or clip_grad, or check the data")
                     loss_sum += loss_value.item()
                     loss_count += 1
                     scaler.scale(loss / config.grad_accum_steps).backward()
@@ -403,8 +404,8 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int, sta
                     if config.checkpoint_every and num_updates % config.checkpoint_every == 0:
                         checkpoint("step")
                 if progress is not None and loss_count:
-                    progress.set_postfix(loss=f"{loss_sum / loss_count:.3f}",
-                                         img_s=f"{images_seen / max(train_seconds + time.time() - epoch_start, 1e-9):.0f}")
+                    elapsed = max(train_seconds + time.time() - epoch_start, 1e-9)
+                    progress.set_postfix(loss=f"{loss_sum / loss_count:.3f}", img_s=f"{images_seen / elapsed:.0f}")
                     progress.update(1)
             if progress is not None:
                 progress.close()
