@@ -19,6 +19,8 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from vithub.train.checkpoint import replace_durably
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
@@ -68,19 +70,8 @@ def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: 
                           dataset_name=dataset_name, tags=tags, description=description)
         (Path(staging) / CARD_NAME).write_text(card, encoding="utf-8")
         for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):  # weights first: a config never names absent weights
-            _replace_durably(Path(staging) / name, target / name)
+            replace_durably(Path(staging) / name, target / name)
     return target
-
-
-def _replace_durably(source: Path, destination: Path) -> None:
-    with open(source, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(source, destination)
-    directory = os.open(destination.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def model_card(model: torch.nn.Module, config: Mapping[str, Any], *, repo_id: Optional[str] = None,

@@ -116,6 +116,13 @@ class HubHandler(BaseHTTPRequestHandler):
             return None
         return repo
 
+    def readable_commit(self, repo_id: str, revision: str, head: bool = False) -> Optional[Tuple[Repo, Commit]]:
+        repo = self.readable_repo(repo_id, head)
+        commit = repo.resolve(revision) if repo is not None else None
+        if repo is not None and commit is None:
+            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
+        return (repo, commit) if commit is not None else None
+
     def writable_repo(self, repo_id: str) -> Optional[Repo]:
         user = self.user()
         if user is None:
@@ -206,39 +213,31 @@ class HubHandler(BaseHTTPRequestHandler):
             self.send(200, {"errors": [], "warnings": []})
 
     def repo_info(self, repo: str, revision: str = "main") -> None:
-        found = self.readable_repo(repo)
-        if found is None:
+        located = self.readable_commit(repo, revision)
+        if located is None:
             return
-        commit = found.resolve(revision)
-        if commit is None:
-            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-            return
+        found, commit = located
+        _, commit = located
         self.send(200, {"id": repo, "modelId": repo, "sha": commit.sha, "private": found.private, "gated": False,
                         "disabled": False, "tags": [], "downloads": 0, "likes": 0, "library_name": "timm",
                         "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
                         "siblings": [{"rfilename": name} for name in sorted(commit.files)]})
 
     def tree(self, repo: str, revision: str, subpath: str = "") -> None:
-        found = self.readable_repo(repo)
-        if found is None:
+        located = self.readable_commit(repo, revision)
+        if located is None:
             return
-        commit = found.resolve(revision)
-        if commit is None:
-            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-            return
+        _, commit = located
         prefix = unquote(subpath).strip("/")
         entries = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
                    for name, data in sorted(commit.files.items()) if not prefix or name.startswith(prefix + "/")]
         self.send(200, entries)
 
     def resolve(self, repo: str, revision: str, filename: str, head: bool = False) -> None:
-        found = self.readable_repo(repo, head)
-        if found is None:
+        located = self.readable_commit(repo, revision, head)
+        if located is None:
             return
-        commit = found.resolve(revision)
-        if commit is None:
-            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
-            return
+        _, commit = located
         data = commit.files.get(unquote(filename))
         if data is None:
             self.error(404, "EntryNotFound", f"{filename} does not exist at {revision}", head)

@@ -17,6 +17,19 @@ STATE_SUFFIX = ".state.pt"
 WEIGHTS_SUFFIX = ".safetensors"
 
 
+def replace_durably(source: Path, destination: Path) -> None:
+    """Move the finished file ``source`` over ``destination`` (same file system): its bytes are flushed first and
+    the rename after, so a crash leaves the old file or the new one."""
+    with open(source, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(source, destination)
+    directory = os.open(Path(destination).parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(temp_path)``, then move the finished file over ``path``: a reader (or a resume after a kill) sees
     the old file or the new one, never half of one."""
@@ -26,14 +39,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_durably(Path(tmp), path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
