@@ -133,6 +133,10 @@ def test_training_run_push_pull_private_offline(tmp_path, test_hub, token, capsy
     assert card.data.license == "mit" and card.data.eval_results[0].metric_value == pytest.approx(
         summary["best_top1"])
 
+    assert cli.main(["push", str(run / "last.state.pt"), "tester/digits-last"]) == 0  # a checkpoint, not a run
+    capsys.readouterr()
+    _same_outputs(vithub.load(run / "last.safetensors"), vithub.load("tester/digits-last"), size=32)
+
     monkeypatch.delenv("HF_TOKEN")  # private: no token, no repo
     with pytest.raises(HubError, match="no such repo, or it is private"):
         vithub.pull("tester/digits-m0", cache_dir=tmp_path / "anonymous")

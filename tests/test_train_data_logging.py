@@ -207,3 +207,36 @@ def test_a_batch_left_with_one_image_is_skipped(tmp_path):
                                 max_unreadable=1.0, progress=False))  # BatchNorm would fail on a batch of one
     assert summary["unreadable_images"]["train"] == 6
     assert all(str(root) in name for name in summary["unreadable_files"]["train"])
+
+
+def test_torchrun_ranks_merge_their_unreadable_images_and_stop_together(tmp_path):
+    """Two gloo ranks: the unreadable files only rank 1 sees reach rank 0's summary; past the limit both ranks stop
+    (neither waits forever for the other)."""
+    from vithub.train.engine import EpochBatches
+
+    root = _folder_with_bad_images(tmp_path / "data", bad_train=0, per_class=8)
+    config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+              "crop_pct": 1.0}
+    samples = build_data(str(root), 16, config).train
+    rank1_first_batch = EpochBatches(len(samples), 8, 42, epoch=0, rank=1, world=2).batches[0]
+    corrupted = [Path(samples.source(index)) for index in rank1_first_batch[:2]]
+    for path in corrupted:
+        path.write_bytes(b"not an image")
+
+    def torchrun(output: Path, *extra: str):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                   "vithub.train", "--data", str(root), "--output", str(output), "--epochs", "1", "--batch-size",
+                   "8", "--img-size", "32", "--seed", "42", "--device", "cpu", *extra]
+        return subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                              timeout=300)
+
+    finished = torchrun(tmp_path / "ok", "--max-unreadable", "0.2")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["unreadable_images"]["train"] == 2
+    assert sorted(summary["unreadable_files"]["train"]) == sorted(str(path) for path in corrupted)
+
+    stopped = torchrun(tmp_path / "stopped", "--max-unreadable", "0")
+    assert stopped.returncode != 0
+    assert "unreadable, more than max_unreadable=0 allows (0)" in stopped.stderr
+    assert "another process stopped the run" in stopped.stderr
