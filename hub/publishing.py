@@ -375,6 +375,8 @@ def model_from_checkpoint(path: Union[str, Path], model_name: Optional[str] = No
     model = timm.create_model(name, **{**head, **model_kwargs})
     load_verified(model, weights, str(path))
     card: Dict[str, Any] = {"data_config": data_config_for(config) if state else None}
+    if card["data_config"]:  # so resolve_data_config(model=...) gives the run's preprocessing, as after a pull
+        model.pretrained_cfg = {**model.pretrained_cfg, **card["data_config"]}
     if state.get("classes"):
         card["label_names"] = [str(label) for label in state["classes"]]
     if state:

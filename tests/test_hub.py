@@ -126,6 +126,9 @@ def test_training_run_push_pull_private_offline(tmp_path, test_hub, token, capsy
     folder = Path(pulled["path"])
     _same_outputs(vithub.load(run), vithub.load(folder), size=32)
     _same_outputs(vithub.load(run / summary["best_checkpoint"]), vithub.load(folder), size=32)
+    for loaded in (vithub.load(run), vithub.load(folder)):
+        resolved = timm.data.resolve_data_config({}, model=loaded)
+        assert tuple(resolved["input_size"]) == (3, 32, 32) and tuple(resolved["mean"]) == (0.5, 0.5, 0.5)
     config = json.loads((folder / "config.json").read_text())
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["label_names"] == [str(i) for i in
                                                                                                 range(10)]
