@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vithub import cli
 from vithub.train import DataError, TrainConfig, train, validate
 from vithub.train.data import ReadableSamples, Unreadable, build_data, collate_readable
 from vithub.train.reporting import WandbUnavailableError, curves_figure
@@ -106,6 +107,18 @@ def test_wandb_missing_is_a_clear_error_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(WandbUnavailableError, match=r"pip install 'vithub\[wandb\]'"):
         train(TrainConfig(output=str(tmp_path / "run"), wandb=True, progress=False))
     assert not (tmp_path / "run").exists()
+
+
+def test_wandb_without_login_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb", reason="wandb is in the [dev] extra; pip install 'vithub[dev]'")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
+    monkeypatch.setenv("WANDB_MODE", "online")
+    for name in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    assert cli.main(["train", "--epochs", "1", "--wandb", "--output", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "W&B could not start a run" in error and "WANDB_MODE=offline" in error and "Traceback" not in error
 
 
 def _write_idx(path: Path, array: torch.Tensor, kind: int) -> None:

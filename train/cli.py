@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from .data import DataError
-from .reporting import WandbUnavailableError
+from .reporting import WandbStartError, WandbUnavailableError
 from .engine import DEFAULT_MODEL, TrainConfig, TrainingError, config_from_args, train, validate
 
 
@@ -79,7 +79,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(config_from_args(vars(args)))
-    except (DataError, TrainingError, ValueError, WandbUnavailableError) as error:
+    except (DataError, TrainingError, ValueError, WandbUnavailableError, WandbStartError) as error:
         print(f"vithub train: error: {error}", file=sys.stderr)
         return 2
     if "top1" in summary:  # rank 0 (or a single process) reports; other torchrun ranks stay quiet

@@ -47,6 +47,10 @@ class WandbUnavailableError(ImportError):
     """``--wandb`` was asked for but the ``wandb`` package is not installed."""
 
 
+class WandbStartError(RuntimeError):
+    """``wandb.init`` failed (no login, no network); the message says how to log in or go offline."""
+
+
 def require_wandb() -> Any:
     """The ``wandb`` module, or :class:`WandbUnavailableError` saying how to install it."""
     try:
@@ -65,8 +69,12 @@ class WandbRun:
     def __init__(self, output: Path, project: str, name: Optional[str], tags: Optional[List[str]],
                  config: Dict[str, Any], run_id: Optional[str] = None) -> None:
         wandb = require_wandb()
-        self.run = wandb.init(project=project, name=name or Path(output).resolve().name, tags=list(tags or []),
-                              config=config, dir=str(output), id=run_id, resume="allow" if run_id else None)
+        try:
+            self.run = wandb.init(project=project, name=name or Path(output).resolve().name, tags=list(tags or []),
+                                  config=config, dir=str(output), id=run_id, resume="allow" if run_id else None)
+        except wandb.Error as error:  # no login, no network: say how to go on
+            raise WandbStartError(f"--wandb: W&B could not start a run ({error}). Run `wandb login` (or set "
+                                  "WANDB_API_KEY), or log offline with WANDB_MODE=offline") from error
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
 
