@@ -381,6 +381,8 @@ def model_from_checkpoint(path: Union[str, Path], model_name: Optional[str] = No
         card["label_names"] = [str(label) for label in state["classes"]]
     if state:
         card["dataset_name"] = config.data or "digits"
+        if (config.data or "").lower().startswith("hfds/"):  # a Hub dataset: the card's metadata can link it
+            card["datasets"] = [config.data.split("/", 1)[1]]
         data = config.data or "the embedded digits (scikit-learn)"
         card["description"] = f"Fine-tuned with `vithub train` from `{name}` on {data} for {config.epochs} epochs."
     return model, card

@@ -91,7 +91,13 @@ class ReadableSamples(Dataset):
         return len(self.dataset)
 
     def source(self, index: int) -> str:
-        return str(self.dataset.filename(index, absolute=True)) if self.reads_files else f"sample {index}"
+        """The file behind sample ``index`` when the reader can say (folders, tars), else ``"sample <index>"``."""
+        if self.reads_files:
+            try:
+                return str(self.dataset.filename(index, absolute=True))
+            except (NotImplementedError, AttributeError, TypeError, KeyError):  # readers without file names
+                pass
+        return f"sample {index}"
 
     def _load(self, index: int) -> Tuple[Any, Any]:
         if not self.reads_files:
