@@ -236,6 +236,6 @@ def test_bad_input_is_named(tmp_path, test_hub, token):
         vithub.push_to_hub(_randomised("vh_efficientvit_m0"), "tester/public-one", private=True)
     with pytest.raises(HubError, match="push to someone-else/m0 failed"):
         vithub.push_to_hub(_randomised("vh_efficientvit_m0"), "someone-else/m0")
-    with pytest.raises(HubError, match="config.json, model.safetensors missing|no such repo"):
+    with pytest.raises(HubError, match="tester/public-one@main: config.json, model.safetensors missing"):
         vithub.pull("tester/public-one")
     assert cli.main(["push", str(tmp_path / "missing-run"), "tester/x"]) == 2
