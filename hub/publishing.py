@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -19,7 +18,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from vithub.train.checkpoint import replace_durably
+from vithub.train.checkpoint import UnsafeWeightsError, read_state_dict, replace_durably, state_dict_mismatch
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -202,9 +201,9 @@ def pull(repo_id: str, *, revision: Optional[str] = None, cache_dir: Optional[Un
                        "once online, or pass the --cache-dir that holds it") from error
     except HfHubHTTPError as error:
         raise HubError(f"{where}: download failed: {_without_secrets(error)}") from error
-    missing = [name for name in (CONFIG_NAME,) if not (folder / name).is_file()]
-    if not any((folder / name).is_file() for name in (WEIGHTS_NAME, *LEGACY_WEIGHTS_NAMES)):
-        missing.append(WEIGHTS_NAME)
+    has_weights = any((folder / name).is_file() for name in (WEIGHTS_NAME, *LEGACY_WEIGHTS_NAMES))
+    missing = [name for name, present in ((CONFIG_NAME, (folder / CONFIG_NAME).is_file()),
+                                          (WEIGHTS_NAME, has_weights)) if not present]
     if missing:
         raise HubError(f"{where}: {', '.join(missing)} missing in {folder} (a timm model repo has config.json and "
                        "model.safetensors)")
@@ -284,36 +283,19 @@ def read_weights(folder_or_file: Union[str, Path]) -> Dict[str, torch.Tensor]:
         if not candidates:
             raise HubError(f"{path}: no {WEIGHTS_NAME} (or legacy {', '.join(LEGACY_WEIGHTS_NAMES)})")
         path = candidates[0]
-    if path.suffix == ".safetensors":
-        return load_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as error:
-        raise HubError(f"{path}: refused to load: not a plain tensor file (torch.load weights_only=True said: "
-                       f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}). "
-                       "vithub never unpickles arbitrary objects; convert the weights to safetensors") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise HubError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    return state
+        return read_state_dict(path)
+    except UnsafeWeightsError as error:
+        raise HubError(str(error)) from error
 
 
 def load_verified(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """``model.load_state_dict(state_dict)`` after checking that the keys and shapes match exactly; otherwise
     :class:`WeightsMismatchError` lists every missing and unexpected key and every shape mismatch."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = [f"{key}: weights {tuple(state_dict[key].shape)}, model {tuple(own[key].shape)}"
-                  for key in sorted(set(own) & set(state_dict)) if state_dict[key].shape != own[key].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"{title} ({len(items)}):\n  " + "\n  ".join(items)
-                 for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                      ("shape mismatches", mismatched)) if items]
+    mismatch = state_dict_mismatch(model, dict(state_dict))
+    if mismatch:
         raise WeightsMismatchError(f"{source}: the weights do not fit {type(model).__name__} "
-                                   f"({getattr(model, 'default_cfg', {}).get('architecture', '?')}):\n"
-                                   + "\n".join(parts))
+                                   f"({model.pretrained_cfg.get('architecture', '?')}):\n{mismatch}")
     model.load_state_dict(state_dict)
 
 
@@ -371,7 +353,7 @@ def model_from_checkpoint(path: Union[str, Path], model_name: Optional[str] = No
         raise HubError(f"checkpoint: {path} does not say its model (no 'model' metadata); pass --model NAME")
     weights = load_file(path)
     config = config_from_args(state["config"]) if state.get("config") else TrainConfig(model=name)
-    head = {"num_classes": state["num_classes"]} if "num_classes" in state else _head_size(weights)
+    head = {"num_classes": state["num_classes"]} if "num_classes" in state else _classifier_width(name, weights)
     model = timm.create_model(name, **{**head, **model_kwargs})
     load_verified(model, weights, str(path))
     card: Dict[str, Any] = {"data_config": data_config_for(config) if state else None}
@@ -388,11 +370,15 @@ def model_from_checkpoint(path: Union[str, Path], model_name: Optional[str] = No
     return model, card
 
 
-def _head_size(weights: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """Without a training state, the class count is the classifier's output width when it is unambiguous."""
-    heads = [value for key, value in weights.items() if key.endswith(("head.weight", "head.l.weight",
-                                                                       "head.linear.weight", "fc.weight"))]
-    return {"num_classes": heads[-1].shape[0]} if len(heads) == 1 else {}
+def _classifier_width(name: str, weights: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """Without a training state, the class count is the output width of the classifier the architecture's
+    pretrained cfg names (LeViT names two heads of one width)."""
+    with torch.device("meta"):
+        classifier = timm.create_model(name).pretrained_cfg.get("classifier")
+    for module in (classifier,) if isinstance(classifier, str) else tuple(classifier or ()):
+        if f"{module}.weight" in weights:
+            return {"num_classes": weights[f"{module}.weight"].shape[0]}
+    return {}
 
 
 __all__ = ["HubError", "WeightsMismatchError", "load", "load_verified", "model_card", "model_from_checkpoint",

@@ -155,18 +155,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.route("POST")
 
-    def do_DELETE(self) -> None:
-        self.route("DELETE")
-
     # --- endpoints ---------------------------------------------------------------------------------------------
-    def whoami(self) -> None:
-        user = self.user()
-        if user is None:
-            self.error(401, "Unauthorized", "Invalid credentials in Authorization header")
-            return
-        self.send(200, {"type": "user", "name": user, "fullname": user, "orgs": [],
-                        "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}})
-
     def create_repo(self) -> None:
         user = self.user()
         request = json.loads(self.body() or b"{}")
@@ -325,32 +314,8 @@ class HubHandler(BaseHTTPRequestHandler):
         found.tags[request["tag"]] = commit.sha
         self.send(200, {})
 
-    def refs(self, repo: str) -> None:
-        found = self.readable_repo(repo)
-        if found is None:
-            return
-        self.send(200, {
-            "branches": [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
-                         for name, sha in found.branches.items()],
-            "tags": [{"name": name, "ref": f"refs/tags/{name}", "targetCommit": sha}
-                     for name, sha in found.tags.items()],
-            "converts": []})
-
-    def commits(self, repo: str, revision: str) -> None:
-        found = self.readable_repo(repo)
-        if found is None:
-            return
-        commit = found.resolve(revision)
-        history = []
-        while commit is not None:
-            history.append({"id": commit.sha, "title": commit.message, "message": "", "authors": [],
-                            "date": "2026-01-01T00:00:00.000Z"})
-            commit = found.commits.get(commit.parent) if commit.parent else None
-        self.send(200, history)
-
 
 ROUTES: List[Tuple[str, str, object]] = [
-    (r"/api/whoami-v2", "GET", HubHandler.whoami),
     (r"/api/repos/create", "POST", HubHandler.create_repo),
     (r"/api/validate-yaml", "POST", HubHandler.validate_yaml),
     (rf"/api/models/{REPO_ID}", "GET", HubHandler.repo_info),
@@ -361,8 +326,6 @@ ROUTES: List[Tuple[str, str, object]] = [
     (rf"/api/models/{REPO_ID}/commit/{REVISION}", "POST", HubHandler.commit),
     (rf"/api/models/{REPO_ID}/branch/(?P<branch>[^/]+)", "POST", HubHandler.create_branch),
     (rf"/api/models/{REPO_ID}/tag/{REVISION}", "POST", HubHandler.create_tag),
-    (rf"/api/models/{REPO_ID}/refs", "GET", HubHandler.refs),
-    (rf"/api/models/{REPO_ID}/commits/{REVISION}", "GET", HubHandler.commits),
     (rf"/{REPO_ID}/resolve/{REVISION}/(?P<filename>.+)", "GET", HubHandler.resolve),
     (rf"/{REPO_ID}/resolve/{REVISION}/(?P<filename>.+)", "HEAD", HubHandler.resolve_head),
 ]

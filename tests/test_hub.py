@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 import vithub
 from vithub import HubError, WeightsMismatchError, cli
-from vithub.train import TrainConfig, train
+from vithub.train import TrainConfig, TrainingError, train
+from vithub.train.checkpoint import save_weights
 
 TOKEN = "hf_vithub_test_write_token"
 OTHER_TOKEN = "hf_vithub_test_other_token"
@@ -191,12 +192,23 @@ def test_a_crafted_pickle_is_refused_locally_and_from_the_hub(tmp_path, test_hub
         vithub.load("hf-hub:tester/evil")
     with pytest.raises((RuntimeError, pickle.UnpicklingError), match="weights_only"):  # plain timm is safe too
         timm.create_model("hf-hub:tester/evil", pretrained=True)
+    with pytest.raises(TrainingError, match="initial_checkpoint .* refused to load"):  # nor does vithub train
+        train(TrainConfig(initial_checkpoint=str(folder / "pytorch_model.bin"), output=str(tmp_path / "run"),
+                          epochs=1, progress=False))
     assert not marker.exists(), "the crafted pickle ran"
 
     # Without the payload, the same legacy file loads (weights_only), safetensors being absent.
     clean = _randomised("vh_efficientvit_m0", num_classes=2)
     torch.save(clean.state_dict(), folder / "pytorch_model.bin")
     _same_outputs(clean, vithub.load(folder))
+
+
+def test_a_bare_checkpoint_gets_its_class_count_from_the_classifier(tmp_path):
+    model = _randomised("vh_levit_128s", num_classes=7)  # two heads (head.l, head_dist.l): the cfg names both
+    save_weights(tmp_path / "weights.safetensors", model.state_dict(), {"model": "vh_levit_128s"})
+    loaded = vithub.load(tmp_path / "weights.safetensors")  # no training state next to it
+    assert loaded.num_classes == 7
+    _same_outputs(model, loaded)
 
 
 def test_weights_that_do_not_fit_are_listed(tmp_path):

@@ -197,6 +197,26 @@ def test_unreadable_images_are_dropped_not_replaced(tmp_path):
     assert dropped == bad
 
 
+def test_an_unreadable_image_without_a_file_name_is_named_by_index():
+    import io
+
+    class Reader:  # like timm's base reader: no file names
+        def __getitem__(self, index):
+            return io.BytesIO(b"not an image"), 0
+
+    class RowsWithoutPaths(torch.utils.data.Dataset):
+        reader, input_img_mode = Reader(), "RGB"
+
+        def __len__(self):
+            return 3
+
+        def filename(self, index, basename=False, absolute=False):
+            return None
+
+    sample = ReadableSamples(RowsWithoutPaths())[2]
+    assert isinstance(sample, Unreadable) and sample.source == "sample 2" and sample.index == 2
+
+
 def test_unreadable_images_are_counted_and_limited(tmp_path, capsys):
     root = _folder_with_bad_images(tmp_path / "data", bad_train=2, bad_val=1)
     summary = train(TrainConfig(data=str(root), output=str(tmp_path / "ok"), img_size=32, epochs=2, batch_size=4,

@@ -4,6 +4,7 @@ write atomic (temp file in the same folder, fsync, ``os.replace``, fsync of the 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -14,7 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STATE_SUFFIX = ".state.pt"
-WEIGHTS_SUFFIX = ".safetensors"
+
+
+class UnsafeWeightsError(ValueError):
+    """A weights file that is not plain tensors: ``torch.load(weights_only=True)`` refused it, and it is never
+    unpickled any other way."""
 
 
 def replace_durably(source: Path, destination: Path) -> None:
@@ -62,6 +67,40 @@ def load_state(path: Path) -> Dict[str, Any]:
 
 def load_weights(path: Path) -> Dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    """A state dict from ``*.safetensors``, or from a torch file through ``torch.load(weights_only=True)`` (a
+    ``{"state_dict": ...}`` wrapper is unwrapped). A pickle that would build other objects, or run code, raises
+    :class:`UnsafeWeightsError`."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as error:
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsafeWeightsError(f"{path}: refused to load: not a plain tensor file (torch.load weights_only=True "
+                                 f"said: {said}). vithub never unpickles arbitrary objects; convert the weights to "
+                                 "safetensors") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UnsafeWeightsError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def state_dict_mismatch(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
+    """``""`` when ``state_dict`` fits ``model`` exactly; otherwise every missing key, unexpected key and shape
+    mismatch, one per line under a counted heading."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [f"{key}: weights {tuple(state_dict[key].shape)}, model {tuple(own[key].shape)}"
+                  for key in sorted(set(own) & set(state_dict)) if state_dict[key].shape != own[key].shape]
+    return "\n".join(f"{title} ({len(items)}):\n  " + "\n  ".join(items)
+                     for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                          ("shape mismatches", mismatched)) if items)
 
 
 def rng_state() -> Dict[str, Any]:

@@ -92,12 +92,13 @@ class ReadableSamples(Dataset):
 
     def source(self, index: int) -> str:
         """The file behind sample ``index`` when the reader can say (folders, tars), else ``"sample <index>"``."""
+        name = None
         if self.reads_files:
             try:
-                return str(self.dataset.filename(index, absolute=True))
-            except (NotImplementedError, AttributeError, TypeError, KeyError):  # readers without file names
-                pass
-        return f"sample {index}"
+                name = self.dataset.filename(index, absolute=True)  # timm's base reader gives None
+            except KeyError:  # a Hugging Face dataset row whose image has no path
+                name = None
+        return str(name) if name else f"sample {index}"
 
     def _load(self, index: int) -> Tuple[Any, Any]:
         if not self.reads_files:

@@ -28,14 +28,17 @@ from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import (
     STATE_SUFFIX,
+    UnsafeWeightsError,
     atomic_write,
     complete_checkpoints,
     load_state,
     load_weights,
+    read_state_dict,
     rng_state,
     save_state,
     save_weights,
     set_rng_state,
+    state_dict_mismatch,
 )
 from .data import DIGITS, DIGITS_SIZE, DataBundle, DataError, UnreadableLimit, build_data, collate_readable
 from .reporting import WandbRun, require_wandb, write_curves
@@ -167,23 +170,14 @@ def _build_data(config: TrainConfig) -> DataBundle:
 
 
 def _load_initial(model: torch.nn.Module, path: str) -> None:
-    state_dict = load_weights(Path(path)) if path.endswith(".safetensors") else \
-        torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state_dict, dict) and "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
-    own = model.state_dict()
-    mismatched = [f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
-                  for key, value in state_dict.items() if key in own and value.shape != own[key].shape]
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if mismatched or missing or unexpected:
-        raise TrainingError(
-            f"initial_checkpoint {path} does not fit {type(model).__name__}: "
-            + "; ".join(part for part in (
-                f"shape mismatches ({len(mismatched)}): {mismatched[:3]}" if mismatched else "",
-                f"missing ({len(missing)}): {missing[:3]}" if missing else "",
-                f"unexpected ({len(unexpected)}): {unexpected[:3]}" if unexpected else "") if part)
-            + " (a classifier of another class count? train with that many classes, or drop the head keys)")
+    try:
+        state_dict = read_state_dict(Path(path))
+    except UnsafeWeightsError as error:
+        raise TrainingError(f"initial_checkpoint {error}") from error
+    mismatch = state_dict_mismatch(model, state_dict)
+    if mismatch:
+        raise TrainingError(f"initial_checkpoint {path} does not fit {type(model).__name__}:\n{mismatch}\n(a "
+                            "classifier of another class count? train with that many classes, or drop the head keys)")
     model.load_state_dict(state_dict)
 
 
