@@ -80,7 +80,8 @@ class Unreadable(NamedTuple):
 class ReadableSamples(Dataset):
     """A split whose unreadable images come back as :class:`Unreadable` instead of an image, for
     :func:`collate_readable` to drop and the training loop to count. timm's ``ImageDataset`` would replace a bad file
-    by its neighbour without telling the caller, so for it the image is opened here from its reader."""
+    by its neighbour without telling the caller, so for it the image is opened here from its reader. Images reach
+    ``transform`` as RGB, as timm's transforms expect."""
 
     def __init__(self, dataset: Dataset, transform: Optional[Any] = None) -> None:
         self.dataset = dataset
@@ -101,8 +102,11 @@ class ReadableSamples(Dataset):
         return str(name) if name else f"sample {index}"
 
     def _load(self, index: int) -> Tuple[Any, Any]:
-        if not self.reads_files:
-            return self.dataset[index]
+        if not self.reads_files:  # torchvision datasets decode themselves; MNIST-style ones give grey images
+            image, target = self.dataset[index]
+            if isinstance(image, Image.Image) and image.mode != "RGB":
+                image = image.convert("RGB")
+            return image, target
         handle, target, *_ = self.dataset.reader[index]
         try:
             with Image.open(handle) as opened:
@@ -176,14 +180,6 @@ class UnreadableLimit:
 
     def files(self, limit: int = 20) -> Dict[str, List[str]]:
         return {split: [item.source for item in list(found.values())[:limit]] for split, found in self.found.items()}
-
-
-class ToRGB:
-    """PIL image to RGB (torchvision's MNIST-style datasets give grey images; timm's transforms expect three
-    channels). A class, not a lambda, so DataLoader workers can pickle it."""
-
-    def __call__(self, image: Any) -> Any:
-        return image.convert("RGB") if isinstance(image, Image.Image) else image
 
 
 def _image_folder_classes(split_dir: Path) -> List[str]:
@@ -284,13 +280,6 @@ def _build_spec(spec: str, prefix: str, data_dir: Optional[str], splits: Dict[st
         if classes is not None and split_classes != classes:
             raise DataError(f"data: {spec} has other classes in split {split_name!r} than in {splits['train']!r}")
         classes = split_classes
-        reads_files = hasattr(dataset, "reader")
-        transform = transforms[split] if reads_files else _with_rgb(transforms[split])
-        datasets[split] = ReadableSamples(dataset, transform)
+        datasets[split] = ReadableSamples(dataset, transforms[split])
     return DataBundle(datasets["train"], datasets["val"], len(classes), classes, spec, input_size)
 
-
-def _with_rgb(transform: Any) -> Any:
-    from torchvision.transforms import Compose
-
-    return Compose([ToRGB(), transform])
