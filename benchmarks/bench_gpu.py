@@ -1,4 +1,4 @@
-"""GPU kernel benchmark as a script: same as ``vithub bench gpu`` (prints a table, writes JSON; CUDA only)."""
+"""GPU kernel benchmark (CUDA only) as a script: the same as ``vithub bench gpu``; prints a table, writes JSON (see ``--help``)."""
 
 import sys
 

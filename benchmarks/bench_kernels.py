@@ -1,4 +1,4 @@
-"""Kernel benchmark as a script: same as ``vithub bench kernels`` (prints a table, writes JSON)."""
+"""Kernel benchmark as a script: the same as ``vithub bench kernels``; prints a table, writes JSON (see ``--help``)."""
 
 import sys
 

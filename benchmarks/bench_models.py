@@ -1,4 +1,4 @@
-"""Model throughput benchmark as a script: same as ``vithub bench models`` (prints a table, writes JSON)."""
+"""Model throughput benchmark as a script: the same as ``vithub bench models``; prints a table, writes JSON (see ``--help``)."""
 
 import sys
 

@@ -1,5 +1,5 @@
 """The ``vithub`` command: ``list``, ``info NAME``, ``train``, ``validate``, ``push``, ``pull``, ``bench kernels``,
-``bench models``, ``bench gpu``."""
+``bench models``, ``bench gpu``, ``bench data``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from vithub.models import UnknownModelError, list_vithub_models, model_info, summarize
+from vithub.catalog import UnknownModelError, list_vithub_models, model_info, summarize
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -36,41 +36,47 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# Written into the current directory unless --output says otherwise; {device}: cpu, or the GPU's name.
 DEFAULT_BENCH_OUTPUT = {
-    "kernels": "benchmarks/results/kernels_cpu.json",
-    "models": "benchmarks/results/models_cpu.json",
-    "gpu": "benchmarks/results/kernels_{gpu}.json",  # {gpu}: the device name, e.g. nvidia_h100_80gb_hbm3
+    "kernels": "kernels_{device}.json",
+    "models": "models_{device}.json",
+    "gpu": "kernels_{device}.json",
+    "data": "data_readable_samples_cpu.json",
 }
 
 
-def _gpu_slug() -> str:
-    import re
-
-    import torch
-
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no_gpu"
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
-    output = DEFAULT_BENCH_OUTPUT[args.target] if args.output is None else args.output
+    from vithub.bench import device_slug
+
+    device = args.device
     if args.target == "gpu":
-        from vithub.bench_gpu import run_gpu_bench
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # without CUDA, run_gpu_bench refuses below
+    output = DEFAULT_BENCH_OUTPUT[args.target] if args.output is None else args.output
+    output = output.format(device=device_slug(device))
+    if args.target == "gpu":
+        from vithub.bench.gpu import run_gpu_bench
 
         try:
-            run_gpu_bench(output=output.format(gpu=_gpu_slug()), repeats=args.repeats or 20,
-                          dtype=args.dtype or "bfloat16", quick=args.quick)
+            run_gpu_bench(output=output, repeats=args.repeats or 20, dtype=args.dtype or "bfloat16",
+                          quick=args.quick)
         except RuntimeError as error:
             print(f"vithub: error: {error}", file=sys.stderr)
             return 2
         return 0
     if args.target == "kernels":
-        from vithub.bench import run_kernel_bench
+        from vithub.bench.kernels import run_kernel_bench
 
         run_kernel_bench(output=output, repeats=args.repeats or 7, device=args.device, dtype=args.dtype or "float32",
                          quick=args.quick, ops=args.ops)
         return 0
-    from vithub.bench_models import run_model_bench
+    if args.target == "data":
+        from vithub.bench.data import run_data_bench
+
+        run_data_bench(output=output, images=args.images, size=args.image_side, repeats=args.repeats or 5)
+        return 0
+    from vithub.bench.models import run_model_bench
 
     run_model_bench(output=output, models=args.models, batch_sizes=args.batch_sizes, modes=args.modes,
                     backends=args.backends, compare=args.compare, compare_imports=args.compare_import,
@@ -150,14 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_pull.add_argument("--cache-dir", default=None)
     p_pull.set_defaults(func=_cmd_pull)
 
-    p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, or whole-model throughput")
-    p_bench.add_argument("target", choices=["kernels", "models", "gpu"],
-                         help="kernels/models: CPU-capable; gpu: Triton vs torch, FlexAttention and timm on CUDA, bf16")
+    p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, whole-model throughput, data reading")
+    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data"],
+                         help="kernels/models: CPU or --device cuda; gpu: Triton vs torch, FlexAttention and timm on "
+                              "CUDA, bf16; data: vithub train's image reader against timm's")
     p_bench.add_argument("--output", default=None,
-                         help="JSON path ('' for none; default benchmarks/results/<target>_cpu.json, "
+                         help="JSON path ('' for none; default in the current directory: <target>_<device>.json, "
                               "kernels_<gpu name>.json for gpu)")
     p_bench.add_argument("--repeats", type=int, default=None,
-                         help="timed calls per candidate, median kept (default 7 for kernels, 3 for models, 20 for gpu)")
+                         help="timed calls per candidate, median kept (default 7 for kernels, 3 for models, 20 for "
+                              "gpu, 5 for data)")
     p_bench.add_argument("--device", default="cpu")
     kernels = p_bench.add_argument_group("kernels")
     kernels.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
@@ -181,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--twin", action="store_true",
                         help="also time each model's timm twin (vh_levit_256 -> levit_256) with the same weights")
     models.add_argument("--fused", action="store_true", help="also time the model after fuse() (eval rows)")
+    data = p_bench.add_argument_group("data")
+    data.add_argument("--images", type=int, default=256, help="JPEGs to read per timed pass")
+    data.add_argument("--image-side", type=int, default=256, help="side of each random JPEG, in pixels")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -193,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--repeats must be >= 1")
     if any(size < 1 for size in getattr(args, "batch_sizes", [1])):
         parser.error("--batch-sizes must all be >= 1")
-    from vithub.bench_models import NoTwinError
+    from vithub.bench.models import NoTwinError
     from vithub.publishing import HubError
 
     try:

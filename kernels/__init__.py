@@ -4,21 +4,15 @@ Ops (heads-last ``(B, H, W, heads, head_dim)``): :func:`neighborhood_attention`,
 :func:`carrier_window_attention` (windows plus per-window carrier tokens, FasterViT), :func:`table_bias_attention` (dense
 attention with a ``(|dy|, |dx|)`` bias table, LeViT and EfficientViT-M) and :func:`relu_linear_attention`
 (EfficientViT-B/L); these three have no Triton kernel yet.
-Backends: ``reference`` (naive, float64-capable ground truth), ``torch`` (fast tiled SDPA path, CPU and fallback),
-``triton`` (fused kernels for CUDA, forward and backward; on CPU only under ``TRITON_INTERPRET=1``).
-This package imports nothing else from vithub.
+Backends (``backends/``, one module each, behind :mod:`vithub.kernels.registry`): ``reference`` (naive,
+float64-capable ground truth), ``torch`` (fast tiled SDPA path, CPU and fallback), ``triton`` (fused kernels for
+CUDA, forward and backward; on CPU only under ``TRITON_INTERPRET=1``). :func:`backend_refusals` says, per backend,
+why it cannot run a given call. This package imports nothing else from vithub.
 """
 
-from .dispatch import (
-    BACKENDS,
-    BackendUnavailableError,
-    available_backends,
-    current_backend,
-    triton_available,
-    triton_refusal,
-    use_backend,
-)
-from .dense import gather_table_bias
+from . import backends  # noqa: F401  (importing it registers the backends)
+from .backends.torch import gather_table_bias
+from .backends.triton import triton_available, triton_refusal
 from .ops import (
     carrier_window_attention,
     neighborhood_attention,
@@ -27,17 +21,36 @@ from .ops import (
     table_bias_attention,
     window_attention,
 )
+from .registry import (
+    OPS,
+    Backend,
+    BackendUnavailableError,
+    available_backends,
+    backend_names,
+    current_backend,
+    get_backend,
+    refusals as backend_refusals,
+    select_backend,
+    use_backend,
+)
+
+BACKENDS = backend_names()
 
 __all__ = [
     "BACKENDS",
+    "OPS",
+    "Backend",
     "BackendUnavailableError",
     "available_backends",
+    "backend_refusals",
     "carrier_window_attention",
     "current_backend",
     "gather_table_bias",
+    "get_backend",
     "neighborhood_attention",
     "relu_linear_attention",
     "rpb_from_swin_table",
+    "select_backend",
     "table_bias_attention",
     "triton_available",
     "triton_refusal",

@@ -1,10 +1,12 @@
-"""The attention ops as ``torch.library`` custom ops, so ``torch.compile(..., fullgraph=True)`` sees one opaque node.
+"""The attention ops registered as ``torch.library`` custom ops, so ``torch.compile(..., fullgraph=True)`` sees one
+opaque node per call. Nothing else lives here: the computing is the backends' (``backends/``), reached by name
+through the registry.
 
 Under ``torch.compile`` the public ops call these; eager calls go straight to the backends (no extra dispatch, and
 the backends' own fused backward). Each op has a fake implementation (output shapes for tracing) and a registered
 autograd formula. The backward is its own custom op and recomputes the forward, because a custom op returns no
-saved state: the ``triton`` backend recomputes its forward (for the log-sum-exp) and runs its backward kernels; the
-other backends rebuild their autograd graph with ``torch.func.vjp`` and differentiate it.
+saved state: a backend that has its own recomputing backward (``triton``: the forward again for the log-sum-exp,
+then its backward kernels) supplies it; the others' autograd graph is rebuilt with ``torch.func.vjp``.
 """
 
 from __future__ import annotations
@@ -13,35 +15,9 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from . import reference, tiled, triton_backend
+from .registry import get_backend
 
 Tensor = torch.Tensor
-
-
-def neighborhood_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: Tuple[int, int],
-                       dilation: Tuple[int, int], scale: float, backend: str) -> Tensor:
-    """Neighborhood attention on an already validated call and an already resolved backend."""
-    if backend == "reference":
-        return reference.neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)
-    if backend == "triton":
-        return triton_backend.neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)
-    plan = tiled.neighborhood_plan(q.shape[1], q.shape[2], kernel, dilation, q.device)
-    return tiled.local_attention(q, k, v, plan, rpb, scale)
-
-
-def window_eager(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window: Tuple[int, int],
-                 shift: Tuple[int, int], scale: float, backend: str,
-                 unpadded: Optional[Tuple[int, int]] = None) -> Tensor:
-    """Window attention on an already validated call and an already resolved backend."""
-    unpadded = tuple(unpadded) if unpadded is not None else (q.shape[1], q.shape[2])
-    if backend == "reference":
-        return reference.window_attention(q, k, v, window, shift, rpb, scale, unpadded)
-    if backend == "triton":
-        return triton_backend.window_attention(q, k, v, window, shift, rpb, scale, unpadded=unpadded)
-    if shift == (0, 0):  # no roll: the windows are a reshape (the unpadded extent only matters to the roll)
-        return tiled.unshifted_window_attention(q, k, v, window, rpb, scale)
-    plan = tiled.window_plan(q.shape[1], q.shape[2], window, shift, q.device, unpadded)
-    return tiled.local_attention(q, k, v, plan, rpb, scale)
 
 
 def _recompute_grads(forward: Callable[..., Any], grad: Any, inputs: Tuple[Tensor, ...], rpb: Optional[Tensor],
@@ -60,14 +36,6 @@ def _recompute_grads(forward: Callable[..., Any], grad: Any, inputs: Tuple[Tenso
     return tuple(g.contiguous() for g in grads)
 
 
-def _triton_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
-                  geometry: triton_backend.Geometry, scale: float,
-                  rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    out, lse = triton_backend.forward(q, k, v, rpb, geometry, scale)
-    grad_q, grad_k, grad_v, grad_rpb = triton_backend.backward(grad, q, k, v, rpb, out, lse, geometry, scale, rpb_grad)
-    return grad_q, grad_k, grad_v, (grad_rpb if grad_rpb is not None else q.new_empty(0))
-
-
 def _fake_forward(q, k, v, rpb, *arguments):
     return q.new_empty(q.shape)
 
@@ -83,19 +51,21 @@ def _fake_backward(grad, q, k, v, rpb, *arguments):
 @torch.library.custom_op("vithub::neighborhood_attention", mutates_args=())
 def neighborhood_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int],
                               dilation: List[int], scale: float, backend: str) -> Tensor:
-    return neighborhood_eager(q, k, v, rpb, tuple(kernel_size), tuple(dilation), scale, backend)
+    return get_backend(backend).neighborhood_attention(q, k, v, rpb, tuple(kernel_size), tuple(dilation), scale)
 
 
 @torch.library.custom_op("vithub::neighborhood_attention_backward", mutates_args=())
 def neighborhood_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                                        kernel_size: List[int], dilation: List[int], scale: float, backend: str,
                                        rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    if backend == "triton":
-        geometry = triton_backend.Geometry(False, tuple(kernel_size), dilation=tuple(dilation))
-        return _triton_grads(grad, q, k, v, rpb, geometry, scale, rpb_grad)
+    implementation = get_backend(backend)
+    grads = implementation.neighborhood_grads(grad, q, k, v, rpb, tuple(kernel_size), tuple(dilation), scale,
+                                              rpb_grad)
+    if grads is not None:
+        return grads
 
     def forward(q_, k_, v_, rpb_):
-        return neighborhood_eager(q_, k_, v_, rpb_, tuple(kernel_size), tuple(dilation), scale, backend)
+        return implementation.neighborhood_attention(q_, k_, v_, rpb_, tuple(kernel_size), tuple(dilation), scale)
 
     return _recompute_grads(forward, grad, (q, k, v), rpb, rpb_grad)
 
@@ -105,42 +75,35 @@ def neighborhood_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Te
 @torch.library.custom_op("vithub::window_attention", mutates_args=())
 def window_attention_op(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window_size: List[int],
                         shift_size: List[int], scale: float, backend: str, unpadded_size: List[int]) -> Tensor:
-    return window_eager(q, k, v, rpb, tuple(window_size), tuple(shift_size), scale, backend, tuple(unpadded_size))
+    return get_backend(backend).window_attention(q, k, v, rpb, tuple(window_size), tuple(shift_size), scale,
+                                                 tuple(unpadded_size))
 
 
 @torch.library.custom_op("vithub::window_attention_backward", mutates_args=())
 def window_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                                  window_size: List[int], shift_size: List[int], scale: float, backend: str,
                                  rpb_grad: bool, unpadded_size: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    if backend == "triton":
-        geometry = triton_backend.Geometry(True, tuple(window_size), shift=tuple(shift_size),
-                                           unpadded=tuple(unpadded_size))
-        return _triton_grads(grad, q, k, v, rpb, geometry, scale, rpb_grad)
+    implementation = get_backend(backend)
+    grads = implementation.window_grads(grad, q, k, v, rpb, tuple(window_size), tuple(shift_size), scale,
+                                        tuple(unpadded_size), rpb_grad)
+    if grads is not None:
+        return grads
 
     def forward(q_, k_, v_, rpb_):
-        return window_eager(q_, k_, v_, rpb_, tuple(window_size), tuple(shift_size), scale, backend,
-                            tuple(unpadded_size))
+        return implementation.window_attention(q_, k_, v_, rpb_, tuple(window_size), tuple(shift_size), scale,
+                                               tuple(unpadded_size))
 
     return _recompute_grads(forward, grad, (q, k, v), rpb, rpb_grad)
 
 
 # --- window attention with carrier tokens --------------------------------------------------------------------------
 
-def carrier_window_eager(q: Tensor, k: Tensor, v: Tensor, carrier_q: Tensor, carrier_k: Tensor, carrier_v: Tensor,
-                         rpb: Optional[Tensor], window: Tuple[int, int], scale: float,
-                         backend: str) -> Tuple[Tensor, Tensor]:
-    """Carrier window attention on an already validated call and resolved backend (``reference`` or ``torch``)."""
-    if backend == "reference":
-        return reference.carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb, scale)
-    return tiled.carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb, scale)
-
-
 @torch.library.custom_op("vithub::carrier_window_attention", mutates_args=())
 def carrier_window_attention_op(q: Tensor, k: Tensor, v: Tensor, carrier_q: Tensor, carrier_k: Tensor,
                                 carrier_v: Tensor, rpb: Optional[Tensor], window_size: List[int], scale: float,
                                 backend: str) -> Tuple[Tensor, Tensor]:
-    out, carrier_out = carrier_window_eager(q, k, v, carrier_q, carrier_k, carrier_v, rpb, tuple(window_size), scale,
-                                            backend)
+    out, carrier_out = get_backend(backend).carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, rpb,
+                                                                     tuple(window_size), scale)
     return out, carrier_out.contiguous()
 
 
@@ -150,8 +113,8 @@ def carrier_window_attention_backward_op(
     carrier_v: Tensor, rpb: Optional[Tensor], window_size: List[int], scale: float, backend: str, rpb_grad: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     def forward(q_, k_, v_, carrier_q_, carrier_k_, carrier_v_, rpb_):
-        return carrier_window_eager(q_, k_, v_, carrier_q_, carrier_k_, carrier_v_, rpb_, tuple(window_size), scale,
-                                    backend)
+        return get_backend(backend).carrier_window_attention(q_, k_, v_, carrier_q_, carrier_k_, carrier_v_, rpb_,
+                                                             tuple(window_size), scale)
 
     return _recompute_grads(forward, (grad, grad_carrier), (q, k, v, carrier_q, carrier_k, carrier_v), rpb, rpb_grad)
 

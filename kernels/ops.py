@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import custom_ops, dense, reference
+from . import custom_ops
 from ._validation import (
     Size2d,
     check_carriers,
@@ -21,7 +21,7 @@ from ._validation import (
     check_window,
     pair,
 )
-from .dispatch import resolve_backend
+from .registry import get_backend, select_backend
 
 
 def neighborhood_attention(
@@ -53,10 +53,10 @@ def neighborhood_attention(
     check_neighborhood(q, kernel, dil)
     check_rpb(rpb, q, kernel)
     softmax_scale = check_scale(scale, q.shape[-1])
-    name = resolve_backend(backend, q)
+    name = select_backend("neighborhood_attention", backend, q)
     if torch.compiler.is_compiling():
         return custom_ops.neighborhood_attention_op(q, k, v, rpb, list(kernel), list(dil), softmax_scale, name)
-    return custom_ops.neighborhood_eager(q, k, v, rpb, kernel, dil, softmax_scale, name)
+    return get_backend(name).neighborhood_attention(q, k, v, rpb, kernel, dil, softmax_scale)
 
 
 def window_attention(
@@ -93,11 +93,11 @@ def window_attention(
     check_rpb(rpb, q, window)
     unpadded = check_unpadded(q, unpadded_size)
     softmax_scale = check_scale(scale, q.shape[-1])
-    name = resolve_backend(backend, q)
+    name = select_backend("window_attention", backend, q)
     if torch.compiler.is_compiling():
         return custom_ops.window_attention_op(q, k, v, rpb, list(window), list(shift), softmax_scale, name,
                                               list(unpadded))
-    return custom_ops.window_eager(q, k, v, rpb, window, shift, softmax_scale, name, unpadded)
+    return get_backend(name).window_attention(q, k, v, rpb, window, shift, softmax_scale, unpadded)
 
 
 def carrier_window_attention(
@@ -137,11 +137,12 @@ def carrier_window_attention(
     check_carriers(q, window, carrier_q, carrier_k, carrier_v)
     check_rpb(rpb, q, window)
     softmax_scale = check_scale(scale, q.shape[-1])
-    name = resolve_backend(backend, q, op_without_triton="carrier_window_attention")
+    name = select_backend("carrier_window_attention", backend, q)
     if torch.compiler.is_compiling():
         return custom_ops.carrier_window_attention_op(q, k, v, carrier_q, carrier_k, carrier_v, rpb, list(window),
                                                       softmax_scale, name)
-    return custom_ops.carrier_window_eager(q, k, v, carrier_q, carrier_k, carrier_v, rpb, window, softmax_scale, name)
+    return get_backend(name).carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, rpb, window,
+                                                      softmax_scale)
 
 
 def table_bias_attention(
@@ -187,12 +188,8 @@ def table_bias_attention(
             raise ValueError("pass either bias_table or gathered_bias, not both")
         check_gathered_bias(gathered_bias, q, k)
     softmax_scale = check_scale(scale, q.shape[-1])
-    name = resolve_backend(backend, q, op_without_triton="table_bias_attention")
-    if gathered_bias is None and bias_table is not None and name == "torch":
-        gathered_bias = dense.gather_table_bias(bias_table, (q.shape[1], q.shape[2]), query_stride)
-    if name == "reference":
-        return reference.table_bias_attention(q, k, v, bias_table, query_stride, softmax_scale, gathered_bias)
-    return dense.table_bias_attention(q, k, v, gathered_bias, softmax_scale)
+    name = select_backend("table_bias_attention", backend, q)
+    return get_backend(name).table_bias_attention(q, k, v, bias_table, query_stride, softmax_scale, gathered_bias)
 
 
 def relu_linear_attention(
@@ -220,10 +217,8 @@ def relu_linear_attention(
         ``(B, *tokens, heads, value_dim)`` in ``v``'s dtype.
     """
     check_linear_attention(q, k, v, eps)
-    name = resolve_backend(backend, q, op_without_triton="relu_linear_attention")
-    if name == "reference":
-        return reference.relu_linear_attention(q, k, v, float(eps))
-    return dense.relu_linear_attention(q, k, v, float(eps))
+    name = select_backend("relu_linear_attention", backend, q)
+    return get_backend(name).relu_linear_attention(q, k, v, float(eps))
 
 
 def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:

@@ -13,8 +13,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from vithub.kernels import triton_backend
-from vithub.kernels.triton_backend import Geometry
+from vithub.kernels.backends import triton as triton_backend
+from vithub.kernels.backends.triton import Geometry
 
 CONFIGURATIONS = [
     ("fp32", Geometry(False, (7, 7), dilation=(2, 2)), 32),

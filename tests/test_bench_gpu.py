@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vithub.bench_gpu import flex_call, min_bytes, neighborhood_flex_mods, run_gpu_bench, window_flex_mods
+from vithub.bench.gpu import flex_call, min_bytes, neighborhood_flex_mods, run_gpu_bench, window_flex_mods
 from vithub.cli import main
-from vithub.kernels import reference
+from vithub.kernels.backends import reference
 
 
 def _qkv_rpb(shape, kernel, seed):

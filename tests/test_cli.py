@@ -11,8 +11,8 @@ import pytest
 import timm
 import torch
 
-from vithub import cli, models
-from vithub.bench import run_kernel_bench
+from vithub import catalog as models, cli
+from vithub.bench.kernels import run_kernel_bench
 
 
 def test_summarize_counts_params_and_macs_of_a_known_model():
@@ -85,7 +85,7 @@ def test_console_script_and_module_entry_points():
 
 
 def test_model_bench_writes_table_and_json(tmp_path, capsys, monkeypatch):
-    from vithub import bench_models
+    from vithub.bench import models as bench_models
 
     monkeypatch.setattr(bench_models, "REFERENCE_TRAIN_MAX_BATCH", 0)  # exercise the skip path cheaply
     output = tmp_path / "models.json"
@@ -113,7 +113,7 @@ def test_bad_model_bench_arguments_are_rejected(capsys):
 
 
 def test_model_bench_twin_with_same_weights_and_fused(tmp_path, capsys):
-    from vithub import bench_models
+    from vithub.bench import models as bench_models
 
     payload = bench_models.run_model_bench(output=str(tmp_path / "twin.json"), models=["vh_efficientvit_m0"],
                                            batch_sizes=[2], backends=["torch"], repeats=1, img_size=64, twin=True,
@@ -138,3 +138,13 @@ def test_kernel_bench_dense_ops(tmp_path):
     assert set(rows[("table_bias", "fwd")]["ms"]) == {"torch", "sdpa", "timm_core"}
     assert set(rows[("relu_linear", "fwd+bwd")]["ms"]) == {"torch", "timm_core"}
     assert all(value > 0 for row in payload["rows"] for value in row["ms"].values())
+
+
+def test_bench_writes_into_the_current_directory_by_default(tmp_path, monkeypatch, capsys):
+    """Benchmark results land where the user runs the command, never inside the installed source tree."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "data", "--images", "4", "--image-side", "32", "--repeats", "1"]) == 0
+    payload = json.loads((tmp_path / "data_readable_samples_cpu.json").read_text())
+    assert payload["images"] == 4 and set(payload["median_ms"]) == {"timm ImageDataset", "ReadableSamples"}
+    assert payload["time_ratio_ours_over_timm"] > 0
+    assert "ReadableSamples / timm time" in capsys.readouterr().out

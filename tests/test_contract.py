@@ -18,7 +18,7 @@ def vh_name(request):
 
 
 def test_registered_names_use_the_vh_prefix():
-    from vithub.models import list_vithub_models
+    from vithub.catalog import list_vithub_models
 
     assert list_vithub_models() == VH_MODELS
     assert all(name.startswith("vh_") for name in VH_MODELS)

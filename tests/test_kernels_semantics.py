@@ -18,7 +18,7 @@ from vithub.kernels import (
     use_backend,
     window_attention,
 )
-from vithub.kernels.reference import neighborhood_indices
+from vithub.kernels.backends.reference import neighborhood_indices
 
 from oracles import loop_attention
 
@@ -210,7 +210,7 @@ def test_triton_backend_never_falls_back_silently(monkeypatch):
 
 
 def test_use_backend_context_routes_calls(monkeypatch):
-    from vithub.kernels import reference
+    from vithub.kernels.backends import reference
 
     calls = []
     original = reference.neighborhood_attention

@@ -25,12 +25,12 @@ from vithub.kernels import (
     available_backends,
     custom_ops,
     neighborhood_attention,
-    reference,
-    triton_backend,
     use_backend,
     window_attention,
 )
-from vithub.kernels.triton_backend import Geometry, Tiles
+from vithub.kernels.backends import reference
+from vithub.kernels.backends import triton as triton_backend
+from vithub.kernels.backends.triton import Geometry, Tiles
 
 pytestmark = pytest.mark.skipif(
     not triton_backend.triton_importable(), reason="triton is not installed (Linux torch wheels bring it)"

@@ -19,7 +19,7 @@ from timm.optim import create_optimizer_v2
 import vithub  # noqa: F401  (registers the models)
 from vithub.backbones.nat import NATBlock, checkpoint_filter_fn
 from vithub.kernels import use_backend
-from vithub.models import count_macs, count_params_m
+from vithub.catalog import count_macs, count_params_m
 
 from oracles import loop_attention
 

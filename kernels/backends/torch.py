@@ -1,6 +1,6 @@
-"""Fast PyTorch path for local attention over a 2-D map (the ``torch`` backend).
+"""The ``torch`` backend: fast PyTorch paths for every op, on any device (the CPU path, and the fallback on CUDA).
 
-Neighborhood attention and (shifted) window attention are both "each query attends to a small set of keys near it".
+Local attention over a 2-D map. Neighborhood attention and (shifted) window attention are both "each query attends to a small set of keys near it".
 This module treats them as one problem:
 
 * the queries are cut into tiles of ``Th x Tw`` tokens (along each dilation group for NA, along the rolled map for
@@ -14,17 +14,21 @@ This module treats them as one problem:
 Memory is ``O(B * H * W * heads * Rh * Rw)`` with ``R = min(T + K - 1, L)``: never an ``(H W)^2`` score matrix.
 Autograd flows through the gathers and SDPA (or :class:`_MaskedAttention` when rpb needs a gradient), so q, k, v
 and rpb all get gradients.
+
+Dense forms (further below): table-bias attention (LeViT, EfficientViT-M) as explicit batched matmuls with a gathered
+bias, and ReLU linear attention (EfficientViT-B/L) in fp32 at least.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..registry import Backend
 from .reference import neighborhood_starts, rolled_positions, swin_region_labels, window_bias
 
 # Query tile side for neighborhood attention; the key region side is tile + kernel - 1. Smaller tiles waste fewer
@@ -384,3 +388,129 @@ def _windows_sdpa(
     carrier_out = out[:, :, :, :extra] if extra else None
     out = out[:, :, :, extra:].reshape(batch, rows, cols, wh, ww, heads, head_dim).permute(0, 1, 3, 2, 4, 5, 6)
     return out.reshape(batch, height, width, heads, head_dim), carrier_out
+
+
+# --- dense forms ---------------------------------------------------------------------------------------------------
+
+def _table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int,
+                 device: torch.device) -> torch.Tensor:
+    height, width = key_size
+    qy = torch.arange(query_size[0], device=device) * stride
+    qx = torch.arange(query_size[1], device=device) * stride
+    ky, kx = torch.arange(height, device=device), torch.arange(width, device=device)
+    dy = (qy[:, None, None, None] - ky[None, None, :, None]).abs()
+    dx = (qx[None, :, None, None] - kx[None, None, None, :]).abs()
+    return (dy * width + dx).reshape(-1)
+
+
+_INDEX_CACHE: Dict[Tuple[Tuple[int, int], Tuple[int, int], int, str], torch.Tensor] = {}
+_INDEX_CACHE_LIMIT = 256  # distinct (grid, stride, device) entries kept; any-size inputs must not grow it forever
+
+
+def table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int,
+                device: torch.device) -> torch.Tensor:
+    """Flat ``(Hq*Wq*H*W,)`` index into a ``(H*W)`` table row: ``|qy*stride - ky| * W + |qx*stride - kx|``, cached
+    per shape and device (under ``torch.compile`` it is traced into the graph instead)."""
+    if torch.compiler.is_compiling():
+        return _table_index(query_size, key_size, stride, device)
+    key = (query_size, key_size, stride, str(device))
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        if len(_INDEX_CACHE) >= _INDEX_CACHE_LIMIT:
+            _INDEX_CACHE.clear()
+        index = _INDEX_CACHE[key] = _table_index(query_size, key_size, stride, device)
+    return index
+
+
+def gather_table_bias(bias_table: torch.Tensor, query_size: Tuple[int, int], stride: int) -> torch.Tensor:
+    """The dense ``(heads, Hq*Wq, H*W)`` bias of a ``(heads, H, W)`` table indexed by ``(|dy|, |dx|)``."""
+    heads, height, width = bias_table.shape
+    index = table_index(query_size, (height, width), stride, bias_table.device)
+    return bias_table.reshape(heads, height * width).index_select(1, index).view(
+        heads, query_size[0] * query_size[1], height * width)
+
+
+def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+                         scale: float) -> torch.Tensor:
+    """Attention with a gathered ``(heads, Hq*Wq, H*W)`` bias: scaled logits as one batched matmul, the bias added in
+    place, softmax, one matmul with ``v``.
+
+    An explicit score matrix instead of SDPA: at these sizes (LeViT: at most 196 x 196, EfficientViT-M: 49 x 49
+    windows, value widths unlike key widths) CPU SDPA with a float bias ran its unfused math path and was the
+    slowest of ours, SDPA and timm's arithmetic in ``vithub bench kernels --ops table``. Memory is that of the
+    score matrix, ``B * heads * Hq*Wq * H*W``, as in timm and the official code.
+    """
+    batch, q_height, q_width, heads, head_dim = q.shape
+    height, width, value_dim = k.shape[1], k.shape[2], v.shape[-1]
+    if heads == 1:
+        # One head (EfficientViT-M calls each cascaded head alone): 3-D operands are views, and baddbmm applies
+        # scale and bias in the matmul itself, so the call costs a few ops less (it is made 28 times a forward).
+        flat_q = q.reshape(batch, q_height * q_width, head_dim)
+        flat_k = k.reshape(batch, height * width, head_dim)
+        flat_v = v.reshape(batch, height * width, value_dim)
+        if bias is None:
+            logits = torch.bmm(flat_q, flat_k.transpose(1, 2)).mul_(scale)
+        else:
+            logits = torch.baddbmm(bias, flat_q, flat_k.transpose(1, 2), alpha=scale)
+        out = torch.bmm(logits.softmax(dim=-1), flat_v)
+        return out.view(batch, q_height, q_width, 1, value_dim)
+    seq_q = q.reshape(batch, q_height * q_width, heads, head_dim).transpose(1, 2)
+    seq_k = k.reshape(batch, height * width, heads, head_dim).transpose(1, 2)
+    seq_v = v.reshape(batch, height * width, heads, value_dim).transpose(1, 2)
+    # Scaling q (Nq x d) is cheaper than scaling the logits (Nq x Nk); the matmul's backward needs only its inputs,
+    # so adding the bias in place is autograd-safe.
+    logits = (seq_q * scale) @ seq_k.transpose(-1, -2)
+    if bias is not None:
+        logits += bias
+    out = logits.softmax(dim=-1) @ seq_v
+    return out.transpose(1, 2).reshape(batch, q_height, q_width, heads, value_dim)
+
+
+def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """``relu(q) (relu(k)^T [v, 1])`` in at least fp32: two matmuls per (batch, head), O(tokens) memory.
+
+    The ones column appended to ``v`` makes the normaliser ``relu(q) . sum_j relu(k_j)`` come out of the same two
+    matmuls as the numerator (the padded copy is also the contiguous layout the matmuls want).
+    """
+    batch, heads, head_dim, value_dim = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
+    compute = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        flat_q = F.relu(q.reshape(batch, -1, heads, head_dim).transpose(1, 2).to(compute))  # (B, h, N, d)
+        flat_k = F.relu(k.reshape(batch, -1, heads, head_dim).transpose(1, 2).to(compute))
+        flat_v = F.pad(v.reshape(batch, -1, heads, value_dim).transpose(1, 2).to(compute), (0, 1), value=1.0)
+        out = flat_q @ (flat_k.transpose(-1, -2) @ flat_v)  # (B, h, N, dv + 1)
+        out = out[..., :-1] / (out[..., -1:] + eps)
+    return out.transpose(1, 2).reshape(*q.shape[:-1], value_dim).to(v.dtype)
+
+
+class TorchBackend(Backend):
+    """Every op in plain PyTorch (SDPA and batched matmuls): the automatic choice wherever Triton is not."""
+
+    name = "torch"
+    title = "torch kernel"
+    ops = frozenset({"neighborhood_attention", "window_attention", "carrier_window_attention",
+                     "table_bias_attention", "relu_linear_attention"})
+
+    def automatic(self, op: str, q: torch.Tensor) -> bool:
+        return True
+
+    def neighborhood_attention(self, q, k, v, rpb, kernel, dilation, scale):
+        plan = neighborhood_plan(q.shape[1], q.shape[2], kernel, dilation, q.device)
+        return local_attention(q, k, v, plan, rpb, scale)
+
+    def window_attention(self, q, k, v, rpb, window, shift, scale, unpadded):
+        if shift == (0, 0):  # no roll: the windows are a reshape (the unpadded extent only matters to the roll)
+            return unshifted_window_attention(q, k, v, window, rpb, scale)
+        plan = window_plan(q.shape[1], q.shape[2], window, shift, q.device, unpadded)
+        return local_attention(q, k, v, plan, rpb, scale)
+
+    def carrier_window_attention(self, q, k, v, carrier_q, carrier_k, carrier_v, rpb, window, scale):
+        return carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb, scale)
+
+    def table_bias_attention(self, q, k, v, bias_table, query_stride, scale, gathered_bias):
+        if gathered_bias is None and bias_table is not None:
+            gathered_bias = gather_table_bias(bias_table, (q.shape[1], q.shape[2]), query_stride)
+        return table_bias_attention(q, k, v, gathered_bias, scale)
+
+    def relu_linear_attention(self, q, k, v, eps):
+        return relu_linear_attention(q, k, v, eps)

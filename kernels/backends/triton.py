@@ -1,8 +1,8 @@
-"""The ``triton`` backend: host side of the local-attention kernels in ``_triton_local.py``.
+"""The ``triton`` backend: host side of the local-attention kernels in ``triton_kernels.py``.
 
 CUDA tensors run the compiled kernels. CPU tensors run them in Triton's interpreter (slow; it exists for tests),
 which Triton enables per process: ``TRITON_INTERPRET=1`` must be in the environment before ``triton`` is first
-imported (torch and timm import it), e.g. ``TRITON_INTERPRET=1 python script.py``. The dispatcher checks both.
+imported (torch and timm import it), e.g. ``TRITON_INTERPRET=1 python script.py``. :class:`TritonBackend` checks both.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from types import ModuleType
 from typing import Optional, Tuple
 
 import torch
+
+from ..registry import Backend
 
 Tensor = torch.Tensor
 
@@ -79,7 +81,7 @@ def _kernels() -> ModuleType:
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if triton_interprets() else "0"
     try:
-        return importlib.import_module(f"{__package__}._triton_local")
+        return importlib.import_module(f"{__package__}.triton_kernels")
     finally:
         if previous is None:
             del os.environ["TRITON_INTERPRET"]
@@ -255,3 +257,78 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: Tuple[int, int], s
     """Swin (shifted) window attention on the Triton kernels."""
     geometry = Geometry(True, tuple(window), shift=tuple(shift), unpadded=tuple(unpadded) if unpadded else None)
     return local_attention(q, k, v, rpb, geometry, scale, tiles)
+
+
+# Looked up once: backend selection runs inside torch.compile'd code, where an import-system query would break the
+# graph.
+_TRITON_IMPORTABLE = triton_importable()
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be used at all here (the ``triton`` package is importable)."""
+    return _TRITON_IMPORTABLE
+
+
+def triton_refusal(device: torch.device | str) -> Optional[str]:
+    """Why the Triton kernels cannot run on ``device`` in this process, or ``None`` when they can."""
+    device = torch.device(device)
+    if not triton_available():
+        return "backend='triton' needs the triton package, which is not installed; use backend='torch' or None"
+    if device.type == "cpu":
+        if not interpreter_requested():
+            return (
+                "backend='triton' runs on CUDA tensors; on CPU it needs TRITON_INTERPRET=1 (Triton's interpreter: "
+                "slow, for testing kernels). Use backend='torch' or None for CPU tensors"
+            )
+        if not triton_interprets():
+            return (
+                "backend='triton' on CPU: TRITON_INTERPRET=1 was set after triton had been imported in compiled mode; "
+                "set it in the environment that starts Python (TRITON_INTERPRET=1 python ...)"
+            )
+        return None
+    if device.type == "cuda":
+        if triton_interprets():
+            return "backend='triton' on CUDA: this process runs Triton's interpreter (TRITON_INTERPRET=1); unset it"
+        return None
+    return f"backend='triton' runs on CUDA tensors, got tensors on {device}; use backend='torch' or None"
+
+
+class TritonBackend(Backend):
+    """Fused local-attention kernels (neighborhood and window attention), forward and backward. The automatic choice
+    for CUDA tensors it supports."""
+
+    name = "triton"
+    title = "Triton kernel"
+    ops = frozenset({"neighborhood_attention", "window_attention"})
+
+    def device_refusal(self, device: torch.device) -> Optional[str]:
+        return triton_refusal(device)
+
+    def input_refusal(self, q: Tensor) -> Optional[str]:
+        return unsupported_reason(q)
+
+    def automatic(self, op: str, q: Tensor) -> bool:
+        return q.device.type == "cuda" and self.refusal(op, q) is None
+
+    def neighborhood_attention(self, q, k, v, rpb, kernel, dilation, scale):
+        return neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)
+
+    def window_attention(self, q, k, v, rpb, window, shift, scale, unpadded):
+        return window_attention(q, k, v, window, shift, rpb, scale, unpadded=unpadded)
+
+    def neighborhood_grads(self, grad, q, k, v, rpb, kernel, dilation, scale, rpb_grad):
+        return _recomputed_grads(grad, q, k, v, rpb, Geometry(False, tuple(kernel), dilation=tuple(dilation)), scale,
+                                 rpb_grad)
+
+    def window_grads(self, grad, q, k, v, rpb, window, shift, scale, unpadded, rpb_grad):
+        geometry = Geometry(True, tuple(window), shift=tuple(shift), unpadded=tuple(unpadded))
+        return _recomputed_grads(grad, q, k, v, rpb, geometry, scale, rpb_grad)
+
+
+def _recomputed_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], geometry: Geometry,
+                      scale: float, rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward again (for the log-sum-exp), then the two backward passes; rpb's gradient is an empty tensor
+    when none is wanted, since a custom op returns tensors only."""
+    out, lse = forward(q, k, v, rpb, geometry, scale)
+    grad_q, grad_k, grad_v, grad_rpb = backward(grad, q, k, v, rpb, out, lse, geometry, scale, rpb_grad)
+    return grad_q, grad_k, grad_v, (grad_rpb if grad_rpb is not None else q.new_empty(0))

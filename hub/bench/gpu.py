@@ -15,14 +15,14 @@ and writes) and the achieved GB/s of ``triton`` as a share of the copy bandwidth
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from vithub.bench import write_json_atomic
 from vithub.kernels import neighborhood_attention, rpb_from_swin_table, window_attention
+
+from .timing import measure, report
 
 # (name, B, H, W, heads, head_dim, kernel_or_window, shift); shift None for NA rows.
 NA_SHAPES = [
@@ -76,26 +76,8 @@ def copy_bandwidth_gbps(device: torch.device, megabytes: int = 2048, repeats: in
     """Device-to-device copy bandwidth (bytes read + bytes written per second), the practical HBM roofline."""
     source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
-    times = _cuda_times({"copy": lambda: target.copy_(source)}, repeats)["copy"]
+    times = measure({"copy": lambda: target.copy_(source)}, repeats, warmup=3, device=device, digits=4)["copy"]
     return 2 * source.numel() / (times * 1e-3) / 1e9
-
-
-def _cuda_times(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> Dict[str, float]:
-    """Median ms per candidate from CUDA events, candidates interleaved round-robin."""
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
-    torch.cuda.synchronize()
-    samples: Dict[str, List[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            samples[name].append(start.elapsed_time(end))
-    return {name: round(statistics.median(values), 4) for name, values in samples.items()}
 
 
 # --- FlexAttention with the same rules ------------------------------------------------------------------------------
@@ -219,7 +201,7 @@ def bench_rows(shapes_na, shapes_window, repeats: int, dtype: torch.dtype, hbm_g
                     leaves += timm_params
                 fns["flex"] = flex_call(q, k, v, mask_mod, score_mod)
                 timed = {key: _step(fn, leaves, backward) for key, fn in fns.items()}
-                ms = _cuda_times(timed, repeats)
+                ms = measure(timed, repeats, warmup=3, device=device, digits=4)
                 rows.append(GpuRow(op, name, "fwd+bwd" if backward else "fwd", ms,
                                    min_bytes(b, h, w, heads, d, element, backward), hbm_gbps))
                 print(format_row(rows[-1]), flush=True)
@@ -295,7 +277,5 @@ def run_gpu_bench(output: Optional[str] = None, repeats: int = 20, dtype: str = 
         "measured_copy_gbps": round(hbm, 1),
         "rows": [dict(row.__dict__) for row in rows],
     }
-    if output:
-        write_json_atomic(output, payload)
-        print(f"wrote {output}")
+    report(output, payload)
     return payload

@@ -1,7 +1,7 @@
 """``vithub bench kernels``: the attention ops against their anchors, side by side in one run.
 
-Every candidate of a row is timed round-robin (one call each, repeated), and the median is kept, so the ratios in a
-row come from the same stretch of a noisy shared machine. Columns:
+Every candidate of a row is timed round-robin by :func:`vithub.bench.timing.measure` (CUDA events on a GPU), median
+kept. Columns:
 
 * ``torch``: our fast backend; ``reference``: our naive backend (small shapes only);
 * ``floor``: SDPA over the same number of disjoint ``K*K``-token blocks, already partitioned: the same FLOPs with no
@@ -18,12 +18,6 @@ row come from the same stretch of a noisy shared machine. Columns:
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import statistics
-import tempfile
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -38,6 +32,8 @@ from vithub.kernels import (
     table_bias_attention,
     window_attention,
 )
+
+from .timing import device_name, measure, report
 
 # Shapes: (name, B, H, W, heads, head_dim, kernel_or_window, shift); shift is None for NA rows.
 NA_SHAPES = [
@@ -91,20 +87,6 @@ def natten_na2d() -> Optional[Callable]:
     except Exception:  # noqa: BLE001 - any import failure means "not available"
         return None
     return na2d
-
-
-def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Median milliseconds per candidate, timed round-robin."""
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
-    samples: Dict[str, List[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: round(statistics.median(values), 3) for name, values in samples.items()}
 
 
 def _train_step(fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor]) -> Callable[[], None]:
@@ -263,12 +245,13 @@ def bench_linear(repeats: int, device: torch.device, dtype: torch.dtype, shapes:
 
 
 def _run(fns, leaves, floor_leaves, grad, repeats, op, name, mode, with_rpb) -> Row:
+    device = leaves[0].device
     if grad:
         timed = {key: _train_step(fn, floor_leaves if key == "floor" else leaves) for key, fn in fns.items()}
-        ms = measure(timed, repeats)
+        ms = measure(timed, repeats, device=device)
     else:
         with torch.no_grad():
-            ms = measure(fns, repeats)
+            ms = measure(fns, repeats, device=device)
     return Row(op, name, mode, with_rpb, ms)
 
 
@@ -287,29 +270,6 @@ def format_table(rows: Sequence[Row]) -> str:
         lines.append(f"{row.op:<13}{row.shape:<20}{row.mode:<9}{str(row.rpb):<5}{cells}{vs_floor:>10}"
                      f"{vs_natten:>11}{vs_timm:>12}")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON through a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def run_kernel_bench(
@@ -348,7 +308,5 @@ def run_kernel_bench(
         "natten": natten_na2d() is not None,
         "rows": [dict(row.__dict__, speedups=row.speedups()) for row in rows],
     }
-    if output:
-        write_json_atomic(output, payload)
-        print(f"wrote {output}")
+    report(output, payload)
     return payload

@@ -1,6 +1,6 @@
 """Naive reference implementations: slow, obviously right, float64-capable. Ground truth for every other backend.
 
-Arguments are assumed already validated (see :mod:`vithub.kernels.ops`).
+Arguments are assumed already validated (see :mod:`vithub.kernels.ops`). Runs every op on any device and dtype.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+
+from ..registry import Backend
 
 
 def neighborhood_starts(length: int, kernel: int, dilation: int) -> torch.Tensor:
@@ -204,3 +206,27 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
     normaliser = torch.einsum("bnhc,bhc->bnh", flat_q, flat_k.sum(dim=1))
     out = torch.einsum("bnhc,bhce->bnhe", flat_q, context) / (normaliser[..., None] + eps)
     return out.reshape(batch, *token_shape, heads, v.shape[-1])
+
+
+class ReferenceBackend(Backend):
+    """The definitions, written out naively; only ever chosen by name (``backend="reference"``)."""
+
+    name = "reference"
+    title = "reference implementation"
+    ops = frozenset({"neighborhood_attention", "window_attention", "carrier_window_attention",
+                     "table_bias_attention", "relu_linear_attention"})
+
+    def neighborhood_attention(self, q, k, v, rpb, kernel, dilation, scale):
+        return neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)
+
+    def window_attention(self, q, k, v, rpb, window, shift, scale, unpadded):
+        return window_attention(q, k, v, window, shift, rpb, scale, unpadded)
+
+    def carrier_window_attention(self, q, k, v, carrier_q, carrier_k, carrier_v, rpb, window, scale):
+        return carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb, scale)
+
+    def table_bias_attention(self, q, k, v, bias_table, query_stride, scale, gathered_bias):
+        return table_bias_attention(q, k, v, bias_table, query_stride, scale, gathered_bias)
+
+    def relu_linear_attention(self, q, k, v, eps):
+        return relu_linear_attention(q, k, v, eps)

@@ -1,6 +1,6 @@
 """``vithub bench models``: eval and train-step throughput (img/s) of whole models, per attention backend.
 
-Each row (model, batch size, mode) times every candidate round-robin in one stretch (see :func:`vithub.bench.measure`):
+Each row (model, batch size, mode) times every candidate round-robin in one stretch (:func:`vithub.bench.timing.measure`):
 our model once per kernel backend, plus any timm models named in ``compare`` for context. ``eval`` is a forward under
 ``torch.no_grad`` in eval mode; ``train`` is forward, cross-entropy, backward and an SGD step in train mode.
 """
@@ -16,9 +16,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import timm
 import torch
 
-from vithub.bench import device_name, measure, write_json_atomic
+from vithub.catalog import check_model_name
 from vithub.kernels import use_backend
-from vithub.models import check_model_name
+
+from .timing import device_name, measure, report
 
 DEFAULT_MODELS = ("vh_nat_tiny", "vh_dinat_tiny")
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -110,7 +111,7 @@ def bench_model(name: str, batch: int, mode: str, backends: Sequence[str], compa
             skipped["fused"] = "fuse() is for inference" if mode == "train" else f"{name} has no fuse()"
     for other, model in others.items():
         candidates[other] = step(model, None)
-    ms = measure(candidates, repeats, warmup=1) if candidates else {}
+    ms = measure(candidates, repeats, warmup=1, device=device) if candidates else {}
     return ModelRow(name, batch, mode, ms, skipped)
 
 
@@ -176,7 +177,5 @@ def run_model_bench(
         "same_weights_as_twin": twin,
         "rows": [dict(row.__dict__, images_per_second=row.images_per_second()) for row in rows],
     }
-    if output:
-        write_json_atomic(output, payload)
-        print(f"wrote {output}")
+    report(output, payload)
     return payload

@@ -1,0 +1,10 @@
+"""vithub.bench: the benchmarks behind ``vithub bench kernels|models|gpu|data``.
+
+Each prints a table and writes JSON (default: into the current directory); all time through
+:func:`vithub.bench.timing.measure`, so CPU rows are round-robin medians and CUDA rows are timed with CUDA events.
+Committed measurements live in the repository's ``benchmarks/results/``.
+"""
+
+from .timing import device_name, device_slug, measure, write_json
+
+__all__ = ["device_name", "device_slug", "measure", "write_json"]

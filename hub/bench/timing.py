@@ -1,0 +1,91 @@
+"""The one timing helper every ``vithub bench`` subcommand uses, and the few things they share around it.
+
+Candidates of a row are timed round-robin (one call each, repeated) and the median is kept, so the ratios in a row
+come from the same stretch of a noisy shared machine. On CUDA a call only *queues* work: host clocks would measure
+the launch, so CUDA rows are timed with CUDA events and read after a device synchronisation.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+
+from vithub.train.checkpoint import atomic_write
+
+DeviceLike = Union[torch.device, str, None]
+
+
+def _time_cpu(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _time_cuda(fn: Callable[[], object]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    # elapsed_time is only defined once both events have completed on the device.
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+            device: DeviceLike = None, digits: int = 3) -> Dict[str, float]:
+    """Median milliseconds per candidate, timed round-robin after ``warmup`` untimed calls each.
+
+    ``device`` says where the candidates run: ``"cuda"`` (any CUDA device) times each call between two CUDA events
+    and synchronises before reading them; anything else times on the host clock.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    time_call = _time_cuda if on_cuda else _time_cpu
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    if on_cuda:
+        torch.cuda.synchronize()  # the warm-up's queued work must not land in the first timed call
+    samples: Dict[str, List[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            samples[name].append(time_call(fn))
+    return {name: round(statistics.median(values), digits) for name, values in samples.items()}
+
+
+def device_name(device: DeviceLike) -> str:
+    """The GPU's name, or the CPU and its thread count, for a results file."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def device_slug(device: DeviceLike) -> str:
+    """A file-name-safe device name: ``cpu`` or the GPU's name, e.g. ``nvidia_h200``."""
+    import re
+
+    device = torch.device(device or "cpu")
+    if device.type != "cuda":
+        return device.type
+    return re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(device).lower()).strip("_")
+
+
+def write_json(path: Union[str, Path], payload: dict) -> None:
+    """Write a results file atomically (a kill leaves the old file or the new one)."""
+    text = json.dumps(payload, indent=2)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def report(output: Optional[str], payload: dict) -> None:
+    """Write ``payload`` to ``output`` (none when empty) and say where."""
+    if output:
+        write_json(output, payload)
+        print(f"wrote {output}")
