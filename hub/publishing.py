@@ -335,7 +335,8 @@ def model_from_checkpoint(path: Union[str, Path], model_name: Optional[str] = No
     from safetensors import safe_open
 
     from vithub.train.checkpoint import STATE_SUFFIX, load_state
-    from vithub.train.engine import TrainConfig, config_from_args, data_config_for
+    from vithub.train.config import TrainConfig, config_from_args
+    from vithub.train.tasks import data_config_for
 
     path = Path(path)
     if not path.is_file():

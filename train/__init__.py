@@ -1,10 +1,15 @@
-"""vithub.train: fine-tuning and validation of any timm model on timm.data / timm.optim / timm.scheduler.
+"""vithub.train: training and validation of any timm model on timm.data / timm.optim / timm.scheduler.
 
 ``train(TrainConfig(...))`` from Python (notebooks), ``vithub train`` / ``vithub validate`` or
-``python -m vithub.train`` from a shell. With no data it trains on scikit-learn's bundled handwritten digits.
+``python -m vithub.train`` from a shell. With no data it trains a classifier on scikit-learn's bundled handwritten
+digits. The loop (``engine.py``) is task-independent; a task (``tasks.py``: classification today) supplies data,
+model, loss and metrics.
 """
 
+from .config import TrainConfig
 from .data import DataError, DigitsDataset
-from .engine import TrainConfig, TrainingError, evaluate, train, validate
+from .engine import evaluate, train, validate
+from .tasks import ClassificationTask, Task, TrainingError, get_task, register_task, task_names
 
-__all__ = ["DataError", "DigitsDataset", "TrainConfig", "TrainingError", "evaluate", "train", "validate"]
+__all__ = ["ClassificationTask", "DataError", "DigitsDataset", "Task", "TrainConfig", "TrainingError", "evaluate",
+           "get_task", "register_task", "task_names", "train", "validate"]

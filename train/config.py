@@ -1,0 +1,144 @@
+"""The options of ``vithub train``, written once: :class:`TrainConfig`'s fields carry their type, default and help,
+and :func:`add_config_arguments` makes the command-line flags from them. An option is added by adding a field."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+DEFAULT_MODEL = "vh_efficientvit_m0"
+DEFAULT_TASK = "classification"
+
+
+def option(default: Any, help: str = "", flags: Sequence[str] = (), choices: Optional[Sequence[Any]] = None,
+           cli: bool = True, default_factory: Any = MISSING) -> Any:
+    """A :class:`TrainConfig` field with its command-line help. ``flags``: extra spellings besides ``--field-name``
+    (aliases, short flags); ``choices``: allowed values; ``cli=False``: settable from Python only."""
+    metadata = {"help": help, "flags": tuple(flags), "choices": choices, "cli": cli}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``vithub train``, named as in timm's ``train.py`` where it has them."""
+
+    task: str = option(DEFAULT_TASK, "what to train: a task registered in vithub.train.tasks")
+    model: str = option(DEFAULT_MODEL, "any timm model name (ours: vh_*)")
+    pretrained: bool = option(False, "start from the model's pretrained weights")
+    initial_checkpoint: Optional[str] = option(
+        None, "start from these weights (.safetensors or a weights-only torch file)")
+    data: Optional[str] = option(
+        None, "folder with train/ and val/ class sub-folders, or a timm dataset spec (torch/cifar10, hfds/<name>) "
+        "read from --data-dir; default: the embedded handwritten digits (scikit-learn)", flags=("--dataset",))
+    data_dir: Optional[str] = option(None, "where a dataset spec's files are")
+    train_split: str = option("train", "split of a dataset spec to train on")
+    val_split: str = option("validation", "split of a dataset spec to validate on")
+    dataset_download: bool = option(False, "let torchvision download a torch/ spec")
+    max_unreadable: float = option(
+        0.01, "largest fraction of a split's images that may be unreadable (skipped and counted) before the run stops")
+    output: str = option("output/train", "run folder: checkpoints, metrics, summary.json")
+    epochs: int = option(6)
+    batch_size: int = option(64, flags=("-b",))
+    opt: str = option("adamw", "timm optimizer name")
+    lr: float = option(2e-3)
+    weight_decay: float = option(0.05)
+    sched: str = option("cosine", "timm scheduler name")
+    warmup_epochs: int = option(1)
+    min_lr: float = option(1e-5)
+    layer_decay: Optional[float] = option(None, "layer-wise lr decay (timm group_matcher)")
+    drop_path: Optional[float] = option(None)
+    mixup: float = option(0.0)
+    cutmix: float = option(0.0)
+    smoothing: float = option(0.1)
+    model_ema: bool = option(False)
+    model_ema_decay: float = option(0.998)
+    amp: Optional[str] = option(None, "mixed precision (CUDA)", choices=("bfloat16", "float16"))
+    grad_accum_steps: int = option(1)
+    clip_grad: Optional[float] = option(None)
+    channels_last: bool = option(False)
+    torchcompile: bool = option(False)
+    seed: int = option(42)
+    img_size: Optional[int] = option(None)
+    workers: int = option(0, flags=("-j",))
+    resume: Optional[str] = option(None, "'auto' (newest complete checkpoint in --output) or a *.state.pt file")
+    checkpoint_every: int = option(0, "also checkpoint every N optimizer steps (0: at epoch ends only)")
+    keep_best: int = option(3, "best checkpoints kept (by the task's main metric)")
+    device: Optional[str] = option(None)
+    progress: Optional[bool] = option(None, "a progress bar (None: when stderr is a terminal)", cli=False)
+    wandb: bool = option(False, "log config and metrics to Weights & Biases (WANDB_MODE=offline works without an "
+                         "account)", flags=("--log-wandb",))
+    wandb_project: str = option("vithub")
+    wandb_name: Optional[str] = option(None, "run name (default: the --output folder's name)")
+    wandb_tags: Optional[List[str]] = option(None)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first option out of range."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
+                    "keep_best": self.keep_best}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.checkpoint_every < 0 or self.workers < 0:
+            raise ValueError("checkpoint_every and workers must be >= 0")
+        if self.amp not in (None, "bfloat16", "float16"):
+            raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}")
+        if not 0.0 <= self.max_unreadable <= 1.0:
+            raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}")
+
+
+# Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
+RESUME_FIXED = ("task", "model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs",
+                "img_size")
+
+
+def _argument_kwargs(config_field: Any, hint: Any) -> Dict[str, Any]:
+    """argparse keywords for one field from its type hint: ``bool`` is a switch, ``Optional[X]`` takes an X,
+    ``List[X]`` any number of them."""
+    help_text = config_field.metadata["help"]
+    if config_field.default not in (None, False):
+        help_text = f"{help_text} (default: %(default)s)".lstrip()
+    kwargs: Dict[str, Any] = {"default": config_field.default, "help": help_text or None}
+    if config_field.metadata["choices"] is not None:
+        kwargs["choices"] = list(config_field.metadata["choices"])
+    arguments = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union and type(None) in arguments:
+        hint = next(argument for argument in arguments if argument is not type(None))
+    if hint is bool:
+        if config_field.default:
+            raise TypeError(f"{config_field.name}: a switch must default to False")
+        return {"action": "store_true", "help": kwargs["help"]}
+    if typing.get_origin(hint) in (list, List):
+        kwargs.update(nargs="*", type=typing.get_args(hint)[0])
+        return kwargs
+    if hint in (int, float):
+        kwargs["type"] = hint
+    return kwargs
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, names: Optional[Iterable[str]] = None,
+                         choices: Optional[Dict[str, Sequence[Any]]] = None) -> None:
+    """Add a ``--flag`` per :class:`TrainConfig` field (all command-line fields, or those in ``names``), with the
+    field's type, default, help and aliases. ``choices`` sets allowed values known only at run time (the registered
+    tasks)."""
+    hints = typing.get_type_hints(TrainConfig)
+    wanted = None if names is None else list(names)
+    for config_field in fields(TrainConfig):
+        if wanted is not None and config_field.name not in wanted or not config_field.metadata["cli"]:
+            continue
+        kwargs = _argument_kwargs(config_field, hints[config_field.name])
+        if choices and config_field.name in choices:
+            kwargs["choices"] = list(choices[config_field.name])
+        flags = ["--" + config_field.name.replace("_", "-"), *config_field.metadata["flags"]]
+        parser.add_argument(*flags, dest=config_field.name, **kwargs)
+
+
+def config_from_args(values: Dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from parsed arguments (or any mapping); keys that are not options are ignored."""
+    names = {config_field.name for config_field in fields(TrainConfig)}
+    return TrainConfig(**{key: value for key, value in values.items() if key in names})
