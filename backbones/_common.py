@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,8 @@ def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] =
     """Absolute stage indices for ``forward_intermediates`` and the largest of them.
 
     ``None`` takes every stage, an int ``n`` the last ``n``, a sequence those indices (negative counts from the end).
+    The rule is timm's ``feature_take_indices``, which timm does not export publicly (it lives in a private module)
+    and which fails with an ``AssertionError``; this raises ``ValueError`` naming the argument.
     """
     if indices is None:
         indices = num_stages
@@ -47,17 +49,18 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def resize_rpb(rpb: torch.Tensor, size: Tuple[int, int], antialias: bool = False) -> torch.Tensor:
-    """Bicubic resize of a ``(heads, h, w)`` bias table to ``size``: a relative-position-bias table of a new
-    kernel/window (NAT, Swin), or with ``antialias=True`` timm's rule for LeViT-style ``(|dy|, |dx|)`` tables
-    (``resize_rel_pos_bias_table_levit``, here also for non-square sizes). Returns ``rpb`` itself when the size is
-    unchanged, so trained sizes stay exact and differentiable."""
-    if tuple(rpb.shape[-2:]) == tuple(size):
-        return rpb
-    work_dtype = torch.float64 if rpb.dtype == torch.float64 else torch.float32  # no half-precision bicubic on CPU
-    resized = F.interpolate(rpb[None].to(work_dtype), size=tuple(size), mode="bicubic", align_corners=False,
-                            antialias=antialias)
-    return resized[0].to(rpb.dtype)
+def resize_bias_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Resize a LeViT-style ``(heads, h, w)`` table indexed by ``(|dy|, |dx|)`` to ``size``: bicubic with
+    antialiasing, timm's rule (``resize_rel_pos_bias_table_levit``). timm's helper takes square grids only, and these
+    tables are resized at run time to the grid of any input size, square or not, so the rule is written here; it
+    works in float64 for float64 tables. Returns ``table`` itself when the size is unchanged, so trained sizes stay
+    exact and differentiable."""
+    if tuple(table.shape[-2:]) == tuple(size):
+        return table
+    work_dtype = torch.float64 if table.dtype == torch.float64 else torch.float32  # no half-precision bicubic on CPU
+    resized = F.interpolate(table[None].to(work_dtype), size=tuple(size), mode="bicubic", align_corners=False,
+                            antialias=True)
+    return resized[0].to(table.dtype)
 
 
 class BiasTableMixin:
@@ -78,7 +81,7 @@ class BiasTableMixin:
 
     def bias_table(self, size: Tuple[int, int]) -> torch.Tensor:
         """The ``(heads, H, W)`` table for a key map of ``size`` (the trained table resized when it differs)."""
-        return resize_rpb(self.attention_biases.view(-1, *self.resolution), size, antialias=True)
+        return resize_bias_table(self.attention_biases.view(-1, *self.resolution), size)
 
     def gathered_bias(self, query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int) -> torch.Tensor:
         """Dense ``(heads, Hq*Wq, H*W)`` bias for :func:`vithub.kernels.table_bias_attention`."""
@@ -132,6 +135,37 @@ class FusableConvNorm(nn.Module):
         return torch.nn.utils.fusion.fuse_conv_bn_eval(getattr(self, self.CONV), self.bn)
 
 
+class NormLinear(nn.Module):
+    """BatchNorm1d, dropout, linear: the classifier heads."""
+
+    def __init__(self, in_features: int, out_features: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_features)
+        self.drop = nn.Dropout(drop)
+        self.linear = nn.Linear(in_features, out_features)
+        trunc_normal_(self.linear.weight, std=0.02)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(self.bn(x)))
+
+    def fused(self) -> nn.Module:
+        return fold_norm_into_next_linear(self.bn, self.linear)
+
+
+def fold_norm_into_next_linear(bn: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
+    """One linear computing ``linear(bn(x))`` with ``bn`` in eval mode (BatchNorm *before* the linear)."""
+    inv_std = torch.rsqrt(bn.running_var + bn.eps)
+    scale = bn.weight * inv_std
+    shift = bn.bias - bn.running_mean * scale
+    fused = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device,
+                      dtype=linear.weight.dtype)
+    fused.weight.copy_(linear.weight * scale[None, :])
+    bias = linear.weight @ shift
+    fused.bias.copy_(bias + linear.bias if linear.bias is not None else bias)
+    return fused
+
+
 def fuse_batchnorms(model: nn.Module) -> nn.Module:
     """Replace, in place, every submodule that has a ``fused()`` method by what it returns (BatchNorm folded into
     the adjacent conv/linear from running statistics). The model is put in eval mode first."""
@@ -180,61 +214,125 @@ def adapt_bias_tables(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> 
             if side * side != value.shape[1]:
                 raise ValueError(f"{key}: cannot resize a non-square bias table of {value.shape[1]} entries")
             resolution = model.get_submodule(key.rsplit(".", 1)[0]).resolution
-            state_dict[key] = resize_rpb(value.view(-1, side, side), resolution, antialias=True).flatten(1)
+            state_dict[key] = resize_bias_table(value.view(-1, side, side), resolution).flatten(1)
     return state_dict
 
 
-class HierarchicalBackbone:
-    """timm hooks shared by the hierarchical families (mixed into an ``nn.Module``).
+MapLayout = Literal["NHWC", "NCHW"]
 
-    A family provides ``embed(x)`` (image to the first map, in its ``MAP_FORMAT``), a ``STAGES`` attribute name
-    holding an ``nn.Sequential`` of stages, ``norm``, ``head`` (timm ``ClassifierHead``) and ``feature_info``; this
-    gives ``forward_intermediates``, ``prune_intermediate_layers``, ``forward_features``/``forward_head``/``forward``,
-    the classifier hooks, grad checkpointing (each stage's ``grad_checkpointing`` flag) and ``no_weight_decay`` (every
-    relative position bias, ``*.rpb``).
+
+def to_layout(x: torch.Tensor, source: MapLayout, target: str) -> torch.Tensor:
+    """A 4-D map from ``source`` layout to ``target`` (``"NCHW"`` or ``"NHWC"``; contiguous when it moves)."""
+    if target not in ("NCHW", "NHWC"):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {target!r}")
+    if target == source:
+        return x
+    return nhwc_to_nchw(x) if target == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
+
+
+def stage_intermediates(
+    x: torch.Tensor,
+    stages: nn.Sequential,
+    final_norm: nn.Module,
+    map_layout: MapLayout,
+    indices: Optional[Union[int, Sequence[int]]] = None,
+    norm: bool = False,
+    stop_early: bool = False,
+    output_fmt: str = "NCHW",
+    intermediates_only: bool = False,
+) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+    """timm's ``forward_intermediates`` over a sequence of stages: run ``x`` (the embedded image, in ``map_layout``)
+    through ``stages``, keep the outputs of the stages in ``indices`` (see :func:`take_indices`) in ``output_fmt``,
+    and return them (with the last stage's map through ``final_norm`` unless ``intermediates_only``). ``norm``
+    applies ``final_norm`` to the last stage's map when it is returned; ``stop_early`` stops after the last wanted
+    stage."""
+    if output_fmt not in ("NCHW", "NHWC"):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+    taken, max_index = take_indices(len(stages), indices)
+    last = len(stages) - 1
+    intermediates = []
+    index = 0
+    for index, stage in enumerate(stages[:max_index + 1] if stop_early else stages):
+        x = stage(x)
+        if index in taken:
+            feature = final_norm(x) if norm and index == last else x
+            intermediates.append(to_layout(feature, map_layout, output_fmt))
+    if intermediates_only:
+        return intermediates
+    if index == last:
+        x = final_norm(x)
+    return x, intermediates
+
+
+def stage_group_matcher(coarse: bool, stem: str, stages: str = "stages",
+                        stage_preamble: Sequence[str] = ("downsample",)) -> Dict[str, Any]:
+    """timm's ``group_matcher`` for a model of stages, for layer-wise LR decay: the modules named ``stem`` first,
+    then per stage its ``stage_preamble`` modules (downsampling) and each of its ``blocks`` in order (whole stages
+    when ``coarse``), the final ``norm`` last. Names are module names (``stem`` may list alternatives with ``|``)."""
+    preamble = "|".join(stage_preamble)
+    return dict(
+        stem=rf"^(?:{stem})",
+        blocks=rf"^{stages}\.(\d+)" if coarse else [
+            (rf"^{stages}\.(\d+)\.(?:{preamble})", (0,)),
+            (rf"^{stages}\.(\d+)\.blocks\.(\d+)", None),
+            (r"^norm", (99999,)),
+        ],
+    )
+
+
+def parameter_names(model: nn.Module, leaf: str) -> Set[str]:
+    """Names of the parameters of ``model`` called ``leaf`` (e.g. every ``rpb`` table), for ``no_weight_decay``."""
+    return {name for name, _ in model.named_parameters() if name.split(".")[-1] == leaf}
+
+
+class StageHooks:
+    """timm's model hooks for a family built as an image embedding followed by a sequence of stages (mixed into the
+    model class). The family provides, as typed attributes and methods rather than configuration:
+
+    * ``embed(x)``: image ``(B, C, H, W)`` to the first map, and ``map_layout`` (``"NHWC"`` or ``"NCHW"``), the
+      layout of that map, of every stage output and of ``forward_features``;
+    * ``stages``: an ``nn.Sequential`` of stages, each with a ``grad_checkpointing`` flag; ``norm``; ``head`` (a timm
+      ``ClassifierHead``, or the family overrides the classifier hooks); ``feature_info``;
+    * its own ``group_matcher`` (with :func:`stage_group_matcher`) and ``no_weight_decay`` (with
+      :func:`parameter_names`), which name its modules.
+
+    This gives ``forward_features``, ``forward_intermediates``, ``forward_head``, ``forward``, grad checkpointing,
+    ``prune_intermediate_layers`` and the classifier hooks.
     """
 
-    STAGES = "stages"
-    STEM = "stem"  # module name(s) before the first stage, a regex alternative, for group_matcher
-    STAGE_PREAMBLE = "downsample"  # per-stage modules grouped before that stage's blocks (regex alternative)
-    MAP_FORMAT = "NHWC"  # layout of the stage outputs and of forward_features; NCHW for convolutional families
-
-    def _as_format(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
-        if output_fmt == self.MAP_FORMAT:
-            return x
-        return nhwc_to_nchw(x) if output_fmt == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
+    map_layout: ClassVar[MapLayout] = "NHWC"
+    stages: nn.Sequential
+    norm: nn.Module
+    head: nn.Module
+    feature_info: List[Dict[str, Any]]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` to the first map; every family defines it."""
         raise NotImplementedError(f"{type(self).__name__} must define embed(x): image to its first feature map")
 
-    def _stage_list(self) -> nn.Sequential:
-        return getattr(self, self.STAGES)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``(B, C, H, W)`` to the normed last-stage map, in ``map_layout``."""
+        return self.norm(self.stages(self.embed(x)))
 
-    BIAS_TABLE = "rpb"  # parameter name of the attention-bias tables, excluded from weight decay
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (an int ``indices`` takes the last n, ``None`` all) as ``output_fmt`` maps, and the final
+        normed features; see :func:`stage_intermediates`."""
+        return stage_intermediates(self.embed(x), self.stages, self.norm, self.map_layout, indices, norm, stop_early,
+                                   output_fmt, intermediates_only)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        """Attention-bias tables (every ``rpb`` parameter, or the family's ``BIAS_TABLE``) are not weight-decayed."""
-        return {name for name, _ in self.named_parameters() if name.split(".")[-1] == self.BIAS_TABLE}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        """Parameter groups for layer-wise LR decay: stem, then per stage its preamble (downsampling) and each block
-        in order (or whole stages when ``coarse``), final norm last."""
-        stages = self.STAGES
-        return dict(
-            stem=rf"^(?:{self.STEM})",
-            blocks=rf"^{stages}\.(\d+)" if coarse else [
-                (rf"^{stages}\.(\d+)\.(?:{self.STAGE_PREAMBLE})", (0,)),
-                (rf"^{stages}\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self._stage_list():
+        for stage in self.stages:
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -247,43 +345,8 @@ class HierarchicalBackbone:
             self.global_pool = global_pool
         self.head.reset(num_classes, pool_type=global_pool)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (reductions 4, 8, 16, 32) as NCHW (or NHWC) maps, and the final normed features.
-
-        Args:
-            indices: stages to return; an int takes the last ``n``, ``None`` all of them.
-            norm: apply the final norm to the last stage's map when it is returned.
-            stop_early: stop after the last requested stage.
-            output_fmt: ``"NCHW"`` or ``"NHWC"``.
-            intermediates_only: return only the list of maps.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        all_stages = self._stage_list()
-        taken, max_index = take_indices(len(all_stages), indices)
-        last = len(all_stages) - 1
-        stages = all_stages[:max_index + 1] if stop_early else all_stages
-        intermediates = []
-        x = self.embed(x)
-        index = 0
-        for index, stage in enumerate(stages):
-            x = stage(x)
-            if index in taken:
-                feature = self.norm(x) if norm and index == last else x
-                intermediates.append(self._as_format(feature, output_fmt))
-        if intermediates_only:
-            return intermediates
-        if index == last:
-            x = self.norm(x)
-        return x, intermediates
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
 
     def prune_intermediate_layers(
         self,
@@ -292,23 +355,13 @@ class HierarchicalBackbone:
         prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages (and norm/head) that the requested intermediates do not need."""
-        taken, max_index = take_indices(len(self._stage_list()), indices)
-        setattr(self, self.STAGES, self._stage_list()[:max_index + 1])
+        taken, max_index = take_indices(len(self.stages), indices)
+        del self.stages[max_index + 1:]  # in place: a family may expose its stages under another name (Swin)
         if prune_norm or max_index < len(self.feature_info) - 1:
             self.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0, "")
         return taken
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` to normed last-stage features (NHWC, or NCHW where ``MAP_FORMAT`` says so)."""
-        return self.norm(self._stage_list()(self.embed(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def build_hierarchical(model_cls: type, variant: str, pretrained: bool,

@@ -10,7 +10,7 @@ every BatchNorm into its conv for inference. ``checkpoint_filter_fn`` also conve
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, ClassVar, Dict, Optional, Sequence, Set, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,15 @@ from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import relu_linear_attention
 
-from ._common import HierarchicalBackbone, SequentialStage, build_hierarchical, conv2d, fuse_batchnorms
+from ._common import (
+    SequentialStage,
+    MapLayout,
+    StageHooks,
+    build_hierarchical,
+    conv2d,
+    fuse_batchnorms,
+    stage_group_matcher,
+)
 
 __all__ = ["EfficientVitMit", "LiteMLA", "checkpoint_filter_fn"]
 
@@ -279,7 +287,7 @@ class ClassifierHead(nn.Module):
         return self.classifier[:4](x) if pre_logits else self.classifier(x)
 
 
-class EfficientVitMit(HierarchicalBackbone, nn.Module):
+class EfficientVitMit(StageHooks, nn.Module):
     """EfficientViT-B (``large=False``) / -L (``large=True``) classifier and backbone: a stride-2 stem and four
     stages at strides 4, 8, 16, 32, LiteMLA in the last two (B) or the last one (L).
 
@@ -290,9 +298,8 @@ class EfficientVitMit(HierarchicalBackbone, nn.Module):
         act_layer / norm_eps: defaults per series (B: hard-swish, 1e-5; L: tanh-GELU, 1e-7).
     """
 
-    STAGES = "stages"
-    STEM = "stem"
-    MAP_FORMAT = "NCHW"
+    map_layout: ClassVar[MapLayout] = "NCHW"  # layout of the stage maps and of forward_features
+
 
     def __init__(
         self,
@@ -357,6 +364,16 @@ class EfficientVitMit(HierarchicalBackbone, nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last maps take oneDNN's faster NHWC conv kernels on CPU; the attention's heads-last view is free.
         return self.stem(x.contiguous(memory_format=torch.channels_last))
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Layer-wise LR decay groups: ``stem``, then per stage its downsample and each block, ``norm`` last."""
+        return stage_group_matcher(coarse, stem="stem", stages="stages", stage_preamble=("downsample",))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Nothing is exempt from weight decay (no position biases)."""
+        return set()
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

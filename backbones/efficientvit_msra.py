@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -32,14 +32,17 @@ from vithub.kernels import table_bias_attention
 from ._common import (
     BiasTableMixin,
     FusableConvNorm,
-    HierarchicalBackbone,
+    NormLinear,
     SequentialStage,
+    MapLayout,
+    StageHooks,
     adapt_bias_tables,
     build_hierarchical,
     conv2d,
     fuse_batchnorms,
+    parameter_names,
+    stage_group_matcher,
 )
-from .levit import NormLinear
 
 __all__ = ["CascadedGroupAttention", "EfficientVitMsra", "LocalWindowAttention", "checkpoint_filter_fn"]
 
@@ -226,7 +229,7 @@ class PatchEmbedding(nn.Sequential):
                 self.add_module(f"relu{index + 1}", nn.ReLU())
 
 
-class EfficientVitMsra(HierarchicalBackbone, nn.Module):
+class EfficientVitMsra(StageHooks, nn.Module):
     """EfficientViT-M classifier and backbone (three stages at strides 16, 32, 64).
 
     Args:
@@ -236,10 +239,8 @@ class EfficientVitMsra(HierarchicalBackbone, nn.Module):
         drop_path_rate: per-sample residual drop (the official ``Residual(drop)``), the same in every block.
     """
 
-    STAGES = "stages"
-    STEM = "patch_embed"
-    BIAS_TABLE = "attention_biases"
-    MAP_FORMAT = "NCHW"
+    map_layout: ClassVar[MapLayout] = "NCHW"  # layout of the stage maps and of forward_features
+
 
     def __init__(
         self,
@@ -295,6 +296,16 @@ class EfficientVitMsra(HierarchicalBackbone, nn.Module):
         # Channels-last maps run the many small convs through oneDNN's faster NHWC kernels on CPU; every layer keeps
         # the format, and the window attention's NCHW-to-heads-last permutes become nearly free.
         return self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Layer-wise LR decay groups: ``patch_embed``, then per stage its downsample and each block, ``norm`` last."""
+        return stage_group_matcher(coarse, stem="patch_embed", stages="stages", stage_preamble=("downsample",))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """The attention bias tables are not weight-decayed."""
+        return parameter_names(self, "attention_biases")
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

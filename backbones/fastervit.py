@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -47,7 +47,13 @@ from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import carrier_window_attention, window_attention
 
-from ._common import HierarchicalBackbone, build_hierarchical, init_linear
+from ._common import (
+    MapLayout,
+    StageHooks,
+    build_hierarchical,
+    init_linear,
+    stage_group_matcher,
+)
 
 __all__ = [
     "FasterViT",
@@ -397,13 +403,11 @@ def _as_list(value: Union[int, Sequence[int]], count: int, name: str) -> List[in
     return values
 
 
-class FasterViT(HierarchicalBackbone, nn.Module):
+class FasterViT(StageHooks, nn.Module):
     """FasterViT (official constructor arguments and names; any input size; ``forward_features`` is NCHW)."""
 
-    STAGES = "stages"
-    STEM = "patch_embed"
-    STAGE_PREAMBLE = "downsample|global_tokenizer"
-    MAP_FORMAT = "NCHW"
+    map_layout: ClassVar[MapLayout] = "NCHW"  # layout of the stage maps and of forward_features
+
 
     def __init__(
         self,
@@ -473,6 +477,11 @@ class FasterViT(HierarchicalBackbone, nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image to the stride-4 NCHW map."""
         return self.patch_embed(x)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Layer-wise LR decay groups: ``patch_embed``, then per stage its downsample/global_tokenizer and each block, ``norm`` last."""
+        return stage_group_matcher(coarse, stem="patch_embed", stages="stages", stage_preamble=("downsample", "global_tokenizer"))
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, List, Optional, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, get_act_layer, to_2tuple, to_ntuple, trunc_normal_
+from timm.layers import DropPath, get_act_layer, to_2tuple, to_ntuple
 from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import table_bias_attention
@@ -30,11 +30,15 @@ from vithub.kernels import table_bias_attention
 from ._common import (
     BiasTableMixin,
     FusableConvNorm,
-    HierarchicalBackbone,
+    NormLinear,
     SequentialStage,
+    MapLayout,
+    StageHooks,
     adapt_bias_tables,
     build_hierarchical,
     fuse_batchnorms,
+    parameter_names,
+    stage_group_matcher,
 )
 
 __all__ = ["Levit", "LevitAttention", "LevitAttentionDownsample", "checkpoint_filter_fn"]
@@ -71,37 +75,6 @@ class LinearNorm(nn.Module):
 
     def fused(self) -> nn.Module:
         return torch.nn.utils.fusion.fuse_linear_bn_eval(self.linear, self.bn)
-
-
-class NormLinear(nn.Module):
-    """BatchNorm1d, dropout, linear: the classifier heads."""
-
-    def __init__(self, in_features: int, out_features: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.bn = nn.BatchNorm1d(in_features)
-        self.drop = nn.Dropout(drop)
-        self.linear = nn.Linear(in_features, out_features)
-        trunc_normal_(self.linear.weight, std=0.02)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.drop(self.bn(x)))
-
-    def fused(self) -> nn.Module:
-        return fold_norm_into_next_linear(self.bn, self.linear)
-
-
-def fold_norm_into_next_linear(bn: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
-    """One linear computing ``linear(bn(x))`` with ``bn`` in eval mode (BatchNorm *before* the linear)."""
-    inv_std = torch.rsqrt(bn.running_var + bn.eps)
-    scale = bn.weight * inv_std
-    shift = bn.bias - bn.running_mean * scale
-    fused = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device,
-                      dtype=linear.weight.dtype)
-    fused.weight.copy_(linear.weight * scale[None, :])
-    bias = linear.weight @ shift
-    fused.bias.copy_(bias + linear.bias if linear.bias is not None else bias)
-    return fused
 
 
 # --- blocks -------------------------------------------------------------------------------------------------------
@@ -254,7 +227,7 @@ class LevitStage(SequentialStage):
 
 # --- model --------------------------------------------------------------------------------------------------------
 
-class Levit(HierarchicalBackbone, nn.Module):
+class Levit(StageHooks, nn.Module):
     """LeViT classifier and backbone (three stages at strides 16, 32, 64).
 
     Args:
@@ -264,9 +237,8 @@ class Levit(HierarchicalBackbone, nn.Module):
         distilled: keep the distillation head ``head_dist``; eval output is the mean of both heads (official).
     """
 
-    STAGES = "stages"
-    STEM = "stem"
-    BIAS_TABLE = "attention_biases"
+    map_layout: ClassVar[MapLayout] = "NHWC"  # layout of the stage maps and of forward_features
+
 
     def __init__(
         self,
@@ -330,6 +302,16 @@ class Levit(HierarchicalBackbone, nn.Module):
         # Channels-last convolutions are faster on CPU (oneDNN: about 1.3x on this stem at batch 32) and hand the
         # stages a contiguous NHWC map without a copy.
         return self.stem(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Layer-wise LR decay groups: ``stem``, then per stage its downsample and each block, ``norm`` last."""
+        return stage_group_matcher(coarse, stem="stem", stages="stages", stage_preamble=("downsample",))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """The attention bias tables are not weight-decayed."""
+        return parameter_names(self, "attention_biases")
 
     @torch.jit.ignore
     def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:

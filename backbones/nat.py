@@ -17,18 +17,26 @@ works.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerScale, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, LayerScale, Mlp, resize_rel_pos_bias_table_simple, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import neighborhood_attention
 
-from ._common import HierarchicalBackbone, SequentialStage, build_hierarchical, init_linear, resize_rpb
+from ._common import (
+    SequentialStage,
+    MapLayout,
+    StageHooks,
+    build_hierarchical,
+    init_linear,
+    parameter_names,
+    stage_group_matcher,
+)
 
 __all__ = ["NAT", "NATBlock", "NATStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
 
@@ -188,7 +196,7 @@ class NATStage(SequentialStage):
         ])
 
 
-class NAT(HierarchicalBackbone, nn.Module):
+class NAT(StageHooks, nn.Module):
     """NAT / DiNAT backbone and classifier.
 
     Args:
@@ -209,6 +217,8 @@ class NAT(HierarchicalBackbone, nn.Module):
         attn_drop_rate: must be 0: the fused attention kernels do not drop attention probabilities.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
     """
+
+    map_layout: ClassVar[MapLayout] = "NHWC"  # layout of the stage maps and of forward_features
 
     def __init__(
         self,
@@ -290,6 +300,16 @@ class NAT(HierarchicalBackbone, nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image to the first NHWC map (stem and dropout)."""
         return self.pos_drop(self.stem(x))
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Layer-wise LR decay groups: ``stem``, then per stage its downsample and each block, ``norm`` last."""
+        return stage_group_matcher(coarse, stem="stem", stages="stages", stage_preamble=("downsample",))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Relative position bias tables (``rpb``) are not weight-decayed."""
+        return parameter_names(self, "rpb")
 
 # --- checkpoint conversion ----------------------------------------------------------------------------------------
 
@@ -390,7 +410,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
     own = model.state_dict()
     for key, value in list(state_dict.items()):
         if key.endswith(".rpb") and key in own and value.shape != own[key].shape and value.dim() == 3:
-            state_dict[key] = resize_rpb(value, tuple(own[key].shape[-2:]))
+            # Bicubic, as the official 11x11 weights were made from 7x7 ones: timm's simple table resize.
+            height, width = own[key].shape[-2:]
+            state_dict[key] = resize_rel_pos_bias_table_simple(value, ((height + 1) // 2, (width + 1) // 2),
+                                                               tuple(own[key].shape))
     return state_dict
 
 

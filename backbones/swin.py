@@ -19,18 +19,34 @@ the window uses the map size as window and no shift, unless ``always_partition``
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, trunc_normal_
+from timm.layers import (
+    ClassifierHead,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    calculate_drop_path_rates,
+    resize_rel_pos_bias_table,
+    trunc_normal_,
+)
 from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import rpb_from_swin_table, window_attention
 
-from ._common import HierarchicalBackbone, SequentialStage, build_hierarchical, init_linear, resize_rpb
+from ._common import (
+    SequentialStage,
+    MapLayout,
+    StageHooks,
+    build_hierarchical,
+    init_linear,
+    parameter_names,
+    stage_group_matcher,
+)
 
 __all__ = ["Swin", "SwinBlock", "SwinStage", "WindowAttention2d", "PatchMerging", "checkpoint_filter_fn"]
 
@@ -52,6 +68,14 @@ def window_and_shift(resolution: Tuple[int, int], window: Tuple[int, int], shift
     sizes = tuple(r if r <= w else w for r, w in zip(resolution, window))
     shifts = tuple(0 if r <= w else s for r, w, s in zip(resolution, sizes, shift))
     return sizes, shifts  # type: ignore[return-value]
+
+
+def resize_table(rpb: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor:
+    """A ``(heads, 2h-1, 2w-1)`` bias table for another window, by timm's Swin rule (``resize_rel_pos_bias_table``:
+    BEiT's geometrically spaced source positions, interpolated), so a resized model still equals timm's. The rule is
+    symmetric in each axis, so it gives the same on our key-minus-query table as on timm's query-minus-key one."""
+    new_shape = (rpb.shape[0], 2 * window_size[0] - 1, 2 * window_size[1] - 1)
+    return resize_rel_pos_bias_table(rpb, new_window_size=tuple(window_size), new_bias_shape=new_shape)
 
 
 class WindowAttention2d(nn.Module):
@@ -78,12 +102,12 @@ class WindowAttention2d(nn.Module):
         trunc_normal_(self.rpb, std=0.02)
 
     def set_window_size(self, window_size: Tuple[int, int]) -> None:
-        """Change the window; the bias table is resized bicubically (as timm resizes its table)."""
+        """Change the window; the bias table is resized as timm's Swin resizes its own (:func:`resize_table`)."""
         if window_size == self.window_size:
             return
         self.window_size = window_size
         with torch.no_grad():
-            resized = resize_rpb(self.rpb.detach(), (2 * window_size[0] - 1, 2 * window_size[1] - 1))
+            resized = resize_table(self.rpb.detach(), window_size)
         self.rpb = nn.Parameter(resized, requires_grad=self.rpb.requires_grad)
 
     def forward(self, x: torch.Tensor, shift_size: Tuple[int, int] = (0, 0)) -> torch.Tensor:
@@ -220,7 +244,7 @@ class SwinStage(SequentialStage):
             block.set_input_size(self.output_resolution, window_size, always_partition)
 
 
-class Swin(HierarchicalBackbone, nn.Module):
+class Swin(StageHooks, nn.Module):
     """Swin Transformer (v1); constructor arguments as timm's ``SwinTransformer``.
 
     Any input size works (maps are padded to window multiples and to even sizes before merging, as timm does with
@@ -228,8 +252,8 @@ class Swin(HierarchicalBackbone, nn.Module):
     ``attn_drop_rate`` must be 0: the fused kernels do not drop attention probabilities.
     """
 
-    STAGES = "layers"  # timm's Swin names its stages ``layers``
-    STEM = "patch_embed"
+    map_layout: ClassVar[MapLayout] = "NHWC"  # layout of the stage maps and of forward_features
+
 
     def __init__(
         self,
@@ -300,12 +324,27 @@ class Swin(HierarchicalBackbone, nn.Module):
         """Image to the first NHWC map (patch embedding)."""
         return self.patch_embed(x)
 
+    @property
+    def stages(self) -> nn.Sequential:
+        """The stages under the shared hooks' name; timm's Swin (and so every checkpoint) calls them ``layers``."""
+        return self.layers
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Layer-wise LR decay groups: ``patch_embed``, then per stage its downsample and each block, ``norm`` last."""
+        return stage_group_matcher(coarse, stem="patch_embed", stages="layers", stage_preamble=("downsample",))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Relative position bias tables (``rpb``) are not weight-decayed."""
+        return parameter_names(self, "rpb")
+
     def set_input_size(self, img_size: Optional[IntOrPair] = None,
                        window_size: Optional[Union[IntOrPair, Sequence[IntOrPair]]] = None,
                        always_partition: Optional[bool] = None) -> None:
         """Re-derive every block's window and shift for a new ``img_size`` (and optionally a new window per stage).
 
-        Bias tables whose window changes are resized bicubically. Without ``window_size`` each stage keeps its
+        Bias tables whose window changes are resized by timm's Swin rule (:func:`resize_table`). Without ``window_size`` each stage keeps its
         configured window (timm 1.0.31+ instead scales windows with the grid by default).
         """
         if img_size is not None:
@@ -352,7 +391,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: Swin) -> Dict[str, t
                 raise ValueError(f"state_dict: {key} table has {value.shape[0]} rows; expected (2w-1)^2 rows")
             value = rpb_from_swin_table(value, (side + 1) // 2)
         if key.endswith(".rpb") and key in own and value.shape != own[key].shape:
-            value = resize_rpb(value, tuple(own[key].shape[-2:]))
+            height, width = own[key].shape[-2:]
+            value = resize_table(value, ((height + 1) // 2, (width + 1) // 2))
         out[key] = value
     return out
 

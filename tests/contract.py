@@ -1,4 +1,7 @@
-"""The timm contract every vh model must keep (design.md §5), as plain check functions.
+"""The timm contract every vh model must keep, as plain check functions: forward/backward shapes and finiteness, a
+gradient for every parameter, ``features_only``/``out_indices``/``feature_info``, ``forward_intermediates``,
+``reset_classifier``, gradient checkpointing (same results, activations really recomputed), layer-wise LR decay
+groups, odd input sizes and ``torch.compile``.
 
 ``test_contract.py`` runs them over ``timm.list_models("vh_*")``; each family only registers models (and, when a
 model is big, adds small constructor kwargs to ``CONTRACT_KWARGS``) to get the whole contract checked.
@@ -123,23 +126,58 @@ def check_reset_classifier(model: torch.nn.Module, size: Tuple[int, int]) -> Non
         assert model(x).shape == (1, getattr(model, "head_hidden_size", model.num_features))
 
 
+def _checkpointable_blocks(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
+    """The blocks a vh model checkpoints (each stage's ``blocks``), by name; empty for models of other layouts."""
+    stages = getattr(model, "stages", None) or []
+    return {f"stages.{i}.blocks.{j}": block for i, stage in enumerate(stages)
+            for j, block in enumerate(getattr(stage, "blocks", None) or [])}
+
+
 def check_grad_checkpointing(model: torch.nn.Module, size: Tuple[int, int]) -> None:
-    """Checkpointing changes memory, not results: same output and same gradients."""
+    """Checkpointing changes memory, not results: same output and same gradients; and it is real: modules run again
+    during backward (every block of every stage, for a vh model), which they never do without it."""
     model.train()
     x = random_images(2, size)
+    blocks = _checkpointable_blocks(model)
+    phase = {"now": "forward"}
+    calls: Dict[str, Dict[str, int]] = {"forward": {}, "backward": {}}
+
+    # Pre-hooks: a non-reentrant checkpoint stops its recompute as soon as it has every saved tensor back, so a
+    # block's recompute may never reach the end of its forward (where a forward hook would fire).
+    def counter(name: str):
+        def hook(module, inputs):
+            calls[phase["now"]][name] = calls[phase["now"]].get(name, 0) + 1
+        return hook
+
+    watched = dict(blocks) if blocks else {name: module for name, module in model.named_modules()
+                                          if any(True for _ in module.parameters(recurse=False))}
+    handles = [module.register_forward_pre_hook(counter(name)) for name, module in watched.items()]
 
     def run():
+        for table in calls.values():
+            table.clear()
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)
+        phase["now"] = "forward"
         out = model(x)
+        phase["now"] = "backward"
         out.float().sum().backward()
         return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    model.set_grad_checkpointing(False)
-    out_plain, grads_plain = run()
-    model.set_grad_checkpointing(True)
-    out_ckpt, grads_ckpt = run()
-    model.set_grad_checkpointing(False)
+    try:
+        model.set_grad_checkpointing(False)
+        out_plain, grads_plain = run()
+        assert not calls["backward"], f"modules ran during backward without checkpointing: {calls['backward']}"
+        model.set_grad_checkpointing(True)
+        out_ckpt, grads_ckpt = run()
+        recomputed = dict(calls["backward"])
+        model.set_grad_checkpointing(False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert recomputed, "set_grad_checkpointing(True) recomputed nothing during backward"
+    missing = [name for name in blocks if recomputed.get(name, 0) < 1]
+    assert not missing, f"blocks not recomputed during backward under checkpointing: {missing}"
     torch.testing.assert_close(out_ckpt, out_plain)
     for a, b in zip(grads_ckpt, grads_plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

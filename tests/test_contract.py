@@ -91,3 +91,24 @@ def test_contract_catches_checkpointing_that_changes_results():
     model.set_grad_checkpointing = broken
     with pytest.raises(AssertionError):
         contract.check_grad_checkpointing(model, (64, 64))
+
+
+def test_contract_catches_checkpointing_that_recomputes_nothing():
+    """A set_grad_checkpointing that does nothing keeps results equal; the recompute count still catches it."""
+    model = timm.create_model("vh_nat_mini", **contract.CONTRACT_KWARGS["vh_nat_*"])
+    model.set_grad_checkpointing = lambda enable=True: None
+    with pytest.raises(AssertionError, match="recomputed nothing"):
+        contract.check_grad_checkpointing(model, (64, 64))
+
+
+def test_contract_catches_a_stage_that_is_not_checkpointed():
+    model = timm.create_model("vh_nat_mini", **contract.CONTRACT_KWARGS["vh_nat_*"])
+    original = model.set_grad_checkpointing
+
+    def partial(enable=True):
+        original(enable)
+        model.stages[2].grad_checkpointing = False
+
+    model.set_grad_checkpointing = partial
+    with pytest.raises(AssertionError, match=r"stages\.2\.blocks\.0"):
+        contract.check_grad_checkpointing(model, (64, 64))

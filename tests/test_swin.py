@@ -203,3 +203,19 @@ def test_pretrained_cfgs_point_at_timm_weights():
         assert cfg["hf_hub_id"] == "timm/" + name[len("vh_"):] + "." + cfg["tag"]
         assert cfg["license"] == "mit"
     assert len(timm.list_models("vh_swin_*")) == 6
+
+
+def test_another_window_resizes_the_bias_tables_as_timm_does():
+    """set_input_size with a new window: the tables are resized by timm's own Swin rule, so outputs stay equal."""
+    theirs, ours = _pair_of_models("swin_tiny_patch4_window7_224", **REDUCED)
+    with torch.no_grad():  # non-constant tables, so a different interpolation rule would show
+        for name, parameter in theirs.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                parameter.normal_()
+    ours.load_state_dict(checkpoint_filter_fn(theirs.state_dict(), ours), strict=True)
+    theirs.set_input_size(img_size=(192, 192), window_size=6)
+    ours.set_input_size(img_size=(192, 192), window_size=6)
+    assert ours.layers[0].blocks[0].attn.rpb.shape[-2:] == (11, 11)
+    x = _images((192, 192), seed=5)
+    with torch.no_grad():
+        assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
