@@ -307,14 +307,34 @@ def test_cuda_fp32_large_shape_against_reference(poisoned):
         torch.testing.assert_close(got.double(), want, **tolerance, msg=lambda m: f"grad {name}: {m}")
 
 
+def test_validated_configurations_table_matches_exactly():
+    row = triton_backend.ValidatedConfiguration("window_attention", torch.bfloat16, 64, (9, 0), "NVIDIA H200",
+                                                "2026-12-01")
+    assert triton_backend.covered((row,), "window_attention", torch.bfloat16, 32, (9, 0))
+    assert triton_backend.covered((row,), "window_attention", torch.bfloat16, 64, (9, 0))
+    assert not triton_backend.covered((row,), "window_attention", torch.bfloat16, 128, (9, 0))
+    assert not triton_backend.covered((row,), "window_attention", torch.float16, 32, (9, 0))
+    assert not triton_backend.covered((row,), "neighborhood_attention", torch.bfloat16, 32, (9, 0))
+    assert not triton_backend.covered((row,), "window_attention", torch.bfloat16, 32, (8, 0))
+    assert not triton_backend.covered((), "window_attention", torch.bfloat16, 32, (9, 0))
+
+
 @needs_cuda
-def test_cuda_automatic_backend_is_triton(monkeypatch):
+def test_cuda_automatic_backend_is_triton_only_where_validated(monkeypatch):
     calls = []
     original = triton_backend.local_attention
     monkeypatch.setattr(triton_backend, "local_attention", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     q = torch.randn(1, 8, 8, 1, 16, device="cuda")
+    monkeypatch.setattr(triton_backend, "VALIDATED_ON_GPU", ())
+    neighborhood_attention(q, q, q, 3)
+    assert calls == []  # not validated on this GPU: the torch backend
+    capability = torch.cuda.get_device_capability()
+    row = triton_backend.ValidatedConfiguration("neighborhood_attention", torch.float32, 16, capability, "test", "-")
+    monkeypatch.setattr(triton_backend, "VALIDATED_ON_GPU", (row,))
     neighborhood_attention(q, q, q, 3)
     assert calls == [1]
+    neighborhood_attention(q, q, q, 3, backend="triton")  # explicit: always, where it can run
+    assert calls == [1, 1]
 
 
 @needs_cuda

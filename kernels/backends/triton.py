@@ -293,9 +293,55 @@ def triton_refusal(device: torch.device | str) -> Optional[str]:
     return f"backend='triton' runs on CUDA tensors, got tensors on {device}; use backend='torch' or None"
 
 
+@dataclass(frozen=True)
+class ValidatedConfiguration:
+    """Calls that the CUDA tests (``tests/test_kernels_triton.py``, run by ``benchmarks/gpu_check.sh``) have passed on
+    real hardware: one op, one dtype, head_dim up to a bound, on GPUs of one compute capability."""
+
+    op: str
+    dtype: torch.dtype
+    max_head_dim: int
+    capability: Tuple[int, int]
+    gpu: str  # the GPU the tests ran on, and when: the evidence for this row
+    date: str
+
+
+# ``backend=None`` picks Triton on CUDA only for calls covered here; everything else stays on the torch backend, which
+# runs on CUDA too. No CUDA test has run on a GPU yet, so the table is empty. An explicit ``backend="triton"`` (or a
+# ``use_backend("triton")`` block) runs the kernels wherever they can run, covered or not.
+VALIDATED_ON_GPU: Tuple[ValidatedConfiguration, ...] = ()
+
+
+@functools.lru_cache(maxsize=None)
+def _device_capability(index: int) -> Tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+# Read inside torch.compile'd code (backend selection): dynamo treats the result as a constant.
+@torch.compiler.assume_constant_result
+def cuda_capability(index: int) -> Tuple[int, int]:
+    """Compute capability of CUDA device ``index``, e.g. ``(9, 0)`` for Hopper."""
+    return _device_capability(index)
+
+
+def covered(rows: Tuple[ValidatedConfiguration, ...], op: str, dtype: torch.dtype, head_dim: int,
+            capability: Tuple[int, int]) -> bool:
+    """Whether one of ``rows`` covers a call of ``op`` with this dtype and head_dim on this compute capability."""
+    return any(row.op == op and row.dtype == dtype and head_dim <= row.max_head_dim and row.capability == capability
+               for row in rows)
+
+
+def validated_on_gpu(op: str, q: Tensor) -> bool:
+    """Whether a call of ``op`` on ``q`` (a CUDA tensor) is covered by :data:`VALIDATED_ON_GPU`."""
+    if not VALIDATED_ON_GPU or q.device.type != "cuda":
+        return False
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    return covered(VALIDATED_ON_GPU, op, q.dtype, q.shape[-1], cuda_capability(index))
+
+
 class TritonBackend(Backend):
     """Fused local-attention kernels (neighborhood and window attention), forward and backward. The automatic choice
-    for CUDA tensors it supports."""
+    for CUDA calls that :data:`VALIDATED_ON_GPU` covers."""
 
     name = "triton"
     title = "Triton kernel"
@@ -308,7 +354,7 @@ class TritonBackend(Backend):
         return unsupported_reason(q)
 
     def automatic(self, op: str, q: Tensor) -> bool:
-        return q.device.type == "cuda" and self.refusal(op, q) is None
+        return q.device.type == "cuda" and self.refusal(op, q) is None and validated_on_gpu(op, q)
 
     def neighborhood_attention(self, q, k, v, rpb, kernel, dilation, scale):
         return neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)
