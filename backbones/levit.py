@@ -112,7 +112,8 @@ class LevitAttention(BiasTableMixin, nn.Module):
         batch, height, width, _ = x.shape
         qkv = self.qkv(x).view(batch, height, width, self.num_heads, -1)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=-1)
-        out = table_bias_attention(q, k, v, gathered_bias=self.gathered_bias((height, width), (height, width), 1))
+        bias = self.gathered_bias((height, width), (height, width), 1)
+        out = table_bias_attention(q, k, v, gathered_bias=bias.to(q.dtype))
         return self.proj(out.reshape(batch, height, width, -1))
 
 
@@ -156,7 +157,7 @@ class LevitAttentionDownsample(BiasTableMixin, nn.Module):
         q = self.q(x)
         q = q.view(batch, q.shape[1], q.shape[2], self.num_heads, self.key_dim)
         bias = self.gathered_bias((q.shape[1], q.shape[2]), (height, width), self.stride)
-        out = table_bias_attention(q, k, v, query_stride=self.stride, gathered_bias=bias)
+        out = table_bias_attention(q, k, v, query_stride=self.stride, gathered_bias=bias.to(q.dtype))
         return self.proj(out.reshape(batch, q.shape[1], q.shape[2], -1))
 
 

@@ -128,7 +128,8 @@ class NeighborhoodAttention2d(nn.Module):
         padded_h, padded_w = height + pad_h, width + pad_w
         qkv = self.qkv(x).view(batch, padded_h, padded_w, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(3)
-        x = neighborhood_attention(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale)
+        x = neighborhood_attention(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb.to(q.dtype),
+                                   scale=self.scale)
         x = x.reshape(batch, padded_h, padded_w, channels)
         if pad_h or pad_w:
             x = x[:, :height, :width]

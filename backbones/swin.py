@@ -118,7 +118,7 @@ class WindowAttention2d(nn.Module):
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         padded_h, padded_w = height + pad_h, width + pad_w
         q, k, v = self.qkv(x).view(batch, padded_h, padded_w, 3, self.num_heads, self.head_dim).unbind(3)
-        out = window_attention(q, k, v, self.window_size, shift_size, self.rpb, scale=self.scale,
+        out = window_attention(q, k, v, self.window_size, shift_size, self.rpb.to(q.dtype), scale=self.scale,
                                unpadded_size=(height, width))
         out = out[:, :height, :width].reshape(batch, height, width, -1)
         return self.proj_drop(self.proj(out))

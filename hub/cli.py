@@ -81,7 +81,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     run_model_bench(output=output, models=args.models, batch_sizes=args.batch_sizes, modes=args.modes,
                     backends=args.backends, compare=args.compare, compare_imports=args.compare_import,
                     repeats=args.repeats or 3, img_size=args.img_size, device=args.device, twin=args.twin,
-                    fused=args.fused)
+                    fused=args.fused, amp=args.amp)
     return 0
 
 
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--twin", action="store_true",
                         help="also time each model's timm twin (vh_levit_256 -> levit_256) with the same weights")
     models.add_argument("--fused", action="store_true", help="also time the model after fuse() (eval rows)")
+    models.add_argument("--amp", default=None, choices=["bfloat16", "float16"],
+                        help="run every candidate under autocast in this dtype (default: fp32)")
     data = p_bench.add_argument_group("data")
     data.add_argument("--images", type=int, default=256, help="JPEGs to read per timed pass")
     data.add_argument("--image-side", type=int, default=256, help="side of each random JPEG, in pixels")

@@ -80,6 +80,28 @@ def check_forward_backward(model: torch.nn.Module, size: Tuple[int, int]) -> Non
     assert not bad, f"non-finite gradients: {bad[:10]}"
 
 
+def check_mixed_precision(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """Under bf16 autocast (how ``vithub train --amp`` runs), with fp32 parameters, a train step works: finite
+    logits near the fp32 ones, a finite gradient for every parameter (fp32 bias tables meet bf16 activations)."""
+    model.eval()
+    images = random_images(2, size)
+    with torch.no_grad():
+        reference = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(images).float()
+    scale = reference.abs().max().item()
+    assert (low - reference).abs().max().item() <= 0.05 * scale + 0.05, "bf16 logits far from the fp32 ones"
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    assert torch.isfinite(out).all(), "non-finite logits under autocast"
+    out.float().pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient under autocast: {missing[:10]}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients under autocast: {bad[:10]}"
+
+
 def check_features_only(name: str, size: Tuple[int, int]) -> None:
     """features_only returns NCHW maps matching feature_info (channels, reduction), and out_indices selects."""
     model = make_model(name, features_only=True).eval()

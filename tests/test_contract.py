@@ -40,6 +40,10 @@ def test_reset_classifier(vh_name):
     contract.check_reset_classifier(contract.make_model(vh_name), contract.contract_input(vh_name))
 
 
+def test_mixed_precision(vh_name):
+    contract.check_mixed_precision(contract.make_model(vh_name, drop_path_rate=0.0), contract.contract_input(vh_name))
+
+
 def test_grad_checkpointing(vh_name):
     contract.check_grad_checkpointing(contract.make_model(vh_name, drop_path_rate=0.0),
                                       contract.contract_input(vh_name))

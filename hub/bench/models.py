@@ -40,22 +40,28 @@ class ModelRow:
         return {name: round(self.batch * 1e3 / ms, 2) for name, ms in self.ms.items()}
 
 
-def _eval_step(model: torch.nn.Module, images: torch.Tensor, backend: Optional[str]) -> Callable[[], None]:
+def _autocast(device: torch.device, amp: Optional[str]):
+    return torch.autocast(device.type, dtype=getattr(torch, amp) if amp else None, enabled=amp is not None)
+
+
+def _eval_step(model: torch.nn.Module, images: torch.Tensor, backend: Optional[str],
+               amp: Optional[str] = None) -> Callable[[], None]:
     def step() -> None:
-        with torch.no_grad(), use_backend(backend):
+        with torch.no_grad(), use_backend(backend), _autocast(images.device, amp):
             model(images)
 
     return step
 
 
 def _train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                backend: Optional[str]) -> Callable[[], None]:
+                backend: Optional[str], amp: Optional[str] = None) -> Callable[[], None]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
 
     def step() -> None:
         with use_backend(backend):
             optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            with _autocast(images.device, amp):
+                loss = torch.nn.functional.cross_entropy(model(images), labels)
             loss.backward()
             optimizer.step()
 
@@ -82,7 +88,7 @@ def load_twin_weights(ours: torch.nn.Module, twin: torch.nn.Module) -> None:
 
 def bench_model(name: str, batch: int, mode: str, backends: Sequence[str], compare: Sequence[str],
                 repeats: int, img_size: int, device: torch.device, twin: bool = False,
-                fused: bool = False) -> ModelRow:
+                fused: bool = False, amp: Optional[str] = None) -> ModelRow:
     torch.manual_seed(0)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
@@ -96,8 +102,8 @@ def bench_model(name: str, batch: int, mode: str, backends: Sequence[str], compa
 
     def step(model: torch.nn.Module, backend: Optional[str]) -> Callable[[], None]:
         model = model.to(device).train(mode == "train")
-        return (_train_step(model, images, labels, backend) if mode == "train"
-                else _eval_step(model, images, backend))
+        return (_train_step(model, images, labels, backend, amp) if mode == "train"
+                else _eval_step(model, images, backend, amp))
 
     for backend in backends:
         if backend == "reference" and mode == "train" and batch > REFERENCE_TRAIN_MAX_BATCH:
@@ -143,14 +149,18 @@ def run_model_bench(
     device: str = "cpu",
     twin: bool = False,
     fused: bool = False,
+    amp: Optional[str] = None,
 ) -> dict:
     """Run the model benchmark, print the table, write JSON to ``output`` (if given) and return the payload.
 
     ``compare_imports`` names modules to import before the ``compare`` names are looked up, for third-party packages
     that register their models with timm on import (the official FasterViT package does). ``twin`` also times each
     model's timm twin (``vh_levit_256`` -> ``levit_256``) with the same weights; ``fused`` also times our model after
-    ``fuse()`` (eval rows only).
+    ``fuse()`` (eval rows only). ``amp`` (``"bfloat16"`` or ``"float16"``) runs every candidate under autocast
+    (weights stay fp32, as in mixed-precision training).
     """
+    if amp not in (None, "bfloat16", "float16"):
+        raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {amp!r}")
     torch_device = torch.device(device)
     imported_versions: Dict[str, str] = {}
     for module in compare_imports:
@@ -161,7 +171,7 @@ def run_model_bench(
     models = [check_model_name(name) for name in models]
     compare = [check_model_name(name) for name in compare]
     rows = [
-        bench_model(name, batch, mode, backends, compare, repeats, img_size, torch_device, twin, fused)
+        bench_model(name, batch, mode, backends, compare, repeats, img_size, torch_device, twin, fused, amp)
         for name in models for batch in batch_sizes for mode in modes
     ]
     print(format_table(rows))
@@ -170,7 +180,7 @@ def run_model_bench(
         "device": device_name(torch_device),
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "dtype": "float32",
+        "dtype": f"float32 weights, autocast {amp}" if amp else "float32",
         "img_size": img_size,
         "repeats": repeats,
         "compare_imports": imported_versions,
