@@ -33,7 +33,7 @@ class Backend:
     ops: FrozenSet[str] = frozenset()
 
     def device_refusal(self, device: torch.device) -> Optional[str]:
-        """Why this backend cannot run on ``device`` in this process, or ``None``."""
+        """Why this backend cannot run on ``device`` in this process (and what to use instead), or ``None``."""
         return None
 
     def input_refusal(self, q: Tensor) -> Optional[str]:
@@ -41,10 +41,13 @@ class Backend:
         return None
 
     def refusal(self, op: str, q: Tensor) -> Optional[str]:
-        """Why this backend cannot run ``op`` on ``q``, or ``None`` when it can."""
+        """Why this backend cannot run ``op`` on ``q`` (with what to use instead), or ``None`` when it can."""
         if op not in self.ops:
-            return f"{op} has no {self.title}"
-        return self.device_refusal(q.device) or self.input_refusal(q)
+            return f"{op} has no {self.title}; use backend='torch' or None"
+        reason = self.device_refusal(q.device)
+        if reason is None and self.input_refusal(q) is not None:
+            reason = f"{self.input_refusal(q)}; use backend='torch' or None"
+        return reason
 
     def automatic(self, op: str, q: Tensor) -> bool:
         """Whether ``backend=None`` may pick this backend for ``op`` on ``q`` (asked in :data:`AUTOMATIC_ORDER`)."""
@@ -149,7 +152,7 @@ def select_backend(op: str, backend: Optional[str], q: Tensor) -> str:
     if name is not None:
         reason = _REGISTRY[name].refusal(op, q)
         if reason is not None:
-            raise BackendUnavailableError(f"{reason}; use backend='torch' or None")
+            raise BackendUnavailableError(reason)
         return name
     for candidate in AUTOMATIC_ORDER:
         if _REGISTRY[candidate].automatic(op, q):
