@@ -36,8 +36,8 @@ class Backend:
         """Why this backend cannot run on ``device`` in this process (and what to use instead), or ``None``."""
         return None
 
-    def input_refusal(self, q: Tensor) -> Optional[str]:
-        """Why this backend cannot run a call whose query is ``q`` (dtype, head_dim...), or ``None``."""
+    def input_refusal(self, op: str, q: Tensor) -> Optional[str]:
+        """Why this backend cannot run ``op`` on a call whose query is ``q`` (dtype, head_dim...), or ``None``."""
         return None
 
     def refusal(self, op: str, q: Tensor) -> Optional[str]:
@@ -45,8 +45,8 @@ class Backend:
         if op not in self.ops:
             return f"{op} has no {self.title}; use backend='torch' or None"
         reason = self.device_refusal(q.device)
-        if reason is None and self.input_refusal(q) is not None:
-            reason = f"{self.input_refusal(q)}; use backend='torch' or None"
+        if reason is None and self.input_refusal(op, q) is not None:
+            reason = f"{self.input_refusal(op, q)}; use backend='torch' or None"
         return reason
 
     def automatic(self, op: str, q: Tensor) -> bool:
@@ -128,6 +128,9 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
         _forced_backend.reset(token)
 
 
+# Read inside torch.compile'd code (backend selection): torch 2.11 cannot trace ContextVar.get, so the value is
+# read eagerly while tracing and baked into the graph, as every other backend-selection input is.
+@torch.compiler.assume_constant_result
 def current_backend() -> Optional[str]:
     """The backend forced by the innermost :func:`use_backend`, or ``None``."""
     return _forced_backend.get()

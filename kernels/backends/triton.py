@@ -12,7 +12,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -23,10 +23,6 @@ Tensor = torch.Tensor
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 
-# Query/key tiles: one Swin window per program when it fits in 64 lanes; 8x8 queries against 8x8 key tiles for NA.
-# These are starting points chosen for register use (64x64 fp32 score tiles); tune them on the GPU benchmark.
-TILE_LANES = 64
-NA_TILE = (8, 8)
 
 
 @dataclass(frozen=True)
@@ -89,12 +85,18 @@ def _kernels() -> ModuleType:
             os.environ["TRITON_INTERPRET"] = previous
 
 
-def unsupported_reason(q: Tensor) -> Optional[str]:
-    """Why the Triton kernels cannot take ``q`` (dtype or head_dim), or ``None`` when they can."""
+def unsupported_reason(q: Tensor, op: Optional[str] = None) -> Optional[str]:
+    """Why the Triton kernels cannot take ``q`` (dtype, head_dim; on CUDA, a dtype and head_dim with no spill-free
+    launch configuration for ``op``), or ``None`` when they can."""
     if q.dtype not in SUPPORTED_DTYPES:
         return f"the triton backend takes float32, float16 or bfloat16, got {q.dtype}"
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"the triton backend takes head_dim <= {MAX_HEAD_DIM}, got {q.shape[-1]}"
+    if op is not None and q.device.type == "cuda" and q.dtype == torch.float32:
+        limit = FP32_MAX_HEAD_DIM["window" if op == "window_attention" else "neighborhood"]
+        if q.shape[-1] > limit:
+            return (f"the triton backend takes float32 {op} on CUDA up to head_dim {limit} (larger fp32 tiles spill "
+                    f"registers on sm_90), got {q.shape[-1]}; use bfloat16/float16")
     return None
 
 
@@ -107,13 +109,49 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def default_tiles(geometry: Geometry) -> Tiles:
-    """Tiles that follow the windows for Swin (whole rows of a window, a divisor of its height) and 8x8 for NA."""
-    if geometry.is_window:
-        wh, ww = geometry.kernel
-        rows = max((r for r in range(1, wh + 1) if wh % r == 0 and r * ww <= TILE_LANES), default=1)
-        return Tiles(query=(rows, ww), key=(rows, ww))
-    return Tiles(query=NA_TILE, key=NA_TILE)
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How the kernels are launched for one geometry, dtype and head_dim: tiles and warps per program."""
+
+    tiles: Tiles
+    num_warps: int
+    num_stages: int = 2
+
+
+# Chosen so that ptxas (sm_90a, Triton's own flags) reports no spill store or load for any of the three kernels;
+# tests/sm90_compile.py checks every entry and docs/kernels.md lists the registers each uses. Keys: half precision
+# (fp16/bf16) or fp32, then head_dim rounded up to a power of two (>= 16). Values: (tile, num_warps).
+# Neighborhood attention: queries and keys in tiles of this (y, x) shape.
+NA_CONFIGS: Dict[Tuple[bool, int], Tuple[Tuple[int, int], int]] = {
+    (True, 16): ((8, 8), 8), (True, 32): ((8, 8), 8), (True, 64): ((4, 8), 4), (True, 128): ((4, 8), 8),
+    (False, 16): ((4, 8), 8), (False, 32): ((4, 8), 8),
+}
+# Window attention: whole rows of a window per tile; (rows, num_warps) for Swin's 7 and 12, else the most rows that
+# fit 16 lanes with 4 warps. (7x7 windows in 64 lanes spill at every head_dim: one row of 7 per tile does not.)
+WINDOW_CONFIGS: Dict[Tuple[bool, int], Dict[int, Tuple[int, int]]] = {
+    (True, 16): {7: (1, 4), 12: (4, 8)}, (True, 32): {7: (1, 8), 12: (2, 4)},
+    (True, 64): {7: (1, 4), 12: (2, 4)}, (True, 128): {7: (1, 8), 12: (2, 4)},
+    (False, 16): {7: (1, 4), 12: (2, 8)},
+}
+WINDOW_FALLBACK_LANES = 16
+# The largest fp32 head_dim with a spill-free configuration on CUDA (the interpreter on CPU takes any).
+FP32_MAX_HEAD_DIM = {"neighborhood": 32, "window": 16}
+
+
+def launch_config(geometry: Geometry, dtype: torch.dtype, head_dim: int) -> LaunchConfig:
+    """The launch configuration for one call (see :data:`NA_CONFIGS` and :data:`WINDOW_CONFIGS`). Combinations
+    with no entry (fp32 beyond :data:`FP32_MAX_HEAD_DIM`, which only the CPU interpreter runs) take the smallest
+    tiles."""
+    half = dtype != torch.float32
+    lanes = _lanes(head_dim)
+    if not geometry.is_window:
+        tile, warps = NA_CONFIGS.get((half, lanes), ((4, 8), 8))
+        return LaunchConfig(Tiles(tile, tile), warps)
+    wh, ww = geometry.kernel
+    rows, warps = WINDOW_CONFIGS.get((half, lanes), {}).get(ww if wh == ww else -1, (0, 4))
+    if rows == 0 or wh % rows:
+        rows = max((r for r in range(1, wh + 1) if wh % r == 0 and r * ww <= WINDOW_FALLBACK_LANES), default=1)
+    return LaunchConfig(Tiles((rows, ww), (rows, ww)), warps)
 
 
 def _allocate(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -125,7 +163,8 @@ def _strides(x: Tensor) -> Tuple[int, ...]:
     return tuple(x.stride())
 
 
-def _launch_common(q: Tensor, geometry: Geometry, tiles: Tiles, scale: float, per_key: bool = False):
+def _launch_common(q: Tensor, geometry: Geometry, tiles: Tiles, scale: float, per_key: bool = False,
+                   num_warps: int = 4, num_stages: int = 2):
     batch, height, width, heads, head_dim = q.shape
     dh, dw = geometry.dilation
     ty, tx = tiles.key if per_key else tiles.query
@@ -143,6 +182,7 @@ def _launch_common(q: Tensor, geometry: Geometry, tiles: Tiles, scale: float, pe
         BD=_lanes(head_dim),
         # fp32 inputs get exact fp32 products (as the other backends); half types use the tensor cores natively.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages,
     )
     return grid, scalars, constants
 
@@ -155,15 +195,18 @@ def _check_tiles(tiles: Tiles) -> None:
 
 def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], geometry: Geometry, scale: float,
             tiles: Optional[Tiles] = None) -> Tuple[Tensor, Tensor]:
-    """Output ``(B, H, W, heads, head_dim)`` and the base-2 log-sum-exp ``(B, heads, H, W)`` (fp32)."""
-    tiles = tiles or default_tiles(geometry)
+    """Output ``(B, H, W, heads, head_dim)`` and the base-2 log-sum-exp ``(B, heads, H, W)`` (fp32). ``tiles``
+    overrides the tiles of :func:`launch_config` (tests)."""
+    config = launch_config(geometry, q.dtype, q.shape[-1])
+    tiles = tiles or config.tiles
     _check_tiles(tiles)
     kernels = _kernels()
     batch, height, width, heads, head_dim = q.shape
     out = _allocate(q.shape, q.dtype, q.device)
     lse = _allocate((batch, heads, height, width), torch.float32, q.device)
     table = rpb.contiguous() if rpb is not None else q  # never read without HAS_RPB
-    grid, scalars, constants = _launch_common(q, geometry, tiles, scale)
+    grid, scalars, constants = _launch_common(q, geometry, tiles, scale, num_warps=config.num_warps,
+                                              num_stages=config.num_stages)
     kernels.local_attention_fwd[grid](
         q, k, v, table, out, lse, *_strides(q), *_strides(k), *_strides(v), *scalars,
         HAS_RPB=rpb is not None, **constants,
@@ -175,7 +218,8 @@ def backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
              geometry: Geometry, scale: float, rpb_grad: bool,
              tiles: Optional[Tiles] = None) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Gradients of q, k, v (q's dtype) and of rpb (rpb's dtype, or ``None`` when not asked)."""
-    tiles = tiles or default_tiles(geometry)
+    config = launch_config(geometry, q.dtype, q.shape[-1])
+    tiles = tiles or config.tiles
     _check_tiles(tiles)
     kernels = _kernels()
     batch, height, width, heads, head_dim = q.shape
@@ -187,7 +231,8 @@ def backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
     grad_k = _allocate(q.shape, q.dtype, q.device)
     grad_v = _allocate(q.shape, q.dtype, q.device)
 
-    grid, scalars, constants = _launch_common(q, geometry, tiles, scale)
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    grid, scalars, constants = _launch_common(q, geometry, tiles, scale, **launch)
     table_size = (2 * geometry.kernel[0] - 1) * (2 * geometry.kernel[1] - 1)
     if rpb_grad:
         # One partial table per program (reduced inside the program), summed here: no contention across programs.
@@ -199,7 +244,7 @@ def backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *scalars,
         HAS_RPB=has_rpb, RPB_GRAD=rpb_grad, **constants,
     )
-    grid, scalars, constants = _launch_common(q, geometry, tiles, scale, per_key=True)
+    grid, scalars, constants = _launch_common(q, geometry, tiles, scale, per_key=True, **launch)
     kernels.local_attention_bwd_key[grid](
         q, k, v, table, grad, lse, delta, grad_k, grad_v,
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *scalars,
@@ -350,8 +395,8 @@ class TritonBackend(Backend):
     def device_refusal(self, device: torch.device) -> Optional[str]:
         return triton_refusal(device)
 
-    def input_refusal(self, q: Tensor) -> Optional[str]:
-        return unsupported_reason(q)
+    def input_refusal(self, op: str, q: Tensor) -> Optional[str]:
+        return unsupported_reason(q, op)
 
     def automatic(self, op: str, q: Tensor) -> bool:
         return q.device.type == "cuda" and self.refusal(op, q) is None and validated_on_gpu(op, q)
