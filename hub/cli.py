@@ -40,7 +40,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 DEFAULT_BENCH_OUTPUT = {
     "kernels": "kernels_{device}.json",
     "models": "models_{device}.json",
-    "gpu": "kernels_{device}.json",
+    "gpu": "gpu_kernels_{device}.json",
     "data": "data_readable_samples_cpu.json",
 }
 
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "CUDA, bf16; data: vithub train's image reader against timm's")
     p_bench.add_argument("--output", default=None,
                          help="JSON path ('' for none; default in the current directory: <target>_<device>.json, "
-                              "kernels_<gpu name>.json for gpu)")
+                              "gpu_kernels_<gpu name>.json for gpu)")
     p_bench.add_argument("--repeats", type=int, default=None,
                          help="timed calls per candidate, median kept (default 7 for kernels, 3 for models, 20 for "
                               "gpu, 5 for data)")
@@ -206,6 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--repeats must be >= 1")
     if any(size < 1 for size in getattr(args, "batch_sizes", [1])):
         parser.error("--batch-sizes must all be >= 1")
+    if getattr(args, "images", 1) < 1 or getattr(args, "image_side", 1) < 1:
+        parser.error("--images and --image-side must be >= 1")
     from vithub.bench.models import NoTwinError
     from vithub.publishing import HubError
 
