@@ -115,3 +115,41 @@ def test_a_registered_task_runs_through_the_loop(tmp_path, capsys):
 def test_unknown_task_is_refused_by_name():
     with pytest.raises(ValueError, match=r"task must be one of \["):
         train(TrainConfig(task="segmentation-someday"))
+
+
+def test_resume_at_an_epoch_boundary_matches_an_unbroken_run(tmp_path):
+    """The loop's steps, driven by hand: an unbroken two-epoch run, and a run stopped after epoch 1 and resumed from
+    its ``last`` checkpoint. The second epoch's metrics row (train loss included) and the weights must match: the
+    finished epoch's running loss must not leak into the next epoch."""
+    import torch
+
+    from vithub.train import engine
+    from vithub.train.checkpoint import load_weights
+    from vithub.train.tasks import ClassificationTask
+
+    def config(folder):
+        return TrainConfig(output=str(tmp_path / folder), epochs=2, batch_size=128, progress=False, seed=3)
+
+    unbroken = engine.setup(config("unbroken"), ClassificationTask(), torch.device("cpu"))
+    for _ in range(2):
+        engine.train_one_epoch(unbroken)
+        engine.end_epoch(unbroken)
+    first = engine.setup(config("broken"), ClassificationTask(), torch.device("cpu"))
+    engine.train_one_epoch(first)
+    engine.end_epoch(first)  # writes last.state.pt at the epoch boundary
+    from vithub.train.checkpoint import load_state
+
+    assert load_state(tmp_path / "broken" / "last.state.pt")["epoch_loss"] == [0.0, 0]  # nothing running at a boundary
+    resumed = engine.setup(config("broken"), ClassificationTask(), torch.device("cpu"))
+    engine.resume(resumed, tmp_path / "broken" / "last.state.pt")
+    engine.train_one_epoch(resumed)
+    engine.end_epoch(resumed)
+
+    def without_clock(row):
+        return {key: value for key, value in row.items() if key != "seconds"}
+
+    assert [without_clock(r) for r in resumed.progress.history] == [
+        without_clock(r) for r in unbroken.progress.history]
+    expected, actual = (load_weights(tmp_path / folder / "last.safetensors") for folder in ("unbroken", "broken"))
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
