@@ -43,3 +43,21 @@ def test_version_is_exposed():
     import vithub
 
     assert vithub.__version__ != "0.0.0"
+
+
+def test_dependencies_point_one_way():
+    """backbones import only vithub.kernels and their own _common (no family imports another's file); train imports
+    no other vithub package (it reaches models through timm)."""
+    import re
+
+    for path in (REPO_ROOT / "backbones").glob("*.py"):
+        text = path.read_text()
+        absolute = set(re.findall(r"^\s*(?:from|import)\s+(vithub[\w.]*)", text, flags=re.M))
+        relative = set(re.findall(r"^\s*from\s+\.(\w*)\s+import", text, flags=re.M))
+        assert absolute <= {"vithub.kernels"}, f"{path.name} imports {absolute}"
+        allowed = {"_common"} | ({"efficientvit_mit", "efficientvit_msra", "fastervit", "levit", "nat", "swin", ""}
+                                 if path.name == "__init__.py" else set())
+        assert relative <= allowed, f"{path.name} imports .{relative - allowed}"
+    for path in (REPO_ROOT / "train").glob("*.py"):
+        imports = set(re.findall(r"^\s*(?:from|import)\s+(vithub[\w.]*)", path.read_text(), flags=re.M))
+        assert all(name.startswith("vithub.train") for name in imports), f"{path.name} imports {imports}"
