@@ -56,23 +56,23 @@ class Backend:
     # The ops. Arguments: q, k, v heads-last; sizes as (y, x) tuples; scale resolved.
     def neighborhood_attention(self, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                                kernel: Tuple[int, int], dilation: Tuple[int, int], scale: float) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"the {self.name} backend has no neighborhood_attention")
 
     def window_attention(self, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window: Tuple[int, int],
                          shift: Tuple[int, int], scale: float, unpadded: Tuple[int, int]) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"the {self.name} backend has no window_attention")
 
     def carrier_window_attention(self, q: Tensor, k: Tensor, v: Tensor, carrier_q: Tensor, carrier_k: Tensor,
                                  carrier_v: Tensor, rpb: Optional[Tensor], window: Tuple[int, int],
                                  scale: float) -> Tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(f"the {self.name} backend has no carrier_window_attention")
 
     def table_bias_attention(self, q: Tensor, k: Tensor, v: Tensor, bias_table: Optional[Tensor], query_stride: int,
                              scale: float, gathered_bias: Optional[Tensor]) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"the {self.name} backend has no table_bias_attention")
 
     def relu_linear_attention(self, q: Tensor, k: Tensor, v: Tensor, eps: float) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"the {self.name} backend has no relu_linear_attention")
 
     # Gradients for the registered custom ops' backward ops, which must recompute what they need (a custom op keeps
     # no saved state). ``None`` (the default) lets ``custom_ops`` differentiate the backend's forward instead.

@@ -67,17 +67,21 @@ def random_images(batch: int, size: Tuple[int, int], seed: int = 0) -> torch.Ten
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
+def _backward_reaches_every_parameter(model: torch.nn.Module, out: torch.Tensor, context: str = "") -> None:
+    out.float().pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient{context}: {missing[:10]}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients{context}: {bad[:10]}"
+
+
 def check_forward_backward(model: torch.nn.Module, size: Tuple[int, int]) -> None:
     """Logits have shape (B, num_classes), are finite, and every trainable parameter gets a finite gradient."""
     model.train()
     out = model(random_images(2, size))
     assert out.shape == (2, model.num_classes), f"logits shape {tuple(out.shape)}"
     assert torch.isfinite(out).all(), "non-finite logits"
-    out.float().pow(2).mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"parameters without gradient: {missing[:10]}"
-    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    assert not bad, f"non-finite gradients: {bad[:10]}"
+    _backward_reaches_every_parameter(model, out)
 
 
 def check_mixed_precision(model: torch.nn.Module, size: Tuple[int, int]) -> None:
@@ -95,11 +99,7 @@ def check_mixed_precision(model: torch.nn.Module, size: Tuple[int, int]) -> None
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images)
     assert torch.isfinite(out).all(), "non-finite logits under autocast"
-    out.float().pow(2).mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"parameters without gradient under autocast: {missing[:10]}"
-    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    assert not bad, f"non-finite gradients under autocast: {bad[:10]}"
+    _backward_reaches_every_parameter(model, out, " under autocast")
 
 
 def check_features_only(name: str, size: Tuple[int, int]) -> None:

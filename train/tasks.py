@@ -18,6 +18,7 @@ New tasks register with :func:`register_task` and are picked with ``vithub train
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, List, Optional, Type
 
 import timm
@@ -38,31 +39,37 @@ class TrainingError(RuntimeError):
     last good checkpoint stays."""
 
 
-class Task:
+class Task(ABC):
     """Base of the training tasks; see the module docstring for what each method supplies."""
 
     name: str = ""
     primary_metric: str = ""
     collate_fn: Callable = staticmethod(collate_readable)
 
+    @abstractmethod
     def build_data(self, config: TrainConfig) -> DataBundle:
-        raise NotImplementedError
+        """Train and validation sets, class names and a description."""
 
+    @abstractmethod
     def build_model(self, config: TrainConfig, data: DataBundle) -> torch.nn.Module:
-        raise NotImplementedError
+        """The model to train, through timm's factory."""
 
+    @abstractmethod
     def training_loss(self, config: TrainConfig, data: DataBundle) -> LossFn:
-        raise NotImplementedError
+        """A callable ``(model, inputs, targets) -> loss`` for one batch."""
 
+    @abstractmethod
     def evaluate(self, model: torch.nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False,
                  unreadable: Optional[UnreadableLimit] = None) -> Dict[str, float]:
-        raise NotImplementedError
+        """Metrics of one validation pass, including ``loss`` and :attr:`primary_metric`."""
 
+    @abstractmethod
     def epoch_columns(self, metrics: Dict[str, float]) -> Dict[str, float]:
-        raise NotImplementedError
+        """The task's columns of one ``metrics.jsonl`` row, from :meth:`evaluate`'s metrics."""
 
+    @abstractmethod
     def summary(self, history: List[Dict[str, Any]], best: List[Dict[str, Any]]) -> Dict[str, Any]:
-        raise NotImplementedError
+        """The task's part of ``summary.json``."""
 
 
 def data_config_for(config: TrainConfig) -> Dict[str, Any]:
