@@ -223,45 +223,9 @@ MapLayout = Literal["NHWC", "NCHW"]
 
 def to_layout(x: torch.Tensor, source: MapLayout, target: str) -> torch.Tensor:
     """A 4-D map from ``source`` layout to ``target`` (``"NCHW"`` or ``"NHWC"``; contiguous when it moves)."""
-    if target not in ("NCHW", "NHWC"):
-        raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {target!r}")
     if target == source:
         return x
     return nhwc_to_nchw(x) if target == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
-
-
-def stage_intermediates(
-    x: torch.Tensor,
-    stages: nn.Sequential,
-    final_norm: nn.Module,
-    map_layout: MapLayout,
-    indices: Optional[Union[int, Sequence[int]]] = None,
-    norm: bool = False,
-    stop_early: bool = False,
-    output_fmt: str = "NCHW",
-    intermediates_only: bool = False,
-) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-    """timm's ``forward_intermediates`` over a sequence of stages: run ``x`` (the embedded image, in ``map_layout``)
-    through ``stages``, keep the outputs of the stages in ``indices`` (see :func:`take_indices`) in ``output_fmt``,
-    and return them (with the last stage's map through ``final_norm`` unless ``intermediates_only``). ``norm``
-    applies ``final_norm`` to the last stage's map when it is returned; ``stop_early`` stops after the last wanted
-    stage."""
-    if output_fmt not in ("NCHW", "NHWC"):
-        raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-    taken, max_index = take_indices(len(stages), indices)
-    last = len(stages) - 1
-    intermediates = []
-    index = 0
-    for index, stage in enumerate(stages[:max_index + 1] if stop_early else stages):
-        x = stage(x)
-        if index in taken:
-            feature = final_norm(x) if norm and index == last else x
-            intermediates.append(to_layout(feature, map_layout, output_fmt))
-    if intermediates_only:
-        return intermediates
-    if index == last:
-        x = final_norm(x)
-    return x, intermediates
 
 
 def stage_group_matcher(coarse: bool, stem: str, stages: str = "stages",
@@ -294,7 +258,7 @@ class StageHooks:
     * ``stages``: an ``nn.Sequential`` of stages, each with a ``grad_checkpointing`` flag; ``norm``; ``head`` (a timm
       ``ClassifierHead``, or the family overrides the classifier hooks); ``feature_info``;
     * its own ``group_matcher`` (with :func:`stage_group_matcher`) and ``no_weight_decay`` (with
-      :func:`parameter_names`), which name its modules.
+      :func:`parameter_names`), which name its modules and parameters.
 
     This gives ``forward_features``, ``forward_intermediates``, ``forward_head``, ``forward``, grad checkpointing,
     ``prune_intermediate_layers`` and the classifier hooks.
@@ -322,10 +286,26 @@ class StageHooks:
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (an int ``indices`` takes the last n, ``None`` all) as ``output_fmt`` maps, and the final
-        normed features; see :func:`stage_intermediates`."""
-        return stage_intermediates(self.embed(x), self.stages, self.norm, self.map_layout, indices, norm, stop_early,
-                                   output_fmt, intermediates_only)
+        """timm's ``forward_intermediates``: the outputs of the stages in ``indices`` (see :func:`take_indices`) as
+        ``output_fmt`` maps, and the final normed features (unless ``intermediates_only``). ``norm`` applies the final
+        norm to the last stage's map when it is returned; ``stop_early`` stops after the last wanted stage."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        taken, max_index = take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        intermediates = []
+        x = self.embed(x)
+        index = 0
+        for index, stage in enumerate(self.stages[:max_index + 1] if stop_early else self.stages):
+            x = stage(x)
+            if index in taken:
+                feature = self.norm(x) if norm and index == last else x
+                intermediates.append(to_layout(feature, self.map_layout, output_fmt))
+        if intermediates_only:
+            return intermediates
+        if index == last:
+            x = self.norm(x)
+        return x, intermediates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

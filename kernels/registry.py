@@ -25,12 +25,17 @@ class BackendUnavailableError(RuntimeError):
 
 
 class Backend:
-    """One implementation of (some of) the attention ops. Subclasses set ``name``, ``title`` and ``ops`` and implement
-    those ops' methods; every argument arrives validated (see ``_validation.py``), sizes as tuples."""
+    """One implementation of (some of) the attention ops. Subclasses set ``name`` and ``title`` and implement the ops
+    they run as methods; ``ops`` is the set of those methods, so the two cannot disagree. Every argument arrives
+    validated (see ``_validation.py``), sizes as tuples."""
 
     name: str = ""
     title: str = ""  # for messages: "Triton kernel", "torch kernel"
     ops: FrozenSet[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.ops = frozenset(op for op in OPS if getattr(cls, op) is not getattr(Backend, op))
 
     def device_refusal(self, device: torch.device) -> Optional[str]:
         """Why this backend cannot run on ``device`` in this process (and what to use instead), or ``None``."""
@@ -45,15 +50,17 @@ class Backend:
         if op not in self.ops:
             return f"{op} has no {self.title}; use backend='torch' or None"
         reason = self.device_refusal(q.device)
-        if reason is None and self.input_refusal(op, q) is not None:
-            reason = f"{self.input_refusal(op, q)}; use backend='torch' or None"
-        return reason
+        if reason is not None:
+            return reason
+        reason = self.input_refusal(op, q)
+        return None if reason is None else f"{reason}; use backend='torch' or None"
 
     def automatic(self, op: str, q: Tensor) -> bool:
         """Whether ``backend=None`` may pick this backend for ``op`` on ``q`` (asked in :data:`AUTOMATIC_ORDER`)."""
         return False
 
-    # The ops. Arguments: q, k, v heads-last; sizes as (y, x) tuples; scale resolved.
+    # The ops, each overridden by the backends that run it (these bodies are only the interface: the registry never
+    # sends a call to an op a backend does not override). Arguments: q, k, v heads-last; sizes as (y, x) tuples.
     def neighborhood_attention(self, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                                kernel: Tuple[int, int], dilation: Tuple[int, int], scale: float) -> Tensor:
         raise NotImplementedError(f"the {self.name} backend has no neighborhood_attention")

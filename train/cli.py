@@ -13,7 +13,7 @@ from .engine import TrainingError, train, validate
 from .reporting import WandbStartError, WandbUnavailableError
 from .tasks import task_names
 
-# The options vithub validate shares with vithub train, and the defaults it keeps of its own.
+# The options vithub validate shares with vithub train (same flags, same defaults).
 VALIDATE_OPTIONS = ("task", "model", "data", "data_dir", "val_split", "max_unreadable", "batch_size", "img_size",
                     "device")
 

@@ -129,7 +129,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: Optional[Iterab
     hints = typing.get_type_hints(TrainConfig)
     wanted = None if names is None else list(names)
     for config_field in fields(TrainConfig):
-        if wanted is not None and config_field.name not in wanted or not config_field.metadata["cli"]:
+        if not config_field.metadata["cli"] or (wanted is not None and config_field.name not in wanted):
             continue
         kwargs = _argument_kwargs(config_field, hints[config_field.name])
         if choices and config_field.name in choices:

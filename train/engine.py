@@ -117,7 +117,7 @@ class Run:
 
     @property
     def use_amp(self) -> bool:
-        return self.config.amp is not None and self.device.type == "cuda"
+        return _amp_enabled(self.config, self.device)
 
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -188,8 +188,7 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
                                        warmup_epochs=config.warmup_epochs, min_lr=config.min_lr,
                                        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
-    use_amp = config.amp is not None and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp == "float16")
+    scaler = torch.amp.GradScaler("cuda", enabled=_amp_enabled(config, device) and config.amp == "float16")
     step_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     step_model = torch.compile(step_model) if config.torchcompile else step_model
     unreadable = UnreadableLimit({"train": len(data.train), "val": len(data.val)}, config.max_unreadable,
@@ -401,6 +400,11 @@ def validate(model_name: str, checkpoint: Optional[str], data: Optional[str], ba
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
+
+def _amp_enabled(config: TrainConfig, device: torch.device) -> bool:
+    """Mixed precision is CUDA-only: elsewhere ``amp`` is ignored and the run is fp32."""
+    return config.amp is not None and device.type == "cuda"
+
 
 def _device(config: TrainConfig) -> torch.device:
     if config.device:

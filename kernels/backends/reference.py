@@ -213,8 +213,6 @@ class ReferenceBackend(Backend):
 
     name = "reference"
     title = "reference implementation"
-    ops = frozenset({"neighborhood_attention", "window_attention", "carrier_window_attention",
-                     "table_bias_attention", "relu_linear_attention"})
 
     def neighborhood_attention(self, q, k, v, rpb, kernel, dilation, scale):
         return neighborhood_attention(q, k, v, kernel, dilation, rpb, scale)

@@ -488,8 +488,6 @@ class TorchBackend(Backend):
 
     name = "torch"
     title = "torch kernel"
-    ops = frozenset({"neighborhood_attention", "window_attention", "carrier_window_attention",
-                     "table_bias_attention", "relu_linear_attention"})
 
     def automatic(self, op: str, q: torch.Tensor) -> bool:
         return True

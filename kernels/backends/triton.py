@@ -24,7 +24,6 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 
 
-
 @dataclass(frozen=True)
 class Geometry:
     """What makes the two ops differ: window or neighbourhood, its size, and dilation or shift per axis."""
@@ -149,9 +148,12 @@ def launch_config(geometry: Geometry, dtype: torch.dtype, head_dim: int) -> Laun
         tile, warps = NA_CONFIGS.get((half, lanes), ((4, 8), 8))
         return LaunchConfig(Tiles(tile, tile), warps)
     wh, ww = geometry.kernel
-    rows, warps = WINDOW_CONFIGS.get((half, lanes), {}).get(ww if wh == ww else -1, (0, 4))
-    if rows == 0 or wh % rows:
+    tuned = WINDOW_CONFIGS.get((half, lanes), {}).get(ww) if wh == ww else None
+    if tuned is not None:
+        rows, warps = tuned
+    else:
         rows = max((r for r in range(1, wh + 1) if wh % r == 0 and r * ww <= WINDOW_FALLBACK_LANES), default=1)
+        warps = 4
     return LaunchConfig(Tiles((rows, ww), (rows, ww)), warps)
 
 
@@ -391,7 +393,6 @@ class TritonBackend(Backend):
 
     name = "triton"
     title = "Triton kernel"
-    ops = frozenset({"neighborhood_attention", "window_attention"})
 
     def device_refusal(self, device: torch.device) -> Optional[str]:
         return triton_refusal(device)
