@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from typing import Optional, Sequence
 
 from .config import add_config_arguments, config_from_args
 from .data import DataError
 from .engine import TrainingError, train, validate
 from .reporting import WandbStartError, WandbUnavailableError
-from .tasks import task_names
+from .tasks import task_classes, task_names
 
 # The options vithub validate shares with vithub train (same flags, same defaults).
 VALIDATE_OPTIONS = ("task", "model", "data", "data_dir", "val_split", "max_unreadable", "batch_size", "img_size",
@@ -22,17 +23,37 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``vithub train``: one flag per :class:`TrainConfig` field (timm ``train.py`` names where it
     has them)."""
     add_config_arguments(parser, choices={"task": task_names()})
+    add_task_option_arguments(parser)
+
+
+def add_task_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """Each registered task's own options, as a group of flags titled by the task."""
+    for task_cls in task_classes():
+        if task_cls.options is not None:
+            group = parser.add_argument_group(f"--task {task_cls.name} options")
+            add_config_arguments(group, config_class=task_cls.options)
+
+
+def task_config_from_args(values: dict):
+    """A :class:`TrainConfig` from parsed arguments, with the chosen task's own options in ``task_options``."""
+    config = config_from_args(values)
+    chosen = [task_cls for task_cls in task_classes() if task_cls.name == config.task]
+    if chosen and chosen[0].options is not None:
+        names = {option_field.name for option_field in fields(chosen[0].options)}
+        config.task_options = {name: values[name] for name in names if name in values}
+    return config
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``vithub validate``: a checkpoint and the data options of ``vithub train``."""
     parser.add_argument("--checkpoint", default=None, help=".safetensors (e.g. a run's best-eNNN.safetensors)")
     add_config_arguments(parser, VALIDATE_OPTIONS, choices={"task": task_names()})
+    add_task_option_arguments(parser)
 
 
 def run_train(args: argparse.Namespace) -> int:
     try:
-        summary = train(config_from_args(vars(args)))
+        summary = train(task_config_from_args(vars(args)))
     except (DataError, TrainingError, ValueError, WandbUnavailableError, WandbStartError) as error:
         print(f"vithub train: error: {error}", file=sys.stderr)
         return 2
@@ -43,8 +64,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     try:
+        config = task_config_from_args(vars(args))
         metrics = validate(args.model, args.checkpoint, args.data, args.batch_size, args.img_size, args.device,
-                           args.data_dir, args.val_split, args.max_unreadable, task=args.task)
+                           args.data_dir, args.val_split, args.max_unreadable, task=args.task,
+                           task_options=config.task_options)
     except (DataError, TrainingError, ValueError) as error:
         print(f"vithub validate: error: {error}", file=sys.stderr)
         return 2

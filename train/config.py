@@ -41,13 +41,16 @@ class TrainConfig:
     max_unreadable: float = option(
         0.01, "largest fraction of a split's images that may be unreadable (skipped and counted) before the run stops")
     output: str = option("output/train", "run folder: checkpoints, metrics, summary.json")
-    epochs: int = option(6)
-    batch_size: int = option(64, flags=("-b",))
+    epochs: Optional[int] = option(None, "default: the task's (classification 6, detection 12; 8 on the embedded "
+                                   "shapes)")
+    batch_size: Optional[int] = option(None, "default: the task's (classification 64, detection 2; 8 on the "
+                                       "embedded shapes)", flags=("-b",))
     opt: str = option("adamw", "timm optimizer name")
-    lr: float = option(2e-3)
-    weight_decay: float = option(0.05)
+    lr: Optional[float] = option(None, "default: the task's (classification 2e-3, detection 1e-4; 1e-3 on the "
+                                 "embedded shapes)")
+    weight_decay: Optional[float] = option(None, "default: the task's (0.05)")
     sched: str = option("cosine", "timm scheduler name")
-    warmup_epochs: int = option(1)
+    warmup_epochs: Optional[int] = option(None, "default: the task's (1)")
     min_lr: float = option(1e-5)
     layer_decay: Optional[float] = option(None, "layer-wise lr decay (timm group_matcher)")
     drop_path: Optional[float] = option(None)
@@ -74,9 +77,15 @@ class TrainConfig:
     wandb_project: str = option("vithub")
     wandb_name: Optional[str] = option(None, "run name (default: the --output folder's name)")
     wandb_tags: Optional[List[str]] = option(None)
+    task_options: Dict[str, Any] = option(None, "the task's own options (vithub train shows them per task)", cli=False,
+                                          default_factory=dict)
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first option out of range."""
+        """Raise ``ValueError`` naming the first option out of range (on a config whose task defaults are filled in:
+        :meth:`vithub.train.tasks.Task.resolve`)."""
+        unresolved = [name for name in TASK_DEFAULTED if getattr(self, name) is None]
+        if unresolved:
+            raise ValueError(f"{unresolved} are unset: fill in the task's defaults first (Task.resolve)")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
                     "keep_best": self.keep_best}
         for name, value in positive.items():
@@ -94,7 +103,9 @@ class TrainConfig:
 
 # Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
 RESUME_FIXED = ("task", "model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs",
-                "img_size")
+                "img_size", "task_options")
+# Options whose default (None) means "the task's default" (Task.defaults).
+TASK_DEFAULTED = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs")
 
 
 def _argument_kwargs(config_field: Any, hint: Any) -> Dict[str, Any]:
@@ -121,14 +132,16 @@ def _argument_kwargs(config_field: Any, hint: Any) -> Dict[str, Any]:
     return kwargs
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, names: Optional[Iterable[str]] = None,
-                         choices: Optional[Dict[str, Sequence[Any]]] = None) -> None:
-    """Add a ``--flag`` per :class:`TrainConfig` field (all command-line fields, or those in ``names``), with the
-    field's type, default, help and aliases. ``choices`` sets allowed values known only at run time (the registered
-    tasks)."""
-    hints = typing.get_type_hints(TrainConfig)
+def add_config_arguments(parser: Any, names: Optional[Iterable[str]] = None,
+                         choices: Optional[Dict[str, Sequence[Any]]] = None, config_class: type = None) -> None:
+    """Add a ``--flag`` per field of ``config_class`` (default :class:`TrainConfig`; a task's options class takes
+    the same :func:`option` fields): all command-line fields, or those in ``names``, with the field's type, default,
+    help and aliases. ``choices`` sets allowed values known only at run time (the registered tasks). ``parser``
+    may be an argument group."""
+    config_class = config_class or TrainConfig
+    hints = typing.get_type_hints(config_class)
     wanted = None if names is None else list(names)
-    for config_field in fields(TrainConfig):
+    for config_field in fields(config_class):
         if not config_field.metadata["cli"] or (wanted is not None and config_field.name not in wanted):
             continue
         kwargs = _argument_kwargs(config_field, hints[config_field.name])

@@ -18,12 +18,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Sampler
@@ -57,18 +56,47 @@ class EpochBatches(Sampler):
     ``start`` (a resumed epoch skips what it has seen, so the order matches an unbroken run)."""
 
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, groups: Optional[Sequence[int]] = None) -> None:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(size, generator=generator).tolist()
         step = batch_size * world
-        self.batches = [order[i + rank * batch_size:i + (rank + 1) * batch_size]
-                        for i in range(0, size - step + 1, step)][start:]
+        global_batches = ([order[i:i + step] for i in range(0, size - step + 1, step)] if groups is None
+                          else grouped_batches(order, groups, step))
+        self.batches = [batch[rank * batch_size:(rank + 1) * batch_size] for batch in global_batches][start:]
 
     def __iter__(self):
         return iter(self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def grouped_batches(order: Sequence[int], groups: Sequence[int], size: int) -> List[List[int]]:
+    """Full batches of ``size`` indices, each from one group, in the order their last member comes up in
+    ``order`` (timm/torchvision's aspect-ratio grouping, made deterministic); each group's remainder is dropped."""
+    if len(groups) != len(order):
+        raise ValueError(f"groups has {len(groups)} entries for {len(order)} samples")
+    pending: Dict[int, List[int]] = {}
+    batches = []
+    for index in order:
+        bucket = pending.setdefault(groups[index], [])
+        bucket.append(index)
+        if len(bucket) == size:
+            batches.append(bucket)
+            pending[groups[index]] = []
+    return batches
+
+
+def batches_per_epoch(size: int, batch_size: int, world: int, groups: Optional[Sequence[int]]) -> int:
+    """How many global batches an epoch has (the same for every epoch: per-group counts do not depend on the
+    order)."""
+    step = batch_size * world
+    if groups is None:
+        return size // step
+    counts: Dict[int, int] = {}
+    for group in groups:
+        counts[group] = counts.get(group, 0) + 1
+    return sum(count // step for count in counts.values())
 
 
 @dataclass
@@ -104,6 +132,7 @@ class Run:
     loss_fn: LossFn
     batches_per_epoch: int
     unreadable: UnreadableLimit
+    groups: Optional[Sequence[int]] = None  # the task's batch groups of the training samples
     progress: Progress = field(default_factory=Progress)
     wandb: Optional[WandbRun] = None
     started: float = field(default_factory=time.time)
@@ -126,8 +155,9 @@ class Run:
 def train(config: TrainConfig) -> Dict[str, Any]:
     """Train ``config.model`` on ``config.data`` for ``config.task``; returns the summary also written to
     ``output/summary.json`` (other torchrun ranks return only their rank and whether the ranks agree)."""
-    config.check()
     task = get_task(config.task)
+    config = task.resolve(config)
+    config.check()
     if config.wandb:
         require_wandb()  # before any data or model work
     device = _device(config)
@@ -168,6 +198,7 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
     """Seeds, data, model (and initial weights), optimizer, scheduler, EMA, AMP scaler and the task's loss."""
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
+    task.output = output
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
@@ -177,12 +208,12 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
         _load_initial(model, config.initial_checkpoint)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
-                                    layer_decay=config.layer_decay)
-    total_batches = len(data.train) // (config.batch_size * world)
+    optimizer = task.build_optimizer(config, model)
+    groups = task.batch_groups(data.train)
+    total_batches = batches_per_epoch(len(data.train), config.batch_size, world, groups)
     if total_batches == 0:
         raise ValueError(f"batch_size {config.batch_size} x {world} processes is larger than the "
-                         f"{len(data.train)} training images")
+                         f"{len(data.train)} training images" + (" (of any one aspect-ratio group)" if groups else ""))
     updates_per_epoch = max(1, total_batches // config.grad_accum_steps)
     scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=config.epochs,
                                        warmup_epochs=config.warmup_epochs, min_lr=config.min_lr,
@@ -194,7 +225,7 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
     unreadable = UnreadableLimit({"train": len(data.train), "val": len(data.val)}, config.max_unreadable,
                                  verbose=rank == 0)
     return Run(config, task, device, rank, world, output, data, model, step_model, optimizer, scheduler, ema, scaler,
-               task.training_loss(config, data), total_batches, unreadable)
+               task.training_loss(config, data), total_batches, unreadable, groups=groups)
 
 
 def resume(run: Run, path: Path) -> None:
@@ -240,7 +271,7 @@ def train_one_epoch(run: Run, show_progress: bool = False) -> None:
     config, progress = run.config, run.progress
     run.model.train()
     sampler = EpochBatches(len(run.data.train), config.batch_size, config.seed, progress.epoch,
-                           progress.batch_in_epoch, run.rank, run.world)
+                           progress.batch_in_epoch, run.rank, run.world, run.groups)
     loader = DataLoader(run.data.train, batch_sampler=sampler, num_workers=config.workers,
                         collate_fn=run.task.collate_fn)
     bar = _progress_bar(run.batches_per_epoch, progress.batch_in_epoch, progress.epoch, config.epochs, show_progress)
@@ -254,7 +285,7 @@ def train_one_epoch(run: Run, show_progress: bool = False) -> None:
         usable = inputs is not None and len(inputs) >= min(2, config.batch_size)
         _check_batch(run.unreadable, bad, not usable, progress.batch_in_epoch, run.rank, run.world, run.device)
         if usable:
-            inputs, targets = inputs.to(run.device), targets.to(run.device)
+            inputs, targets = run.task.move_to_device(inputs, targets, run.device)
             with torch.autocast(run.device.type, dtype=amp_dtype, enabled=run.use_amp):
                 loss = run.loss_fn(run.step_model, inputs, targets)
             loss_value = loss.detach().float()
@@ -378,22 +409,23 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, c
     return ClassificationTask().evaluate(model, loader, device, channels_last, unreadable)
 
 
-def validate(model_name: str, checkpoint: Optional[str], data: Optional[str], batch_size: int = 64,
+def validate(model_name: str, checkpoint: Optional[str], data: Optional[str], batch_size: Optional[int] = None,
              img_size: Optional[int] = None, device: Optional[str] = None, data_dir: Optional[str] = None,
              val_split: str = "validation", max_unreadable: float = 0.01,
-             task: str = "classification") -> Dict[str, float]:
+             task: str = "classification", task_options: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """The task's metrics (classification: top-1/top-5) of ``model_name`` (weights from ``checkpoint``, a
     safetensors or weights-only file) on the validation split of ``data``, and how many of its images were
     unreadable (skipped)."""
-    config = TrainConfig(task=task, model=model_name, data=data, img_size=img_size, device=device, data_dir=data_dir,
-                         val_split=val_split)
-    chosen = get_task(config.task)
+    chosen = get_task(task)
+    config = chosen.resolve(TrainConfig(task=task, model=model_name, data=data, img_size=img_size, device=device,
+                                        data_dir=data_dir, val_split=val_split, batch_size=batch_size,
+                                        task_options=dict(task_options or {})))
     bundle = chosen.build_data(config)
     model = chosen.build_model(config, bundle)
     if checkpoint:
         _load_initial(model, checkpoint)
     torch_device = _device(config)
-    loader = DataLoader(bundle.val, batch_size=batch_size, shuffle=False, collate_fn=chosen.collate_fn)
+    loader = DataLoader(bundle.val, batch_size=config.batch_size, shuffle=False, collate_fn=chosen.collate_fn)
     unreadable = UnreadableLimit({"val": len(bundle.val)}, max_unreadable)
     metrics = chosen.evaluate(model.to(torch_device), loader, torch_device, unreadable=unreadable)
     return dict(metrics, unreadable_images=unreadable.counts()["val"])

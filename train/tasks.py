@@ -8,27 +8,38 @@ A task supplies:
 * ``build_model(config, data)``: the model (through timm's factory);
 * ``training_loss(config, data)``: a callable ``(model, inputs, targets) -> loss`` for one batch (augmentation that
   needs the targets, such as mixup, goes inside it);
-* ``evaluate(model, loader, device, ...)``: metrics of a validation pass, with ``loss`` and the task's
-  ``primary_metric`` (higher is better; it picks the best checkpoints);
+* ``evaluate(model, loader, device, ...)``: metrics of a validation pass, with the task's ``primary_metric``
+  (higher is better; it picks the best checkpoints);
 * ``epoch_columns(metrics)`` and ``summary(history, best)``: what goes into each ``metrics.jsonl`` row and into
-  ``summary.json`` besides the task-independent columns.
+  ``summary.json`` besides the task-independent columns;
 
-New tasks register with :func:`register_task` and are picked with ``vithub train --task NAME``.
+and may change the defaults: ``defaults_for(config)`` (epochs, batch size, lr, ... where the user left them unset),
+``options`` (a dataclass of the task's own :func:`~vithub.train.config.option` fields, shown as ``vithub train``
+flags and stored in ``config.task_options``), ``move_to_device``, ``build_optimizer`` and ``batch_groups`` (batches
+drawn within groups, e.g. of aspect ratio).
+
+New tasks register with :func:`register_task` and are picked with ``vithub train --task NAME``; a package can also
+declare one as an entry point in the ``vithub.tasks`` group (``vithub.detection`` does), found when tasks are listed.
 """
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, List, Optional, Type
+from dataclasses import asdict, fields, replace
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Type
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
-from .config import TrainConfig
+from .config import TASK_DEFAULTED, TrainConfig
 from .data import DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, Any], torch.Tensor]
@@ -45,6 +56,46 @@ class Task(ABC):
     name: str = ""
     primary_metric: str = ""
     collate_fn: Callable = staticmethod(collate_readable)
+    options: ClassVar[Optional[type]] = None  # a dataclass of option() fields: the task's own flags
+    output: Optional[Path] = None  # the run folder, set by the trainer (validation alone has none)
+
+    def defaults_for(self, config: TrainConfig) -> Dict[str, Any]:
+        """Values for the options in :data:`~vithub.train.config.TASK_DEFAULTED` that ``config`` leaves unset."""
+        return {"epochs": 6, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1}
+
+    def resolve(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with the task's defaults filled in and its ``task_options`` checked and completed."""
+        defaults = self.defaults_for(config)
+        filled = {name: defaults[name] for name in TASK_DEFAULTED if getattr(config, name) is None}
+        return replace(config, **filled, task_options=self.task_options(config))
+
+    def task_options(self, config: TrainConfig) -> Dict[str, Any]:
+        """``config.task_options`` completed with the defaults of :attr:`options`; unknown names raise
+        ``ValueError``."""
+        given = dict(config.task_options or {})
+        if self.options is None:
+            if given:
+                raise ValueError(f"task {self.name!r} takes no task options, got {sorted(given)}")
+            return {}
+        known = {option_field.name for option_field in fields(self.options)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"task {self.name!r} has no option(s) {unknown}; it has {sorted(known)}")
+        return asdict(self.options(**given))
+
+    def move_to_device(self, inputs: Any, targets: Any, device: torch.device) -> Any:
+        """A batch's ``(inputs, targets)`` on ``device``."""
+        return inputs.to(device), targets.to(device)
+
+    def build_optimizer(self, config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """timm's optimizer (no weight decay on 1-D parameters and the model's ``no_weight_decay`` names; layer
+        decay through its ``group_matcher``)."""
+        return create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
+                                   layer_decay=config.layer_decay)
+
+    def batch_groups(self, dataset: Any) -> Optional[Sequence[int]]:
+        """A group id per training sample when batches must not mix groups; ``None``: any mix."""
+        return None
 
     @abstractmethod
     def build_data(self, config: TrainConfig) -> DataBundle:
@@ -61,7 +112,8 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False,
                  unreadable: Optional[UnreadableLimit] = None) -> Dict[str, float]:
-        """Metrics of one validation pass, including ``loss`` and :attr:`primary_metric`."""
+        """Metrics of one validation pass, including :attr:`primary_metric` (and ``loss`` where the task has
+        one)."""
 
     @abstractmethod
     def epoch_columns(self, metrics: Dict[str, float]) -> Dict[str, float]:
@@ -164,12 +216,40 @@ def register_task(task_cls: Type[Task]) -> Type[Task]:
     return task_cls
 
 
+_PLUGINS_LOADED = False
+
+
+def _load_task_plugins() -> None:
+    """Register the tasks that installed packages declare in the ``vithub.tasks`` entry-point group (once). A
+    plugin that fails to import is reported and left out."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for entry in entry_points(group="vithub.tasks"):
+        if entry.name in _TASKS:
+            continue
+        try:
+            register_task(entry.load())
+        except Exception as error:  # a broken optional plugin must not take classification down with it
+            print(f"vithub: task {entry.name!r} ({entry.value}) is unavailable: {type(error).__name__}: {error}",
+                  file=sys.stderr)
+
+
 def task_names() -> List[str]:
+    _load_task_plugins()
     return sorted(_TASKS)
+
+
+def task_classes() -> List[Type[Task]]:
+    """The registered task classes, by name."""
+    _load_task_plugins()
+    return [_TASKS[name] for name in sorted(_TASKS)]
 
 
 def get_task(name: str) -> Task:
     """A fresh instance of the task registered as ``name``."""
+    _load_task_plugins()
     if name not in _TASKS:
         raise ValueError(f"task must be one of {task_names()}, got {name!r}")
     return _TASKS[name]()
