@@ -32,16 +32,20 @@ def create_feature_extractor(model_name: str, pretrained: bool = False, out_indi
                          f"{model_name!r}")
     try:
         try:
-            return timm.create_model(model_name, pretrained=pretrained, features_only=True, strict_img_size=False,
-                                     **kwargs)
+            model = timm.create_model(model_name, pretrained=pretrained, features_only=True, strict_img_size=False,
+                                      **kwargs)
         except TypeError as error:  # the model has no strict_img_size switch: it takes any size anyway
             if "strict_img_size" not in str(error):
                 raise
-            return timm.create_model(model_name, pretrained=pretrained, features_only=True, **kwargs)
-    except (RuntimeError, AssertionError, NotImplementedError) as error:
+            model = timm.create_model(model_name, pretrained=pretrained, features_only=True, **kwargs)
+    except (RuntimeError, AssertionError, NotImplementedError, TypeError) as error:
         raise ValueError(f"backbone {model_name!r} does not support features_only (timm could not build its "
                          f"feature maps: {error}); pick a model with stages, e.g. vh_swin_tiny_patch4_window7_224"
                          ) from error
+    if not hasattr(model, "feature_info"):
+        raise ValueError(f"backbone {model_name!r} does not support features_only: timm built it without "
+                         "feature_info; pick a model with stages, e.g. vh_swin_tiny_patch4_window7_224")
+    return model
 
 
 def _parameter_prefix(body: nn.Module, module_name: str) -> str:
@@ -72,6 +76,16 @@ def stage_of_parameters(body: nn.Module) -> Dict[str, int]:
     return stages
 
 
+def levels_from_stride(model_name: str, min_stride: int, **model_kwargs: Any) -> List[int]:
+    """The feature levels of ``model_name`` whose stride is at least ``min_stride`` (at least the last one), read
+    from a model built on the meta device (no weights are made)."""
+    with torch.device("meta"):
+        probe = create_feature_extractor(model_name, **model_kwargs)
+    reductions = probe.feature_info.reduction()
+    levels = [index for index, stride in enumerate(reductions) if stride >= min_stride]
+    return levels or [len(reductions) - 1]
+
+
 class FeaturePyramidBackbone(nn.Module):
     """A timm ``features_only`` model followed by a norm on each level and a feature pyramid.
 
@@ -85,6 +99,8 @@ class FeaturePyramidBackbone(nn.Module):
             official Swin/NAT detection backbones). Frozen modules stay in eval mode.
         level_norm: a LayerNorm over channels on each level (the official backbones' ``norm0..norm3``).
         pretrained: load the backbone's timm pretrained weights.
+        min_stride: with ``out_indices`` unset, use the levels of at least this stride (one-stage detectors start
+            at stride 8, as RetinaNet's P3); the coarsest level is kept in any case.
 
     ``forward(images)`` takes any size: the batch is zero-padded at the bottom/right to a multiple of the largest
     stride. Returns an ``OrderedDict`` ``{"0": P_first, ..., "pool"|"p6","p7"}``, as torchvision's detectors expect.
@@ -92,13 +108,15 @@ class FeaturePyramidBackbone(nn.Module):
 
     def __init__(self, model_name: str, out_channels: int = 256, out_indices: Optional[Sequence[int]] = None,
                  extra_levels: str = "pool", frozen_stages: int = -1, level_norm: bool = True,
-                 pretrained: bool = False, **model_kwargs: Any) -> None:
+                 pretrained: bool = False, min_stride: int = 1, **model_kwargs: Any) -> None:
         super().__init__()
         if extra_levels not in EXTRA_LEVELS:
             raise ValueError(f"extra_levels must be one of {EXTRA_LEVELS}, got {extra_levels!r}")
         if out_channels < 1:
             raise ValueError(f"out_channels must be >= 1, got {out_channels}")
         self.model_name = model_name
+        if out_indices is None and min_stride > 1:
+            out_indices = levels_from_stride(model_name, min_stride, **model_kwargs)
         self.body = create_feature_extractor(model_name, pretrained, out_indices, **model_kwargs)
         info = self.body.feature_info
         self.in_channels: List[int] = list(info.channels())
@@ -162,18 +180,21 @@ class FeaturePyramidBackbone(nn.Module):
 
 def anchor_sizes(strides: Sequence[int], detector: str) -> Tuple[Tuple[Tuple[float, ...], ...],
                                                                   Tuple[Tuple[float, ...], ...]]:
-    """Anchor ``(sizes, aspect_ratios)`` per pyramid level from the levels' strides, so backbones whose first level
-    is at stride 16 (LeViT, EfficientViT-M) get anchors that fit their maps.
+    """Anchor ``(sizes, aspect_ratios)`` per pyramid level from the levels' strides.
 
-    Two-stage detectors: one anchor of side 8·stride per level (32..512 for strides 4..64, Mask R-CNN's), ratios
-    0.5/1/2. RetinaNet: three octave scales from 4·stride (32, 40, 50 at stride 8). FCOS: one point per location
-    (side 8·stride, ratio 1)."""
-    if detector == "retinanet":
-        sizes = tuple(tuple(4.0 * stride * 2 ** (octave / 3) for octave in range(3)) for stride in strides)
-        return sizes, ((0.5, 1.0, 2.0),) * len(strides)
+    Two-stage detectors: level ``i`` gets one anchor side ``max(32·2^i, 2·stride)``, ratios 0.5/1/2: Mask R-CNN's
+    32..512 for strides 4..64, and 32, 64, 128, ... for backbones whose first level is at stride 16 (LeViT,
+    EfficientViT-M), so small objects still have anchors. RetinaNet: three octave scales from ``max(32·2^i,
+    4·stride)`` (32, 40, 50 at stride 8). FCOS: one point per location with side = stride (torchvision's convention,
+    from which FCOS derives each level's range of object sizes)."""
     if detector == "fcos":
-        return tuple((8.0 * stride,) for stride in strides), ((1.0,),) * len(strides)
-    return tuple((8.0 * stride,) for stride in strides), ((0.5, 1.0, 2.0),) * len(strides)
+        return tuple((float(stride),) for stride in strides), ((1.0,),) * len(strides)
+    if detector == "retinanet":
+        bases = [max(32.0 * 2 ** level, 4.0 * stride) for level, stride in enumerate(strides)]
+        sizes = tuple(tuple(base * 2 ** (octave / 3) for octave in range(3)) for base in bases)
+        return sizes, ((0.5, 1.0, 2.0),) * len(strides)
+    sizes = tuple((max(32.0 * 2 ** level, 2.0 * stride),) for level, stride in enumerate(strides))
+    return sizes, ((0.5, 1.0, 2.0),) * len(strides)
 
 
 def layer_of_parameters(backbone: FeaturePyramidBackbone) -> Tuple[Dict[str, int], int]:

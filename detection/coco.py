@@ -184,15 +184,22 @@ class CocoDetection(Dataset):
     ``(3, H, W)`` float tensor in [0, 1] and ``target`` holding ``boxes`` (xyxy, pixels), ``labels`` (``1..N``),
     ``masks`` (``(n, H, W)`` uint8, when ``with_masks``) and ``image_id``. An image that cannot be decoded comes back
     as :class:`~vithub.train.data.Unreadable`. ``augment``: horizontal flip and, half of the time, a random crop
-    (60–100 % of each side) that keeps what remains of the boxes."""
+    (60–100 % of each side) that keeps what remains of the boxes. The draws come from ``(seed, epoch, index)``
+    alone (the trainer calls :meth:`set_epoch`), so they do not depend on loader workers or on where a resumed
+    run started."""
 
     def __init__(self, split: CocoSplit, reader: ImageReader, with_masks: bool = False, augment: bool = False,
-                 crop_probability: float = 0.5) -> None:
+                 crop_probability: float = 0.5, seed: int = 0) -> None:
         self.split = split
         self.reader = reader
         self.with_masks = with_masks
         self.augment = augment
         self.crop_probability = crop_probability
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.split.images)
@@ -233,23 +240,29 @@ class CocoDetection(Dataset):
             target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, height, width,
                                                                                           dtype=torch.uint8)
         if self.augment:
-            tensor, target = self._augment(tensor, target)
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            tensor, target = self._augment(tensor, target, generator)
         return tensor, target
 
-    def _augment(self, image: torch.Tensor, target: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    def _augment(self, image: torch.Tensor, target: Dict[str, Any], generator: torch.Generator
+                 ) -> Tuple[torch.Tensor, Dict[str, Any]]:
         height, width = image.shape[-2:]
-        if torch.rand(()) < 0.5:
+
+        def uniform() -> float:
+            return torch.rand((), generator=generator).item()
+
+        if uniform() < 0.5:
             image = image.flip(-1)
             boxes = target["boxes"].clone()
             boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
             target["boxes"] = boxes
             if "masks" in target:
                 target["masks"] = target["masks"].flip(-1)
-        if torch.rand(()) < self.crop_probability:
-            crop_h = int(height * (0.6 + 0.4 * torch.rand(()).item()))
-            crop_w = int(width * (0.6 + 0.4 * torch.rand(()).item()))
-            top = int(torch.randint(0, height - crop_h + 1, ()).item())
-            left = int(torch.randint(0, width - crop_w + 1, ()).item())
+        if uniform() < self.crop_probability:
+            crop_h = int(height * (0.6 + 0.4 * uniform()))
+            crop_w = int(width * (0.6 + 0.4 * uniform()))
+            top = int(uniform() * (height - crop_h + 1))
+            left = int(uniform() * (width - crop_w + 1))
             boxes = target["boxes"] - torch.tensor([left, top, left, top], dtype=torch.float32)
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, crop_w)
             boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, crop_h)

@@ -60,10 +60,13 @@ def create_detector(detector: str, backbone: str, num_classes: int, pretrained_b
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 (object classes, without background), got {num_classes}")
+    # One-stage heads run on every location of every level: like torchvision's and mmdet's RetinaNet/FCOS they start
+    # at stride 8 (P3), which also spares the costliest map.
     fpn = FeaturePyramidBackbone(backbone, out_channels=fpn_channels, frozen_stages=frozen_stages,
                                  level_norm=level_norm, extra_levels=extra_levels or EXTRA_LEVELS[detector],
-                                 pretrained=pretrained_backbone, **(backbone_kwargs or {}))
-    check_strides(fpn.strides)
+                                 pretrained=pretrained_backbone, min_stride=8 if detector in ("retinanet", "fcos") else 1,
+                                 **(backbone_kwargs or {}))
+    check_strides(fpn.reductions)
     min_size, max_size = scale_for(img_size)
     sizes = tuple(train_sizes) if train_sizes else (min_size,)
     for size in sizes:

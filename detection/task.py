@@ -43,7 +43,8 @@ class DetectionOptions:
     train_sizes: Optional[List[int]] = option(
         None, "short sides drawn per training image (scale jitter); default: multiples of 32 from 0.6x to 1x "
         "--img-size (480..800 at 800, the official 3x recipe's); one value turns jitter off")
-    fpn_channels: int = option(256, "channels of each pyramid level")
+    fpn_channels: Optional[int] = option(None, "channels of each pyramid level (default 256; 64 on the embedded "
+                                         "shapes)")
     frozen_stages: int = option(-1, "freeze the stem (0) and the first N stages (N); -1 trains all")
     predictions: Optional[str] = option(
         None, "where to write the COCO results JSON of each evaluation (default in training: "
@@ -62,6 +63,8 @@ class DetectionTask(Task):
 
     name = "detection"
     primary_metric = "bbox_ap"
+    curve_metrics = ("bbox_ap", "bbox_ap50", "segm_ap")
+    curve_label = "COCO AP (0-1)"
     collate_fn = staticmethod(collate_detection)
     options = DetectionOptions
 
@@ -104,7 +107,7 @@ class DetectionTask(Task):
                 print(f"vithub: {split.source}: dropped {len(split.dropped_boxes)} degenerate box(es): "
                       f"{split.dropped_boxes[:3]}")
         size = self.short_side(config)
-        bundle = DataBundle(CocoDetection(train_split, train_reader, with_masks, augment=True),
+        bundle = DataBundle(CocoDetection(train_split, train_reader, with_masks, augment=True, seed=config.seed),
                             CocoDetection(val_split, val_reader, with_masks=False),
                             len(train_split.category_ids), list(train_split.category_names), description,
                             (3, size, size))
@@ -135,7 +138,8 @@ class DetectionTask(Task):
         return create_detector(options.detector, config.model, data.num_classes,
                                pretrained_backbone=config.pretrained, img_size=size,
                                train_sizes=options.train_sizes or default_train_sizes(size),
-                               fpn_channels=options.fpn_channels, frozen_stages=options.frozen_stages,
+                               fpn_channels=options.fpn_channels or (64 if self._embedded(config) else 256),
+                               frozen_stages=options.frozen_stages,
                                backbone_kwargs=backbone_kwargs)
 
     def build_optimizer(self, config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "module, folder",
     [("vithub", "hub"), ("vithub.backbones", "backbones"), ("vithub.kernels", "kernels"),
-     ("vithub.train", "train"), ("vithub.bench", "hub/bench")],
+     ("vithub.train", "train"), ("vithub.bench", "hub/bench"), ("vithub.detection", "detection")],
 )
 def test_namespace_maps_the_folders(module, folder):
     imported = importlib.import_module(module)
@@ -47,7 +47,8 @@ def test_version_is_exposed():
 
 def test_dependencies_point_one_way():
     """backbones import only vithub.kernels and their own _common (no family imports another's file); train imports
-    no other vithub package (it reaches models through timm)."""
+    no other vithub package (it reaches models through timm); detection imports only vithub.train (models come
+    through timm, so it works for any timm model)."""
     import re
 
     for path in (REPO_ROOT / "backbones").glob("*.py"):
@@ -61,3 +62,17 @@ def test_dependencies_point_one_way():
     for path in (REPO_ROOT / "train").glob("*.py"):
         imports = set(re.findall(r"^\s*(?:from|import)\s+(vithub[\w.]*)", path.read_text(), flags=re.M))
         assert all(name.startswith("vithub.train") for name in imports), f"{path.name} imports {imports}"
+    for path in (REPO_ROOT / "detection").glob("*.py"):
+        imports = set(re.findall(r"^\s*(?:from|import)\s+(vithub[\w.]*)", path.read_text(), flags=re.M))
+        assert all(name.startswith(("vithub.train", "vithub.detection")) for name in imports), \
+            f"{path.name} imports {imports}"
+
+
+def test_detection_task_is_found_through_its_entry_point():
+    """The trainer does not import vithub.detection; the installed entry point makes --task detection available."""
+    from importlib.metadata import entry_points
+
+    from vithub.train.tasks import get_task, task_names
+
+    assert "detection" in {entry.name for entry in entry_points(group="vithub.tasks")}
+    assert "detection" in task_names() and type(get_task("detection")).__module__ == "vithub.detection.task"

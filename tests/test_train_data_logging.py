@@ -99,7 +99,7 @@ def test_curves_png_plots_the_history(tmp_path):
     plotted = {line.get_label(): list(line.get_ydata()) for axes in (loss_axes, accuracy_axes)
                for line in axes.get_lines()}
     assert plotted == {"train loss": [row["train_loss"] for row in rows], "val loss": [row["val_loss"] for row in rows],
-                       "val top-1": [row["top1"] for row in rows], "val top-5": [row["top5"] for row in rows]}
+                       "val top1": [row["top1"] for row in rows], "val top5": [row["top5"] for row in rows]}
 
 
 def test_wandb_missing_is_a_clear_error_before_any_work(tmp_path, monkeypatch):

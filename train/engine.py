@@ -272,8 +272,13 @@ def train_one_epoch(run: Run, show_progress: bool = False) -> None:
     run.model.train()
     sampler = EpochBatches(len(run.data.train), config.batch_size, config.seed, progress.epoch,
                            progress.batch_in_epoch, run.rank, run.world, run.groups)
+    if hasattr(run.data.train, "set_epoch"):  # datasets that draw their augmentation from (seed, epoch, index)
+        run.data.train.set_epoch(progress.epoch)
+    # The loader's own generator seeds its workers; without one it would draw from the global RNG, which a resumed
+    # epoch restores from the checkpoint only after that draw, and the runs would part.
     loader = DataLoader(run.data.train, batch_sampler=sampler, num_workers=config.workers,
-                        collate_fn=run.task.collate_fn)
+                        collate_fn=run.task.collate_fn,
+                        generator=torch.Generator().manual_seed(config.seed * 100_003 + progress.epoch))
     bar = _progress_bar(run.batches_per_epoch, progress.batch_in_epoch, progress.epoch, config.epochs, show_progress)
     epoch_start = time.time()
     loss_sum, loss_count = progress.epoch_loss
@@ -354,11 +359,12 @@ def end_epoch(run: Run) -> None:
     progress.history.append(row)
     progress.best = _update_best(run, row)
     _write_history(run.output, progress.history)
-    write_curves(run.output / "curves.png", progress.history)
+    write_curves(run.output / "curves.png", progress.history, run.task.curve_metrics, run.task.curve_label)
     save_checkpoint(run, "last")
     if run.wandb is not None:
         run.wandb.log_epoch(row)
-    shown = " ".join(f"{key} {value:.2f}" for key, value in run.task.epoch_columns(metrics).items())
+    columns = run.task.epoch_columns(metrics)
+    shown = " ".join(f"{key} {columns[key]:.3f}" for key in ("val_loss", *run.task.curve_metrics) if key in columns)
     print(f"epoch {progress.epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} {shown}", flush=True)
 
 

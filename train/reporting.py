@@ -1,4 +1,4 @@
-"""What a training run reports besides its checkpoints: ``curves.png`` (loss and accuracy per epoch) and, with
+"""What a training run reports besides its checkpoints: ``curves.png`` (loss and the task's metrics per epoch) and, with
 ``--wandb``, a Weights & Biases run (config, per-epoch metrics, the summary)."""
 
 from __future__ import annotations
@@ -10,35 +10,39 @@ from typing import Any, Dict, List, Optional, Sequence
 from .checkpoint import atomic_write
 
 
-def curves_figure(history: Sequence[Dict[str, Any]]):
-    """A matplotlib ``Figure`` with two panels: train and val loss, and val top-1 / top-5, against the epoch.
-    Built on the Agg canvas directly (no pyplot): no display is needed and no global figure state is touched."""
+def curves_figure(history: Sequence[Dict[str, Any]], metrics: Sequence[str] = ("top1", "top5"),
+                  metric_label: str = "accuracy (%)"):
+    """A matplotlib ``Figure`` with two panels: train loss (and val loss where the task has one), and the task's
+    ``metrics`` that the history has (classification: val top-1 / top-5), against the epoch. Built on the Agg canvas directly (no
+    pyplot): no display is needed and no global figure state is touched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in history]
     figure = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    loss_axes, metric_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
-    loss_axes.plot(epochs, [row["val_loss"] for row in history], marker="o", label="val loss")
+    if all("val_loss" in row for row in history):
+        loss_axes.plot(epochs, [row["val_loss"] for row in history], marker="o", label="val loss")
     loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
-    accuracy_axes.plot(epochs, [row["top1"] for row in history], marker="o", label="val top-1")
-    accuracy_axes.plot(epochs, [row["top5"] for row in history], marker="o", label="val top-5")
-    accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for axes in (loss_axes, accuracy_axes):
+    for name in (name for name in metrics if all(name in row for row in history)):
+        metric_axes.plot(epochs, [row[name] for row in history], marker="o", label=f"val {name}")
+    metric_axes.set(xlabel="epoch", ylabel=metric_label, title="validation")
+    for axes in (loss_axes, metric_axes):
         axes.grid(alpha=0.3)
         axes.legend()
         axes.xaxis.get_major_locator().set_params(integer=True)
     return figure
 
 
-def write_curves(path: Path, history: Sequence[Dict[str, Any]]) -> None:
+def write_curves(path: Path, history: Sequence[Dict[str, Any]], metrics: Sequence[str] = ("top1", "top5"),
+                 metric_label: str = "accuracy (%)") -> None:
     """Write :func:`curves_figure` of ``history`` as a PNG, atomically (a kill leaves the previous plot)."""
     if not history:
         return
     buffer = io.BytesIO()
-    curves_figure(history).savefig(buffer, format="png")
+    curves_figure(history, metrics, metric_label).savefig(buffer, format="png")
     data = buffer.getvalue()
     atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 

@@ -58,6 +58,8 @@ class Task(ABC):
     collate_fn: Callable = staticmethod(collate_readable)
     options: ClassVar[Optional[type]] = None  # a dataclass of option() fields: the task's own flags
     output: Optional[Path] = None  # the run folder, set by the trainer (validation alone has none)
+    curve_metrics: ClassVar[Sequence[str]] = ()  # the evaluate() metrics that curves.png plots
+    curve_label: ClassVar[str] = ""
 
     def defaults_for(self, config: TrainConfig) -> Dict[str, Any]:
         """Values for the options in :data:`~vithub.train.config.TASK_DEFAULTED` that ``config`` leaves unset."""
@@ -144,6 +146,8 @@ class ClassificationTask(Task):
 
     name = "classification"
     primary_metric = "top1"
+    curve_metrics = ("top1", "top5")
+    curve_label = "accuracy (%)"
 
     def build_data(self, config: TrainConfig) -> DataBundle:
         return build_data(config.data, config.img_size or 0, data_config_for(config), config.data_dir,
