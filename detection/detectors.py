@@ -10,6 +10,8 @@ from timm.data import resolve_data_config
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from .backbone import FeaturePyramidBackbone, anchor_sizes, check_strides
@@ -38,7 +40,7 @@ def create_detector(detector: str, backbone: str, num_classes: int, pretrained_b
                     img_size: int = DEFAULT_SHORT_SIDE, train_sizes: Optional[Sequence[int]] = None,
                     fpn_channels: int = 256, frozen_stages: int = -1, level_norm: bool = True,
                     extra_levels: Optional[str] = None, backbone_kwargs: Optional[Dict[str, Any]] = None,
-                    **detector_kwargs: Any) -> nn.Module:
+                    box_head_width: int = 1024, mask_head_width: int = 256, **detector_kwargs: Any) -> nn.Module:
     """A torchvision detector over a timm backbone.
 
     Args:
@@ -51,6 +53,9 @@ def create_detector(detector: str, backbone: str, num_classes: int, pretrained_b
             them); default ``img_size`` only.
         fpn_channels, frozen_stages, level_norm, extra_levels: see :class:`FeaturePyramidBackbone`.
         backbone_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
+        box_head_width, mask_head_width: width of the two-stage heads: the box head's two fully connected layers
+            and the mask head's four convolutions (torchvision's and mmdet's 1024 and 256; the embedded CPU preset
+            uses less).
         detector_kwargs: passed to the torchvision detector (e.g. ``box_detections_per_img``).
 
     Images go in as lists of ``(3, H, W)`` float tensors in [0, 1]; normalisation uses the backbone's pretrained
@@ -83,13 +88,18 @@ def create_detector(detector: str, backbone: str, num_classes: int, pretrained_b
     classes_with_background = num_classes + 1
     if detector in ("mask_rcnn", "faster_rcnn"):
         box_pool = MultiScaleRoIAlign(fpn.level_names, output_size=7, sampling_ratio=2)
+        box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_width)
+        box_predictor = FastRCNNPredictor(box_head_width, classes_with_background)
         if detector == "faster_rcnn":
-            model: nn.Module = FasterRCNN(fpn, classes_with_background, rpn_anchor_generator=anchors,
-                                          box_roi_pool=box_pool, **common)
+            model: nn.Module = FasterRCNN(fpn, None, rpn_anchor_generator=anchors, box_roi_pool=box_pool,
+                                          box_head=box_head, box_predictor=box_predictor, **common)
         else:
             mask_pool = MultiScaleRoIAlign(fpn.level_names, output_size=14, sampling_ratio=2)
-            model = MaskRCNN(fpn, classes_with_background, rpn_anchor_generator=anchors, box_roi_pool=box_pool,
-                             mask_roi_pool=mask_pool, **common)
+            mask_head = MaskRCNNHeads(fpn_channels, [mask_head_width] * 4, 1)
+            mask_predictor = MaskRCNNPredictor(mask_head_width, mask_head_width, classes_with_background)
+            model = MaskRCNN(fpn, None, rpn_anchor_generator=anchors, box_roi_pool=box_pool, box_head=box_head,
+                             box_predictor=box_predictor, mask_roi_pool=mask_pool, mask_head=mask_head,
+                             mask_predictor=mask_predictor, **common)
     elif detector == "retinanet":
         model = RetinaNet(fpn, classes_with_background, anchor_generator=anchors, **common)
     else:
@@ -97,7 +107,8 @@ def create_detector(detector: str, backbone: str, num_classes: int, pretrained_b
     model.detector_config = {"detector": detector, "backbone": backbone, "num_classes": num_classes,
                              "img_size": img_size, "train_sizes": list(sizes) if train_sizes else None,
                              "fpn_channels": fpn_channels, "frozen_stages": frozen_stages, "level_norm": level_norm,
-                             "extra_levels": fpn.extra_levels}
+                             "extra_levels": fpn.extra_levels, "box_head_width": box_head_width,
+                             "mask_head_width": mask_head_width, **detector_kwargs}
     return model
 
 

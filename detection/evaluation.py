@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from vithub.train.checkpoint import atomic_write
@@ -63,7 +62,7 @@ def coco_evaluate(ground_truth: Dict[str, Any], results: List[Dict[str, Any]],
                   iou_types: Sequence[str] = ("bbox",)) -> Dict[str, float]:
     """COCO metrics (fractions in [0, 1], as COCOeval's ``stats``) named ``{iou_type}_{stat}``: ``bbox_ap``,
     ``bbox_ap50``, ``bbox_ap75``, ``bbox_ap_s/m/l``, ``bbox_ar1/10/100``, ``bbox_ar_s/m/l``, and the same for
-    ``segm``. No prediction at all scores 0."""
+    ``segm``. As in COCOeval, a size range without ground-truth objects scores -1; no prediction at all scores 0."""
     COCO, COCOeval = _coco_classes()
     metrics: Dict[str, float] = {}
     for iou_type in iou_types:
@@ -79,7 +78,7 @@ def coco_evaluate(ground_truth: Dict[str, Any], results: List[Dict[str, Any]],
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-        stats = [max(float(value), 0.0) for value in evaluator.stats[:len(STAT_NAMES)]]  # -1: no such objects
+        stats = [float(value) for value in evaluator.stats[:len(STAT_NAMES)]]
         metrics.update({f"{iou_type}_{name}": value for name, value in zip(STAT_NAMES, stats)})
     return metrics
 
@@ -113,9 +112,3 @@ def run_detector(model: torch.nn.Module, loader: Any, device: torch.device, spli
         raise TrainingError("evaluation: no readable validation image")
     return results
 
-
-def summarize(metrics: Dict[str, float]) -> str:
-    return " ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name.endswith(("_ap", "_ap50")))
-
-
-__all__ = ["STAT_NAMES", "coco_evaluate", "predictions_to_coco", "run_detector", "write_results", "np"]

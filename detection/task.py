@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from vithub.train.config import TrainConfig, option
+from vithub.train.config import DEFAULT_DETECTION_BACKBONE, TrainConfig, option
 from vithub.train.data import DataBundle, DataError, UnreadableLimit
 from vithub.train.tasks import LossFn, Task
 
@@ -44,11 +44,20 @@ class DetectionOptions:
         None, "short sides drawn per training image (scale jitter); default: multiples of 32 from 0.6x to 1x "
         "--img-size (480..800 at 800, the official 3x recipe's); one value turns jitter off")
     fpn_channels: Optional[int] = option(None, "channels of each pyramid level (default 256; 64 on the embedded "
-                                         "shapes)")
+                                         "shapes, whose CPU preset also narrows the heads)")
     frozen_stages: int = option(-1, "freeze the stem (0) and the first N stages (N); -1 trains all")
     predictions: Optional[str] = option(
         None, "where to write the COCO results JSON of each evaluation (default in training: "
         "OUTPUT/predictions_val.json)")
+
+
+def embedded_preset(detector: str) -> Dict[str, Any]:
+    """Detector settings for the embedded shapes on a CPU: narrower pyramid and heads, fewer sampled regions, and
+    at most 20 detections per image (each image has at most three shapes)."""
+    if detector in ("retinanet", "fcos"):
+        return {"fpn_channels": 64, "detections_per_img": 20}
+    return {"fpn_channels": 64, "box_head_width": 256, "mask_head_width": 64, "box_batch_size_per_image": 128,
+            "rpn_post_nms_top_n_train": 500, "box_detections_per_img": 20}
 
 
 def default_train_sizes(short_side: int) -> List[int]:
@@ -69,10 +78,12 @@ class DetectionTask(Task):
     options = DetectionOptions
 
     def defaults_for(self, config: TrainConfig) -> Dict[str, Any]:
-        if self._embedded(config):
-            return {"epochs": 8, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1}
+        if self._embedded(config):  # a CPU-sized run: a few minutes on two cores
+            return {"model": DEFAULT_DETECTION_BACKBONE, "epochs": 4, "batch_size": 8, "lr": 2e-3,
+                    "weight_decay": 0.05, "warmup_epochs": 1}
         # The official Swin/NAT Mask R-CNN recipe: AdamW, lr 1e-4, weight decay 0.05, 1x schedule of 12 epochs.
-        return {"epochs": 12, "batch_size": 2, "lr": 1e-4, "weight_decay": 0.05, "warmup_epochs": 1}
+        return {"model": DEFAULT_DETECTION_BACKBONE, "epochs": 12, "batch_size": 2, "lr": 1e-4, "weight_decay": 0.05,
+                "warmup_epochs": 1}
 
     @staticmethod
     def _embedded(config: TrainConfig) -> bool:
@@ -135,12 +146,13 @@ class DetectionTask(Task):
         options = self._options(config)
         size = self.short_side(config)
         backbone_kwargs = {"drop_path_rate": config.drop_path} if config.drop_path is not None else {}
+        preset = embedded_preset(options.detector) if self._embedded(config) else {}
+        if options.fpn_channels:
+            preset["fpn_channels"] = options.fpn_channels
         return create_detector(options.detector, config.model, data.num_classes,
                                pretrained_backbone=config.pretrained, img_size=size,
                                train_sizes=options.train_sizes or default_train_sizes(size),
-                               fpn_channels=options.fpn_channels or (64 if self._embedded(config) else 256),
-                               frozen_stages=options.frozen_stages,
-                               backbone_kwargs=backbone_kwargs)
+                               frozen_stages=options.frozen_stages, backbone_kwargs=backbone_kwargs, **preset)
 
     def build_optimizer(self, config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
         from timm.optim import create_optimizer_v2

@@ -42,6 +42,7 @@ DEFAULT_BENCH_OUTPUT = {
     "models": "models_{device}.json",
     "gpu": "gpu_kernels_{device}.json",
     "data": "data_readable_samples_cpu.json",
+    "detection": "detection_{device}.json",
 }
 
 
@@ -70,6 +71,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         run_kernel_bench(output=output, repeats=args.repeats or 7, device=args.device, dtype=args.dtype or "float32",
                          quick=args.quick, ops=args.ops)
+        return 0
+    if args.target == "detection":
+        from vithub.bench.detection import DEFAULT_BACKBONES, bench_detection
+
+        on_gpu = args.device.startswith("cuda")
+        bench_detection(backbones=args.backbones or DEFAULT_BACKBONES,
+                        img_size=args.det_img_size or (800 if on_gpu else 320),
+                        batch_size=args.det_batch_size or (8 if on_gpu else 2), repeats=args.repeats or 3,
+                        device=args.device, amp=args.amp or ("bfloat16" if on_gpu else None), output=output)
         return 0
     if args.target == "data":
         from vithub.bench.data import run_data_bench
@@ -157,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_pull.set_defaults(func=_cmd_pull)
 
     p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, whole-model throughput, data reading")
-    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data"],
+    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data", "detection"],
                          help="kernels/models: CPU or --device cuda; gpu: Triton vs torch, FlexAttention and timm on "
-                              "CUDA, bf16; data: vithub train's image reader against timm's")
+                              "CUDA, bf16; data: vithub train's image reader against timm's; detection: Mask R-CNN "
+                              "train img/s and latency per backbone, vs timm's Swin-T and torchvision's R50-FPN v2")
     p_bench.add_argument("--output", default=None,
                          help="JSON path ('' for none; default in the current directory: <target>_<device>.json, "
                               "gpu_kernels_<gpu name>.json for gpu)")
@@ -194,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     data = p_bench.add_argument_group("data")
     data.add_argument("--images", type=int, default=256, help="JPEGs to read per timed pass")
     data.add_argument("--image-side", type=int, default=256, help="side of each random JPEG, in pixels")
+    detection = p_bench.add_argument_group("detection")
+    detection.add_argument("--backbones", nargs="+", default=None,
+                           help="default: vh_swin_tiny_patch4_window7_224 vh_nat_tiny vh_efficientvit_b1 "
+                                "swin_tiny_patch4_window7_224 (torchvision's R50-FPN v2 always runs)")
+    detection.add_argument("--det-img-size", type=int, default=None,
+                           help="short side of the scale (default 320 on CPU, 800 on CUDA)")
+    detection.add_argument("--det-batch-size", type=int, default=None, help="training batch (default 2 CPU, 8 CUDA)")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 

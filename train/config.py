@@ -9,6 +9,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 DEFAULT_MODEL = "vh_efficientvit_m0"
+DEFAULT_DETECTION_BACKBONE = "vh_efficientvit_b0"  # stated here for the help text; the detection task sets it
 DEFAULT_TASK = "classification"
 
 
@@ -27,7 +28,8 @@ class TrainConfig:
     """Options of ``vithub train``, named as in timm's ``train.py`` where it has them."""
 
     task: str = option(DEFAULT_TASK, "what to train: a task registered in vithub.train.tasks")
-    model: str = option(DEFAULT_MODEL, "any timm model name (ours: vh_*)")
+    model: Optional[str] = option(None, "any timm model name (ours: vh_*); default: the task's (classification "
+                                  f"{DEFAULT_MODEL}, detection {DEFAULT_DETECTION_BACKBONE})")
     pretrained: bool = option(False, "start from the model's pretrained weights")
     initial_checkpoint: Optional[str] = option(
         None, "start from these weights (.safetensors or a weights-only torch file)")
@@ -105,7 +107,7 @@ class TrainConfig:
 RESUME_FIXED = ("task", "model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs",
                 "img_size", "task_options")
 # Options whose default (None) means "the task's default" (Task.defaults).
-TASK_DEFAULTED = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs")
+TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs")
 
 
 def _argument_kwargs(config_field: Any, hint: Any) -> Dict[str, Any]:

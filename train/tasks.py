@@ -39,7 +39,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
-from .config import TASK_DEFAULTED, TrainConfig
+from .config import DEFAULT_MODEL, TASK_DEFAULTED, TrainConfig
 from .data import DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, Any], torch.Tensor]
@@ -63,7 +63,8 @@ class Task(ABC):
 
     def defaults_for(self, config: TrainConfig) -> Dict[str, Any]:
         """Values for the options in :data:`~vithub.train.config.TASK_DEFAULTED` that ``config`` leaves unset."""
-        return {"epochs": 6, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1}
+        return {"model": DEFAULT_MODEL, "epochs": 6, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05,
+                "warmup_epochs": 1}
 
     def resolve(self, config: TrainConfig) -> TrainConfig:
         """``config`` with the task's defaults filled in and its ``task_options`` checked and completed."""
