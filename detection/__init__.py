@@ -7,11 +7,12 @@ from .backbone import FeaturePyramidBackbone, anchor_sizes, create_feature_extra
 from .coco import CocoDetection, CocoSplit, collate_detection, decode_segmentation, encode_mask, parse_coco, read_coco
 from .detectors import DETECTORS, create_detector, detection_param_groups, detector_from_config
 from .evaluation import coco_evaluate, predictions_to_coco
+from .hf import hf_backbone_config
 from .task import DetectionOptions, DetectionTask
 
 __all__ = [
     "DETECTORS", "CocoDetection", "CocoSplit", "DetectionOptions", "DetectionTask", "FeaturePyramidBackbone",
     "anchor_sizes", "coco_evaluate", "collate_detection", "create_detector", "create_feature_extractor",
-    "decode_segmentation", "detection_param_groups", "detector_from_config", "encode_mask", "parse_coco",
+    "decode_segmentation", "detection_param_groups", "detector_from_config", "encode_mask", "hf_backbone_config", "parse_coco",
     "predictions_to_coco", "read_coco",
 ]

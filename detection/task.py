@@ -117,6 +117,7 @@ class DetectionTask(Task):
             if split.dropped_boxes:
                 print(f"vithub: {split.source}: dropped {len(split.dropped_boxes)} degenerate box(es): "
                       f"{split.dropped_boxes[:3]}")
+        self.category_ids = list(train_split.category_ids)
         size = self.short_side(config)
         bundle = DataBundle(CocoDetection(train_split, train_reader, with_masks, augment=True, seed=config.seed),
                             CocoDetection(val_split, val_reader, with_masks=False),
@@ -189,6 +190,7 @@ class DetectionTask(Task):
         return coco_evaluate(split.ground_truth, results, ("bbox", "segm") if has_masks else ("bbox",))
 
     predictions_file: Optional[str] = None
+    category_ids: Sequence[int] = ()  # the COCO ids of labels 1..N, set by build_data
 
     @property
     def predictions_path(self) -> Optional[Path]:
@@ -208,4 +210,5 @@ class DetectionTask(Task):
         last = history[-1]
         names = [f"{kind}_{stat}" for kind in ("bbox", "segm") for stat in STAT_NAMES if f"{kind}_{stat}" in last]
         return {**{name: last[name] for name in names},
-                "best_bbox_ap": best[0]["bbox_ap"] if best else last["bbox_ap"]}
+                "best_bbox_ap": best[0]["bbox_ap"] if best else last["bbox_ap"],
+                "category_ids": list(self.category_ids)}

@@ -111,9 +111,16 @@ def _cmd_push(args: argparse.Namespace) -> int:
         card["datasets"] = [args.dataset]
     url = push_to_hub(model, args.repo_id, private=args.private, revision=args.revision,
                       commit_message=args.commit_message, **{key: value for key, value in card.items() if value})
-    print(json.dumps({"repo_id": args.repo_id, "commit_url": url, "architecture": model.pretrained_cfg.get(
-        "architecture"), "metrics": card.get("metrics", {})}))
+    print(json.dumps({"repo_id": args.repo_id, "commit_url": url, "architecture": _architecture(model),
+                      "metrics": card.get("metrics", {})}))
     return 0
+
+
+def _architecture(model) -> str:
+    """A timm model's architecture, or ``<detector>:<backbone>`` for a vithub detector."""
+    if hasattr(model, "detector_config"):
+        return f"{model.detector_config['detector']}:{model.detector_config['backbone']}"
+    return model.pretrained_cfg.get("architecture")
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
@@ -122,7 +129,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     folder = pull(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
     model = load(folder)  # verifies the weights against the architecture
     print(json.dumps({"repo_id": args.repo_id, "revision": folder.name, "path": str(folder),
-                      "architecture": model.pretrained_cfg.get("architecture"), "num_classes": model.num_classes,
+                      "architecture": _architecture(model),
+                      "num_classes": getattr(model, "detector_config", {}).get("num_classes",
+                                                                               getattr(model, "num_classes", None)),
                       "files": sorted(entry.name for entry in folder.iterdir())}))
     return 0
 

@@ -537,3 +537,125 @@ def test_mm_backbone_registers_and_returns_normed_nchw_levels(monkeypatch):
     outputs = backbone(torch.randn(1, 3, 64, 96))
     assert [tuple(output.shape) for output in outputs] == [(1, 32, 8, 12), (1, 64, 4, 6), (1, 128, 2, 3)]
     assert backbone.out_channels == [32, 64, 128]
+
+
+# --- Hugging Face transformers --------------------------------------------------------------------------------------
+
+def _hf_cases():
+    import transformers as hf
+
+    from vithub.detection import hf_backbone_config
+
+    small = dict(d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                 encoder_attention_heads=2, decoder_attention_heads=2, num_queries=8, num_labels=3)
+    return {
+        "detr": lambda: hf.DetrForObjectDetection(hf.DetrConfig(
+            backbone_config=hf_backbone_config("vh_efficientvit_b0", (3,)), **small)),
+        "deformable_detr": lambda: hf.DeformableDetrForObjectDetection(hf.DeformableDetrConfig(
+            backbone_config=hf_backbone_config("vh_efficientvit_b0", (1, 2, 3)), encoder_n_points=2,
+            decoder_n_points=2, **small)),
+        "rt_detr": lambda: hf.RTDetrForObjectDetection(hf.RTDetrConfig(
+            backbone_config=hf_backbone_config("vh_efficientvit_b0", (1, 2, 3)), encoder_hidden_dim=32,
+            d_model=32, encoder_ffn_dim=32, decoder_ffn_dim=32, decoder_layers=1, num_queries=8, num_labels=3,
+            num_denoising=4, encoder_in_channels=[32, 64, 128], decoder_in_channels=[32, 32, 32])),
+        "mask2former": lambda: hf.Mask2FormerForUniversalSegmentation(hf.Mask2FormerConfig(
+            backbone_config=hf_backbone_config("vh_efficientvit_b0", (0, 1, 2, 3)), hidden_dim=32,
+            mask_feature_size=32, feature_size=32, encoder_feedforward_dim=32, dim_feedforward=32,
+            encoder_layers=1, decoder_layers=2, num_queries=8, num_labels=3, num_attention_heads=2)),
+        "upernet": lambda: hf.UperNetForSemanticSegmentation(hf.UperNetConfig(
+            backbone_config=hf_backbone_config("vh_efficientvit_b0", (0, 1, 2, 3)), hidden_size=32,
+            auxiliary_in_channels=64, auxiliary_channels=32, num_labels=3)),
+    }
+
+
+def _hf_labels(kind, size):
+    generator = torch.Generator().manual_seed(0)
+    if kind == "upernet":
+        return {"labels": torch.randint(0, 3, (2, size, size), generator=generator)}
+    if kind == "mask2former":
+        masks = torch.zeros(2, size, size)
+        masks[0, 4:20, 6:30] = 1
+        masks[1, 30:50, 10:40] = 1
+        return {"mask_labels": [masks, masks.flip(-1)], "class_labels": [torch.tensor([0, 2]), torch.tensor([1, 2])]}
+    boxes = torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]])  # normalised cx, cy, w, h
+    return {"labels": [{"class_labels": torch.tensor([1, 2]), "boxes": boxes},
+                       {"class_labels": torch.tensor([0]), "boxes": boxes[:1]}]}
+
+
+@pytest.mark.parametrize("kind", ["detr", "deformable_detr", "rt_detr", "mask2former", "upernet"])
+def test_hf_models_train_and_round_trip_on_a_vithub_backbone(kind, tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = _hf_cases()[kind]()
+    backbone = _vithub_backbone(model)
+    size = 128  # Deformable DETR's extra level halves the last map once more: keep it above 1x1
+    pixels = torch.rand(2, 3, size, size)  # two images: UperNet's pooling branch has BatchNorm on 1x1 maps
+    model.train()
+    output = model(pixel_values=pixels, **_hf_labels(kind, size))
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+    grads = [parameter.grad for parameter in backbone.parameters() if parameter.grad is not None]
+    assert grads and any(grad.abs().sum() > 0 for grad in grads)  # the loss reaches our backbone
+    model.eval()
+    model.save_pretrained(tmp_path / kind)
+    reloaded = type(model).from_pretrained(tmp_path / kind).eval()
+    with torch.no_grad():
+        first, second = model(pixel_values=pixels), reloaded(pixel_values=pixels)
+    name = "logits" if hasattr(first, "logits") and first.logits is not None else "class_queries_logits"
+    torch.testing.assert_close(getattr(second, name), getattr(first, name))
+
+
+def _vithub_backbone(model):
+    """The timm feature wrapper around our EfficientViT inside a transformers model (DETR holds it directly,
+    the others through TimmBackbone)."""
+    found = [module for module in model.modules() if type(module).__name__ == "FeatureGetterNet"
+             and type(module.model).__module__.startswith("vithub.backbones")]
+    assert len(found) == 1, [type(module).__name__ for module in model.modules()][:20]
+    return found[0]
+
+
+def test_hf_backbone_config_refuses_bad_input():
+    pytest.importorskip("transformers")
+    from vithub.detection import hf_backbone_config
+
+    with pytest.raises(ValueError, match="out_indices must pick among the 4 feature levels"):
+        hf_backbone_config("vh_nat_mini", (2, 4))
+    with pytest.raises(ValueError, match="name must be a timm model name"):
+        hf_backbone_config("nat-mini")
+    with pytest.raises(ValueError, match="channels-last"):
+        hf_backbone_config("swin_tiny_patch4_window7_224")
+
+
+# --- publishing -----------------------------------------------------------------------------------------------------
+
+def test_detection_run_pushes_and_loads_back_with_its_config(coco_dir, tmp_path, test_hub, monkeypatch, capsys):
+    import vithub
+    from vithub.detection.publishing import load_detector, save_detector
+
+    monkeypatch.setenv("HF_TOKEN", "hf_vithub_test_write_token")
+    output = tmp_path / "run"
+    assert cli.main(_detect_args(coco_dir, output, "--detector", "mask_rcnn")) == 0
+    capsys.readouterr()
+    assert cli.main(["push", str(output), "tester/mask-rcnn-demo"]) == 0
+    pushed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pushed["architecture"] == "mask_rcnn:vh_efficientvit_m0" and "bbox_ap" in pushed["metrics"]
+    assert cli.main(["pull", "tester/mask-rcnn-demo"]) == 0
+    pulled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pulled["num_classes"] == 3 and pulled["architecture"] == "mask_rcnn:vh_efficientvit_m0"
+    config = json.loads((Path(pulled["path"]) / "config.json").read_text())
+    assert config["label_names"] == ["square", "disk", "triangle"] and config["category_ids"] == [1, 2, 3]
+    assert config["detector_config"]["img_size"] == SMALL and config["detector_config"]["fpn_channels"] == 32
+
+    model = vithub.load("tester/mask-rcnn-demo").eval()
+    best = load_file(output / json.loads((output / "summary.json").read_text())["best_checkpoint"])
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, best[key], rtol=0, atol=0, msg=key)
+    images = [torch.rand(3, 80, 112)]
+    folder = save_detector(model, tmp_path / "saved", label_names=["a", "b", "c"])
+    again = load_detector(folder).eval()
+    with torch.no_grad():
+        first, second = model(images)[0], again(images)[0]
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=0)
+    assert test_hub.state.unhandled == []
