@@ -396,6 +396,17 @@ def test_cli_bad_detection_data_exits_2(tmp_path, capsys):
     assert code == 2 and "COCO folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_embedded_default_learns_the_shapes(tmp_path):
+    """The README's main detection job, shortened to two of its four epochs (about 80 s on two cores): the
+    defaults (embedded shapes, Mask R-CNN on vh_efficientvit_b0, the CPU preset) must already detect."""
+    summary = train(TrainConfig(task="detection", epochs=2, output=str(tmp_path / "run"), progress=False))
+    assert summary["model"] == "vh_efficientvit_b0" and summary["num_classes"] == 3
+    assert summary["bbox_ap"] > 0.15 and summary["segm_ap"] > 0.15 and summary["bbox_ap50"] > 0.4
+    config = load_state(tmp_path / "run" / "last.state.pt")["config"]
+    assert (config["lr"], config["batch_size"], config["task_options"]["detector"]) == (2e-3, 8, "mask_rcnn")
+
+
 def test_unknown_task_option_is_refused():
     with pytest.raises(ValueError, match=r"has no option\(s\) \['anchors'\]"):
         train(TrainConfig(task="detection", task_options={"anchors": 3}, progress=False))
@@ -659,3 +670,21 @@ def test_detection_run_pushes_and_loads_back_with_its_config(coco_dir, tmp_path,
     for key in first:
         torch.testing.assert_close(second[key], first[key], rtol=0, atol=0)
     assert test_hub.state.unhandled == []
+
+
+def test_detection_bench_writes_table_and_json(tmp_path, capsys):
+    output = tmp_path / "detection.json"
+    assert cli.main(["bench", "detection", "--backbones", "vh_efficientvit_m0", "swin_tiny_patch4_window7_224",
+                     "--det-img-size", "64", "--det-batch-size", "1", "--repeats", "1",
+                     "--output", str(output)]) == 0
+    table = capsys.readouterr().out
+    assert "torchvision maskrcnn_resnet50_fpn_v2" in table and "vh_efficientvit_m0" in table
+    payload = json.loads(output.read_text())
+    assert payload["benchmark"] == "detection" and payload["reference"] == "swin_tiny_patch4_window7_224"
+    rows = {row["backbone"]: row for row in payload["rows"]}
+    assert set(rows) == {"vh_efficientvit_m0", "swin_tiny_patch4_window7_224", "torchvision maskrcnn_resnet50_fpn_v2"}
+    assert rows["swin_tiny_patch4_window7_224"]["train_speed_vs_timm_swin"] == 1.0
+    for row in rows.values():
+        assert row["train_images_per_second"] > 0 and row["inference_ms"] > 0
+        assert row["train_speed_vs_timm_swin"] == pytest.approx(
+            rows["swin_tiny_patch4_window7_224"]["train_step_ms"] / row["train_step_ms"], rel=1e-2)

@@ -1,0 +1,9 @@
+"""Detection benchmark as a script: the same as ``vithub bench detection``; prints a table, writes JSON (see
+``--help``)."""
+
+import sys
+
+from vithub.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "detection", *sys.argv[1:]]))
