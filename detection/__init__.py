@@ -13,6 +13,7 @@ from .task import DetectionOptions, DetectionTask
 __all__ = [
     "DETECTORS", "CocoDetection", "CocoSplit", "DetectionOptions", "DetectionTask", "FeaturePyramidBackbone",
     "anchor_sizes", "coco_evaluate", "collate_detection", "create_detector", "create_feature_extractor",
-    "decode_segmentation", "detection_param_groups", "detector_from_config", "encode_mask", "hf_backbone_config", "parse_coco",
+    "decode_segmentation", "detection_param_groups", "detector_from_config", "encode_mask", "hf_backbone_config",
+    "parse_coco",
     "predictions_to_coco", "read_coco",
 ]

@@ -27,8 +27,8 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
 def convert_official_detection_checkpoint(state_dict: Mapping[str, Any], backbone: nn.Module
                                           ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Map an official mmdet/mmseg checkpoint onto ``backbone`` (a :class:`FeaturePyramidBackbone` of the same
-    family, or a :class:`~vithub.detection.mm.VithubBackbone`): ``backbone.norm{i}`` → ``norms.{i}``, the backbone proper through its family's
-    ``checkpoint_filter_fn`` (Swin's downsample move and bias-table transpose, NAT's key names),
+    family, or a :class:`~vithub.detection.mm.VithubBackbone`): ``backbone.norm{i}`` → ``norms.{i}``, the backbone
+    proper through its family's ``checkpoint_filter_fn`` (Swin's downsample move and bias-table transpose, NAT's key names),
     ``neck.lateral_convs.{i}.conv`` / ``neck.fpn_convs.{i}.conv`` → the pyramid's ``inner_blocks`` /
     ``layer_blocks``. Returns ``(state dict for backbone, keys left unconverted)`` (the detection heads, whose
     layout differs between mmdet and torchvision)."""

@@ -13,6 +13,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 
 from .backbone import FeaturePyramidBackbone, anchor_sizes, check_strides
 
@@ -23,6 +24,24 @@ EXTRA_LEVELS = {"mask_rcnn": "pool", "faster_rcnn": "pool", "retinanet": "p6p7",
 # The short side of the official recipes' scale (800/1333: the long side is at most 5/3 of it).
 DEFAULT_SHORT_SIDE = 800
 LONG_SIDE_RATIO = 5 / 3
+
+
+class StridedRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` with each level's scale set from the backbone's known stride.
+
+    The stock module infers the scales on its first call from feature size / image size, rounded to a power of two,
+    and keeps them: with padding to a large size divisor (128 for a stride-64 backbone with P6) a small first batch
+    gives wrong scales for the rest of the run, and a resumed run (whose first batch differs) different ones."""
+
+    def __init__(self, featmap_names: Sequence[str], output_size: int, sampling_ratio: int,
+                 strides: Sequence[int]) -> None:
+        super().__init__(list(featmap_names), output_size, sampling_ratio)
+        if len(strides) != len(featmap_names):
+            raise ValueError(f"strides: one per pooled level ({len(featmap_names)}), got {list(strides)}")
+        self.scales = [1.0 / stride for stride in strides]
+        self.map_levels = initLevelMapper(int(math.log2(strides[0])), int(math.log2(strides[-1])),
+                                          canonical_scale=self.canonical_scale,
+                                          canonical_level=self.canonical_level)
 
 
 def detector_has_masks(detector: str) -> bool:
@@ -67,10 +86,10 @@ def create_detector(detector: str, backbone: str, num_classes: int, pretrained_b
         raise ValueError(f"num_classes must be >= 1 (object classes, without background), got {num_classes}")
     # One-stage heads run on every location of every level: like torchvision's and mmdet's RetinaNet/FCOS they start
     # at stride 8 (P3), which also spares the costliest map.
+    min_stride = 8 if detector in ("retinanet", "fcos") else 1
     fpn = FeaturePyramidBackbone(backbone, out_channels=fpn_channels, frozen_stages=frozen_stages,
                                  level_norm=level_norm, extra_levels=extra_levels or EXTRA_LEVELS[detector],
-                                 pretrained=pretrained_backbone, min_stride=8 if detector in ("retinanet", "fcos") else 1,
-                                 **(backbone_kwargs or {}))
+                                 pretrained=pretrained_backbone, min_stride=min_stride, **(backbone_kwargs or {}))
     check_strides(fpn.reductions)
     min_size, max_size = scale_for(img_size)
     sizes = tuple(train_sizes) if train_sizes else (min_size,)
@@ -87,14 +106,14 @@ def create_detector(detector: str, backbone: str, num_classes: int, pretrained_b
     anchors = AnchorGenerator(generator_sizes, ratios)
     classes_with_background = num_classes + 1
     if detector in ("mask_rcnn", "faster_rcnn"):
-        box_pool = MultiScaleRoIAlign(fpn.level_names, output_size=7, sampling_ratio=2)
+        box_pool = StridedRoIAlign(fpn.level_names, 7, 2, fpn.reductions)
         box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_width)
         box_predictor = FastRCNNPredictor(box_head_width, classes_with_background)
         if detector == "faster_rcnn":
             model: nn.Module = FasterRCNN(fpn, None, rpn_anchor_generator=anchors, box_roi_pool=box_pool,
                                           box_head=box_head, box_predictor=box_predictor, **common)
         else:
-            mask_pool = MultiScaleRoIAlign(fpn.level_names, output_size=14, sampling_ratio=2)
+            mask_pool = StridedRoIAlign(fpn.level_names, 14, 2, fpn.reductions)
             mask_head = MaskRCNNHeads(fpn_channels, [mask_head_width] * 4, 1)
             mask_predictor = MaskRCNNPredictor(mask_head_width, mask_head_width, classes_with_background)
             model = MaskRCNN(fpn, None, rpn_anchor_generator=anchors, box_roi_pool=box_pool, box_head=box_head,

@@ -76,8 +76,7 @@ def detector_card(config: Mapping[str, Any], repo_id: Optional[str] = None, data
     lines += ["## Model details",
               f"- **Detector:** torchvision {settings['detector']} over `{settings['backbone']}` (feature pyramid of "
               f"{settings['fpn_channels']} channels)",
-              f"- **Classes:** {settings['num_classes']}" + (f" ({', '.join(labels[:10])}"
-                                                             f"{', ...' if len(labels) > 10 else ''})" if labels else ""),
+              f"- **Classes:** {settings['num_classes']}" + _label_list(labels),
               f"- **Scale:** short side {settings['img_size']}",
               f"- **Licence:** {config['license']}"]
     if metrics:
@@ -90,6 +89,12 @@ def detector_card(config: Mapping[str, Any], repo_id: Optional[str] = None, data
               "outputs = model([torch.rand(3, 480, 640)])  # images in [0, 1]; boxes, labels, scores (, masks)",
               "```", ""]
     return "\n".join(lines)
+
+
+def _label_list(labels: Sequence[str]) -> str:
+    if not labels:
+        return ""
+    return f" ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})"
 
 
 def load_detector(folder: Union[str, Path], **overrides: Any) -> torch.nn.Module:

@@ -41,8 +41,9 @@ class DetectionOptions:
                                     "DATA/annotations/instances_val2017.json)")
     val_images: Optional[str] = option(None, "image folder of the validation split (default: DATA/val2017)")
     train_sizes: Optional[List[int]] = option(
-        None, "short sides drawn per training image (scale jitter); default: multiples of 32 from 0.6x to 1x "
-        "--img-size (480..800 at 800, the official 3x recipe's); one value turns jitter off")
+        None, "short sides drawn per training image (scale jitter; --img-size is always among them); default: "
+        "multiples of 32 from 0.6x to 1x --img-size (480..800 at 800, the official 3x recipe's); giving only "
+        "--img-size turns jitter off")
     fpn_channels: Optional[int] = option(None, "channels of each pyramid level (default 256; 64 on the embedded "
                                          "shapes, whose CPU preset also narrows the heads)")
     frozen_stages: int = option(-1, "freeze the stem (0) and the first N stages (N); -1 trains all")

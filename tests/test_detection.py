@@ -164,6 +164,17 @@ def test_every_detector_trains_and_evaluates(coco_dir, detector, backbone):
     assert ("segm_ap" in metrics) == (detector == "mask_rcnn")
 
 
+def test_roi_pooling_uses_the_backbone_strides_whatever_the_first_batch():
+    """torchvision's pooler would infer its scales from the first batch; a small, heavily padded one (64 px padded
+    to the 128 size divisor here) would fix wrong ones for the whole run."""
+    model = create_detector("mask_rcnn", "vh_efficientvit_m0", num_classes=2, img_size=64, fpn_channels=16).eval()
+    with torch.no_grad():
+        model([torch.rand(3, 64, 64)])
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        assert pool.scales == [1 / 16, 1 / 32, 1 / 64]
+        assert (pool.map_levels.k_min, pool.map_levels.k_max) == (4, 6)
+
+
 def test_param_groups_skip_decay_on_norms_biases_and_bias_tables_and_decay_layers():
     model = create_detector("faster_rcnn", "vh_nat_mini", num_classes=2, fpn_channels=32)
     groups = detection_param_groups(model, weight_decay=0.05, layer_decay=0.8)

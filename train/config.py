@@ -43,12 +43,12 @@ class TrainConfig:
     max_unreadable: float = option(
         0.01, "largest fraction of a split's images that may be unreadable (skipped and counted) before the run stops")
     output: str = option("output/train", "run folder: checkpoints, metrics, summary.json")
-    epochs: Optional[int] = option(None, "default: the task's (classification 6, detection 12; 8 on the embedded "
+    epochs: Optional[int] = option(None, "default: the task's (classification 6; detection 12, 4 on the embedded "
                                    "shapes)")
-    batch_size: Optional[int] = option(None, "default: the task's (classification 64, detection 2; 8 on the "
+    batch_size: Optional[int] = option(None, "default: the task's (classification 64; detection 2, 8 on the "
                                        "embedded shapes)", flags=("-b",))
     opt: str = option("adamw", "timm optimizer name")
-    lr: Optional[float] = option(None, "default: the task's (classification 2e-3, detection 1e-4; 1e-3 on the "
+    lr: Optional[float] = option(None, "default: the task's (classification 2e-3; detection 1e-4, 2e-3 on the "
                                  "embedded shapes)")
     weight_decay: Optional[float] = option(None, "default: the task's (0.05)")
     sched: str = option("cosine", "timm scheduler name")

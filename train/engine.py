@@ -415,14 +415,13 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, c
     return ClassificationTask().evaluate(model, loader, device, channels_last, unreadable)
 
 
-def validate(model_name: Optional[str], checkpoint: Optional[str], data: Optional[str], batch_size: Optional[int] = None,
-             img_size: Optional[int] = None, device: Optional[str] = None, data_dir: Optional[str] = None,
+def validate(model_name: Optional[str], checkpoint: Optional[str], data: Optional[str],
+             batch_size: Optional[int] = None, img_size: Optional[int] = None, device: Optional[str] = None, data_dir: Optional[str] = None,
              val_split: str = "validation", max_unreadable: float = 0.01,
              task: str = "classification", task_options: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """The task's metrics (classification: top-1/top-5) of ``model_name`` (``None``: the task's default model;
-    weights from ``checkpoint``, a
-    safetensors or weights-only file) on the validation split of ``data``, and how many of its images were
-    unreadable (skipped)."""
+    weights from ``checkpoint``, a safetensors or weights-only file) on the validation split of ``data``, and how
+    many of its images were unreadable (skipped). ``batch_size`` ``None``: the task's default."""
     chosen = get_task(task)
     config = chosen.resolve(TrainConfig(task=task, model=model_name, data=data, img_size=img_size, device=device,
                                         data_dir=data_dir, val_split=val_split, batch_size=batch_size,

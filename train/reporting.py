@@ -1,5 +1,5 @@
-"""What a training run reports besides its checkpoints: ``curves.png`` (loss and the task's metrics per epoch) and, with
-``--wandb``, a Weights & Biases run (config, per-epoch metrics, the summary)."""
+"""What a training run reports besides its checkpoints: ``curves.png`` (loss and the task's metrics per epoch) and,
+with ``--wandb``, a Weights & Biases run (config, per-epoch metrics, the summary)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from .checkpoint import atomic_write
 def curves_figure(history: Sequence[Dict[str, Any]], metrics: Sequence[str] = ("top1", "top5"),
                   metric_label: str = "accuracy (%)"):
     """A matplotlib ``Figure`` with two panels: train loss (and val loss where the task has one), and the task's
-    ``metrics`` that the history has (classification: val top-1 / top-5), against the epoch. Built on the Agg canvas directly (no
-    pyplot): no display is needed and no global figure state is touched."""
+    ``metrics`` that the history has (classification: val top-1 / top-5), against the epoch. Built on the Agg canvas
+    directly (no pyplot): no display is needed and no global figure state is touched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
