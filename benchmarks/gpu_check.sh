@@ -11,8 +11,10 @@
 #   kernels_gpu.json   vithub bench gpu: Triton vs torch, FlexAttention and timm's Swin attention, bf16
 #   models_*.json      vithub bench models: bf16 autocast, batch 128, eval and a train step, per backend, against
 #                      the timm twin with the same weights where timm has one (Swin, LeViT, EfficientViT-B)
+#   detection_gpu.json vithub bench detection: Mask R-CNN train step (batch 8) and latency at 800/1333, bf16, with
+#                      vh_swin_tiny against timm's Swin-T features and torchvision's R50-FPN v2
 #   summary.json       every step's exit code, seconds and files
-# The step limits add up to 460 s. A step that fails or runs out of time is recorded and the next one runs. Without a GPU it is a dry run: the same
+# The step limits add up to 470 s. A step that fails or runs out of time is recorded and the next one runs. Without a GPU it is a dry run: the same
 # steps, the CUDA tests skip (and say so), `bench gpu` refuses, and the model rows run on the CPU at batch 2.
 set -uo pipefail
 
@@ -99,7 +101,7 @@ json.dump({"counts": counts, "cases": cases}, open(sys.argv[2], "w"), indent=1)
 print(counts)
 PY
 
-run bench_gpu 180 "$python" -m vithub bench gpu --repeats 20 --output "$out/kernels_gpu.json"
+run bench_gpu 160 "$python" -m vithub bench gpu --repeats 20 --output "$out/kernels_gpu.json"
 
 if [ "$has_gpu" = 1 ]; then
     models_args=(--device cuda --amp bfloat16 --batch-sizes 128 --repeats 5)
@@ -115,6 +117,13 @@ run models_no_twin 50 "$python" -m vithub bench models "${models_args[@]}" --mod
     --models vh_nat_tiny vh_fastervit_0_224 --backends "${local_backends[@]}" --output "$out/models_nat_fastervit.json"
 run models_dense 30 "$python" -m vithub bench models "${models_args[@]}" --modes eval train --twin \
     --models vh_levit_256 vh_efficientvit_b1 --backends torch --output "$out/models_levit_efficientvit.json"
+
+if [ "$has_gpu" = 1 ]; then
+    detection_args=(--device cuda --repeats 3 --backbones vh_swin_tiny_patch4_window7_224 swin_tiny_patch4_window7_224)
+else
+    detection_args=(--device cpu --repeats 1 --det-img-size 64 --det-batch-size 1 --backbones vh_efficientvit_m0)
+fi
+run detection 30 "$python" -m vithub bench detection "${detection_args[@]}" --output "$out/detection_gpu.json"
 
 "$python" - "$steps_file" "$out/summary.json" "$started" "$has_gpu" <<'PY'
 import json, os, sys, time

@@ -18,10 +18,20 @@ from torch.utils.data import Dataset
 
 from vithub.train.data import DataError, Unreadable
 
-try:  # the same C mask API in both packages; faster-coco-eval is the faster evaluator
-    from faster_coco_eval.core import mask as mask_api
-except ImportError:  # pragma: no cover - exercised only where faster-coco-eval is absent
-    from pycocotools import mask as mask_api
+
+
+def _mask_api():
+    """COCO's mask functions (the same C API in both packages): faster-coco-eval's, else pycocotools'. Imported on
+    first use, so detectors build and train on in-memory targets without either."""
+    try:
+        from faster_coco_eval.core import mask
+    except ImportError:
+        try:
+            from pycocotools import mask
+        except ImportError as error:
+            raise ImportError("COCO masks need faster-coco-eval or pycocotools: pip install 'vithub[detection]'"
+                              ) from error
+    return mask
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -29,6 +39,7 @@ REQUIRED_KEYS = ("images", "annotations", "categories")
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """A ``(height, width)`` uint8 mask from COCO polygons (a list of ``[x1, y1, x2, y2, ...]``), uncompressed RLE
     (``{"counts": [...], "size": [h, w]}``) or compressed RLE (``counts`` a string)."""
+    mask_api = _mask_api()
     if isinstance(segmentation, list):
         rles = mask_api.frPyObjects([list(map(float, polygon)) for polygon in segmentation], height, width)
         rle = mask_api.merge(rles)
@@ -44,7 +55,7 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
 
 def encode_mask(mask: np.ndarray) -> Dict[str, Any]:
     """Compressed COCO RLE (``counts`` as a string, JSON-ready) of a 2-D binary mask."""
-    rle = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = _mask_api().encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(side) for side in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
@@ -376,6 +387,17 @@ def render_synthetic(image_id: int, split: str, size: int = SYNTHETIC_SIZE) -> n
     for kind, box, colour in _synthetic_shapes(image_id, split, size):
         canvas[_shape_mask(kind, box, size).astype(bool)] = colour
     return canvas
+
+
+def shape_boxes_and_masks(image_id: int, split: str, size: int = SYNTHETIC_SIZE
+                          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detector targets of one synthetic image straight from its shapes: ``boxes`` (xyxy), ``labels`` (1..3) and
+    ``masks`` ``(n, size, size)`` uint8."""
+    shapes = _synthetic_shapes(image_id, split, size)
+    boxes = torch.tensor([[x, y, x + w, y + h] for _, (x, y, w, h), _ in shapes], dtype=torch.float32).reshape(-1, 4)
+    labels = torch.tensor([kind + 1 for kind, _, _ in shapes], dtype=torch.int64)
+    masks = torch.from_numpy(np.stack([_shape_mask(kind, box, size) for kind, box, _ in shapes]))
+    return boxes, labels, masks
 
 
 def write_coco_split(split: CocoSplit, reader: ImageReader, annotation_file: Path, image_folder: Path) -> None:

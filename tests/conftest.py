@@ -39,6 +39,12 @@ import pytest  # noqa: E402  (after the environment setup above, on purpose)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# `python -m pytest` from the repository root puts the root on sys.path, which makes its folders importable as
+# top-level `kernels`, `train`, `hub`, `detection`. vithub's code is only ever `vithub.*`, but third-party code
+# probes such names (transformers looks for the Hugging Face `kernels` package and would import our folder under
+# that name, registering our torch.library ops a second time). Tests see what a user's install sees.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != REPO_ROOT]
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

@@ -14,6 +14,7 @@ from vithub import cli
 from vithub.train import ClassificationTask, TrainConfig, get_task, register_task, task_names, train
 from vithub.train.cli import add_train_arguments, add_validate_arguments
 from vithub.train.config import config_from_args
+from vithub.train.tasks import task_classes
 
 
 def _parser(add) -> argparse.ArgumentParser:
@@ -27,7 +28,9 @@ def test_every_option_is_a_flag_with_the_fields_type_and_default():
     defaults = vars(parser.parse_args([]))
     hints = typing.get_type_hints(TrainConfig)
     command_line = [f for f in fields(TrainConfig) if f.metadata["cli"]]
-    assert {f.name for f in command_line} == set(defaults)
+    task_flags = {f.name for task_cls in task_classes() if task_cls.options for f in fields(task_cls.options)}
+    assert {f.name for f in command_line} | task_flags == set(defaults)
+    assert not {f.name for f in command_line} & task_flags  # a task's flag never shadows a shared one
     assert config_from_args(defaults) == TrainConfig()  # no default is written twice
     samples = {int: ("7", 7), float: ("0.25", 0.25), str: ("abc", "abc")}
     for config_field in command_line:
@@ -55,7 +58,7 @@ def test_every_option_is_a_flag_with_the_fields_type_and_default():
 
 def test_validate_takes_the_shared_options_and_a_checkpoint():
     args = _parser(add_validate_arguments).parse_args(["--checkpoint", "w.safetensors", "--val-split", "test"])
-    assert args.checkpoint == "w.safetensors" and args.val_split == "test" and args.batch_size == 64
+    assert args.checkpoint == "w.safetensors" and args.val_split == "test" and args.batch_size is None  # task's
     assert not hasattr(args, "epochs")
 
 

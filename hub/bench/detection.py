@@ -31,15 +31,16 @@ def _detectors(backbones: Sequence[str], img_size: int, num_classes: int) -> Dic
 
 
 def _batch(batch_size: int, img_size: int, device: torch.device):
-    """Synthetic shapes at the benchmark's scale (boxes and masks), the same for every detector."""
-    from vithub.detection.coco import CocoDetection, synthetic_split
+    """Synthetic shapes at the benchmark's scale, with boxes and masks made from the shapes directly (no COCO mask
+    codec needed), the same for every detector."""
+    from vithub.detection.coco import render_synthetic, shape_boxes_and_masks
 
-    split, reader = synthetic_split("train", size=img_size, num_images=batch_size)
-    dataset = CocoDetection(split, reader, with_masks=True)
-    samples = [dataset[index] for index in range(batch_size)]
-    images = [image.to(device) for image, _ in samples]
-    targets = [{key: value.to(device) if torch.is_tensor(value) else value for key, value in target.items()}
-               for _, target in samples]
+    images, targets = [], []
+    for image_id in range(1, batch_size + 1):
+        pixels = torch.from_numpy(render_synthetic(image_id, "train", img_size)).permute(2, 0, 1).float() / 255
+        boxes, labels, masks = shape_boxes_and_masks(image_id, "train", img_size)
+        images.append(pixels.to(device))
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device)})
     return images, targets
 
 
