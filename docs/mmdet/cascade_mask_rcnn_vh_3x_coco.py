@@ -24,25 +24,12 @@ model = dict(
     roi_head=dict(bbox_head=[
         dict(type="ConvFCBBoxHead", num_shared_convs=4, num_shared_fcs=1, in_channels=256, conv_out_channels=256,
              fc_out_channels=1024, roi_feat_size=7, num_classes=80, reg_class_agnostic=False, reg_decoded_bbox=True,
-             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0, 0.0, 0.0, 0.0],
-                             target_stds=[0.1, 0.1, 0.2, 0.2]),
+             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0, 0.0, 0.0, 0.0], target_stds=stds),
              norm_cfg=dict(type="SyncBN", requires_grad=True),
              loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
-             loss_bbox=dict(type="GIoULoss", loss_weight=10.0)),
-        dict(type="ConvFCBBoxHead", num_shared_convs=4, num_shared_fcs=1, in_channels=256, conv_out_channels=256,
-             fc_out_channels=1024, roi_feat_size=7, num_classes=80, reg_class_agnostic=False, reg_decoded_bbox=True,
-             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0, 0.0, 0.0, 0.0],
-                             target_stds=[0.05, 0.05, 0.1, 0.1]),
-             norm_cfg=dict(type="SyncBN", requires_grad=True),
-             loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
-             loss_bbox=dict(type="GIoULoss", loss_weight=10.0)),
-        dict(type="ConvFCBBoxHead", num_shared_convs=4, num_shared_fcs=1, in_channels=256, conv_out_channels=256,
-             fc_out_channels=1024, roi_feat_size=7, num_classes=80, reg_class_agnostic=False, reg_decoded_bbox=True,
-             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0, 0.0, 0.0, 0.0],
-                             target_stds=[0.033, 0.033, 0.067, 0.067]),
-             norm_cfg=dict(type="SyncBN", requires_grad=True),
-             loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
-             loss_bbox=dict(type="GIoULoss", loss_weight=10.0)),
+             loss_bbox=dict(type="GIoULoss", loss_weight=10.0))
+        # one head per cascade stage, each stage's box deltas normalised more tightly
+        for stds in ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
     ]),
 )
 
