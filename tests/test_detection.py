@@ -454,6 +454,19 @@ def test_detection_kill_and_resume_matches_an_unbroken_run(coco_dir, tmp_path):
     assert resumed["resumed_from"] and resumed["bbox_ap"] == total["bbox_ap"]
 
 
+def test_detection_under_torchrun_two_cpu_processes(coco_dir, tmp_path):
+    """DDP (gloo) through the shared loop: both ranks end with the same detector, rank 0 evaluates."""
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "vithub.train", *_detect_args(coco_dir, output, "--device", "cpu")[1:]]
+    result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True and 0.0 <= summary["bbox_ap"] <= 1.0
+    assert load_state(output / "last.state.pt")["num_updates"] == 2  # 8 images, global batch 2 x 2
+
+
 # --- official checkpoints and mmdet ---------------------------------------------------------------------------------
 
 def _official_swin_detection_state(seed=0):
