@@ -574,6 +574,29 @@ def test_mm_backbone_registers_and_returns_normed_nchw_levels(monkeypatch):
     assert backbone.out_channels == [32, 64, 128]
 
 
+
+def test_mm_backbone_loads_an_official_checkpoint_in_init_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from test_nat import official_state_dict
+    from vithub.detection.mm import VithubBackbone
+
+    cfg = dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), kernel_size=7, mlp_ratio=3.0)
+    official = {f"backbone.{key}": value.float().contiguous()
+                for key, value in official_state_dict(cfg, layer_scale=False, num_classes=10, seed=4).items()
+                if not key.startswith(("norm.", "head."))}
+    for index, channels in enumerate([64, 128, 256, 512]):
+        official[f"backbone.norm{index}.weight"] = torch.randn(channels)
+        official[f"backbone.norm{index}.bias"] = torch.randn(channels)
+    path = tmp_path / "official_nat_mini.safetensors"
+    save_file(official, str(path))
+    backbone = VithubBackbone("vh_nat_mini", checkpoint=str(path))
+    backbone.init_weights()
+    torch.testing.assert_close(backbone.norms[3].bias, official["backbone.norm3.bias"])
+    torch.testing.assert_close(backbone.body.model.stages[2].blocks[1].attn.qkv.weight,
+                               official["backbone.levels.2.blocks.1.attn.qkv.weight"])
+
+
 # --- Hugging Face transformers --------------------------------------------------------------------------------------
 
 def _hf_cases():
