@@ -86,15 +86,12 @@ def levels_from_stride(model_name: str, min_stride: int, **model_kwargs: Any) ->
     return levels or [len(reductions) - 1]
 
 
-class FeaturePyramidBackbone(nn.Module):
-    """A timm ``features_only`` model followed by a norm on each level and a feature pyramid.
+class LevelFeatures(nn.Module):
+    """A timm ``features_only`` model with a norm on each level: ``forward(images)`` gives the levels as NCHW maps.
 
     Args:
         model_name: any timm model with ``features_only`` (ours ``vh_*`` or timm's, NCHW or NHWC maps).
-        out_channels: channels of every pyramid level.
-        out_indices: which feature levels feed the pyramid (default all).
-        extra_levels: ``"pool"`` (max-pooled P6, as Mask R-CNN), ``"p6p7"`` (strided convs, as RetinaNet/FCOS) or
-            ``"none"``.
+        out_indices: which feature levels to return (default all, or those of at least ``min_stride``).
         frozen_stages: ``-1`` trains everything; ``0`` freezes the stem; ``k`` also stages ``0..k-1`` (as the
             official Swin/NAT detection backbones). Frozen modules stay in eval mode.
         level_norm: a LayerNorm over channels on each level (the official backbones' ``norm0..norm3``).
@@ -102,18 +99,13 @@ class FeaturePyramidBackbone(nn.Module):
         min_stride: with ``out_indices`` unset, use the levels of at least this stride (one-stage detectors start
             at stride 8, as RetinaNet's P3); the coarsest level is kept in any case.
 
-    ``forward(images)`` takes any size: the batch is zero-padded at the bottom/right to a multiple of the largest
-    stride. Returns an ``OrderedDict`` ``{"0": P_first, ..., "pool"|"p6","p7"}``, as torchvision's detectors expect.
+    Any input size works: the batch is zero-padded at the bottom/right to a multiple of the largest stride.
     """
 
-    def __init__(self, model_name: str, out_channels: int = 256, out_indices: Optional[Sequence[int]] = None,
-                 extra_levels: str = "pool", frozen_stages: int = -1, level_norm: bool = True,
-                 pretrained: bool = False, min_stride: int = 1, **model_kwargs: Any) -> None:
+    def __init__(self, model_name: str, out_indices: Optional[Sequence[int]] = None, frozen_stages: int = -1,
+                 level_norm: bool = True, pretrained: bool = False, min_stride: int = 1,
+                 **model_kwargs: Any) -> None:
         super().__init__()
-        if extra_levels not in EXTRA_LEVELS:
-            raise ValueError(f"extra_levels must be one of {EXTRA_LEVELS}, got {extra_levels!r}")
-        if out_channels < 1:
-            raise ValueError(f"out_channels must be >= 1, got {out_channels}")
         self.model_name = model_name
         if out_indices is None and min_stride > 1:
             out_indices = levels_from_stride(model_name, min_stride, **model_kwargs)
@@ -124,15 +116,6 @@ class FeaturePyramidBackbone(nn.Module):
         self.channels_last_maps = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         self.norms = nn.ModuleList(LayerNorm2d(channels) if level_norm else nn.Identity()
                                    for channels in self.in_channels)
-        extra = {"pool": LastLevelMaxPool(), "p6p7": LastLevelP6P7(out_channels, out_channels), "none": None}
-        self.fpn = FeaturePyramidNetwork(self.in_channels, out_channels, extra_blocks=extra[extra_levels])
-        self.out_channels = out_channels
-        self.extra_levels = extra_levels
-        self.level_names: List[str] = [str(index) for index in range(len(self.in_channels))]
-        extra_names = {"pool": ["pool"], "p6p7": ["p6", "p7"], "none": []}[extra_levels]
-        last = self.reductions[-1]
-        self.strides: List[int] = self.reductions + [last * 2 ** (index + 1) for index in range(len(extra_names))]
-        self.output_names: List[str] = self.level_names + extra_names
         num_stages = len(self.in_channels)
         if not -1 <= frozen_stages <= num_stages:
             raise ValueError(f"frozen_stages must be in [-1, {num_stages}] for {model_name}, got {frozen_stages}")
@@ -152,11 +135,58 @@ class FeaturePyramidBackbone(nn.Module):
             if parameters and all(not parameter.requires_grad for parameter in parameters):
                 self._frozen_modules.append(module)
 
-    def train(self, mode: bool = True) -> "FeaturePyramidBackbone":
+    def train(self, mode: bool = True) -> "LevelFeatures":
         super().train(mode)
         for module in self._frozen_modules:  # frozen norms keep their statistics
             module.eval()
         return self
+
+    def levels(self, images: torch.Tensor) -> List[torch.Tensor]:
+        """The normed NCHW maps of ``images`` (padded to a multiple of the largest stride first)."""
+        height, width = images.shape[-2:]
+        divisor = max(self.reductions)
+        pad_h, pad_w = (-height) % divisor, (-width) % divisor
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        maps = []
+        for feature, norm in zip(self.body(images), self.norms):
+            if self.channels_last_maps:
+                feature = feature.permute(0, 3, 1, 2)
+            maps.append(norm(feature.contiguous()))
+        return maps
+
+    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
+        return self.levels(images)
+
+
+class FeaturePyramidBackbone(LevelFeatures):
+    """:class:`LevelFeatures` followed by a feature pyramid (:class:`torchvision.ops.FeaturePyramidNetwork`).
+
+    Args (besides :class:`LevelFeatures`'):
+        out_channels: channels of every pyramid level.
+        extra_levels: ``"pool"`` (max-pooled P6, as Mask R-CNN), ``"p6p7"`` (strided convs, as RetinaNet/FCOS) or
+            ``"none"``.
+
+    ``forward(images)`` returns an ``OrderedDict`` ``{"0": P_first, ..., "pool"|"p6","p7"}``, as torchvision's
+    detectors expect.
+    """
+
+    def __init__(self, model_name: str, out_channels: int = 256, out_indices: Optional[Sequence[int]] = None,
+                 extra_levels: str = "pool", frozen_stages: int = -1, level_norm: bool = True,
+                 pretrained: bool = False, min_stride: int = 1, **model_kwargs: Any) -> None:
+        if extra_levels not in EXTRA_LEVELS:
+            raise ValueError(f"extra_levels must be one of {EXTRA_LEVELS}, got {extra_levels!r}")
+        if out_channels < 1:
+            raise ValueError(f"out_channels must be >= 1, got {out_channels}")
+        super().__init__(model_name, out_indices, frozen_stages, level_norm, pretrained, min_stride, **model_kwargs)
+        extra = {"pool": LastLevelMaxPool(), "p6p7": LastLevelP6P7(out_channels, out_channels), "none": None}
+        self.fpn = FeaturePyramidNetwork(self.in_channels, out_channels, extra_blocks=extra[extra_levels])
+        self.out_channels = out_channels
+        self.extra_levels = extra_levels
+        self.level_names: List[str] = [str(index) for index in range(len(self.in_channels))]
+        extra_count = {"pool": 1, "p6p7": 2, "none": 0}[extra_levels]
+        last = self.reductions[-1]
+        self.strides: List[int] = self.reductions + [last * 2 ** (index + 1) for index in range(extra_count)]
 
     @property
     def size_divisor(self) -> int:
@@ -164,18 +194,7 @@ class FeaturePyramidBackbone(nn.Module):
         return max(self.strides)
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        height, width = images.shape[-2:]
-        divisor = max(self.reductions)
-        pad_h, pad_w = (-height) % divisor, (-width) % divisor
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
-        maps = self.body(images)
-        features = OrderedDict()
-        for name, feature, norm in zip(self.level_names, maps, self.norms):
-            if self.channels_last_maps:
-                feature = feature.permute(0, 3, 1, 2)
-            features[name] = norm(feature.contiguous())
-        return self.fpn(features)
+        return self.fpn(OrderedDict(zip(self.level_names, self.levels(images))))
 
 
 def anchor_sizes(strides: Sequence[int], detector: str) -> Tuple[Tuple[Tuple[float, ...], ...],

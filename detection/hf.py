@@ -8,6 +8,8 @@ from typing import Any, Sequence
 import timm
 import torch
 
+from .backbone import create_feature_extractor
+
 
 def hf_backbone_config(name: str, out_indices: Sequence[int] = (1, 2, 3), **kwargs: Any):
     """A ``transformers.TimmBackboneConfig`` for the timm model ``name`` (ours or timm's) giving feature levels
@@ -23,11 +25,8 @@ def hf_backbone_config(name: str, out_indices: Sequence[int] = (1, 2, 3), **kwar
         raise ImportError("hf_backbone_config needs transformers: pip install 'vithub[transformers]'") from error
     if name not in timm.list_models():
         raise ValueError(f"name must be a timm model name (e.g. vh_nat_tiny), got {name!r}")
-    with torch.device("meta"):
-        try:
-            probe = timm.create_model(name, features_only=True)
-        except (RuntimeError, AssertionError, NotImplementedError) as error:
-            raise ValueError(f"backbone {name!r} does not support features_only: {error}") from error
+    with torch.device("meta"):  # the model's levels and layout only: no weights are made
+        probe = create_feature_extractor(name)
     levels = len(probe.feature_info)
     indices = [int(index) for index in out_indices]
     if not indices or any(not -levels <= index < levels for index in indices):

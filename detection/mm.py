@@ -16,12 +16,11 @@ import importlib
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
-from .backbone import create_feature_extractor
+from .backbone import LevelFeatures
 
 
-class VithubBackbone(nn.Module):
+class VithubBackbone(LevelFeatures):
     """A timm ``features_only`` model with a LayerNorm on each output level, returning a tuple of NCHW maps (what
     mmdet/mmseg necks take), with the names the official Swin/NAT detection backbones use for their output norms
     (``norms.{i}`` ↔ official ``norm{i}``; :func:`vithub.detection.convert.convert_official_detection_checkpoint`
@@ -34,20 +33,9 @@ class VithubBackbone(nn.Module):
     def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: bool = False,
                  checkpoint: Optional[str] = None, frozen_stages: int = -1, level_norm: bool = True,
                  init_cfg: Optional[dict] = None, **model_kwargs: Any) -> None:
-        super().__init__()
-        from .backbone import FeaturePyramidBackbone
-
-        # The pyramid-less part of FeaturePyramidBackbone: same body, norms and freezing rules.
-        pyramid = FeaturePyramidBackbone(model_name, out_indices=out_indices, extra_levels="none",
-                                         frozen_stages=frozen_stages, level_norm=level_norm, pretrained=pretrained,
-                                         **model_kwargs)
-        self.model_name = model_name
-        self.body = pyramid.body
-        self.norms = pyramid.norms
-        self.channels_last_maps = pyramid.channels_last_maps
-        self.out_channels: List[int] = pyramid.in_channels
-        self.strides: List[int] = pyramid.reductions
-        self._frozen_modules = pyramid._frozen_modules
+        super().__init__(model_name, out_indices, frozen_stages, level_norm, pretrained, **model_kwargs)
+        self.out_channels: List[int] = self.in_channels
+        self.strides: List[int] = self.reductions
         self.checkpoint = checkpoint
         self.init_cfg = init_cfg
 
@@ -58,20 +46,8 @@ class VithubBackbone(nn.Module):
 
             load_official_detection_checkpoint(self, self.checkpoint)
 
-    def train(self, mode: bool = True) -> "VithubBackbone":
-        super().train(mode)
-        for module in self._frozen_modules:
-            module.eval()
-        return self
-
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        maps = self.body(images)
-        outputs = []
-        for feature, norm in zip(maps, self.norms):
-            if self.channels_last_maps:
-                feature = feature.permute(0, 3, 1, 2)
-            outputs.append(norm(feature.contiguous()))
-        return tuple(outputs)
+        return tuple(self.levels(images))
 
 
 def register(packages: Sequence[str] = ("mmdet", "mmseg")) -> List[str]:

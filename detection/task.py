@@ -77,6 +77,8 @@ class DetectionTask(Task):
     curve_label = "COCO AP (0-1)"
     collate_fn = staticmethod(collate_detection)
     options = DetectionOptions
+    predictions_file: Optional[str] = None  # the predictions option, set by build_data
+    category_ids: Sequence[int] = ()  # the COCO ids of labels 1..N, set by build_data
 
     def defaults_for(self, config: TrainConfig) -> Dict[str, Any]:
         if self._embedded(config):  # a CPU-sized run: a few minutes on two cores
@@ -119,6 +121,7 @@ class DetectionTask(Task):
                 print(f"vithub: {split.source}: dropped {len(split.dropped_boxes)} degenerate box(es): "
                       f"{split.dropped_boxes[:3]}")
         self.category_ids = list(train_split.category_ids)
+        self.predictions_file = options.predictions
         size = self.short_side(config)
         bundle = DataBundle(CocoDetection(train_split, train_reader, with_masks, augment=True, seed=config.seed),
                             CocoDetection(val_split, val_reader, with_masks=False),
@@ -184,25 +187,12 @@ class DetectionTask(Task):
         to the ``predictions`` option's file (in training, ``OUTPUT/predictions_val.json``)."""
         split = loader.dataset.split
         results = run_detector(model, loader, device, split, unreadable)
-        path = self.predictions_path
+        path = (Path(self.predictions_file) if self.predictions_file
+                else self.output / "predictions_val.json" if self.output is not None else None)
         if path is not None:
             write_results(path, results)
         has_masks = getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)()
         return coco_evaluate(split.ground_truth, results, ("bbox", "segm") if has_masks else ("bbox",))
-
-    predictions_file: Optional[str] = None
-    category_ids: Sequence[int] = ()  # the COCO ids of labels 1..N, set by build_data
-
-    @property
-    def predictions_path(self) -> Optional[Path]:
-        if self.predictions_file:
-            return Path(self.predictions_file)
-        return self.output / "predictions_val.json" if self.output is not None else None
-
-    def resolve(self, config: TrainConfig) -> TrainConfig:
-        resolved = super().resolve(config)
-        self.predictions_file = resolved.task_options.get("predictions")
-        return resolved
 
     def epoch_columns(self, metrics: Dict[str, float]) -> Dict[str, float]:
         return dict(metrics)

@@ -10,7 +10,7 @@ import timm
 import torch
 import torchvision
 
-from .timing import device_name, device_slug, measure, report
+from .timing import device_name, measure, report
 
 DEFAULT_BACKBONES = ("vh_swin_tiny_patch4_window7_224", "vh_nat_tiny", "vh_efficientvit_b1",
                      "swin_tiny_patch4_window7_224")
@@ -113,6 +113,3 @@ def format_table(rows: Sequence[Dict[str, Any]], batch_size: int, img_size: int)
                      f"{row.get('inference_speed_vs_timm_swin', float('nan')):>9.2f}")
     return "\n".join(lines)
 
-
-def default_output(device: str) -> str:
-    return f"detection_{device_slug(device)}.json"
