@@ -51,9 +51,11 @@ class TrainConfig:
     lr: Optional[float] = option(None, "default: the task's (classification 2e-3; detection 1e-4, 2e-3 on the "
                                  "embedded shapes)")
     weight_decay: Optional[float] = option(None, "default: the task's (0.05)")
-    sched: str = option("cosine", "timm scheduler name")
+    sched: Optional[str] = option(None, "timm scheduler name; default: the task's (cosine; segmentation poly)")
     warmup_epochs: Optional[int] = option(None, "default: the task's (1)")
-    min_lr: float = option(1e-5)
+    min_lr: Optional[float] = option(None, "default: the task's (1e-5; segmentation 0)")
+    decay_rate: Optional[float] = option(None, "step schedules' decay factor, the poly schedule's power; default: "
+                                         "the task's (0.1; segmentation's poly 1.0)")
     layer_decay: Optional[float] = option(None, "layer-wise lr decay (timm group_matcher)")
     drop_path: Optional[float] = option(None)
     mixup: float = option(0.0)
@@ -107,7 +109,10 @@ class TrainConfig:
 RESUME_FIXED = ("task", "model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs",
                 "img_size", "task_options")
 # Options whose default (None) means "the task's default" (Task.defaults).
-TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs")
+TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "sched", "min_lr",
+                  "decay_rate")
+# What a task's defaults_for leaves out of TASK_DEFAULTED: timm's cosine schedule.
+SCHEDULE_DEFAULTS = {"sched": "cosine", "min_lr": 1e-5, "decay_rate": 0.1}
 
 
 def _argument_kwargs(config_field: Any, hint: Any) -> Dict[str, Any]:

@@ -219,6 +219,7 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
     updates_per_epoch = max(1, total_batches // config.grad_accum_steps)
     scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=config.epochs,
                                        warmup_epochs=config.warmup_epochs, min_lr=config.min_lr,
+                                       decay_rate=config.decay_rate,
                                        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
     scaler = torch.amp.GradScaler("cuda", enabled=_amp_enabled(config, device) and config.amp == "float16")

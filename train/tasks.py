@@ -39,7 +39,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
-from .config import DEFAULT_MODEL, TASK_DEFAULTED, TrainConfig
+from .config import DEFAULT_MODEL, SCHEDULE_DEFAULTS, TASK_DEFAULTED, TrainConfig
 from .data import DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, Any], torch.Tensor]
@@ -62,13 +62,14 @@ class Task(ABC):
     curve_label: ClassVar[str] = ""
 
     def defaults_for(self, config: TrainConfig) -> Dict[str, Any]:
-        """Values for the options in :data:`~vithub.train.config.TASK_DEFAULTED` that ``config`` leaves unset."""
+        """Values for the options in :data:`~vithub.train.config.TASK_DEFAULTED` that ``config`` leaves unset (the
+        schedule's, when left out: :data:`~vithub.train.config.SCHEDULE_DEFAULTS`)."""
         return {"model": DEFAULT_MODEL, "epochs": 6, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05,
                 "warmup_epochs": 1}
 
     def resolve(self, config: TrainConfig) -> TrainConfig:
         """``config`` with the task's defaults filled in and its ``task_options`` checked and completed."""
-        defaults = self.defaults_for(config)
+        defaults = {**SCHEDULE_DEFAULTS, **self.defaults_for(config)}
         filled = {name: defaults[name] for name in TASK_DEFAULTED if getattr(config, name) is None}
         return replace(config, **filled, task_options=self.task_options(config))
 
