@@ -1,6 +1,6 @@
-"""Backbone (and feature-pyramid) weights of the official Swin / NAT / DiNAT detection and segmentation checkpoints
-(mmdet / mmseg layout: ``backbone.*`` with ``norm0..norm3`` on the outputs, ``neck.lateral_convs`` /
-``neck.fpn_convs``) in a vithub detector."""
+"""Weights of the official Swin / NAT / DiNAT detection and segmentation checkpoints (mmdet / mmseg layout:
+``backbone.*`` with ``norm0..norm3`` on the outputs, ``neck.lateral_convs`` / ``neck.fpn_convs``; UPerNet's
+``decode_head`` / ``auxiliary_head``) in a vithub detector (backbone and pyramid) or UPerNet segmentor (all of it)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import torch
 from torch import nn
 
 from vithub.train.checkpoint import read_state_dict
-
-
 
 
 def _unwrap(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
@@ -84,4 +82,60 @@ def load_official_detection_checkpoint(model: nn.Module, source: Union[str, Path
     if wrong:
         raise ValueError(f"shapes differ (another model size?): {wrong[:5]}")
     backbone.load_state_dict(converted, strict=False)
+    return unused
+
+
+# mmseg's UPerHead / FCNHead module names → Segmentor's.
+_SEGMENTATION_HEAD_NAMES = (
+    (r"^decode_head\.psp_modules\.(\d+)\.1\.", r"decode_head.ppm.stages.\1."),
+    (r"^decode_head\.bottleneck\.", "decode_head.ppm_bottleneck."),
+    (r"^decode_head\.lateral_convs\.(\d+)\.", r"decode_head.lateral.\1."),
+    (r"^decode_head\.fpn_convs\.(\d+)\.", r"decode_head.fpn.\1."),
+    (r"^decode_head\.fpn_bottleneck\.", "decode_head.fuse."),
+    (r"^decode_head\.conv_seg\.", "decode_head.classifier."),
+    (r"^auxiliary_head\.convs\.(\d+)\.", r"aux_head.convs.\1."),
+    (r"^auxiliary_head\.conv_seg\.", "aux_head.classifier."),
+)
+
+
+def convert_official_segmentation_checkpoint(state_dict: Mapping[str, Any], segmentor: nn.Module
+                                             ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map an official mmseg UPerNet checkpoint (Swin / NAT / DiNAT on ADE20K: ``backbone.*`` with ``norm0..3``,
+    ``decode_head.*`` = UPerHead, ``auxiliary_head.*`` = FCNHead, ConvModules as ``conv``/``bn``) onto a
+    :class:`~vithub.detection.segmentation.Segmentor` with the ``upernet`` head. Returns ``(state dict for the
+    segmentor, keys left unconverted)``."""
+    state_dict = _unwrap(state_dict)
+    backbone_part = {key: value for key, value in state_dict.items() if key.startswith("backbone.")}
+    converted_backbone, unused = convert_official_detection_checkpoint(backbone_part, segmentor.backbone)
+    out = {f"backbone.{key}": value for key, value in converted_backbone.items()}
+    for key, value in state_dict.items():
+        if key.startswith("backbone."):
+            continue
+        for pattern, replacement in _SEGMENTATION_HEAD_NAMES:
+            if re.match(pattern, key):
+                out[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            unused.append(key)
+    return out, unused
+
+
+def load_official_segmentation_checkpoint(segmentor: nn.Module, source: Union[str, Path, Mapping[str, Any]]
+                                          ) -> List[str]:
+    """Load an official UPerNet segmentation checkpoint (a file: safetensors, or a pickle read with
+    ``weights_only=True``; or a state dict) into a vithub UPerNet segmentor of the same backbone and class count.
+    Every parameter and buffer must be found, with its shape; returns the checkpoint keys that were not used."""
+    state_dict = read_state_dict(Path(source)) if isinstance(source, (str, Path)) else source
+    converted, unused = convert_official_segmentation_checkpoint(state_dict, segmentor)
+    own = segmentor.state_dict()
+    missing = [key for key in own if key not in converted]
+    if missing:
+        raise ValueError(f"the checkpoint does not cover the segmentor: missing {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)} keys)")
+    wrong = [f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[key].shape)}"
+             for key, value in converted.items() if key in own and value.shape != own[key].shape]
+    if wrong:
+        raise ValueError(f"shapes differ (another model size or class count?): {wrong[:5]}")
+    unused += [key for key in converted if key not in own]
+    segmentor.load_state_dict({key: value for key, value in converted.items() if key in own})
     return unused

@@ -43,6 +43,7 @@ DEFAULT_BENCH_OUTPUT = {
     "gpu": "gpu_kernels_{device}.json",
     "data": "data_readable_samples_cpu.json",
     "detection": "detection_{device}.json",
+    "segmentation": "segmentation_{device}.json",
 }
 
 
@@ -81,6 +82,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                         batch_size=args.det_batch_size or (8 if on_gpu else 2), repeats=args.repeats or 3,
                         device=args.device, amp=args.amp or ("bfloat16" if on_gpu else None), output=output)
         return 0
+    if args.target == "segmentation":
+        from vithub.bench.segmentation import DEFAULT_BACKBONES as SEGMENTATION_BACKBONES, bench_segmentation
+
+        on_gpu = args.device.startswith("cuda")
+        bench_segmentation(backbones=args.backbones or SEGMENTATION_BACKBONES, head=args.head,
+                           img_size=args.seg_img_size or 512, batch_size=args.seg_batch_size or (16 if on_gpu else 2),
+                           repeats=args.repeats or 3, device=args.device,
+                           amp=args.amp or ("bfloat16" if on_gpu else None), output=output)
+        return 0
     if args.target == "data":
         from vithub.bench.data import run_data_bench
 
@@ -117,10 +127,18 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _architecture(model) -> str:
-    """A timm model's architecture, or ``<detector>:<backbone>`` for a vithub detector."""
+    """A timm model's architecture, ``<detector>:<backbone>`` for a vithub detector, ``<head>:<backbone>`` for a
+    segmentor."""
     if hasattr(model, "detector_config"):
         return f"{model.detector_config['detector']}:{model.detector_config['backbone']}"
+    if hasattr(model, "segmentor_config"):
+        return f"{model.segmentor_config['head']}:{model.segmentor_config['backbone']}"
     return model.pretrained_cfg.get("architecture")
+
+
+def _num_classes(model) -> Optional[int]:
+    settings = getattr(model, "detector_config", None) or getattr(model, "segmentor_config", None) or {}
+    return settings.get("num_classes", getattr(model, "num_classes", None))
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
@@ -130,8 +148,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     model = load(folder)  # verifies the weights against the architecture
     print(json.dumps({"repo_id": args.repo_id, "revision": folder.name, "path": str(folder),
                       "architecture": _architecture(model),
-                      "num_classes": getattr(model, "detector_config", {}).get("num_classes",
-                                                                               getattr(model, "num_classes", None)),
+                      "num_classes": _num_classes(model),
                       "files": sorted(entry.name for entry in folder.iterdir())}))
     return 0
 
@@ -176,10 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_pull.set_defaults(func=_cmd_pull)
 
     p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, whole-model throughput, data reading")
-    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data", "detection"],
+    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data", "detection", "segmentation"],
                          help="kernels/models: CPU or --device cuda; gpu: Triton vs torch, FlexAttention and timm on "
                               "CUDA, bf16; data: vithub train's image reader against timm's; detection: Mask R-CNN "
-                              "train img/s and latency per backbone, vs timm's Swin-T and torchvision's R50-FPN v2")
+                              "train img/s and latency per backbone, vs timm's Swin-T and torchvision's R50-FPN v2; "
+                              "segmentation: UPerNet train img/s and latency per backbone, vs timm's Swin-T")
     p_bench.add_argument("--output", default=None,
                          help="JSON path ('' for none; default in the current directory: <target>_<device>.json, "
                               "gpu_kernels_<gpu name>.json for gpu)")
@@ -214,13 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     data = p_bench.add_argument_group("data")
     data.add_argument("--images", type=int, default=256, help="JPEGs to read per timed pass")
     data.add_argument("--image-side", type=int, default=256, help="side of each random JPEG, in pixels")
-    detection = p_bench.add_argument_group("detection")
+    detection = p_bench.add_argument_group("detection and segmentation")
     detection.add_argument("--backbones", nargs="+", default=None,
                            help="default: vh_swin_tiny_patch4_window7_224 vh_nat_tiny vh_efficientvit_b1 "
-                                "swin_tiny_patch4_window7_224 (torchvision's R50-FPN v2 always runs)")
+                                "swin_tiny_patch4_window7_224 (for detection, torchvision's R50-FPN v2 always runs)")
     detection.add_argument("--det-img-size", type=int, default=None,
                            help="short side of the scale (default 320 on CPU, 800 on CUDA)")
     detection.add_argument("--det-batch-size", type=int, default=None, help="training batch (default 2 CPU, 8 CUDA)")
+    detection.add_argument("--head", default="upernet", choices=["upernet", "fpn"], help="segmentation head")
+    detection.add_argument("--seg-img-size", type=int, default=None, help="segmentation crop side (default 512)")
+    detection.add_argument("--seg-batch-size", type=int, default=None,
+                           help="segmentation training batch (default 2 CPU, 16 CUDA)")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -148,10 +148,11 @@ def push_to_hub(model: torch.nn.Module, repo_id: str, *, private: bool = False, 
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="vithub-push-") as staging:
-            if hasattr(model, "detector_config"):  # a vithub.detection detector: its own config and card
-                from vithub.detection.publishing import save_detector
+            if hasattr(model, "detector_config") or hasattr(model, "segmentor_config"):
+                # a vithub.detection detector or segmentor: its own config and card
+                from vithub.detection.publishing import save_dense_model
 
-                save_detector(model, staging, repo_id=repo_id, **card)
+                save_dense_model(model, staging, repo_id=repo_id, **card)
             else:
                 save_pretrained(model, staging, repo_id=repo_id, **card)
             commit = api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision,
@@ -271,11 +272,11 @@ def load(source: Union[str, Path], *, revision: Optional[str] = None, cache_dir:
 
 def _load_repo_folder(folder: Path, model_kwargs: Dict[str, Any]) -> torch.nn.Module:
     config = json.loads((folder / CONFIG_NAME).read_text())
-    if config.get("format") == "vithub-detector":
-        from vithub.detection.publishing import load_detector
+    if config.get("format") in ("vithub-detector", "vithub-segmentor"):
+        from vithub.detection.publishing import load_dense_model
 
         try:
-            return load_detector(folder, **model_kwargs)
+            return load_dense_model(folder, **model_kwargs)
         except ValueError as error:
             raise WeightsMismatchError(str(error)) from error
     if not timm.is_model(config.get("architecture", "")):
@@ -315,17 +316,17 @@ def load_verified(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]
 
 def model_from_run(run_dir: Union[str, Path], **model_kwargs: Any) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """The best model of a ``vithub train`` output folder and its card arguments (preprocessing, class names,
-    dataset, the best epoch's top-1/top-5; for a detection run, the detector and its COCO metrics)."""
+    dataset, the best epoch's top-1/top-5; for a detection or segmentation run, the model and its COCO or mIoU metrics)."""
     run = Path(run_dir)
     summary_path = run / "summary.json"
     if not summary_path.is_file():
         raise HubError(f"{run}: no summary.json; is it a finished `vithub train` output folder? (pass a checkpoint "
                        "file to push an unfinished run)")
     summary = json.loads(summary_path.read_text())
-    if summary.get("task") == "detection":
-        from vithub.detection.publishing import detector_from_run
+    if summary.get("task") in ("detection", "segmentation"):
+        from vithub.detection.publishing import dense_model_from_run
 
-        return detector_from_run(run)
+        return dense_model_from_run(run)
     checkpoint = run / (summary.get("best_checkpoint") or "last.safetensors")
     if not checkpoint.is_file():
         raise HubError(f"{run}: its best checkpoint {checkpoint.name} is missing")

@@ -689,7 +689,7 @@ def test_hf_backbone_config_refuses_bad_input():
 
 def test_detection_run_pushes_and_loads_back_with_its_config(coco_dir, tmp_path, test_hub, monkeypatch, capsys):
     import vithub
-    from vithub.detection.publishing import load_detector, save_detector
+    from vithub.detection.publishing import load_dense_model, save_dense_model
 
     monkeypatch.setenv("HF_TOKEN", "hf_vithub_test_write_token")
     output = tmp_path / "run"
@@ -710,8 +710,8 @@ def test_detection_run_pushes_and_loads_back_with_its_config(coco_dir, tmp_path,
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, best[key], rtol=0, atol=0, msg=key)
     images = [torch.rand(3, 80, 112)]
-    folder = save_detector(model, tmp_path / "saved", label_names=["a", "b", "c"])
-    again = load_detector(folder).eval()
+    folder = save_dense_model(model, tmp_path / "saved", label_names=["a", "b", "c"])
+    again = load_dense_model(folder).eval()
     with torch.no_grad():
         first, second = model(images)[0], again(images)[0]
     for key in first:

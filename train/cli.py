@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from .config import add_config_arguments, config_from_args
 from .data import DataError
@@ -27,11 +27,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_task_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """Each registered task's own options, as a group of flags titled by the task."""
+    """Each registered task's own options, as a group of flags titled by the task. Tasks may share a flag (the same
+    name and type, e.g. ``--train-images``): it is listed under the first task and named in the others' titles.
+    Flags that are not given stay out of the parsed namespace, so each task fills in its own defaults."""
+    added: Dict[str, str] = {}
     for task_cls in task_classes():
-        if task_cls.options is not None:
-            group = parser.add_argument_group(f"--task {task_cls.name} options")
-            add_config_arguments(group, config_class=task_cls.options)
+        if task_cls.options is None:
+            continue
+        names = [option_field.name for option_field in fields(task_cls.options)]
+        shared = [name for name in names if name in added]
+        title = f"--task {task_cls.name} options"
+        if shared:
+            title += " (also " + ", ".join("--" + name.replace("_", "-") for name in shared) + ", as above)"
+        group = parser.add_argument_group(title)
+        add_config_arguments(group, [name for name in names if name not in added], config_class=task_cls.options,
+                             absent_when_unset=True)
+        added.update({name: task_cls.name for name in names})
 
 
 def task_config_from_args(values: dict):

@@ -115,13 +115,15 @@ TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup
 SCHEDULE_DEFAULTS = {"sched": "cosine", "min_lr": 1e-5, "decay_rate": 0.1}
 
 
-def _argument_kwargs(config_field: Any, hint: Any) -> Dict[str, Any]:
+def _argument_kwargs(config_field: Any, hint: Any, absent_when_unset: bool = False) -> Dict[str, Any]:
     """argparse keywords for one field from its type hint: ``bool`` is a switch, ``Optional[X]`` takes an X,
-    ``List[X]`` any number of them."""
+    ``List[X]`` any number of them. ``absent_when_unset``: a flag not given leaves no attribute (its owner fills
+    the default)."""
     help_text = config_field.metadata["help"]
     if config_field.default not in (None, False):
-        help_text = f"{help_text} (default: %(default)s)".lstrip()
-    kwargs: Dict[str, Any] = {"default": config_field.default, "help": help_text or None}
+        help_text = f"{help_text} (default: {config_field.default})".lstrip()
+    default = argparse.SUPPRESS if absent_when_unset else config_field.default
+    kwargs: Dict[str, Any] = {"default": default, "help": help_text or None}
     if config_field.metadata["choices"] is not None:
         kwargs["choices"] = list(config_field.metadata["choices"])
     arguments = typing.get_args(hint)
@@ -130,7 +132,7 @@ def _argument_kwargs(config_field: Any, hint: Any) -> Dict[str, Any]:
     if hint is bool:
         if config_field.default:
             raise TypeError(f"{config_field.name}: a switch must default to False")
-        return {"action": "store_true", "help": kwargs["help"]}
+        return {"action": "store_true", "help": kwargs["help"], "default": default}
     if typing.get_origin(hint) in (list, List):
         kwargs.update(nargs="*", type=typing.get_args(hint)[0])
         return kwargs
@@ -140,18 +142,20 @@ def _argument_kwargs(config_field: Any, hint: Any) -> Dict[str, Any]:
 
 
 def add_config_arguments(parser: Any, names: Optional[Iterable[str]] = None,
-                         choices: Optional[Dict[str, Sequence[Any]]] = None, config_class: type = None) -> None:
+                         choices: Optional[Dict[str, Sequence[Any]]] = None, config_class: type = None,
+                         absent_when_unset: bool = False) -> None:
     """Add a ``--flag`` per field of ``config_class`` (default :class:`TrainConfig`; a task's options class takes
     the same :func:`option` fields): all command-line fields, or those in ``names``, with the field's type, default,
     help and aliases. ``choices`` sets allowed values known only at run time (the registered tasks). ``parser``
-    may be an argument group."""
+    may be an argument group. ``absent_when_unset``: flags that are not given leave no attribute in the parsed
+    namespace (task options, whose defaults the task fills in)."""
     config_class = config_class or TrainConfig
     hints = typing.get_type_hints(config_class)
     wanted = None if names is None else list(names)
     for config_field in fields(config_class):
         if not config_field.metadata["cli"] or (wanted is not None and config_field.name not in wanted):
             continue
-        kwargs = _argument_kwargs(config_field, hints[config_field.name])
+        kwargs = _argument_kwargs(config_field, hints[config_field.name], absent_when_unset)
         if choices and config_field.name in choices:
             kwargs["choices"] = list(choices[config_field.name])
         flags = ["--" + config_field.name.replace("_", "-"), *config_field.metadata["flags"]]

@@ -182,7 +182,8 @@ def rescale_size(height: int, width: int, long_max: float, short_max: float) -> 
 def _resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    # bilinear without antialiasing, as mmseg's (OpenCV) resize
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def _resize_label(label: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -335,12 +336,15 @@ SYNTHETIC_CLASSES = ("sky", "ground", "square", "disk", "triangle")
 SYNTHETIC_SIZE = 96
 SYNTHETIC_IMAGES = {"train": 192, "val": 48}
 _SYNTHETIC_SEED = {"train": 11, "val": 12}
+# Each shape class has its own colour family (as real classes have their typical colours), varied per shape.
+_SHAPE_COLOURS = ((230, 60, 50), (60, 220, 80), (240, 200, 40))
 
 
 def synthetic_scene(index: int, split: str, size: int = SYNTHETIC_SIZE) -> Tuple[np.ndarray, np.ndarray]:
     """One synthetic scene: ``(image (size, size, 3) uint8, mask (size, size) uint8)`` in ADE20K's encoding (0 =
     "other": a two-pixel band on every shape's outline; ``1 + class`` elsewhere): sky above a random horizon,
-    ground below, one to three squares, disks or triangles in random colours; all from the index alone."""
+    ground below, one to three squares (reddish), disks (greenish) or triangles (yellowish) of random size, place and
+    shade; all from the index alone."""
     if split not in SYNTHETIC_IMAGES:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     rng = random.Random(_SYNTHETIC_SEED[split] * 1_000_003 + index)
@@ -369,7 +373,7 @@ def synthetic_scene(index: int, split: str, size: int = SYNTHETIC_SIZE) -> Tuple
                 within = (rows >= y - margin) & (rows <= y + side + margin)
                 return within & (np.abs(cols - cx) <= (rows - y) / side * (side / 2) + margin)
             inside, grown = triangle(0.0), triangle(1.5)
-        colour = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+        colour = np.array(_SHAPE_COLOURS[kind], dtype=np.float32) * rng.uniform(0.6, 1.0) + rng.uniform(-25, 25)
         image[inside] = colour + noise.normal(0, 8, size=(int(inside.sum()), 3))
         mask[inside] = 3 + kind
         outline &= ~inside

@@ -87,7 +87,7 @@ class SegmentationTask(Task):
     def defaults_for(self, config: TrainConfig) -> Dict[str, Any]:
         schedule = {"sched": "poly", "min_lr": 0.0, "decay_rate": 1.0}
         if self._embedded(config):  # a CPU-sized run: about three minutes on two cores
-            return {"model": DEFAULT_SEGMENTATION_BACKBONE, "epochs": 8, "batch_size": 8, "lr": 2e-3,
+            return {"model": DEFAULT_SEGMENTATION_BACKBONE, "epochs": 16, "batch_size": 8, "lr": 2e-3,
                     "weight_decay": 0.01, "warmup_epochs": 1, **schedule}
         # The official UPerNet recipe: AdamW, lr 6e-5, weight decay 0.01, poly (power 1) to 0 after a warmup, 160k
         # iterations of 16 crops: 127 epochs of ADE20K's 20,210 training images.

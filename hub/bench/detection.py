@@ -83,6 +83,21 @@ def bench_detection(backbones: Sequence[str] = DEFAULT_BACKBONES, img_size: int 
     train_ms = measure({name: train_step(name) for name in models}, repeats, warmup=1, device=torch_device)
     infer_ms = measure({name: infer(name) for name in models}, repeats, warmup=1, device=torch_device)
     reference = REFERENCE if REFERENCE in models else None
+    rows = speed_rows(models, train_ms, infer_ms, batch_size, reference)
+    print(format_table(rows, "Mask R-CNN backbone", f"batch {batch_size} train, 1 infer, short side {img_size}"))
+    payload = {"benchmark": "detection", "detector": "mask_rcnn", "device": device_name(torch_device),
+               "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+               "dtype": f"float32 weights, autocast {amp}" if amp else "float32", "img_size": img_size,
+               "max_size": int(math.ceil(img_size * 5 / 3)), "batch_size": batch_size, "repeats": repeats,
+               "reference": reference, "rows": rows}
+    report(output, payload)
+    return payload
+
+
+def speed_rows(models: Dict[str, torch.nn.Module], train_ms: Dict[str, float], infer_ms: Dict[str, float],
+               batch_size: int, reference: Optional[str]) -> List[Dict[str, Any]]:
+    """One row per model: step and inference times, images/s, parameters and, with a ``reference`` model, the
+    speed ratios against it (>1: faster)."""
     rows: List[Dict[str, Any]] = []
     for name in models:
         row = {"backbone": name, "train_step_ms": train_ms[name],
@@ -93,23 +108,15 @@ def bench_detection(backbones: Sequence[str] = DEFAULT_BACKBONES, img_size: int 
             row["train_speed_vs_timm_swin"] = round(train_ms[reference] / train_ms[name], 3)
             row["inference_speed_vs_timm_swin"] = round(infer_ms[reference] / infer_ms[name], 3)
         rows.append(row)
-    print(format_table(rows, batch_size, img_size))
-    payload = {"benchmark": "detection", "detector": "mask_rcnn", "device": device_name(torch_device),
-               "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
-               "dtype": f"float32 weights, autocast {amp}" if amp else "float32", "img_size": img_size,
-               "max_size": int(math.ceil(img_size * 5 / 3)), "batch_size": batch_size, "repeats": repeats,
-               "reference": reference, "rows": rows}
-    report(output, payload)
-    return payload
+    return rows
 
 
-def format_table(rows: Sequence[Dict[str, Any]], batch_size: int, img_size: int) -> str:
-    header = (f"{'Mask R-CNN backbone':<38}{'params M':>9}{'train img/s':>13}{'vs timm':>9}{'infer ms':>10}"
-              f"{'vs timm':>9}   (batch {batch_size} train, 1 infer, short side {img_size})")
+def format_table(rows: Sequence[Dict[str, Any]], title: str, note: str) -> str:
+    header = (f"{title:<38}{'params M':>9}{'train img/s':>13}{'vs timm':>9}{'infer ms':>10}"
+              f"{'vs timm':>9}   ({note})")
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(f"{row['backbone']:<38}{row['parameters_m']:>9.1f}{row['train_images_per_second']:>13.2f}"
                      f"{row.get('train_speed_vs_timm_swin', float('nan')):>9.2f}{row['inference_ms']:>10.1f}"
                      f"{row.get('inference_speed_vs_timm_swin', float('nan')):>9.2f}")
     return "\n".join(lines)
-
