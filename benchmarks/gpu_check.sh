@@ -13,8 +13,10 @@
 #                      the timm twin with the same weights where timm has one (Swin, LeViT, EfficientViT-B)
 #   detection_gpu.json vithub bench detection: Mask R-CNN train step (batch 8) and latency at 800/1333, bf16, with
 #                      vh_swin_tiny against timm's Swin-T features and torchvision's R50-FPN v2
+#   segmentation_gpu.json vithub bench segmentation: UPerNet train step (batch 16) and latency at 512x512, bf16,
+#                      with vh_swin_tiny and vh_nat_tiny against timm's Swin-T features
 #   summary.json       every step's exit code, seconds and files
-# The step limits add up to 470 s. A step that fails or runs out of time is recorded and the next one runs. Without a GPU it is a dry run: the same
+# The step limits add up to 500 s. A step that fails or runs out of time is recorded and the next one runs. Without a GPU it is a dry run: the same
 # steps, the CUDA tests skip (and say so), `bench gpu` refuses, and the model rows run on the CPU at batch 2.
 set -uo pipefail
 
@@ -124,6 +126,15 @@ else
     detection_args=(--device cpu --repeats 1 --det-img-size 64 --det-batch-size 1 --backbones vh_efficientvit_m0)
 fi
 run detection 30 "$python" -m vithub bench detection "${detection_args[@]}" --output "$out/detection_gpu.json"
+
+if [ "$has_gpu" = 1 ]; then
+    segmentation_args=(--device cuda --repeats 3 --backbones vh_swin_tiny_patch4_window7_224 vh_nat_tiny
+                       swin_tiny_patch4_window7_224)
+else
+    segmentation_args=(--device cpu --repeats 1 --seg-img-size 64 --seg-batch-size 2 --backbones vh_efficientvit_b0)
+fi
+run segmentation 30 "$python" -m vithub bench segmentation "${segmentation_args[@]}" \
+    --output "$out/segmentation_gpu.json"
 
 "$python" - "$steps_file" "$out/summary.json" "$started" "$has_gpu" <<'PY'
 import json, os, sys, time

@@ -23,31 +23,43 @@ def _parser(add) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_flag(parser, config_field, hint):
+    """The field's flag parses a sample of its type into the field's attribute."""
+    samples = {int: ("7", 7), float: ("0.25", 0.25), str: ("abc", "abc")}
+    flag = "--" + config_field.name.replace("_", "-")
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = inner[0] if typing.get_origin(hint) is typing.Union else hint
+    if base is bool:
+        assert getattr(parser.parse_args([flag]), config_field.name) is True
+    elif typing.get_origin(base) is list:
+        item = typing.get_args(base)[0]
+        text, value = samples[item]
+        assert getattr(parser.parse_args([flag, text, text]), config_field.name) == [value, value]
+    elif config_field.metadata["choices"] or config_field.name == "task":
+        choice = (config_field.metadata["choices"] or task_names())[-1]
+        assert getattr(parser.parse_args([flag, choice]), config_field.name) == choice
+    else:
+        text, value = samples[base]
+        assert getattr(parser.parse_args([flag, text]), config_field.name) == value, config_field.name
+
+
 def test_every_option_is_a_flag_with_the_fields_type_and_default():
     parser = _parser(add_train_arguments)
     defaults = vars(parser.parse_args([]))
     hints = typing.get_type_hints(TrainConfig)
     command_line = [f for f in fields(TrainConfig) if f.metadata["cli"]]
     task_flags = {f.name for task_cls in task_classes() if task_cls.options for f in fields(task_cls.options)}
-    assert {f.name for f in command_line} | task_flags == set(defaults)
+    # task flags that are not given stay out of the namespace: the chosen task fills in its own defaults
+    assert {f.name for f in command_line} == set(defaults)
     assert not {f.name for f in command_line} & task_flags  # a task's flag never shadows a shared one
     assert config_from_args(defaults) == TrainConfig()  # no default is written twice
-    samples = {int: ("7", 7), float: ("0.25", 0.25), str: ("abc", "abc")}
     for config_field in command_line:
-        flag = "--" + config_field.name.replace("_", "-")
-        hint = hints[config_field.name]
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        base = inner[0] if typing.get_origin(hint) is typing.Union else hint
-        if base is bool:
-            assert getattr(parser.parse_args([flag]), config_field.name) is True
-        elif typing.get_origin(base) is list:
-            assert getattr(parser.parse_args([flag, "a", "b"]), config_field.name) == ["a", "b"]
-        elif config_field.metadata["choices"] or config_field.name == "task":
-            choice = (config_field.metadata["choices"] or task_names())[-1]
-            assert getattr(parser.parse_args([flag, choice]), config_field.name) == choice
-        else:
-            text, value = samples[base]
-            assert getattr(parser.parse_args([flag, text]), config_field.name) == value, config_field.name
+        _check_flag(parser, config_field, hints[config_field.name])
+    for task_cls in task_classes():
+        if task_cls.options is not None:
+            task_hints = typing.get_type_hints(task_cls.options)
+            for config_field in fields(task_cls.options):
+                _check_flag(parser, config_field, task_hints[config_field.name])
     aliases = parser.parse_args(["--dataset", "d", "-b", "3", "-j", "2", "--log-wandb"])
     assert (aliases.data, aliases.batch_size, aliases.workers, aliases.wandb) == ("d", 3, 2, True)
     with pytest.raises(SystemExit):

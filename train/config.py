@@ -9,7 +9,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 DEFAULT_MODEL = "vh_efficientvit_m0"
-DEFAULT_DETECTION_BACKBONE = "vh_efficientvit_b0"  # stated here for the help text; the detection task sets it
+DEFAULT_DETECTION_BACKBONE = "vh_efficientvit_b0"  # stated here for the help text; the dense tasks set it
 DEFAULT_TASK = "classification"
 
 
@@ -29,7 +29,7 @@ class TrainConfig:
 
     task: str = option(DEFAULT_TASK, "what to train: a task registered in vithub.train.tasks")
     model: Optional[str] = option(None, "any timm model name (ours: vh_*); default: the task's (classification "
-                                  f"{DEFAULT_MODEL}, detection {DEFAULT_DETECTION_BACKBONE})")
+                                  f"{DEFAULT_MODEL}, detection and segmentation {DEFAULT_DETECTION_BACKBONE})")
     pretrained: bool = option(False, "start from the model's pretrained weights")
     initial_checkpoint: Optional[str] = option(
         None, "start from these weights (.safetensors or a weights-only torch file)")
@@ -44,13 +44,13 @@ class TrainConfig:
         0.01, "largest fraction of a split's images that may be unreadable (skipped and counted) before the run stops")
     output: str = option("output/train", "run folder: checkpoints, metrics, summary.json")
     epochs: Optional[int] = option(None, "default: the task's (classification 6; detection 12, 4 on the embedded "
-                                   "shapes)")
+                                   "shapes; segmentation 127, 16 on the embedded scenes)")
     batch_size: Optional[int] = option(None, "default: the task's (classification 64; detection 2, 8 on the "
-                                       "embedded shapes)", flags=("-b",))
+                                       "embedded shapes; segmentation 16, 8 embedded)", flags=("-b",))
     opt: str = option("adamw", "timm optimizer name")
     lr: Optional[float] = option(None, "default: the task's (classification 2e-3; detection 1e-4, 2e-3 on the "
-                                 "embedded shapes)")
-    weight_decay: Optional[float] = option(None, "default: the task's (0.05)")
+                                 "embedded shapes; segmentation 6e-5, 2e-3 embedded)")
+    weight_decay: Optional[float] = option(None, "default: the task's (0.05; segmentation 0.01)")
     sched: Optional[str] = option(None, "timm scheduler name; default: the task's (cosine; segmentation poly)")
     warmup_epochs: Optional[int] = option(None, "default: the task's (1)")
     min_lr: Optional[float] = option(None, "default: the task's (1e-5; segmentation 0)")
