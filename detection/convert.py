@@ -63,6 +63,19 @@ def convert_official_detection_checkpoint(state_dict: Mapping[str, Any], backbon
     return out, unused
 
 
+def _check_coverage(own: Mapping[str, torch.Tensor], converted: Mapping[str, torch.Tensor], required: List[str],
+                    what: str) -> None:
+    """Every ``required`` key converted, and every converted key that the model has with the model's shape."""
+    missing = [key for key in required if key not in converted]
+    if missing:
+        raise ValueError(f"the checkpoint does not cover {what}: missing {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)} keys)")
+    wrong = [f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[key].shape)}"
+             for key, value in converted.items() if key in own and value.shape != own[key].shape]
+    if wrong:
+        raise ValueError(f"shapes differ (another model size or class count?): {wrong[:5]}")
+
+
 def load_official_detection_checkpoint(model: nn.Module, source: Union[str, Path, Mapping[str, Any]]) -> List[str]:
     """Load an official Swin/NAT/DiNAT detection or segmentation checkpoint (a file: safetensors, or a pickle read
     with ``weights_only=True``; or a state dict) into ``model.backbone`` of a vithub detector. Every backbone
@@ -72,15 +85,8 @@ def load_official_detection_checkpoint(model: nn.Module, source: Union[str, Path
     backbone = model.backbone if hasattr(model, "backbone") else model
     converted, unused = convert_official_detection_checkpoint(state_dict, backbone)
     own = backbone.state_dict()
-    required = [key for key in own if key.startswith(("body.", "norms."))]
-    missing = [key for key in required if key not in converted]
-    if missing:
-        raise ValueError(f"the checkpoint does not cover the backbone {backbone.model_name}: missing {missing[:5]}"
-                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)} keys)")
-    wrong = [f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[key].shape)}"
-             for key, value in converted.items() if key in own and value.shape != own[key].shape]
-    if wrong:
-        raise ValueError(f"shapes differ (another model size?): {wrong[:5]}")
+    _check_coverage(own, converted, [key for key in own if key.startswith(("body.", "norms."))],
+                    f"the backbone {backbone.model_name}")
     backbone.load_state_dict(converted, strict=False)
     return unused
 
@@ -128,14 +134,7 @@ def load_official_segmentation_checkpoint(segmentor: nn.Module, source: Union[st
     state_dict = read_state_dict(Path(source)) if isinstance(source, (str, Path)) else source
     converted, unused = convert_official_segmentation_checkpoint(state_dict, segmentor)
     own = segmentor.state_dict()
-    missing = [key for key in own if key not in converted]
-    if missing:
-        raise ValueError(f"the checkpoint does not cover the segmentor: missing {missing[:5]}"
-                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)} keys)")
-    wrong = [f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[key].shape)}"
-             for key, value in converted.items() if key in own and value.shape != own[key].shape]
-    if wrong:
-        raise ValueError(f"shapes differ (another model size or class count?): {wrong[:5]}")
+    _check_coverage(own, converted, list(own), "the segmentor")
     unused += [key for key in converted if key not in own]
     segmentor.load_state_dict({key: value for key, value in converted.items() if key in own})
     return unused

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from vithub.detection import (
 from vithub.detection.coco import CocoDetection, folder_reader, synthetic_split, write_coco_split
 from vithub.detection.convert import load_official_detection_checkpoint
 from vithub.detection.evaluation import run_detector
-from vithub.train import DataError, TrainConfig, train, validate
+from vithub.train import DataError, TrainConfig, train
 from vithub.train.checkpoint import load_state
 from vithub.train.engine import EpochBatches, grouped_batches
 
@@ -430,28 +428,12 @@ def _train_command(coco_dir, output, *extra):
 
 
 def test_detection_kill_and_resume_matches_an_unbroken_run(coco_dir, tmp_path):
-    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    environment = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(_train_command(coco_dir, unbroken), check=True, env=environment, capture_output=True, timeout=600)
-    process = subprocess.Popen(_train_command(coco_dir, broken), env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (broken / "step.state.pt").exists():
-        assert process.poll() is None and time.time() < deadline, "the run ended before its first step checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    state = load_state(sorted(broken.glob("*.state.pt"), key=lambda p: p.stat().st_mtime)[-1])
-    total = json.loads((unbroken / "summary.json").read_text())
-    assert state["num_updates"] < 4, "the kill came too late to test a resume"
-    subprocess.run(_train_command(coco_dir, broken, "--resume", "auto"), check=True, env=environment,
-                   capture_output=True, timeout=600)
-    expected, actual = load_file(unbroken / "last.safetensors"), load_file(broken / "last.safetensors")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
-    resumed = json.loads((broken / "summary.json").read_text())
-    assert resumed["resumed_from"] and resumed["bbox_ap"] == total["bbox_ap"]
+    sys.path.insert(0, str(Path(__file__).parent))
+    from resume_check import kill_and_resume
+
+    summaries = kill_and_resume(lambda output, *extra: _train_command(coco_dir, output, *extra),
+                                tmp_path / "unbroken", tmp_path / "broken", total_updates=4)
+    assert summaries["broken"]["bbox_ap"] == summaries["unbroken"]["bbox_ap"]
 
 
 def test_detection_under_torchrun_two_cpu_processes(coco_dir, tmp_path):

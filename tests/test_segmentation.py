@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,9 @@ from vithub.detection.segmentation.data import decode_label, pair_reader, synthe
 from vithub.detection.segmentation.models import default_head
 from vithub.train import DataError, TrainConfig, train
 from vithub.train.checkpoint import load_state
+
+sys.path.insert(0, str(Path(__file__).parent))
+from resume_check import kill_and_resume  # noqa: E402
 
 SMALL = 64
 ROOT = Path(__file__).resolve().parents[1]
@@ -404,28 +405,22 @@ def _train_command(ade_dir, output, *extra):
 
 
 def test_segmentation_kill_and_resume_matches_an_unbroken_run(ade_dir, tmp_path):
-    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    environment = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(_train_command(ade_dir, unbroken), check=True, env=environment, capture_output=True, timeout=600)
-    process = subprocess.Popen(_train_command(ade_dir, broken), env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (broken / "step.state.pt").exists():
-        assert process.poll() is None and time.time() < deadline, "the run ended before its first step checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    state = load_state(sorted(broken.glob("*.state.pt"), key=lambda p: p.stat().st_mtime)[-1])
-    assert state["num_updates"] < 8, "the kill came too late to test a resume"
-    subprocess.run(_train_command(ade_dir, broken, "--resume", "auto"), check=True, env=environment,
-                   capture_output=True, timeout=600)
-    expected, actual = load_file(unbroken / "last.safetensors"), load_file(broken / "last.safetensors")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
-    total = json.loads((unbroken / "summary.json").read_text())
-    resumed = json.loads((broken / "summary.json").read_text())
-    assert resumed["resumed_from"] and resumed["miou"] == total["miou"]
+    summaries = kill_and_resume(lambda output, *extra: _train_command(ade_dir, output, *extra), tmp_path / "unbroken",
+                                tmp_path / "broken", total_updates=8)  # 8 images, batch 2, 2 epochs
+    assert summaries["broken"]["miou"] == summaries["unbroken"]["miou"]
+
+
+def test_segmentation_under_torchrun_two_cpu_processes(ade_dir, tmp_path):
+    """DDP (gloo) through the shared loop with the auxiliary head's dict output: both ranks end identical."""
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "vithub.train", *_segment_args(ade_dir, output, "--device", "cpu", "--batch-size", "2")[1:]]
+    result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True and 0.0 <= summary["miou"] <= 100.0
+    assert load_state(output / "last.state.pt")["num_updates"] == 2  # 8 images, global batch 2 x 2
 
 
 # --- publishing, official checkpoints, mmseg, benchmark ---------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence, Set
 
 from .config import add_config_arguments, config_from_args
 from .data import DataError
@@ -30,7 +30,7 @@ def add_task_option_arguments(parser: argparse.ArgumentParser) -> None:
     """Each registered task's own options, as a group of flags titled by the task. Tasks may share a flag (the same
     name and type, e.g. ``--train-images``): it is listed under the first task and named in the others' titles.
     Flags that are not given stay out of the parsed namespace, so each task fills in its own defaults."""
-    added: Dict[str, str] = {}
+    added: Set[str] = set()
     for task_cls in task_classes():
         if task_cls.options is None:
             continue
@@ -42,7 +42,7 @@ def add_task_option_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(title)
         add_config_arguments(group, [name for name in names if name not in added], config_class=task_cls.options,
                              absent_when_unset=True)
-        added.update({name: task_cls.name for name in names})
+        added.update(names)
 
 
 def task_config_from_args(values: dict):

@@ -4,7 +4,7 @@ side with the same detector on timm's Swin-T features and torchvision's own ``ma
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -57,31 +57,10 @@ def bench_detection(backbones: Sequence[str] = DEFAULT_BACKBONES, img_size: int 
     torch_device = torch.device(device)
     torch.manual_seed(0)
     models = {name: model.to(torch_device) for name, model in _detectors(backbones, img_size, 80).items()}
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
     images, targets = _batch(batch_size, img_size, torch_device)
-    dtype = getattr(torch, amp) if amp else torch.float32
-
-    def train_step(name: str) -> Callable[[], None]:
-        def step() -> None:
-            model = models[name]
-            model.train()
-            with torch.autocast(torch_device.type, dtype=dtype, enabled=amp is not None):
-                loss = sum(model(images, targets).values())
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-        return step
-
-    def infer(name: str) -> Callable[[], None]:
-        def run() -> None:
-            model = models[name]
-            model.eval()
-            with torch.no_grad(), torch.autocast(torch_device.type, dtype=dtype, enabled=amp is not None):
-                model(images[:1])
-        return run
-
-    train_ms = measure({name: train_step(name) for name in models}, repeats, warmup=1, device=torch_device)
-    infer_ms = measure({name: infer(name) for name in models}, repeats, warmup=1, device=torch_device)
+    train_ms, infer_ms = time_training_and_inference(
+        models, lambda model: sum(model(images, targets).values()), lambda model: model(images[:1]), repeats,
+        torch_device, amp)
     reference = REFERENCE if REFERENCE in models else None
     rows = speed_rows(models, train_ms, infer_ms, batch_size, reference)
     print(format_table(rows, "Mask R-CNN backbone", f"batch {batch_size} train, 1 infer, short side {img_size}"))
@@ -92,6 +71,36 @@ def bench_detection(backbones: Sequence[str] = DEFAULT_BACKBONES, img_size: int 
                "reference": reference, "rows": rows}
     report(output, payload)
     return payload
+
+
+def time_training_and_inference(models: Dict[str, torch.nn.Module], loss_of: Callable[[torch.nn.Module], Any],
+                                infer: Callable[[torch.nn.Module], Any], repeats: int, device: torch.device,
+                                amp: Optional[str]) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Median ms per model of a training step (``loss_of(model)``, backward, AdamW step) and of ``infer(model)``
+    without gradients, each under autocast in ``amp`` when set; candidates round-robin (``timing.measure``)."""
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
+    dtype = getattr(torch, amp) if amp else torch.float32
+
+    def train_step(name: str) -> Callable[[], None]:
+        def step() -> None:
+            models[name].train()
+            with torch.autocast(device.type, dtype=dtype, enabled=amp is not None):
+                loss = loss_of(models[name])
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[name].step()
+        return step
+
+    def inference(name: str) -> Callable[[], None]:
+        def run() -> None:
+            models[name].eval()
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp is not None):
+                infer(models[name])
+        return run
+
+    train_ms = measure({name: train_step(name) for name in models}, repeats, warmup=1, device=device)
+    infer_ms = measure({name: inference(name) for name in models}, repeats, warmup=1, device=device)
+    return train_ms, infer_ms
 
 
 def speed_rows(models: Dict[str, torch.nn.Module], train_ms: Dict[str, float], infer_ms: Dict[str, float],

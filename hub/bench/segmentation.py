@@ -3,14 +3,14 @@ backbones, side by side with the same head on timm's Swin-T features."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import timm
 import torch
 import torch.nn.functional as F
 
-from .detection import format_table, speed_rows
-from .timing import device_name, measure, report
+from .detection import format_table, speed_rows, time_training_and_inference
+from .timing import device_name, report
 
 DEFAULT_BACKBONES = ("vh_swin_tiny_patch4_window7_224", "vh_nat_tiny", "vh_efficientvit_b1",
                      "swin_tiny_patch4_window7_224")
@@ -46,33 +46,15 @@ def bench_segmentation(backbones: Sequence[str] = DEFAULT_BACKBONES, head: str =
     torch_device = torch.device(device)
     torch.manual_seed(0)
     models = {name: create_segmentor(name, NUM_CLASSES, head=head).to(torch_device) for name in backbones}
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
     images, labels = _batch(batch_size, img_size, torch_device)
-    dtype = getattr(torch, amp) if amp else torch.float32
 
-    def train_step(name: str) -> Callable[[], None]:
-        def step() -> None:
-            model = models[name]
-            model.train()
-            with torch.autocast(torch_device.type, dtype=dtype, enabled=amp is not None):
-                outputs = model(images)
-                loss = sum(weight * F.cross_entropy(outputs[key].float(), labels, ignore_index=255)
-                           for key, weight in (("out", 1.0), ("aux", 0.4)) if key in outputs)
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-        return step
+    def loss_of(model: torch.nn.Module) -> torch.Tensor:
+        outputs = model(images)
+        return sum(weight * F.cross_entropy(outputs[key].float(), labels, ignore_index=255)
+                   for key, weight in (("out", 1.0), ("aux", 0.4)) if key in outputs)
 
-    def infer(name: str) -> Callable[[], None]:
-        def run() -> None:
-            model = models[name]
-            model.eval()
-            with torch.no_grad(), torch.autocast(torch_device.type, dtype=dtype, enabled=amp is not None):
-                model(images[:1])
-        return run
-
-    train_ms = measure({name: train_step(name) for name in models}, repeats, warmup=1, device=torch_device)
-    infer_ms = measure({name: infer(name) for name in models}, repeats, warmup=1, device=torch_device)
+    train_ms, infer_ms = time_training_and_inference(models, loss_of, lambda model: model(images[:1]), repeats,
+                                                     torch_device, amp)
     reference = REFERENCE if REFERENCE in models else None
     rows = speed_rows(models, train_ms, infer_ms, batch_size, reference)
     print(format_table(rows, f"{head} backbone", f"batch {batch_size} train, 1 infer, {img_size}x{img_size}"))

@@ -1,0 +1,9 @@
+"""Segmentation benchmark as a script: the same as ``vithub bench segmentation``; prints a table, writes JSON (see
+``--help``)."""
+
+import sys
+
+from vithub.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "segmentation", *sys.argv[1:]]))
