@@ -3,13 +3,14 @@
 Each family runs its attention through :mod:`vithub.kernels`.
 """
 
-from . import efficientvit_mit, efficientvit_msra, fastervit, levit, nat, swin
+from . import efficientvit_mit, efficientvit_msra, fastervit, levit, nat, swin, token_reduction
 from .efficientvit_mit import EfficientVitMit
 from .efficientvit_msra import EfficientVitMsra
 from .fastervit import FasterViT
 from .levit import Levit
 from .nat import NAT
 from .swin import Swin
+from .token_reduction import reduce_tokens
 
 __all__ = [
     "EfficientVitMit",
@@ -23,5 +24,7 @@ __all__ = [
     "fastervit",
     "levit",
     "nat",
+    "reduce_tokens",
     "swin",
+    "token_reduction",
 ]

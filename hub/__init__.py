@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from vithub import backbones as backbones  # noqa: F401  (registers the vh_* models with timm)
 from vithub import kernels as kernels
+from vithub.backbones.token_reduction import reduce_tokens
 from vithub.publishing import HubError, WeightsMismatchError, load, pull, push_to_hub, save_pretrained
 
 try:
@@ -15,5 +16,5 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__", "backbones", "kernels", "save_pretrained", "push_to_hub", "pull", "load", "HubError",
-           "WeightsMismatchError"]
+__all__ = ["__version__", "backbones", "kernels", "reduce_tokens", "save_pretrained", "push_to_hub", "pull", "load",
+           "HubError", "WeightsMismatchError"]

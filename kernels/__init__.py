@@ -3,7 +3,8 @@
 Ops (heads-last ``(B, H, W, heads, head_dim)``): :func:`neighborhood_attention`, :func:`window_attention`,
 :func:`carrier_window_attention` (windows plus per-window carrier tokens, FasterViT), :func:`table_bias_attention` (dense
 attention with a ``(|dy|, |dx|)`` bias table, LeViT and EfficientViT-M) and :func:`relu_linear_attention`
-(EfficientViT-B/L); these three have no Triton kernel yet.
+(EfficientViT-B/L) and :func:`global_attention` (a ViT's attention with a per-key bias and mask: token reduction,
+``(B, tokens, heads, head_dim)``); these four have no Triton kernel yet.
 Backends (``backends/``, one module each, behind :mod:`vithub.kernels.registry`): ``reference`` (naive,
 float64-capable ground truth), ``torch`` (fast tiled SDPA path, CPU and fallback), ``triton`` (fused kernels for
 CUDA, forward and backward; on CPU only under ``TRITON_INTERPRET=1``). :func:`backend_refusals` says, per backend,
@@ -15,6 +16,7 @@ from .backends.torch import gather_table_bias
 from .backends.triton import triton_available, triton_refusal
 from .ops import (
     carrier_window_attention,
+    global_attention,
     neighborhood_attention,
     relu_linear_attention,
     rpb_from_swin_table,
@@ -47,6 +49,7 @@ __all__ = [
     "current_backend",
     "gather_table_bias",
     "get_backend",
+    "global_attention",
     "neighborhood_attention",
     "relu_linear_attention",
     "rpb_from_swin_table",

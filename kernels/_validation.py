@@ -230,3 +230,34 @@ def check_gathered_bias(bias: torch.Tensor, q: torch.Tensor, k: torch.Tensor) ->
     if tuple(bias.shape) != expected:
         raise ValueError(f"gathered_bias must have shape {form} (from gather_table_bias), got {tuple(bias.shape)}")
     _check_like("gathered_bias", bias, q)
+
+
+def check_global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor],
+                           key_mask: Optional[torch.Tensor]) -> None:
+    """Shapes of :func:`vithub.kernels.global_attention`: q ``(B, Nq, heads, d)``, k ``(B, N, heads, d)``, v ``(B, N,
+    heads, dv)``, key_bias and key_mask ``(B, N)``."""
+    form = "(B, tokens, heads, head_dim)"
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, tensor, form, 4)
+    batch, tokens, heads, head_dim = k.shape
+    if q.shape[0] != batch or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"q must have shape (B, query_tokens, heads, head_dim) with B, heads, head_dim of k "
+                         f"{tuple(k.shape)}, got {tuple(q.shape)}")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"v must have shape (B, tokens, heads, value_dim) with (B, tokens, heads) of k "
+                         f"{tuple(k.shape[:3])}, got {tuple(v.shape)}")
+    for name, tensor in (("k", k), ("v", v)):
+        _check_like(name, tensor, q)
+    for name, tensor in (("key_bias", key_bias), ("key_mask", key_mask)):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != (batch, tokens):
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"{name} must be a tensor of shape (B, tokens) = {(batch, tokens)}, got {shape}")
+        if tensor.device != q.device:
+            raise ValueError(f"{name} must be on the same device as q ({q.device}), got {tensor.device}")
+        if name == "key_bias" and tensor.dtype != q.dtype:
+            raise ValueError(f"key_bias must have the same dtype as q ({q.dtype}), got {tensor.dtype}")
+        if name == "key_mask" and tensor.dtype not in (torch.bool, q.dtype):
+            raise ValueError(f"key_mask must be bool (keep where True) or q's dtype {q.dtype} (weights in [0, 1]), "
+                             f"got {tensor.dtype}")

@@ -11,6 +11,7 @@ from ._validation import (
     Size2d,
     check_carriers,
     check_gathered_bias,
+    check_global_attention,
     check_linear_attention,
     check_table_attention,
     check_neighborhood,
@@ -219,6 +220,40 @@ def relu_linear_attention(
     check_linear_attention(q, k, v, eps)
     name = select_backend("relu_linear_attention", backend, q)
     return get_backend(name).relu_linear_attention(q, k, v, float(eps))
+
+
+def global_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: Optional[torch.Tensor] = None,
+    key_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Every query over every key (a ViT's attention), with two per-key terms that token reduction needs:
+    ``a_ij = m_j exp(s_ij + b_j) / sum_k m_k exp(s_ik + b_k)``, ``s_ij = scale * q_i . k_j``.
+
+    Args:
+        q: ``(B, query_tokens, heads, head_dim)``.
+        k: ``(B, tokens, heads, head_dim)``.
+        v: ``(B, tokens, heads, value_dim)``.
+        key_bias: ``(B, tokens)`` added to every query's logit of that key, in q's dtype (ToMe's proportional
+            attention passes ``log(size)``: a merged token of size ``s`` acts as ``s`` copies of itself).
+        key_mask: ``(B, tokens)``: bool (``False`` keys are left out: padding) or weights in [0, 1] in q's dtype that
+            multiply the exponentials (a soft mask whose gradient stays finite at 0). Every query needs at least one
+            key with a non-zero weight.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        backend: ``None``, ``"reference"`` (the formula in einsums, float64-capable) or ``"torch"`` (fused SDPA
+            unless the mask is a float weight); no Triton kernel.
+
+    Returns:
+        ``(B, query_tokens, heads, value_dim)``.
+    """
+    check_global_attention(q, k, v, key_bias, key_mask)
+    softmax_scale = check_scale(scale, q.shape[-1])
+    name = select_backend("global_attention", backend, q)
+    return get_backend(name).global_attention(q, k, v, key_bias, key_mask, softmax_scale)
 
 
 def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:

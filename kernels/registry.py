@@ -17,7 +17,7 @@ import torch
 Tensor = torch.Tensor
 
 OPS: Tuple[str, ...] = ("neighborhood_attention", "window_attention", "carrier_window_attention",
-                        "table_bias_attention", "relu_linear_attention")
+                        "table_bias_attention", "relu_linear_attention", "global_attention")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -80,6 +80,10 @@ class Backend:
 
     def relu_linear_attention(self, q: Tensor, k: Tensor, v: Tensor, eps: float) -> Tensor:
         raise NotImplementedError(f"the {self.name} backend has no relu_linear_attention")
+
+    def global_attention(self, q: Tensor, k: Tensor, v: Tensor, key_bias: Optional[Tensor],
+                         key_mask: Optional[Tensor], scale: float) -> Tensor:
+        raise NotImplementedError(f"the {self.name} backend has no global_attention")
 
     # Gradients for the registered custom ops' backward ops, which must recompute what they need (a custom op keeps
     # no saved state). ``None`` (the default) lets ``custom_ops`` differentiate the backend's forward instead.

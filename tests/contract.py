@@ -16,6 +16,7 @@ import torch
 
 # Small constructor kwargs per model name (exact name or prefix ending in "*"): keeps the suite fast on 2 CPU cores.
 _NAT_SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4))
+_VIT_SMALL = dict(embed_dim=32, depth=3, num_heads=2, img_size=64, dynamic_img_size=True, dynamic_img_pad=True)
 CONTRACT_KWARGS: Dict[str, Dict[str, Any]] = {
     "vh_nat_*": _NAT_SMALL,
     # DiNAT keeps a dilated block per stage, with each variant's own dilations and kernel size.
@@ -34,6 +35,9 @@ CONTRACT_KWARGS: Dict[str, Dict[str, Any]] = {
                                window_size=(3, 3, 3)),
     "vh_efficientvit_b*": dict(widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), head_dim=8, head_widths=(32, 48)),
     "vh_efficientvit_l*": dict(widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), head_dim=8, head_widths=(32, 48)),
+    # Token merging on a 3-block ViT: 16 patches, r capped at 8 then 4 (the default r is 13); odd inputs pad.
+    "vh_deit_*": dict(_VIT_SMALL),
+    "vh_vit_*": dict(_VIT_SMALL),
 }
 # Input (H, W) per model name/prefix; default: 64 x 64 (families support any input size).
 CONTRACT_INPUT: Dict[str, Tuple[int, int]] = {}
@@ -218,8 +222,8 @@ def check_group_matcher(model: torch.nn.Module) -> None:
         assert f"{first_conv}.weight" in groups[0], f"stem group {groups[0][:3]} lacks {first_conv}"
         # After the stage groups come at most two without stage parameters: the final norm (families that have one)
         # and the classifier, which timm puts in one group after all others because no pattern matches it.
-        stage_of = [max((int(n.split(".")[1]) for n in group if n.split(".")[0] in ("stages", "layers")), default=-1)
-                    for group in groups[1:]]
+        stage_of = [max((int(n.split(".")[1]) for n in group if n.split(".")[0] in ("stages", "layers", "blocks")),
+                        default=-1) for group in groups[1:]]
         tail = len(stage_of) - next(i for i, stage in enumerate(reversed(stage_of)) if stage >= 0)
         assert len(stage_of) - tail <= 2, f"{len(stage_of) - tail} groups after the last stage group"
         if any(name == "norm.weight" for name, _ in model.named_parameters()):

@@ -1,0 +1,413 @@
+"""Token reduction on timm's ``VisionTransformer`` family: ToMe (Bolya et al., "Token Merging: Your ViT but Faster",
+ICLR 2023), written from the paper.
+
+:func:`reduce_tokens` turns a timm ViT (DeiT, DeiT-3, ViT AugReg/MAE/CLIP, with or without class, distillation or
+register tokens, LayerScale, qk-norm) into a token-merging one in place, and ``reduce_tokens(model, None)`` gives the
+original back, bit for bit: no parameter is added or changed, only the model's class, whose forward runs the blocks
+with merging. Every block is run from its own submodules (norms, qkv, qk-norm, attention-output norm and gate,
+projection, LayerScale, drop path, MLP); a block or attention layout it does not know is refused with an error naming
+it, never run with a part left out. Attention goes through :func:`vithub.kernels.global_attention` (proportional
+attention is its per-key bias).
+
+In every block, between attention and MLP: bipartite soft matching on the keys averaged over heads. The tokens after
+the prefix (class, distillation, register tokens, which never merge and never receive a merge) alternate into sets A
+and B; each A token's most cosine-similar B token is its edge; the ``r`` A tokens with the most similar edges merge
+into their B tokens by a size-weighted average; sizes add up. With proportional attention, ``log(size)`` is added to
+every key's logits, so a merged token acts as ``size`` copies of itself. ``r`` is capped per block at half the
+non-prefix tokens (``(N - prefix) // 2``), as in the paper; ``model.token_counts`` reports the tokens that entered
+each block in the last forward and ``model.token_merges`` the r each block applied.
+
+The family's registered members (``vh_deit_small_patch16_224_tome`` ...) are timm's ViTs with timm's weights and
+ToMe applied; ToMe needs no training, so their pretrained cfgs point at timm's Hub weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerScale
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vithub.kernels import global_attention
+
+from ._common import take_indices
+
+METHODS = ("tome",)
+_BLOCK_PARTS = {"norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"}
+_ATTENTION_PARTS = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"}
+RSchedule = Union[int, Sequence[int], Tuple[int, float]]
+
+
+# --- the merging -------------------------------------------------------------------------------------------------
+
+def merge_schedule(r: RSchedule, depth: int) -> List[int]:
+    """Tokens to merge in each of ``depth`` blocks: an int (the same in every block), a list of one int per block, or
+    a pair ``(r, inflection)``, ToMe's schedule: linear from ``r·(1 − inflection)`` in the first block to ``r·(1 +
+    inflection)`` in the last (``(r, -1)``: 2r down to 0, the same total as a constant r), truncated to ints."""
+    shape = f"an int >= 0, a list of {depth} ints >= 0, or a pair (r, inflection)"
+    if isinstance(r, bool):
+        raise ValueError(f"r must be {shape}, got {r!r}")
+    if isinstance(r, int):
+        if r < 0:
+            raise ValueError(f"r must be >= 0, got {r}")
+        return [r] * depth
+    if isinstance(r, tuple) and len(r) == 2:
+        base, inflection = r
+        if (isinstance(base, bool) or not isinstance(base, int) or base < 0 or isinstance(inflection, bool)
+                or not isinstance(inflection, (int, float)) or not -1.0 <= inflection <= 1.0):
+            raise ValueError(f"r as (r, inflection) needs an int r >= 0 and an inflection in [-1, 1], got {r!r}")
+        start, end = base * (1.0 - inflection), base * (1.0 + inflection)
+        step = (end - start) / max(depth - 1, 1)
+        return [int(start + step * index) for index in range(depth)]
+    if isinstance(r, (list, tuple)):
+        values = list(r)
+        if len(values) != depth or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+            raise ValueError(f"r as a list needs one int >= 0 per block ({depth} blocks), got {values!r}")
+        return values
+    raise ValueError(f"r must be {shape}, got {r!r}")
+
+
+def bipartite_matching(metric: torch.Tensor, r: int, prefix: int
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ToMe's bipartite soft matching over the tokens after ``prefix``.
+
+    Args:
+        metric: ``(B, N, C)`` (keys averaged over heads).
+        r: tokens to merge (already capped at ``(N - prefix) // 2``).
+        prefix: leading tokens that take no part.
+
+    Returns:
+        ``(unmerged, sources, destinations, a_count)``: A-set indices (within A, ascending) of the tokens that stay,
+        of the ``r`` that merge (most similar first), their B-set destinations, and the size of A.
+    """
+    tokens = metric[:, prefix:]
+    tokens = tokens / tokens.norm(dim=-1, keepdim=True)
+    a, b = tokens[:, ::2], tokens[:, 1::2]
+    scores = a @ b.transpose(-1, -2)
+    best, best_index = scores.max(dim=-1)
+    order = best.argsort(dim=-1, descending=True, stable=True)
+    sources = order[:, :r]
+    unmerged = order[:, r:].sort(dim=-1).values
+    destinations = best_index.gather(1, sources)
+    return unmerged, sources, destinations, a.shape[1]
+
+
+def merge_tokens(x: torch.Tensor, size: torch.Tensor, origin: torch.Tensor, r: int, prefix: int,
+                 metric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge ``r`` tokens of ``x`` ``(B, N, C)`` by size-weighted average; returns the new ``x``, ``size`` ``(B, N-r)``
+    and ``origin`` ``(B, N0)``: where each original token now is. Output order: the prefix, the unmerged A tokens,
+    then B (merged into)."""
+    unmerged, sources, destinations, a_count = bipartite_matching(metric, r, prefix)
+    batch, _, channels = x.shape
+    a_x, b_x = x[:, prefix::2], x[:, prefix + 1::2]
+    a_size, b_size = size[:, prefix::2], size[:, prefix + 1::2]
+    kept_x = a_x.gather(1, unmerged[..., None].expand(-1, -1, channels))
+    kept_size = a_size.gather(1, unmerged)
+    moved_size = a_size.gather(1, sources)
+    moved_x = a_x.gather(1, sources[..., None].expand(-1, -1, channels)) * moved_size[..., None].to(x.dtype)
+    target_index = destinations[..., None].expand(-1, -1, channels)
+    summed = (b_x * b_size[..., None].to(x.dtype)).scatter_add(1, target_index, moved_x)
+    summed_size = b_size.scatter_add(1, destinations, moved_size)
+    received = torch.zeros_like(b_size).scatter_add(1, destinations, torch.ones_like(moved_size)) > 0
+    # tokens that took no merge are copied, not divided back (x * s / s is not always x in floating point)
+    new_b = torch.where(received[..., None], summed / summed_size[..., None].to(x.dtype), b_x)
+    new_x = torch.cat([x[:, :prefix], kept_x, new_b], dim=1)
+    new_size = torch.cat([size[:, :prefix], kept_size, summed_size], dim=1)
+    # Where each current token goes: prefix stays; A tokens to their kept slot or their destination; B after.
+    kept_count = unmerged.shape[1]
+    a_target = torch.empty(batch, a_count, dtype=torch.long, device=x.device)
+    a_target.scatter_(1, unmerged, torch.arange(kept_count, device=x.device).expand(batch, -1) + prefix)
+    a_target.scatter_(1, sources, destinations + prefix + kept_count)
+    b_count = b_x.shape[1]
+    b_target = torch.arange(b_count, device=x.device).expand(batch, -1) + prefix + kept_count
+    target = torch.empty(batch, x.shape[1], dtype=torch.long, device=x.device)
+    target[:, :prefix] = torch.arange(prefix, device=x.device)
+    target[:, prefix::2] = a_target
+    target[:, prefix + 1::2] = b_target
+    return new_x, new_size, target.gather(1, origin)
+
+
+# --- running a timm block with merging ---------------------------------------------------------------------------
+
+def check_block(block: nn.Module, index: int) -> None:
+    """Refuse a block whose layout this module does not run exactly (naming the class and the part)."""
+    if type(block).forward is not Block.forward:
+        raise ValueError(f"token reduction runs timm's Block; block {index} is {type(block).__name__}, whose forward "
+                         "differs")
+    unknown = set(block._modules) - _BLOCK_PARTS
+    if unknown:
+        raise ValueError(f"block {index} ({type(block).__name__}) has parts token reduction does not run: "
+                         f"{sorted(unknown)}")
+    attention = block.attn
+    if type(attention).forward is not Attention.forward:
+        raise ValueError(f"token reduction runs timm's Attention; block {index}'s attention is "
+                         f"{type(attention).__name__}, whose forward differs")
+    unknown = set(attention._modules) - _ATTENTION_PARTS
+    if unknown:
+        raise ValueError(f"block {index}'s attention ({type(attention).__name__}) has parts token reduction does not "
+                         f"run: {sorted(unknown)}")
+    if attention.attn_drop.p > 0:
+        raise ValueError(f"block {index} has attention dropout {attention.attn_drop.p}: the merged attention takes "
+                         "none (build the model with attn_drop_rate=0)")
+    for name in ("ls1", "ls2"):
+        part = getattr(block, name)
+        if not isinstance(part, (nn.Identity, LayerScale)):
+            raise ValueError(f"block {index}: {name} is {type(part).__name__}, not timm's LayerScale")
+
+
+def block_forward(block: Block, x: torch.Tensor, size: Optional[torch.Tensor], origin: torch.Tensor, r: int,
+                  prefix: int, proportional: bool
+                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """One timm ``Block`` with ToMe between attention and MLP; ``size`` ``None`` means every token has size 1."""
+    attention = block.attn
+    hidden = block.norm1(x)
+    batch, tokens, _ = hidden.shape
+    gate = attention.gate(hidden).sigmoid() if attention.gate is not None else None
+    qkv = attention.qkv(hidden).reshape(batch, tokens, 3, attention.num_heads, attention.head_dim)
+    q, k, v = qkv.unbind(2)  # (B, N, heads, head_dim): norms over head_dim act alike in either layout
+    q, k = attention.q_norm(q), attention.k_norm(k)
+    key_bias = size.log().to(q.dtype) if proportional and size is not None else None
+    out = global_attention(q, k, v, key_bias=key_bias, scale=attention.scale)
+    out = attention.norm(out.reshape(batch, tokens, attention.attn_dim))
+    if gate is not None:
+        out = out * gate
+    out = attention.proj_drop(attention.proj(out))
+    x = x + block.drop_path1(block.ls1(out))
+    if r > 0:
+        ones = size if size is not None else torch.ones(batch, tokens, dtype=x.dtype, device=x.device)
+        x, size, origin = merge_tokens(x, ones, origin, r, prefix, k.mean(dim=2))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, size, origin
+
+
+class TokenMerging:
+    """Mixed into a timm ``VisionTransformer`` subclass by :func:`reduce_tokens`: the forward paths with merging."""
+
+    token_reduction: Dict[str, Any]
+    token_counts: List[int]  # tokens entering each block in the last forward
+    token_merges: List[int]  # tokens merged in each block in the last forward (r after the cap)
+
+    def _merge_blocks(self, x: torch.Tensor, last: Optional[int] = None, take: Sequence[int] = ()
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
+        settings = self.token_reduction
+        prefix = self.num_prefix_tokens
+        origin = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        size: Optional[torch.Tensor] = None
+        counts, merges, taken = [], [], []
+        blocks = list(self.blocks)[: None if last is None else last + 1]
+        for index, block in enumerate(blocks):
+            counts.append(x.shape[1])
+            r = min(settings["r"][index], (x.shape[1] - prefix) // 2)  # at most half the non-prefix tokens
+            merges.append(r)
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x, size, origin = checkpoint(block_forward, block, x, size, origin, r, prefix,
+                                             settings["proportional_attention"], use_reentrant=False)
+            else:
+                x, size, origin = block_forward(block, x, size, origin, r, prefix, settings["proportional_attention"])
+            if index in take:
+                taken.append(x.gather(1, origin[..., None].expand(-1, -1, x.shape[-1])))  # back on the full grid
+        self.token_counts, self.token_merges = counts, merges
+        return x, size, origin, taken
+
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("attn_mask / is_causal: a token-reduced ViT takes neither (merging changes the tokens)")
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        x, size, _, _ = self._merge_blocks(x)
+        self._token_sizes = size
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
+        pool_type = self.global_pool if pool_type is None else pool_type
+        size = getattr(self, "_token_sizes", None)
+        if pool_type == "avg" and size is not None and size.shape[:2] == x.shape[:2]:
+            # a merged token stands for `size` tokens: the mean over the original tokens
+            start = 0 if self.pool_include_prefix else self.num_prefix_tokens
+            weights = size[:, start:, None].to(x.dtype)
+            return (x[:, start:] * weights).sum(dim=1) / weights.sum(dim=1)
+        return super().pool(x, pool_type)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              output_dict: bool = False, attn_mask: Optional[torch.Tensor] = None,
+                              is_causal: bool = False):
+        """timm's ``forward_intermediates``, with each taken block's tokens put back on the full grid (a merged
+        token is copied to every position it stands for), so dense outputs keep their shape."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        if attn_mask is not None or is_causal:
+            raise ValueError("attn_mask / is_causal: a token-reduced ViT takes neither (merging changes the tokens)")
+        take, max_index = take_indices(len(self.blocks), indices)
+        batch, _, height, width = x.shape
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        x, size, _, taken = self._merge_blocks(x, max_index if stop_early else None, take)
+        self._token_sizes = size
+        intermediates = [self.norm(y) if norm else y for y in taken]
+        prefix = self.num_prefix_tokens
+        prefix_tokens = [y[:, :prefix] for y in intermediates] if prefix else None
+        intermediates = [y[:, prefix:] for y in intermediates]
+        if output_fmt == "NCHW":
+            grid_h, grid_w = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [y.reshape(batch, grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
+                             for y in intermediates]
+        if output_dict:
+            result: Dict[str, Any] = {"image_intermediates": intermediates}
+            if prefix_tokens is not None and return_prefix_tokens:
+                result["image_intermediates_prefix"] = prefix_tokens
+            if not intermediates_only:
+                result["image_features"] = self.norm(x)
+            return result
+        if return_prefix_tokens and prefix_tokens is not None:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+
+_REDUCED_CLASSES: Dict[type, type] = {}
+
+
+def _reduced_class(base: type) -> type:
+    if base not in _REDUCED_CLASSES:
+        _REDUCED_CLASSES[base] = type(f"TokenMerging{base.__name__}", (TokenMerging, base),
+                                      {"__module__": __name__})
+    return _REDUCED_CLASSES[base]
+
+
+def _find_vit(model: nn.Module) -> nn.Module:
+    """The ViT itself, also inside timm's ``features_only`` wrapper."""
+    inner = getattr(model, "model", None)
+    if not isinstance(model, VisionTransformer) and isinstance(inner, VisionTransformer):
+        return inner
+    return model
+
+
+def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn.Module:
+    """Apply token reduction to a timm ``VisionTransformer`` in place and return it; ``method=None`` removes it
+    (the original forward, bit for bit).
+
+    Args:
+        model: a timm ``VisionTransformer`` (or subclass: DeiT distilled, ...), or its ``features_only`` wrapper.
+        method: ``"tome"`` or ``None``.
+        options: for ToMe, ``r`` (int, one int per block, or ``(r, inflection)``; default 0) and
+            ``proportional_attention`` (default True).
+
+    Raises ``ValueError`` naming the argument for an unknown method or option, a bad ``r``, a model that is not a
+    timm ViT, or a block layout this module does not run exactly.
+    """
+    vit = _find_vit(model)
+    if method is None:
+        if options:
+            raise ValueError(f"method None takes no options, got {sorted(options)}")
+        original = getattr(vit, "_unreduced_class", None)
+        if original is not None:
+            vit.__class__ = original
+            for name in ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "_token_sizes"):
+                vit.__dict__.pop(name, None)
+        return model
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)} or None, got {method!r} (learned-threshold merging "
+                         "and Token Cropr are not built yet)")
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"model must be a timm VisionTransformer (deit_*, vit_*, ...), got {type(vit).__name__}")
+    unknown = sorted(set(options) - {"r", "proportional_attention"})
+    if unknown:
+        raise ValueError(f"tome takes the options r and proportional_attention, got unknown {unknown}")
+    base = getattr(vit, "_unreduced_class", type(vit))
+    if base.forward_features is not VisionTransformer.forward_features:
+        raise ValueError(f"token reduction runs timm's VisionTransformer.forward_features; {base.__name__} "
+                         "overrides it")
+    if getattr(vit, "attn_pool", None) is not None:
+        raise ValueError(f"{base.__name__} pools with attention (global_pool='map'), which merged tokens would "
+                         "skew; use a token- or average-pooled model")
+    for index, block in enumerate(vit.blocks):
+        check_block(block, index)
+    proportional = options.get("proportional_attention", True)
+    if not isinstance(proportional, bool):
+        raise ValueError(f"proportional_attention must be True or False, got {proportional!r}")
+    schedule = merge_schedule(options.get("r", 0), len(vit.blocks))
+    vit._unreduced_class = base
+    vit.__class__ = _reduced_class(base)
+    vit.token_reduction = {"method": "tome", "r": schedule, "proportional_attention": proportional,
+                           "requested_r": options.get("r", 0)}
+    vit.token_counts, vit.token_merges = [], []
+    return model
+
+
+# --- registered family members ------------------------------------------------------------------------------------
+
+def _cfg(hub_id: str, **kwargs: Any) -> Dict[str, Any]:
+    return {"hf_hub_id": hub_id, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
+            "crop_pct": 0.9, "interpolation": "bicubic", "fixed_input_size": True, "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225), "first_conv": "patch_embed.proj", "classifier": "head",
+            "license": "apache-2.0", "notes": ("timm's weights with ToMe applied: merging needs no training",),
+            **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "vh_deit_tiny_patch16_224_tome.fb_in1k": _cfg("timm/deit_tiny_patch16_224.fb_in1k"),
+    "vh_deit_small_patch16_224_tome.fb_in1k": _cfg("timm/deit_small_patch16_224.fb_in1k"),
+    "vh_deit_base_patch16_224_tome.fb_in1k": _cfg("timm/deit_base_patch16_224.fb_in1k"),
+    "vh_vit_base_patch16_224_tome.augreg2_in21k_ft_in1k": _cfg(
+        "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    "vh_vit_base_patch16_224_tome.mae": _cfg(
+        "timm/vit_base_patch16_224.mae", num_classes=0, license="cc-by-nc-4.0",
+        notes=("MAE pre-training only: no classifier",)),
+    "vh_vit_large_patch16_224_tome.augreg_in21k_ft_in1k": _cfg(
+        "timm/vit_large_patch16_224.augreg_in21k_ft_in1k", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    "vh_vit_large_patch16_224_tome.mae": _cfg(
+        "timm/vit_large_patch16_224.mae", num_classes=0, license="cc-by-nc-4.0",
+        notes=("MAE pre-training only: no classifier",)),
+})
+
+
+def _create_tome(variant: str, pretrained: bool, model_args: Dict[str, Any], r: RSchedule = 13,
+                 proportional_attention: bool = True, **kwargs: Any) -> nn.Module:
+    model = build_model_with_cfg(VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                 feature_cfg=dict(out_indices=3, feature_cls="getter"),
+                                 **dict(model_args, **kwargs))
+    return reduce_tokens(model, "tome", r=r, proportional_attention=proportional_attention)
+
+
+@register_model
+def vh_deit_tiny_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-Ti with ToMe (default r=13 per block)."""
+    return _create_tome("vh_deit_tiny_patch16_224_tome", pretrained,
+                        dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), **kwargs)
+
+
+@register_model
+def vh_deit_small_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-S with ToMe (default r=13 per block: the paper's off-the-shelf ViT-S setting)."""
+    return _create_tome("vh_deit_small_patch16_224_tome", pretrained,
+                        dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), **kwargs)
+
+
+@register_model
+def vh_deit_base_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-B with ToMe (default r=13 per block)."""
+    return _create_tome("vh_deit_base_patch16_224_tome", pretrained,
+                        dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)
+
+
+@register_model
+def vh_vit_base_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-B/16 (AugReg or MAE weights) with ToMe (default r=13 per block)."""
+    return _create_tome("vh_vit_base_patch16_224_tome", pretrained,
+                        dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)
+
+
+@register_model
+def vh_vit_large_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-L/16 (AugReg or MAE weights) with ToMe (default r=7 per block: the paper's off-the-shelf ViT-L
+    setting)."""
+    kwargs.setdefault("r", 7)
+    return _create_tome("vh_vit_large_patch16_224_tome", pretrained,
+                        dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), **kwargs)

@@ -1,0 +1,253 @@
+"""Token reduction (ToMe) on timm ViTs: identity at r=0 over the ViT variants, exact undo, proportional attention as
+duplication, bipartite matching against a per-token loop, caps and schedules, dense outputs, bad input, the
+registered members and the global-attention op it runs on."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import Attention, ParallelScalingBlock
+
+import vithub
+from vithub.backbones.token_reduction import merge_schedule, merge_tokens
+from vithub.kernels import global_attention
+
+# Small timm ViTs covering: class token, distillation token, register tokens + average pooling, LayerScale (DeiT-3,
+# no_embed_class), qk-norm without class token, CLIP pre-norm, gated attention with a scale norm.
+SMALL = dict(img_size=64, embed_dim=48, depth=3, num_heads=3)
+VARIANTS = {
+    "deit": ("deit_small_patch16_224", {}),
+    "deit_distilled": ("deit_small_distilled_patch16_224", {}),
+    "registers_avg": ("vit_base_patch16_reg4_gap_256", {}),
+    "deit3_layerscale": ("deit3_small_patch16_224", {}),
+    "qk_norm_no_cls_avg": ("vit_small_patch16_224", dict(qk_norm=True, class_token=False, global_pool="avg")),
+    "clip_pre_norm": ("vit_base_patch16_clip_224", {}),
+    "gated_scale_norm": ("vit_small_patch16_224", dict(attn_layer="gated", scale_attn_norm=True)),
+}
+
+
+class GatedAttention(Attention):
+    """timm's Attention with its output gate on (timm builds it only through a class)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, gated=True, **kwargs)
+
+
+def _vit(variant, **extra):
+    name, kwargs = VARIANTS[variant]
+    if kwargs.get("attn_layer") == "gated":
+        kwargs = dict(kwargs, attn_layer=GatedAttention)
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **{**SMALL, **kwargs, **extra}).eval()
+    with torch.no_grad():  # random LayerScale gammas (DeiT-3 starts them at 1e-6, which would hide the branches)
+        for module in model.modules():
+            if hasattr(module, "gamma"):
+                module.gamma.normal_()
+    return model
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_r0_is_the_unreduced_model_and_none_undoes_it_bit_for_bit(variant):
+    model = _vit(variant)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images)
+        expected_features = model.forward_intermediates(images, intermediates_only=True)
+        vithub.reduce_tokens(model, "tome", r=0)
+        torch.testing.assert_close(model(images), expected, rtol=0, atol=1e-6)
+        for ours, theirs in zip(model.forward_intermediates(images, intermediates_only=True), expected_features):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+        assert model.token_counts == [16 + model.num_prefix_tokens] * 3 and model.token_merges == [0, 0, 0]
+        vithub.reduce_tokens(model, "tome", r=5)
+        reduced = model(images)
+        assert not torch.allclose(reduced, expected)
+        vithub.reduce_tokens(model, None)
+        assert torch.equal(model(images), expected) and not hasattr(model, "token_reduction")
+    assert type(model).__name__ == timm.create_model(VARIANTS[variant][0], **SMALL).__class__.__name__
+
+
+def test_proportional_attention_is_exact_duplication():
+    """A key of size s with log(s) added to its logits acts as s copies of that key (and value)."""
+    torch.manual_seed(1)
+    q = torch.randn(1, 6, 2, 8, dtype=torch.float64)
+    k = torch.randn(1, 5, 2, 8, dtype=torch.float64)
+    v = torch.randn(1, 5, 2, 3, dtype=torch.float64)
+    sizes = torch.tensor([[1, 3, 2, 1, 4]])
+    duplicated_k = k.repeat_interleave(sizes[0], dim=1)
+    duplicated_v = v.repeat_interleave(sizes[0], dim=1)
+    for backend in ("reference", "torch"):
+        merged = global_attention(q, k, v, key_bias=sizes.double().log(), backend=backend)
+        expected = global_attention(q, duplicated_k, duplicated_v, backend="reference")
+        torch.testing.assert_close(merged, expected)
+
+
+def test_global_attention_backends_agree_and_soft_masks_have_finite_gradients():
+    torch.manual_seed(2)
+    q = torch.randn(2, 4, 3, 8, dtype=torch.float64, requires_grad=True)
+    k, v = torch.randn(2, 7, 3, 8, dtype=torch.float64), torch.randn(2, 7, 3, 5, dtype=torch.float64)
+    bias = torch.randn(2, 7, dtype=torch.float64)
+    weights = torch.rand(2, 7, dtype=torch.float64)
+    weights[:, 2] = 0.0
+    weights.requires_grad_(True)
+    keep = torch.rand(2, 7) > 0.3
+    keep[:, 0] = True
+    for kwargs in ({}, {"key_bias": bias}, {"key_mask": weights}, {"key_mask": keep, "key_bias": bias}):
+        torch.testing.assert_close(global_attention(q, k, v, backend="torch", **kwargs),
+                                   global_attention(q, k, v, backend="reference", **kwargs))
+    # a zero-weight key is left out exactly; its weight still gets a finite gradient
+    out = global_attention(q, k, v, key_mask=weights, backend="torch")
+    dropped = global_attention(q, k[:, [0, 1, 3, 4, 5, 6]], v[:, [0, 1, 3, 4, 5, 6]],
+                               key_mask=weights.detach()[:, [0, 1, 3, 4, 5, 6]], backend="reference")
+    torch.testing.assert_close(out, dropped)
+    out.sum().backward()
+    assert torch.isfinite(weights.grad).all() and weights.grad[:, 2].abs().sum() > 0
+    with pytest.raises(ValueError, match=r"key_bias must be a tensor of shape \(B, tokens\) = \(2, 7\)"):
+        global_attention(q, k, v, key_bias=bias[:, :3])
+    with pytest.raises(ValueError, match="key_mask must be bool"):
+        global_attention(q, k, v, key_mask=keep.long())
+
+
+def _loop_merge(x, sizes, metric, r, prefix):
+    """ToMe written per token: A = even, B = odd positions after the prefix; each A token's best B by cosine
+    similarity; the r A tokens with the highest best similarity (ties: lower index first) merge into their best B
+    by size-weighted average. Returns tokens, sizes and, per original token, the index of the token it ended in,
+    in the order prefix, kept A (ascending), B."""
+    batch, tokens, _ = x.shape
+    out_x, out_size, out_origin = [], [], []
+    for image in range(batch):
+        rest = list(range(prefix, tokens))
+        a_set, b_set = rest[::2], rest[1::2]
+        best = {}
+        for i in a_set:
+            sims = [torch.nn.functional.cosine_similarity(metric[image, i], metric[image, j], dim=0).item()
+                    for j in b_set]
+            top = max(range(len(b_set)), key=lambda n: (sims[n], -n))
+            best[i] = (sims[top], b_set[top])
+        ranked = sorted(a_set, key=lambda i: (-best[i][0], a_set.index(i)))
+        merging = set(ranked[:r])
+        kept = [i for i in a_set if i not in merging]
+        groups = [[i] for i in range(prefix)] + [[i] for i in kept] + [[j] for j in b_set]
+        for i in merging:
+            groups[prefix + len(kept) + b_set.index(best[i][1])].append(i)
+        weight = lambda group: sum(sizes[image, g] for g in group)  # noqa: E731
+        out_x.append(torch.stack([sum(x[image, g] * sizes[image, g] for g in group) / weight(group)
+                                  for group in groups]))
+        out_size.append(torch.stack([weight(group) for group in groups]))
+        where = torch.empty(tokens, dtype=torch.long)
+        for position, group in enumerate(groups):
+            where[group] = position
+        out_origin.append(where)
+    return torch.stack(out_x), torch.stack(out_size), torch.stack(out_origin)
+
+
+@pytest.mark.parametrize("prefix", [0, 1, 2])
+def test_bipartite_merging_matches_a_per_token_loop(prefix):
+    torch.manual_seed(prefix)
+    tokens = 2 * 9 + 1 + prefix  # an odd number of non-prefix tokens: A is one larger than B
+    x = torch.randn(2, tokens, 6, dtype=torch.float64)
+    metric = torch.randn(2, tokens, 4, dtype=torch.float64)
+    sizes = torch.randint(1, 4, (2, tokens)).double()
+    origin = torch.arange(tokens).expand(2, -1)
+    merged, merged_size, where = merge_tokens(x, sizes, origin, 5, prefix, metric)
+    expected, expected_size, expected_where = _loop_merge(x, sizes, metric, 5, prefix)
+    torch.testing.assert_close(merged, expected)
+    torch.testing.assert_close(merged_size, expected_size)
+    assert torch.equal(where, expected_where)
+    assert torch.equal(merged[:, :prefix], x[:, :prefix])  # the prefix never merges and never receives
+    torch.testing.assert_close(merged_size.sum(dim=1), sizes.sum(dim=1))
+
+
+def test_r_is_capped_at_half_the_non_prefix_tokens_and_reported():
+    model = _vit("deit_distilled", depth=4)
+    vithub.reduce_tokens(model, "tome", r=100)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    # 16 patches + class + distillation token: 8, then 4, 2, 1 merges
+    assert model.token_merges == [8, 4, 2, 1] and model.token_counts == [18, 10, 6, 4]
+    assert model._token_sizes.sum().item() == 18
+
+
+def test_merge_schedules():
+    assert merge_schedule(13, 3) == [13, 13, 13]
+    assert merge_schedule([1, 0, 2], 3) == [1, 0, 2]
+    expected = [int(32 + (0 - 32) / 11 * index) for index in range(12)]
+    assert merge_schedule((16, -1), 12) == expected and expected[0] == 32 and expected[-1] == 0
+    assert merge_schedule((10, 0.5), 5) == [int(5 + 2.5 * index) for index in range(5)]
+    for bad, message in ((-1, "r must be >= 0"), ([1, 2], r"one int >= 0 per block \(3 blocks\)"),
+                         ((4, 2.0), r"inflection in \[-1, 1\]"), (True, "r must be an int"), (1.5, "r must be")):
+        with pytest.raises(ValueError, match=message):
+            merge_schedule(bad, 3)
+
+
+def test_merged_model_gives_full_grids_and_keeps_its_merged_tokens_together():
+    model = _vit("deit")
+    vithub.reduce_tokens(model, "tome", r=4)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(images)
+        logits = model(images)
+    assert [tuple(m.shape) for m in maps] == [(2, 48, 4, 4)] * 3
+    assert final.shape == (2, 17 - 4 - 4 - 4, 48) and logits.shape == (2, 1000)
+    # after two merging blocks, the 16 grid positions hold at most 16 - 8 distinct tokens
+    distinct = {tuple(row.tolist()) for row in maps[1][0].flatten(1).T}
+    assert len(distinct) <= 16 - 8
+
+
+def test_average_pooling_weights_merged_tokens_by_size():
+    model = _vit("qk_norm_no_cls_avg")
+    vithub.reduce_tokens(model, "tome", r=6)
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, 3, 64, 64))
+        sizes = model._token_sizes
+        pooled = model.pool(features)
+    torch.testing.assert_close(pooled, (features * sizes[..., None]).sum(1) / sizes.sum(1, keepdim=True))
+    assert not torch.allclose(pooled, features.mean(1))
+
+
+def test_bad_input_is_refused_naming_the_argument():
+    model = _vit("deit")
+    with pytest.raises(ValueError, match="method must be one of"):
+        vithub.reduce_tokens(model, "prune")
+    with pytest.raises(ValueError, match=r"unknown \['rate'\]"):
+        vithub.reduce_tokens(model, "tome", rate=3)
+    with pytest.raises(ValueError, match="r must be >= 0"):
+        vithub.reduce_tokens(model, "tome", r=-2)
+    with pytest.raises(ValueError, match="proportional_attention must be True or False"):
+        vithub.reduce_tokens(model, "tome", proportional_attention="yes")
+    with pytest.raises(ValueError, match="model must be a timm VisionTransformer"):
+        vithub.reduce_tokens(timm.create_model("vh_efficientvit_m0"), "tome", r=1)
+    parallel = timm.create_model("vit_small_patch16_224", block_fn=ParallelScalingBlock, **SMALL)
+    with pytest.raises(ValueError, match="block 0 is ParallelScalingBlock"):
+        vithub.reduce_tokens(parallel, "tome", r=1)
+    pooled = timm.create_model("vit_small_patch16_224", global_pool="map", **SMALL)
+    with pytest.raises(ValueError, match="pools with attention"):
+        vithub.reduce_tokens(pooled, "tome", r=1)
+    dropout = timm.create_model("vit_small_patch16_224", attn_drop_rate=0.1, **SMALL)
+    with pytest.raises(ValueError, match="attention dropout 0.1"):
+        vithub.reduce_tokens(dropout, "tome", r=1)
+    model.blocks[1].extra = torch.nn.Linear(2, 2)  # a part the merged forward would not run
+    with pytest.raises(ValueError, match=r"block 1 \(Block\) has parts token reduction does not run: \['extra'\]"):
+        vithub.reduce_tokens(model, "tome", r=1)
+
+
+def test_registered_member_loads_timm_weights_and_merges(tmp_path):
+    torch.manual_seed(3)
+    reference = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+    save_file(reference.state_dict(), str(tmp_path / "deit_tiny.safetensors"))
+    model = timm.create_model("vh_deit_tiny_patch16_224_tome", pretrained=True, r=0,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "deit_tiny.safetensors"))).eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference(images), rtol=0, atol=1e-5)
+        vithub.reduce_tokens(model, "tome", r=13)
+        model(images)
+    assert model.token_counts[:3] == [197, 184, 171] and model.token_counts[-1] == 197 - 11 * 13
+    assert model.pretrained_cfg["architecture"] == "vh_deit_tiny_patch16_224_tome"
+    assert "vh_deit_small_patch16_224_tome" in timm.list_models("vh_*")
+    assert timm.create_model("vh_vit_large_patch16_224_tome", depth=2, embed_dim=32, num_heads=2,
+                             img_size=32).token_reduction["r"] == [7, 7]
+    assert math.isclose(model.pretrained_cfg["crop_pct"], 0.9)
