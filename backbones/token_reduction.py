@@ -341,6 +341,43 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
     return model
 
 
+def parse_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
+    """``"tome:r=13"``, ``"tome:r=(16,-1),proportional_attention=False"``, ``"tome:r=[1,2,3]"`` → ``(method,
+    options)``; values are Python literals (``true``/``false`` also read as booleans)."""
+    import ast
+
+    method, _, rest = spec.partition(":")
+    options: Dict[str, Any] = {}
+    depth, start = 0, 0
+    parts = []
+    for index, char in enumerate(rest + ","):
+        depth += char in "([" and 1 or 0
+        depth -= char in ")]" and 1 or 0
+        if char == "," and depth == 0:
+            parts.append(rest[start:index])
+            start = index + 1
+    for part in filter(None, (part.strip() for part in parts)):
+        key, equals, value = part.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"token_reduction: expected METHOD:key=value,..., got {spec!r} (part {part!r})")
+        text = {"true": "True", "false": "False"}.get(value.strip().lower(), value.strip())
+        try:
+            options[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as error:
+            raise ValueError(f"token_reduction: {key.strip()}={value.strip()!r} is not a number, list, pair or "
+                             f"boolean (in {spec!r})") from error
+    return method.strip(), options
+
+
+def reduce_tokens_from_spec(model: nn.Module, spec: Optional[str]) -> nn.Module:
+    """:func:`reduce_tokens` with its method and options written as ``vithub train --token-reduction`` takes them
+    (``"tome:r=13"``); ``None`` or ``""`` leaves the model as it is."""
+    if not spec:
+        return model
+    method, options = parse_spec(spec)
+    return reduce_tokens(model, method, **options)
+
+
 # --- registered family members ------------------------------------------------------------------------------------
 
 def _cfg(hub_id: str, **kwargs: Any) -> Dict[str, Any]:

@@ -44,6 +44,7 @@ DEFAULT_BENCH_OUTPUT = {
     "data": "data_readable_samples_cpu.json",
     "detection": "detection_{device}.json",
     "segmentation": "segmentation_{device}.json",
+    "tokens": "token_reduction_{device}.json",
 }
 
 
@@ -90,6 +91,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                            img_size=args.seg_img_size or 512, batch_size=args.seg_batch_size or (16 if on_gpu else 2),
                            repeats=args.repeats or 3, device=args.device,
                            amp=args.amp or ("bfloat16" if on_gpu else None), output=output)
+        return 0
+    if args.target == "tokens":
+        from vithub.bench.token_reduction import DEFAULT_MODELS as TOKEN_MODELS, bench_token_reduction
+
+        bench_token_reduction(models=args.vits or TOKEN_MODELS, r_values=args.r, batch_sizes=args.batch_sizes,
+                              repeats=args.repeats or 3, device=args.device, amp=args.amp, img_size=args.img_size,
+                              output=output)
         return 0
     if args.target == "data":
         from vithub.bench.data import run_data_bench
@@ -193,11 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_pull.set_defaults(func=_cmd_pull)
 
     p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, whole-model throughput, data reading")
-    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data", "detection", "segmentation"],
+    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data", "detection", "segmentation", "tokens"],
                          help="kernels/models: CPU or --device cuda; gpu: Triton vs torch, FlexAttention and timm on "
                               "CUDA, bf16; data: vithub train's image reader against timm's; detection: Mask R-CNN "
                               "train img/s and latency per backbone, vs timm's Swin-T and torchvision's R50-FPN v2; "
-                              "segmentation: UPerNet train img/s and latency per backbone, vs timm's Swin-T")
+                              "segmentation: UPerNet train img/s and latency per backbone, vs timm's Swin-T; tokens: ToMe "
+                              "eval img/s per r vs the same timm ViT unreduced")
     p_bench.add_argument("--output", default=None,
                          help="JSON path ('' for none; default in the current directory: <target>_<device>.json, "
                               "gpu_kernels_<gpu name>.json for gpu)")
@@ -243,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     detection.add_argument("--seg-img-size", type=int, default=None, help="segmentation crop side (default 512)")
     detection.add_argument("--seg-batch-size", type=int, default=None,
                            help="segmentation training batch (default 2 CPU, 16 CUDA)")
+    tokens = p_bench.add_argument_group("tokens (also --batch-sizes, --img-size, --amp)")
+    tokens.add_argument("--vits", nargs="+", default=None,
+                        help="timm ViTs to reduce (default: deit_small_patch16_224 vit_base_patch16_224)")
+    tokens.add_argument("--r", nargs="+", type=int, default=[0, 8, 13, 16], help="ToMe r values, one row each")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -251,3 +251,54 @@ def test_registered_member_loads_timm_weights_and_merges(tmp_path):
     assert timm.create_model("vh_vit_large_patch16_224_tome", depth=2, embed_dim=32, num_heads=2,
                              img_size=32).token_reduction["r"] == [7, 7]
     assert math.isclose(model.pretrained_cfg["crop_pct"], 0.9)
+
+
+def test_token_bench_writes_table_and_json(tmp_path, capsys):
+    from vithub import cli
+
+    output = tmp_path / "tokens.json"
+    assert cli.main(["bench", "tokens", "--vits", "deit_tiny_patch16_224", "--r", "0", "4", "--batch-sizes", "2",
+                     "--img-size", "64", "--repeats", "1", "--output", str(output)]) == 0
+    assert "tome r=4" in capsys.readouterr().out
+    import json
+
+    rows = json.loads(output.read_text())["rows"]
+    assert [row["variant"] for row in rows] == ["timm", "tome r=0", "tome r=4"]
+    assert rows[0]["speed_vs_timm"] == 1.0 and rows[1]["tokens_after_last_block"] == 17
+    assert rows[2]["tokens_after_last_block"] == 17 - 4 - 4 - 4 - 2 - 1  # r=4, capped from the fourth block on
+
+
+def test_training_applies_the_spec_and_publishing_keeps_it(tmp_path):
+    """vithub train --token-reduction trains the reduced model; the run's model, its saved folder and the loaded
+    copy are reduced the same way."""
+    from PIL import Image
+
+    from vithub.publishing import load, model_from_run, save_pretrained
+    from vithub.train import TrainConfig, train
+    from vithub.train.checkpoint import load_state
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for index in range(4):
+                pixels = torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    output = tmp_path / "run"
+    summary = train(TrainConfig(model="deit_tiny_patch16_224", data=str(tmp_path / "data"), epochs=1, batch_size=4,
+                                token_reduction="tome:r=(8,-1)", output=str(output), progress=False))
+    assert summary["epochs"] == 1
+    assert load_state(output / "last.state.pt")["config"]["token_reduction"] == "tome:r=(8,-1)"
+    model, _ = model_from_run(output)
+    schedule = merge_schedule((8, -1), 12)
+    assert model.token_reduction["r"] == schedule
+    folder = save_pretrained(model, tmp_path / "saved")
+    again = load(folder).eval()
+    assert again.token_reduction["r"] == schedule
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(again(images), model.eval()(images))
+    assert again.token_counts[1] == 197 - schedule[0]
+    with pytest.raises(ValueError, match="is not a number, list, pair or boolean"):
+        train(TrainConfig(model="deit_tiny_patch16_224", data=str(tmp_path / "data"), epochs=1, batch_size=4,
+                          token_reduction="tome:r=lots", output=str(tmp_path / "bad"), progress=False))

@@ -58,6 +58,9 @@ class TrainConfig:
                                          "the task's (0.1; segmentation's poly 1.0)")
     layer_decay: Optional[float] = option(None, "layer-wise lr decay (timm group_matcher)")
     drop_path: Optional[float] = option(None)
+    token_reduction: Optional[str] = option(
+        None, "reduce the tokens of a timm ViT while training and in the saved model: METHOD:key=value,..., e.g. "
+        "tome:r=13 or tome:r=(16,-1) (vithub.reduce_tokens)")
     mixup: float = option(0.0)
     cutmix: float = option(0.0)
     smoothing: float = option(0.1)
@@ -107,7 +110,7 @@ class TrainConfig:
 
 # Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
 RESUME_FIXED = ("task", "model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs",
-                "img_size", "task_options")
+                "img_size", "task_options", "token_reduction")
 # Options whose default (None) means "the task's default" (Task.defaults).
 TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "sched", "min_lr",
                   "decay_rate")

@@ -128,6 +128,19 @@ class Task(ABC):
         """The task's part of ``summary.json``."""
 
 
+def apply_model_transform(group_name: str, model: torch.nn.Module, spec: Optional[str]) -> torch.nn.Module:
+    """Apply the installed transform ``group_name`` (an entry point of the ``vithub.model_transforms`` group, e.g.
+    ``token_reduction`` from ``vithub.backbones``) to ``model`` with ``spec``; the trainer reaches it by name, as it
+    reaches tasks, and never imports the package that provides it."""
+    if not spec:
+        return model
+    found = [entry for entry in entry_points(group="vithub.model_transforms") if entry.name == group_name]
+    if not found:
+        raise ValueError(f"{group_name}: no installed package provides it (the vithub.model_transforms entry point; "
+                         "reinstall vithub)")
+    return found[0].load()(model, spec)
+
+
 def data_config_for(config: TrainConfig) -> Dict[str, Any]:
     """The preprocessing of a run, as a timm data config: image folders and dataset specs take the model's pretrained
     cfg (read from a model built on the meta device: no weights are made or downloaded for it), with ``img_size``
@@ -159,7 +172,8 @@ class ClassificationTask(Task):
         kwargs: Dict[str, Any] = {"num_classes": data.num_classes}
         if config.drop_path is not None:
             kwargs["drop_path_rate"] = config.drop_path
-        return timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
+        model = timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
+        return apply_model_transform("token_reduction", model, config.token_reduction)
 
     def training_loss(self, config: TrainConfig, data: DataBundle) -> LossFn:
         mixup = (Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
