@@ -15,8 +15,9 @@
 #                      vh_swin_tiny against timm's Swin-T features and torchvision's R50-FPN v2
 #   segmentation_gpu.json vithub bench segmentation: UPerNet train step (batch 16) and latency at 512x512, bf16,
 #                      with vh_swin_tiny and vh_nat_tiny against timm's Swin-T features
+#   token_reduction_gpu.json vithub bench tokens: ToMe r in {0, 13} vs the same timm DeiT-S/ViT-B, bf16, batch 256
 #   summary.json       every step's exit code, seconds and files
-# The step limits add up to 500 s. A step that fails or runs out of time is recorded and the next one runs. Without a GPU it is a dry run: the same
+# The step limits add up to 530 s. A step that fails or runs out of time is recorded and the next one runs. Without a GPU it is a dry run: the same
 # steps, the CUDA tests skip (and say so), `bench gpu` refuses, and the model rows run on the CPU at batch 2.
 set -uo pipefail
 
@@ -135,6 +136,13 @@ else
 fi
 run segmentation 30 "$python" -m vithub bench segmentation "${segmentation_args[@]}" \
     --output "$out/segmentation_gpu.json"
+
+if [ "$has_gpu" = 1 ]; then
+    tokens_args=(--device cuda --amp bfloat16 --batch-sizes 256 --r 0 13 --repeats 5)
+else
+    tokens_args=(--device cpu --batch-sizes 2 --r 0 13 --repeats 1 --img-size 64 --vits deit_tiny_patch16_224)
+fi
+run tokens 30 "$python" -m vithub bench tokens "${tokens_args[@]}" --output "$out/token_reduction_gpu.json"
 
 "$python" - "$steps_file" "$out/summary.json" "$started" "$has_gpu" <<'PY'
 import json, os, sys, time
