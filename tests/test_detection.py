@@ -509,15 +509,10 @@ def test_official_swin_detection_checkpoint_loads_and_matches_timm(tmp_path):
 
 def test_official_nat_detection_checkpoint_loads(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_nat import official_state_dict
+    from test_nat import NAT_MINI, official_dense_state, official_state_dict
 
-    cfg = dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), kernel_size=7, mlp_ratio=3.0)
-    classification = official_state_dict(cfg, layer_scale=False, num_classes=10)
-    official = {f"backbone.{key}": value.float() for key, value in classification.items()
-                if not key.startswith(("norm.", "head."))}
-    for index, channels in enumerate([64, 128, 256, 512]):
-        official[f"backbone.norm{index}.weight"] = torch.randn(channels)
-        official[f"backbone.norm{index}.bias"] = torch.randn(channels)
+    classification = official_state_dict(NAT_MINI, layer_scale=False, num_classes=10)
+    official = official_dense_state()
     model = create_detector("faster_rcnn", "vh_nat_mini", num_classes=3)
     assert load_official_detection_checkpoint(model, official) == []
     reference = timm.create_model("vh_nat_mini", num_classes=10)
@@ -560,16 +555,10 @@ def test_mm_backbone_registers_and_returns_normed_nchw_levels(monkeypatch):
 def test_mm_backbone_loads_an_official_checkpoint_in_init_weights(tmp_path):
     from safetensors.torch import save_file
 
-    from test_nat import official_state_dict
+    from test_nat import official_dense_state
     from vithub.detection.mm import VithubBackbone
 
-    cfg = dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), kernel_size=7, mlp_ratio=3.0)
-    official = {f"backbone.{key}": value.float().contiguous()
-                for key, value in official_state_dict(cfg, layer_scale=False, num_classes=10, seed=4).items()
-                if not key.startswith(("norm.", "head."))}
-    for index, channels in enumerate([64, 128, 256, 512]):
-        official[f"backbone.norm{index}.weight"] = torch.randn(channels)
-        official[f"backbone.norm{index}.bias"] = torch.randn(channels)
+    official = official_dense_state(seed=4)
     path = tmp_path / "official_nat_mini.safetensors"
     save_file(official, str(path))
     backbone = VithubBackbone("vh_nat_mini", checkpoint=str(path))

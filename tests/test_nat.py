@@ -71,6 +71,22 @@ def official_state_dict(cfg: Dict, layer_scale: bool, num_classes: int, seed: in
     return sd
 
 
+
+NAT_MINI = dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), kernel_size=7, mlp_ratio=3.0)
+
+
+def official_dense_state(seed: int = 0) -> Dict[str, torch.Tensor]:
+    """An official NAT-Mini detection/segmentation backbone in the mmdet/mmseg layout: the classifier's weights
+    under ``backbone.`` (without its final norm and head) and an output LayerNorm ``backbone.norm{i}`` per level."""
+    classification = official_state_dict(NAT_MINI, layer_scale=False, num_classes=10, seed=seed)
+    state = {f"backbone.{key}": value.float().contiguous() for key, value in classification.items()
+             if not key.startswith(("norm.", "head."))}
+    gen = torch.Generator().manual_seed(seed + 1)
+    for index, channels in enumerate([64, 128, 256, 512]):
+        state[f"backbone.norm{index}.weight"] = torch.randn(channels, generator=gen)
+        state[f"backbone.norm{index}.bias"] = torch.randn(channels, generator=gen)
+    return state
+
 def transformers_state_dict(official: Dict[str, torch.Tensor], cfg: Dict, prefix: str) -> Dict[str, torch.Tensor]:
     """The same weights under Hugging Face transformers' NatForImageClassification / DinatForImageClassification
     names: separate query/key/value, layer scale as one (2, dim) tensor."""

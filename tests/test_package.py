@@ -47,8 +47,9 @@ def test_version_is_exposed():
 
 def test_dependencies_point_one_way():
     """backbones import only vithub.kernels and their own _common (no family imports another's file); train imports
-    no other vithub package (it reaches models through timm); detection imports only vithub.train (models come
-    through timm, so it works for any timm model)."""
+    no other vithub package (it reaches models through timm, and token reduction through an entry point); detection
+    and its segmentation package import only vithub.train (models come through timm, so they work for any timm
+    model)."""
     import re
 
     for path in (REPO_ROOT / "backbones").glob("*.py"):
@@ -56,13 +57,13 @@ def test_dependencies_point_one_way():
         absolute = set(re.findall(r"^\s*(?:from|import)\s+(vithub[\w.]*)", text, flags=re.M))
         relative = set(re.findall(r"^\s*from\s+\.(\w*)\s+import", text, flags=re.M))
         assert absolute <= {"vithub.kernels"}, f"{path.name} imports {absolute}"
-        allowed = {"_common"} | ({"efficientvit_mit", "efficientvit_msra", "fastervit", "levit", "nat", "swin", ""}
-                                 if path.name == "__init__.py" else set())
+        allowed = {"_common"} | ({"efficientvit_mit", "efficientvit_msra", "fastervit", "levit", "nat", "swin",
+                                  "token_reduction", ""} if path.name == "__init__.py" else set())
         assert relative <= allowed, f"{path.name} imports .{relative - allowed}"
     for path in (REPO_ROOT / "train").glob("*.py"):
         imports = set(re.findall(r"^\s*(?:from|import)\s+(vithub[\w.]*)", path.read_text(), flags=re.M))
         assert all(name.startswith("vithub.train") for name in imports), f"{path.name} imports {imports}"
-    for path in (REPO_ROOT / "detection").glob("*.py"):
+    for path in (REPO_ROOT / "detection").rglob("*.py"):  # segmentation/ included
         imports = set(re.findall(r"^\s*(?:from|import)\s+(vithub[\w.]*)", path.read_text(), flags=re.M))
         assert all(name.startswith(("vithub.train", "vithub.detection")) for name in imports), \
             f"{path.name} imports {imports}"

@@ -486,17 +486,11 @@ def test_official_upernet_checkpoint_loads_into_a_segmentor(tmp_path):
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_nat import official_state_dict
+    from test_nat import official_dense_state
 
     torch.manual_seed(0)
     segmentor = create_segmentor("vh_nat_mini", 7, head="upernet")
-    cfg = dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), kernel_size=7, mlp_ratio=3.0)
-    official = {f"backbone.{key}": value.float().contiguous()
-                for key, value in official_state_dict(cfg, layer_scale=False, num_classes=10, seed=2).items()
-                if not key.startswith(("norm.", "head."))}
-    for index, channels in enumerate([64, 128, 256, 512]):
-        official[f"backbone.norm{index}.weight"] = torch.randn(channels)
-        official[f"backbone.norm{index}.bias"] = torch.randn(channels)
+    official = official_dense_state(seed=2)
     heads = _official_upernet_names(segmentor)
     official.update(heads)
     official["decode_head.loss_decode.weight"] = torch.ones(1)  # not part of the model: reported as unused

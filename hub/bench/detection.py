@@ -50,10 +50,7 @@ def bench_detection(backbones: Sequence[str] = DEFAULT_BACKBONES, img_size: int 
     """Time a Mask R-CNN training step (forward, backward, AdamW step; images/s) and batch-1 inference (ms) for
     each backbone and torchvision's ResNet-50 FPN v2, candidates round-robin in one run; print the table, write
     JSON to ``output`` and return it. ``img_size`` is the short side of the scale (800 on COCO)."""
-    if amp not in (None, "bfloat16", "float16"):
-        raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {amp!r}")
-    if batch_size < 1 or repeats < 1:
-        raise ValueError("batch_size and repeats must be >= 1")
+    check_bench_arguments(amp, batch_size, repeats)
     torch_device = torch.device(device)
     torch.manual_seed(0)
     models = {name: model.to(torch_device) for name, model in _detectors(backbones, img_size, 80).items()}
@@ -71,6 +68,13 @@ def bench_detection(backbones: Sequence[str] = DEFAULT_BACKBONES, img_size: int 
                "reference": reference, "rows": rows}
     report(output, payload)
     return payload
+
+
+def check_bench_arguments(amp: Optional[str], batch_size: int, repeats: int) -> None:
+    if amp not in (None, "bfloat16", "float16"):
+        raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {amp!r}")
+    if batch_size < 1 or repeats < 1:
+        raise ValueError("batch_size and repeats must be >= 1")
 
 
 def time_training_and_inference(models: Dict[str, torch.nn.Module], loss_of: Callable[[torch.nn.Module], Any],

@@ -9,7 +9,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from .detection import format_table, speed_rows, time_training_and_inference
+from .detection import check_bench_arguments, format_table, speed_rows, time_training_and_inference
 from .timing import device_name, report
 
 DEFAULT_BACKBONES = ("vh_swin_tiny_patch4_window7_224", "vh_nat_tiny", "vh_efficientvit_b1",
@@ -39,10 +39,7 @@ def bench_segmentation(backbones: Sequence[str] = DEFAULT_BACKBONES, head: str =
     one run; print the table, write JSON to ``output`` and return it."""
     from vithub.detection.segmentation import create_segmentor
 
-    if amp not in (None, "bfloat16", "float16"):
-        raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {amp!r}")
-    if batch_size < 1 or repeats < 1:
-        raise ValueError("batch_size and repeats must be >= 1")
+    check_bench_arguments(amp, batch_size, repeats)
     torch_device = torch.device(device)
     torch.manual_seed(0)
     models = {name: create_segmentor(name, NUM_CLASSES, head=head).to(torch_device) for name in backbones}
