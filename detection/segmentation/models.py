@@ -20,7 +20,6 @@ INFERENCE_MODES = ("whole", "slide")
 # Families whose official segmentation results use a light head rather than UPerNet.
 LIGHT_HEAD_PREFIXES = ("vh_efficientvit_b", "vh_efficientvit_l", "vh_levit", "vh_efficientvit_m", "efficientvit",
                        "levit")
-IGNORE_INDEX = 255
 
 
 def default_head(backbone: str) -> str:

@@ -37,7 +37,7 @@ def bench_segmentation(backbones: Sequence[str] = DEFAULT_BACKBONES, head: str =
     """Time a training step (forward, cross-entropy with the auxiliary head, backward, AdamW step; images/s) and
     batch-1 whole-image inference (ms) of ``head`` over each backbone at ``img_size``², candidates round-robin in
     one run; print the table, write JSON to ``output`` and return it."""
-    from vithub.detection.segmentation import create_segmentor
+    from vithub.detection.segmentation import IGNORE_INDEX, create_segmentor
 
     check_bench_arguments(amp, batch_size, repeats)
     torch_device = torch.device(device)
@@ -47,7 +47,7 @@ def bench_segmentation(backbones: Sequence[str] = DEFAULT_BACKBONES, head: str =
 
     def loss_of(model: torch.nn.Module) -> torch.Tensor:
         outputs = model(images)
-        return sum(weight * F.cross_entropy(outputs[key].float(), labels, ignore_index=255)
+        return sum(weight * F.cross_entropy(outputs[key].float(), labels, ignore_index=IGNORE_INDEX)
                    for key, weight in (("out", 1.0), ("aux", 0.4)) if key in outputs)
 
     train_ms, infer_ms = time_training_and_inference(models, loss_of, lambda model: model(images[:1]), repeats,
