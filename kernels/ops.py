@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -230,7 +230,8 @@ def global_attention(
     key_mask: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
     backend: Optional[str] = None,
-) -> torch.Tensor:
+    return_importance: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Every query over every key (a ViT's attention), with two per-key terms that token reduction needs:
     ``a_ij = m_j exp(s_ij + b_j) / sum_k m_k exp(s_ik + b_k)``, ``s_ij = scale * q_i . k_j``.
 
@@ -245,15 +246,19 @@ def global_attention(
             key with a non-zero weight.
         scale: logit scale, default ``head_dim ** -0.5``.
         backend: ``None``, ``"reference"`` (the formula in einsums, float64-capable) or ``"torch"`` (fused SDPA
-            unless the mask is a float weight); no Triton kernel.
+            unless the mask is a float weight or the importance is asked for); no Triton kernel.
+        return_importance: also return each key's importance, the attention it receives averaged over heads and
+            queries, ``mean_{h,i} a_ij`` ``(B, tokens)`` (LTMP's pruning score).
 
     Returns:
-        ``(B, query_tokens, heads, value_dim)``.
+        ``(B, query_tokens, heads, value_dim)``, and with ``return_importance`` the importance as well.
     """
     check_global_attention(q, k, v, key_bias, key_mask)
     softmax_scale = check_scale(scale, q.shape[-1])
     name = select_backend("global_attention", backend, q)
-    return get_backend(name).global_attention(q, k, v, key_bias, key_mask, softmax_scale)
+    out, importance = get_backend(name).global_attention(q, k, v, key_bias, key_mask, softmax_scale,
+                                                         return_importance)
+    return (out, importance) if return_importance else out
 
 
 def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:

@@ -325,3 +325,24 @@ def test_a_block_with_token_sizes_acts_as_the_timm_block_on_duplicated_tokens():
             expected = block(duplicated)[0, first]
             torch.testing.assert_close(ours[image], expected, rtol=1e-5, atol=1e-5)
             assert not torch.allclose(plain[image], expected, atol=1e-3)
+
+
+def test_global_attention_reports_each_keys_importance():
+    """The attention a key receives, averaged over heads and queries (LTMP's pruning score), against a loop."""
+    torch.manual_seed(5)
+    q = torch.randn(2, 4, 3, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 6, 3, 8, dtype=torch.float64), torch.randn(2, 6, 3, 5, dtype=torch.float64)
+    mask = torch.rand(2, 6, dtype=torch.float64)
+    expected = torch.zeros(2, 6, dtype=torch.float64)
+    for b in range(2):
+        for h in range(3):
+            for i in range(4):
+                logits = torch.stack([q[b, i, h] @ k[b, j, h] for j in range(6)]) * 8 ** -0.5
+                weights = logits.exp() * mask[b]
+                expected[b] += weights / weights.sum() / 12
+    for backend in ("reference", "torch"):
+        out, importance = global_attention(q, k, v, key_mask=mask, backend=backend, return_importance=True)
+        torch.testing.assert_close(importance, expected)
+        torch.testing.assert_close(out, global_attention(q, k, v, key_mask=mask, backend=backend))
+    _, plain = global_attention(q, k, v, backend="torch", return_importance=True)
+    torch.testing.assert_close(plain.sum(dim=1), torch.ones(2, dtype=torch.float64))  # each query spreads 1

@@ -209,10 +209,11 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
 
 
 def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor],
-                     key_mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+                     key_mask: Optional[torch.Tensor], scale: float
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``a_ij = m_j exp(s_ij + b_j) / sum_k m_k exp(s_ik + b_k)`` with ``s_ij = scale q_i . k_j``, per head: the
     key bias added to every query's logits, the key mask (bool: keep where True; float: a weight) multiplying the
-    exponentials."""
+    exponentials. Also returns each key's importance, ``mean_{h,i} a_ij``."""
     logits = torch.einsum("bqhc,bkhc->bhqk", q, k) * scale
     if key_bias is not None:
         logits = logits + key_bias[:, None, None, :]
@@ -220,7 +221,7 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias
     if key_mask is not None:
         weights = weights * key_mask.to(weights.dtype)[:, None, None, :]
     probs = weights / weights.sum(dim=-1, keepdim=True)
-    return torch.einsum("bhqk,bkhc->bqhc", probs, v)
+    return torch.einsum("bhqk,bkhc->bqhc", probs, v), probs.mean(dim=(1, 2))
 
 
 class ReferenceBackend(Backend):
@@ -244,5 +245,6 @@ class ReferenceBackend(Backend):
     def relu_linear_attention(self, q, k, v, eps):
         return relu_linear_attention(q, k, v, eps)
 
-    def global_attention(self, q, k, v, key_bias, key_mask, scale):
-        return global_attention(q, k, v, key_bias, key_mask, scale)
+    def global_attention(self, q, k, v, key_bias, key_mask, scale, importance):
+        out, key_importance = global_attention(q, k, v, key_bias, key_mask, scale)
+        return out, key_importance if importance else None

@@ -484,12 +484,14 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
 
 
 def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor],
-                     key_mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+                     key_mask: Optional[torch.Tensor], scale: float,
+                     importance: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Fused SDPA when the key mask is absent or boolean (the key bias, and ``-inf`` for masked keys, as one additive
-    ``(B, 1, 1, N)`` mask); a weighted mask takes the explicit path, where it multiplies the exponentials so its
-    gradient stays finite at 0 (``log`` of the mask in the logits would not)."""
+    ``(B, 1, 1, N)`` mask) and no importance is asked for; otherwise the explicit path, where a weighted mask
+    multiplies the exponentials so its gradient stays finite at 0 (``log`` of the mask in the logits would not), and
+    the attention map gives each key's importance (its mean over heads and queries)."""
     seq_q, seq_k, seq_v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, N, d)
-    if key_mask is None or key_mask.dtype == torch.bool:
+    if not importance and (key_mask is None or key_mask.dtype == torch.bool):
         additive = None
         if key_bias is not None:
             additive = key_bias[:, None, None, :]
@@ -497,13 +499,16 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias
             blocked = torch.zeros_like(key_mask, dtype=q.dtype).masked_fill(~key_mask, float("-inf"))
             additive = blocked[:, None, None, :] if additive is None else additive + blocked[:, None, None, :]
         out = F.scaled_dot_product_attention(seq_q, seq_k, seq_v, attn_mask=additive, scale=scale)
-        return out.transpose(1, 2)
+        return out.transpose(1, 2), None
     logits = (seq_q * scale) @ seq_k.transpose(-1, -2)
     if key_bias is not None:
         logits = logits + key_bias[:, None, None, :]
-    weights = (logits - logits.amax(dim=-1, keepdim=True).detach()).exp() * key_mask[:, None, None, :]
-    out = (weights / weights.sum(dim=-1, keepdim=True)) @ seq_v
-    return out.transpose(1, 2)
+    weights = (logits - logits.amax(dim=-1, keepdim=True).detach()).exp()
+    if key_mask is not None:
+        weights = weights * key_mask.to(weights.dtype)[:, None, None, :]
+    probs = weights / weights.sum(dim=-1, keepdim=True)
+    out = probs @ seq_v
+    return out.transpose(1, 2), probs.mean(dim=(1, 2)) if importance else None
 
 
 class TorchBackend(Backend):
@@ -536,5 +541,5 @@ class TorchBackend(Backend):
     def relu_linear_attention(self, q, k, v, eps):
         return relu_linear_attention(q, k, v, eps)
 
-    def global_attention(self, q, k, v, key_bias, key_mask, scale):
-        return global_attention(q, k, v, key_bias, key_mask, scale)
+    def global_attention(self, q, k, v, key_bias, key_mask, scale, importance):
+        return global_attention(q, k, v, key_bias, key_mask, scale, importance)
