@@ -1,5 +1,5 @@
-"""The kill-and-resume check every task's trainer test runs: train once unbroken, train again, SIGKILL the second run
-after its first step checkpoint (mid-epoch, possibly mid-write), resume it with ``--resume auto``, and compare."""
+"""Run-level checks the trainer tests of every task share. The kill-and-resume check: train once unbroken, train again, SIGKILL the second run
+after its first step checkpoint (mid-epoch, possibly mid-write), resume it with ``--resume auto``, and compare. And a run under torchrun with two CPU processes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -44,3 +45,16 @@ def kill_and_resume(command: Callable[..., List[str]], unbroken: Path, broken: P
                  for name, run in (("unbroken", unbroken), ("broken", broken))}
     assert summaries["broken"]["resumed_from"]
     return summaries
+
+
+def torchrun_two_cpu_processes(train_args: List[str], output: Path) -> dict:
+    """Run ``python -m vithub.train *train_args`` as two CPU processes (gloo) under torchrun; assert it succeeded and
+    that both ranks ended with the same weights; return ``summary.json``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "vithub.train", *train_args]
+    result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+    return summary
