@@ -23,9 +23,11 @@ ToMe applied; ToMe needs no training, so their pretrained cfgs point at timm's H
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from timm.layers import LayerScale
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
@@ -36,7 +38,7 @@ from vithub.kernels import global_attention
 
 from ._common import take_indices
 
-METHODS = ("tome",)
+METHODS = ("tome", "ltmp")
 _BLOCK_PARTS = {"norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"}
 _ATTENTION_PARTS = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"}
 RSchedule = Union[int, Sequence[int], Tuple[int, float]]
@@ -184,12 +186,182 @@ def block_forward(block: Block, x: torch.Tensor, size: Optional[torch.Tensor], o
     return x, size, origin
 
 
+
+# --- LTMP: learned thresholds for merging and pruning -------------------------------------------------------------
+
+def threshold_mask(score: torch.Tensor, threshold: torch.Tensor, tau: float) -> torch.Tensor:
+    """1 where ``score > threshold``, else 0, with the gradient of ``sigmoid((score - threshold) / tau)``: the
+    straight-through estimator that lets a hard decision train its threshold."""
+    soft = torch.sigmoid((score - threshold) / tau)
+    return (score > threshold).to(soft.dtype) + (soft - soft.detach())
+
+
+def ltmp_layout(x: torch.Tensor, prefix: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Reorder the tokens after ``prefix`` as ``[even | odd]`` (ToMe's sets A and B, kept for the whole forward, so
+    the training and inference paths match the same pairs); returns ``x``, each slot's original token index and the
+    size of A."""
+    count = x.shape[1] - prefix
+    order = torch.cat([torch.arange(prefix), prefix + torch.arange(0, count, 2), prefix + torch.arange(1, count, 2)])
+    order = order.to(x.device)
+    return x[:, order], order.expand(x.shape[0], -1), (count + 1) // 2
+
+
+def _threshold_merge(x: torch.Tensor, size: torch.Tensor, alive: torch.Tensor, live: torch.Tensor,
+                     importance: torch.Tensor, k: torch.Tensor, prefix: int, split: int, threshold: torch.Tensor,
+                     tau: float, hard: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LTMP's merging step: each live A token whose best cosine match among the live B tokens is above
+    ``threshold`` merges into it (size-weighted). Returns ``x``, ``size``, the importance of the tokens after the
+    prefix (a B token that took merges is as important as the most important token it stands for) and their
+    liveness after merging (merged A tokens leave)."""
+    a_live, b_live = live[:, prefix:split], live[:, split:]
+    metric = F.normalize(k.mean(dim=2)[:, prefix:].float(), dim=-1)
+    a_count = split - prefix
+    scores = metric[:, :a_count] @ metric[:, a_count:].transpose(-1, -2)
+    scores = scores.masked_fill(~b_live[:, None, :], -2.0)  # below any cosine: a dropped B token takes nothing
+    best, destination = scores.max(dim=-1)
+    can_merge = a_live & b_live.any(dim=1, keepdim=True)
+    best = best.masked_fill(~can_merge, -2.0)
+    if hard:
+        merged = (best > threshold) & can_merge
+        merge_weight = merged.to(size.dtype)
+        unmerged = torch.cat([a_live & ~merged, b_live], dim=1)
+    else:
+        merged_soft = threshold_mask(best, threshold, tau) * can_merge.to(best.dtype)
+        merge_weight = merged_soft.detach().to(size.dtype)
+        unmerged = torch.cat([alive[:, prefix:split] * (1 - merged_soft), alive[:, split:]], dim=1)
+    channels = x.shape[-1]
+    a_x, b_x = x[:, prefix:split], x[:, split:]
+    a_size, b_size = size[:, prefix:split], size[:, split:]
+    moved_size = a_size * merge_weight
+    summed = (b_x * b_size[..., None].to(x.dtype)).scatter_add(
+        1, destination[..., None].expand(-1, -1, channels), a_x * moved_size[..., None].to(x.dtype))
+    summed_size = b_size.scatter_add(1, destination, moved_size)
+    received = torch.zeros_like(b_size).scatter_add(1, destination, merge_weight) > 0
+    # tokens that took no merge are copied, not divided back (x * s / s is not always x in floating point)
+    new_b = torch.where(received[..., None], summed / summed_size[..., None].to(x.dtype), b_x)
+    x = torch.cat([x[:, :split], new_b], dim=1)
+    size = torch.cat([size[:, :split], torch.where(received, summed_size, b_size)], dim=1)
+    a_importance, b_importance = importance[:, :a_count], importance[:, a_count:]
+    b_importance = b_importance.scatter_reduce(1, destination, a_importance * merge_weight.to(importance.dtype),
+                                               reduce="amax", include_self=True)
+    return x, size, torch.cat([a_importance, b_importance], dim=1), unmerged
+
+
+def ltmp_block_forward(block: Block, x: torch.Tensor, size: torch.Tensor, alive: torch.Tensor, a_count: int,
+                       prefix: int, merge_threshold: torch.Tensor, prune_threshold: torch.Tensor, tau: float,
+                       proportional: bool, hard: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One timm ``Block`` with LTMP between attention and MLP, on tokens laid out ``[prefix | A | B]``.
+
+    ``alive`` is the tokens still in the sequence: bool with ``hard`` (inference; False also marks padding), else
+    a 0/1 float carrying the straight-through gradients (training: nothing is removed, dropped tokens are masked
+    out of every later attention). A tokens whose best cosine match in B (keys averaged over heads) exceeds the merge
+    threshold merge into it (size-weighted); then tokens whose importance (attention received, averaged over heads
+    and the live queries) is not above the prune threshold drop. The prefix never merges or drops.
+    """
+    attention = block.attn
+    hidden = block.norm1(x)
+    batch, tokens, _ = hidden.shape
+    gate = attention.gate(hidden).sigmoid() if attention.gate is not None else None
+    qkv = attention.qkv(hidden).reshape(batch, tokens, 3, attention.num_heads, attention.head_dim)
+    q, k, v = qkv.unbind(2)
+    q, k = attention.q_norm(q), attention.k_norm(k)
+    live = alive if hard else alive.detach() > 0.5
+    key_bias = size.log().to(q.dtype) if proportional else None
+    key_mask = alive if hard else alive.to(q.dtype)
+    out, importance = global_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scale=attention.scale,
+                                       return_importance=True, query_mask=live)
+    out = attention.norm(out.reshape(batch, tokens, attention.attn_dim))
+    if gate is not None:
+        out = out * gate
+    x = x + block.drop_path1(block.ls1(attention.proj_drop(attention.proj(out))))
+
+    split = prefix + a_count
+    importance = importance[:, prefix:]
+    if a_count and tokens - split:
+        x, size, importance, unmerged = _threshold_merge(x, size, alive, live, importance, k, prefix, split,
+                                                         merge_threshold, tau, hard)
+    else:  # A or B is empty (inference dropped it all): nothing can merge
+        unmerged = alive[:, prefix:]
+    if hard:
+        rest = unmerged & (importance > prune_threshold)
+    else:
+        rest = unmerged * threshold_mask(importance.float(), prune_threshold, tau)
+    if prefix == 0 and rest.shape[1]:  # no class token to fall back on: each image keeps its most important token
+        still_live = unmerged if hard else unmerged.detach() > 0.5
+        top = importance.float().masked_fill(~still_live, -1.0).argmax(dim=1)
+        rest = torch.where(F.one_hot(top, rest.shape[1]).bool() & still_live, unmerged, rest)
+    alive = torch.cat([alive[:, :prefix], rest], dim=1)
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, size, alive
+
+
+@torch.compiler.disable  # data-dependent sizes: runs eagerly, the blocks around it compile (with graph breaks)
+def compact_tokens(tensors: Sequence[torch.Tensor], alive: torch.Tensor, prefix: int, a_count: int
+                   ) -> Tuple[List[torch.Tensor], torch.Tensor, int]:
+    """Drop what no image of the batch still has: within A and within B, each image's live tokens move to the front
+    in their order and both parts shrink to the batch's longest; the rest is padding (``alive`` False). Returns the
+    gathered ``tensors`` (``(B, N, ...)``), ``alive`` and the new size of A."""
+    parts, kept = [], []
+    for start, stop in ((prefix, prefix + a_count), (prefix + a_count, alive.shape[1])):
+        part_alive = alive[:, start:stop]
+        keep = int(part_alive.sum(dim=1).max()) if part_alive.shape[1] else 0
+        parts.append((~part_alive).to(torch.uint8).argsort(dim=1, stable=True)[:, :keep] + start)
+        kept.append(keep)
+    new_a = kept[0]
+    index = torch.cat([torch.arange(prefix, device=alive.device).expand(alive.shape[0], -1), *parts], dim=1)
+    gathered = [tensor.gather(1, index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(
+        -1, -1, *tensor.shape[2:])) for tensor in tensors]
+    return gathered, alive.gather(1, index), new_a
+
+
+def ltmp_flops_ratio(entering: Sequence[torch.Tensor], leaving: Sequence[torch.Tensor], tokens: int, dim: int
+                     ) -> torch.Tensor:
+    """The LTMP paper's FLOPs ratio per image: the mean over blocks of ``(2 n_in d² + n_in² d + 4 n_out d²) / (6 N
+    d² + N² d)``, ``n_in`` the live tokens entering a block's attention, ``n_out`` those left for its MLP, ``N`` the
+    unreduced count (the linear layers, attention's two matmuls and the MLP, in units of ``2 d² N``)."""
+    full = 6 * tokens * dim ** 2 + tokens ** 2 * dim
+    ratios = [(2 * n_in * dim ** 2 + n_in ** 2 * dim + 4 * n_out * dim ** 2) / full
+              for n_in, n_out in zip(entering, leaving)]
+    return torch.stack(ratios).mean(dim=0)
+
+
 class TokenMerging:
-    """Mixed into a timm ``VisionTransformer`` subclass by :func:`reduce_tokens`: the forward paths with merging."""
+    """Mixed into a timm ``VisionTransformer`` subclass by :func:`reduce_tokens`: the forward paths with token
+    reduction (ToMe, LTMP)."""
 
     token_reduction: Dict[str, Any]
-    token_counts: List[int]  # tokens entering each block in the last forward
-    token_merges: List[int]  # tokens merged in each block in the last forward (r after the cap)
+    token_counts: List[float]  # tokens entering each block in the last forward (LTMP: the mean over the batch)
+    token_merges: List[int]  # ToMe: tokens merged in each block in the last forward (r after the cap)
+    token_reduction_losses: Dict[str, torch.Tensor]  # terms a training step adds to its loss (LTMP: "flops")
+    flops_ratio: float  # LTMP: the FLOPs ratio of the last forward, mean over the batch
+
+    def _ltmp_blocks(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        settings = self.token_reduction
+        prefix = self.num_prefix_tokens
+        tokens, dim = x.shape[1], x.shape[2]
+        x, _, a_count = ltmp_layout(x, prefix)
+        hard = not self.training
+        size = torch.ones(x.shape[:2], dtype=torch.float32, device=x.device)
+        alive = torch.ones(x.shape[:2], dtype=torch.bool if hard else torch.float32, device=x.device)
+        entering, leaving = [], []
+        merge_thresholds, prune_thresholds = self.ltmp_merge_thresholds, self.ltmp_prune_thresholds
+        for index, block in enumerate(self.blocks):
+            entering.append(alive.sum(dim=1, dtype=torch.float32))
+            args = (block, x, size, alive, a_count, prefix, merge_thresholds[index], prune_thresholds[index],
+                    settings["tau"], settings["proportional_attention"], hard)
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x, size, alive = checkpoint(ltmp_block_forward, *args, use_reentrant=False)
+            else:
+                x, size, alive = ltmp_block_forward(*args)
+            leaving.append(alive.sum(dim=1, dtype=torch.float32))
+            if hard:  # what every image dropped leaves the batch: the next block runs on fewer tokens
+                (x, size), alive, a_count = compact_tokens((x, size), alive, prefix, a_count)
+        ratio = ltmp_flops_ratio(entering, leaving, tokens, dim).mean()
+        self.token_counts = torch.stack(entering).mean(dim=1).tolist()
+        self.flops_ratio = float(ratio.detach())
+        self.token_reduction_losses = (
+            {"flops": settings["flops_weight"] * (settings["flops_ratio"] - ratio) ** 2} if self.training else {})
+        return x, size * alive.to(size.dtype)
 
     def _merge_blocks(self, x: torch.Tensor, last: Optional[int] = None, take: Sequence[int] = ()
                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
@@ -218,6 +390,9 @@ class TokenMerging:
         if attn_mask is not None or is_causal:
             raise ValueError("attn_mask / is_causal: a token-reduced ViT takes neither (merging changes the tokens)")
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        if self.token_reduction["method"] == "ltmp":
+            x, self._token_sizes = self._ltmp_blocks(x)
+            return self.norm(x)
         x, size, _, _ = self._merge_blocks(x)
         self._token_sizes = size
         return self.norm(x)
@@ -239,6 +414,10 @@ class TokenMerging:
                               is_causal: bool = False):
         """timm's ``forward_intermediates``, with each taken block's tokens put back on the full grid (a merged
         token is copied to every position it stands for), so dense outputs keep their shape."""
+        if self.token_reduction["method"] == "ltmp":
+            raise ValueError("forward_intermediates / features_only: LTMP drops tokens for good, so there is no full "
+                             "grid to give back; use ToMe (unmerged through its source map) or Cropr with "
+                             "last_layer_fusion=True for dense outputs")
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         if attn_mask is not None or is_causal:
@@ -288,37 +467,96 @@ def _find_vit(model: nn.Module) -> nn.Module:
     return model
 
 
+TOME_OPTIONS = ("r", "proportional_attention")
+LTMP_OPTIONS = ("flops_ratio", "merge_threshold", "prune_threshold", "tau", "flops_weight", "proportional_attention",
+                "train_backbone")
+LTMP_DEFAULTS: Dict[str, Any] = {"merge_threshold": 0.9, "prune_threshold": 0.0, "tau": 0.1, "flops_weight": 10.0,
+                                 "proportional_attention": True, "train_backbone": False}
+_STATE = ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "_token_sizes", "flops_ratio",
+          "token_reduction_losses")
+
+
+def _remove_reduction(vit: nn.Module) -> None:
+    original = getattr(vit, "_unreduced_class", None)
+    if original is None:
+        return
+    vit.__class__ = original
+    for name in ("ltmp_merge_thresholds", "ltmp_prune_thresholds"):
+        if name in vit._parameters:
+            del vit._parameters[name]
+    frozen = vit.__dict__.pop("_requires_grad_before", None)
+    if frozen is not None:
+        for name, parameter in vit.named_parameters():
+            parameter.requires_grad_(frozen[name])
+    for name in _STATE:
+        vit.__dict__.pop(name, None)
+
+
+def _number(options: Dict[str, Any], name: str, low: float, high: float, low_open: bool = False) -> float:
+    value = options[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
+            (low < value if low_open else low <= value) and value <= high):
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"ltmp: {name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def _ltmp_settings(options: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = sorted(set(options) - set(LTMP_OPTIONS))
+    if unknown:
+        raise ValueError(f"ltmp takes the options {list(LTMP_OPTIONS)}, got unknown {unknown}")
+    if "flops_ratio" not in options:
+        raise ValueError("ltmp needs flops_ratio, the FLOPs fraction its thresholds train towards (e.g. 0.7)")
+    settings = {**LTMP_DEFAULTS, **options}
+    for name in ("proportional_attention", "train_backbone"):
+        if not isinstance(settings[name], bool):
+            raise ValueError(f"ltmp: {name} must be True or False, got {settings[name]!r}")
+    settings["flops_ratio"] = _number(settings, "flops_ratio", 0.0, 1.0, low_open=True)
+    settings["merge_threshold"] = _number(settings, "merge_threshold", -2.0, 2.0)
+    settings["prune_threshold"] = _number(settings, "prune_threshold", -1.0, 1.0)
+    settings["tau"] = _number(settings, "tau", 0.0, math.inf, low_open=True)
+    settings["flops_weight"] = _number(settings, "flops_weight", 0.0, math.inf)
+    return {"method": "ltmp", **settings}
+
+
 def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn.Module:
     """Apply token reduction to a timm ``VisionTransformer`` in place and return it; ``method=None`` removes it
-    (the original forward, bit for bit).
+    (the original forward, parameters and ``requires_grad`` flags, bit for bit).
 
     Args:
         model: a timm ``VisionTransformer`` (or subclass: DeiT distilled, ...), or its ``features_only`` wrapper.
-        method: ``"tome"`` or ``None``.
+        method: ``"tome"``, ``"ltmp"`` or ``None``.
         options: for ToMe, ``r`` (int, one int per block, or ``(r, inflection)``; default 0) and
-            ``proportional_attention`` (default True).
+            ``proportional_attention`` (default True). For LTMP, ``flops_ratio`` (the target its thresholds train
+            towards, required), the thresholds' starting values ``merge_threshold`` (0.9) and ``prune_threshold``
+            (0.0), the straight-through temperature ``tau`` (0.1), the weight of the FLOPs loss ``flops_weight``
+            (10), ``proportional_attention`` (True) and ``train_backbone`` (False: every other parameter is frozen).
 
-    Raises ``ValueError`` naming the argument for an unknown method or option, a bad ``r``, a model that is not a
+    Raises ``ValueError`` naming the argument for an unknown method or option, a bad value, a model that is not a
     timm ViT, or a block layout this module does not run exactly.
     """
     vit = _find_vit(model)
     if method is None:
         if options:
             raise ValueError(f"method None takes no options, got {sorted(options)}")
-        original = getattr(vit, "_unreduced_class", None)
-        if original is not None:
-            vit.__class__ = original
-            for name in ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "_token_sizes"):
-                vit.__dict__.pop(name, None)
+        _remove_reduction(vit)
         return model
     if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)} or None, got {method!r} (learned-threshold merging "
-                         "and Token Cropr are not built yet)")
+        raise ValueError(f"method must be one of {list(METHODS)} or None, got {method!r} (Token Cropr is not built "
+                         "yet)")
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"model must be a timm VisionTransformer (deit_*, vit_*, ...), got {type(vit).__name__}")
-    unknown = sorted(set(options) - {"r", "proportional_attention"})
-    if unknown:
-        raise ValueError(f"tome takes the options r and proportional_attention, got unknown {unknown}")
+    if method == "tome":
+        unknown = sorted(set(options) - set(TOME_OPTIONS))
+        if unknown:
+            raise ValueError(f"tome takes the options {list(TOME_OPTIONS)}, got unknown {unknown}")
+        proportional = options.get("proportional_attention", True)
+        if not isinstance(proportional, bool):
+            raise ValueError(f"proportional_attention must be True or False, got {proportional!r}")
+        settings: Dict[str, Any] = {"method": "tome", "r": merge_schedule(options.get("r", 0), len(vit.blocks)),
+                                    "proportional_attention": proportional}
+    else:
+        settings = _ltmp_settings(options)
     base = getattr(vit, "_unreduced_class", type(vit))
     if base.forward_features is not VisionTransformer.forward_features:
         raise ValueError(f"token reduction runs timm's VisionTransformer.forward_features; {base.__name__} "
@@ -326,18 +564,36 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
     if getattr(vit, "attn_pool", None) is not None:
         raise ValueError(f"{base.__name__} pools with attention (global_pool='map'), which merged tokens would "
                          "skew; use a token- or average-pooled model")
+    if method == "ltmp" and vit.global_pool not in ("token", "avg", ""):
+        raise ValueError(f"ltmp: global_pool {vit.global_pool!r} would pool over dropped tokens; use 'token' or "
+                         "'avg'")
     for index, block in enumerate(vit.blocks):
         check_block(block, index)
-    proportional = options.get("proportional_attention", True)
-    if not isinstance(proportional, bool):
-        raise ValueError(f"proportional_attention must be True or False, got {proportional!r}")
-    schedule = merge_schedule(options.get("r", 0), len(vit.blocks))
+    _remove_reduction(vit)
     vit._unreduced_class = base
     vit.__class__ = _reduced_class(base)
-    vit.token_reduction = {"method": "tome", "r": schedule, "proportional_attention": proportional,
-                           "requested_r": options.get("r", 0)}
-    vit.token_counts, vit.token_merges = [], []
+    vit.token_reduction = settings
+    vit.token_counts, vit.token_merges, vit.token_reduction_losses = [], [], {}
+    if method == "ltmp":
+        depth, reference = len(vit.blocks), next(vit.parameters())
+        if not settings["train_backbone"]:
+            vit._requires_grad_before = {name: p.requires_grad for name, p in vit.named_parameters()}
+            vit.requires_grad_(False)
+        vit.ltmp_merge_thresholds = nn.Parameter(torch.full((depth,), settings["merge_threshold"],
+                                                            device=reference.device))
+        vit.ltmp_prune_thresholds = nn.Parameter(torch.full((depth,), settings["prune_threshold"],
+                                                            device=reference.device))
     return model
+
+
+def reduction_config(model: nn.Module) -> Optional[Dict[str, Any]]:
+    """The settings that :func:`reduce_tokens` takes to reduce a fresh model the same way (``method`` plus
+    options; what training learned, such as LTMP's thresholds, lives in the weights), or ``None`` for an unreduced
+    model. Hub configs and run checkpoints store this."""
+    settings = getattr(_find_vit(model), "token_reduction", None)
+    if not settings:
+        return None
+    return {key: (list(value) if isinstance(value, tuple) else value) for key, value in settings.items()}
 
 
 def parse_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
@@ -379,71 +635,110 @@ def reduce_tokens_from_spec(model: nn.Module, spec: Optional[str]) -> nn.Module:
 
 # --- registered family members ------------------------------------------------------------------------------------
 
-def _cfg(hub_id: str, **kwargs: Any) -> Dict[str, Any]:
+_NOTES = {
+    "tome": "timm's weights with ToMe applied: merging needs no training",
+    "ltmp": ("timm's weights; LTMP's thresholds start untrained (merge 0.9, prune 0.0, the paper's starting values): "
+             "train them with `vithub train --token-reduction ltmp:flops_ratio=...`"),
+}
+_ARCHITECTURES = {  # base timm model: (width, depth, heads)
+    "deit_tiny_patch16_224": (192, 12, 3), "deit_small_patch16_224": (384, 12, 6),
+    "deit_base_patch16_224": (768, 12, 12), "vit_base_patch16_224": (768, 12, 12),
+    "vit_large_patch16_224": (1024, 24, 16),
+}
+_WEIGHTS = {  # base timm model: {weights tag: cfg overrides}
+    "deit_tiny_patch16_224": {"fb_in1k": {}},
+    "deit_small_patch16_224": {"fb_in1k": {}},
+    "deit_base_patch16_224": {"fb_in1k": {}},
+    "vit_base_patch16_224": {"augreg2_in21k_ft_in1k": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+                             "mae": {"num_classes": 0, "license": "cc-by-nc-4.0"}},
+    "vit_large_patch16_224": {"augreg_in21k_ft_in1k": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+                              "mae": {"num_classes": 0, "license": "cc-by-nc-4.0"}},
+}
+
+
+def _cfg(hub_id: str, method: str, **kwargs: Any) -> Dict[str, Any]:
+    notes = (_NOTES[method],) + (("MAE pre-training only: no classifier",) if hub_id.endswith(".mae") else ())
     return {"hf_hub_id": hub_id, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
             "crop_pct": 0.9, "interpolation": "bicubic", "fixed_input_size": True, "mean": (0.485, 0.456, 0.406),
             "std": (0.229, 0.224, 0.225), "first_conv": "patch_embed.proj", "classifier": "head",
-            "license": "apache-2.0", "notes": ("timm's weights with ToMe applied: merging needs no training",),
-            **kwargs}
+            "license": "apache-2.0", "notes": notes, **kwargs}
 
 
 default_cfgs = generate_default_cfgs({
-    "vh_deit_tiny_patch16_224_tome.fb_in1k": _cfg("timm/deit_tiny_patch16_224.fb_in1k"),
-    "vh_deit_small_patch16_224_tome.fb_in1k": _cfg("timm/deit_small_patch16_224.fb_in1k"),
-    "vh_deit_base_patch16_224_tome.fb_in1k": _cfg("timm/deit_base_patch16_224.fb_in1k"),
-    "vh_vit_base_patch16_224_tome.augreg2_in21k_ft_in1k": _cfg(
-        "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-    "vh_vit_base_patch16_224_tome.mae": _cfg(
-        "timm/vit_base_patch16_224.mae", num_classes=0, license="cc-by-nc-4.0",
-        notes=("MAE pre-training only: no classifier",)),
-    "vh_vit_large_patch16_224_tome.augreg_in21k_ft_in1k": _cfg(
-        "timm/vit_large_patch16_224.augreg_in21k_ft_in1k", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-    "vh_vit_large_patch16_224_tome.mae": _cfg(
-        "timm/vit_large_patch16_224.mae", num_classes=0, license="cc-by-nc-4.0",
-        notes=("MAE pre-training only: no classifier",)),
+    f"vh_{base}_{method}.{tag}": _cfg(f"timm/{base}.{tag}", method, **overrides)
+    for method in _NOTES for base, tags in _WEIGHTS.items() for tag, overrides in tags.items()
 })
 
 
-def _create_tome(variant: str, pretrained: bool, model_args: Dict[str, Any], r: RSchedule = 13,
-                 proportional_attention: bool = True, **kwargs: Any) -> nn.Module:
-    model = build_model_with_cfg(VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                 feature_cfg=dict(out_indices=3, feature_cls="getter"),
-                                 **dict(model_args, **kwargs))
-    return reduce_tokens(model, "tome", r=r, proportional_attention=proportional_attention)
+def _create(base: str, method: str, pretrained: bool, options: Dict[str, Any], **kwargs: Any) -> nn.Module:
+    """timm's ViT ``base`` (with timm's weights when ``pretrained``), reduced by ``method`` with ``options``; the
+    keyword arguments that are options of the method go to :func:`reduce_tokens`, the rest to the ViT."""
+    names = TOME_OPTIONS if method == "tome" else LTMP_OPTIONS
+    options = {**options, **{name: kwargs.pop(name) for name in list(kwargs) if name in names}}
+    width, depth, heads = _ARCHITECTURES[base]
+    model_args = dict(patch_size=16, embed_dim=width, depth=depth, num_heads=heads)
+    model = build_model_with_cfg(VisionTransformer, f"vh_{base}_{method}", pretrained,
+                                 pretrained_filter_fn=checkpoint_filter_fn,
+                                 feature_cfg=dict(out_indices=3, feature_cls="getter"), **dict(model_args, **kwargs))
+    return reduce_tokens(model, method, **options)
 
 
 @register_model
 def vh_deit_tiny_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """DeiT-Ti with ToMe (default r=13 per block)."""
-    return _create_tome("vh_deit_tiny_patch16_224_tome", pretrained,
-                        dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), **kwargs)
+    return _create("deit_tiny_patch16_224", "tome", pretrained, {"r": 13}, **kwargs)
 
 
 @register_model
 def vh_deit_small_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """DeiT-S with ToMe (default r=13 per block: the paper's off-the-shelf ViT-S setting)."""
-    return _create_tome("vh_deit_small_patch16_224_tome", pretrained,
-                        dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), **kwargs)
+    return _create("deit_small_patch16_224", "tome", pretrained, {"r": 13}, **kwargs)
 
 
 @register_model
 def vh_deit_base_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """DeiT-B with ToMe (default r=13 per block)."""
-    return _create_tome("vh_deit_base_patch16_224_tome", pretrained,
-                        dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)
+    return _create("deit_base_patch16_224", "tome", pretrained, {"r": 13}, **kwargs)
 
 
 @register_model
 def vh_vit_base_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ViT-B/16 (AugReg or MAE weights) with ToMe (default r=13 per block)."""
-    return _create_tome("vh_vit_base_patch16_224_tome", pretrained,
-                        dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)
+    return _create("vit_base_patch16_224", "tome", pretrained, {"r": 13}, **kwargs)
 
 
 @register_model
 def vh_vit_large_patch16_224_tome(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ViT-L/16 (AugReg or MAE weights) with ToMe (default r=7 per block: the paper's off-the-shelf ViT-L
     setting)."""
-    kwargs.setdefault("r", 7)
-    return _create_tome("vh_vit_large_patch16_224_tome", pretrained,
-                        dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), **kwargs)
+    return _create("vit_large_patch16_224", "tome", pretrained, {"r": 7}, **kwargs)
+
+
+@register_model
+def vh_deit_tiny_patch16_224_ltmp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-Ti with LTMP (untrained thresholds; default target FLOPs ratio 0.7)."""
+    return _create("deit_tiny_patch16_224", "ltmp", pretrained, {"flops_ratio": 0.7}, **kwargs)
+
+
+@register_model
+def vh_deit_small_patch16_224_ltmp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-S with LTMP (untrained thresholds; default target FLOPs ratio 0.7)."""
+    return _create("deit_small_patch16_224", "ltmp", pretrained, {"flops_ratio": 0.7}, **kwargs)
+
+
+@register_model
+def vh_deit_base_patch16_224_ltmp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-B with LTMP (untrained thresholds; default target FLOPs ratio 0.7)."""
+    return _create("deit_base_patch16_224", "ltmp", pretrained, {"flops_ratio": 0.7}, **kwargs)
+
+
+@register_model
+def vh_vit_base_patch16_224_ltmp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-B/16 (AugReg or MAE weights) with LTMP (untrained thresholds; default target FLOPs ratio 0.7)."""
+    return _create("vit_base_patch16_224", "ltmp", pretrained, {"flops_ratio": 0.7}, **kwargs)
+
+
+@register_model
+def vh_vit_large_patch16_224_ltmp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-L/16 (AugReg or MAE weights) with LTMP (untrained thresholds; default target FLOPs ratio 0.7)."""
+    return _create("vit_large_patch16_224", "ltmp", pretrained, {"flops_ratio": 0.7}, **kwargs)

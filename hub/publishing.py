@@ -61,10 +61,11 @@ def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: 
         model_config["label_names"] = list(label_names)
     licence = license or model.pretrained_cfg.get("license") or "apache-2.0"
     model_config["pretrained_cfg"] = {"license": licence}
-    reduction = getattr(model, "token_reduction", None)
-    if reduction:  # vithub.reduce_tokens settings: load() applies them again
-        model_config["token_reduction"] = {"method": reduction["method"], "r": list(reduction["r"]),
-                                           "proportional_attention": reduction["proportional_attention"]}
+    from vithub.backbones.token_reduction import reduction_config
+
+    reduction = reduction_config(model)
+    if reduction:  # vithub.reduce_tokens settings: load() applies them again (learned thresholds are in the weights)
+        model_config["token_reduction"] = reduction
     with tempfile.TemporaryDirectory(dir=target, prefix=".saving-") as staging:
         timm.models.save_for_hf(model, staging, model_config=model_config, safe_serialization=True,
                                 data_config=dict(data_config) if data_config else None)
@@ -287,13 +288,13 @@ def _load_repo_folder(folder: Path, model_kwargs: Dict[str, Any]) -> torch.nn.Mo
         raise HubError(f"{folder}/config.json: architecture {config.get('architecture')!r} is not a registered "
                        "timm model (a vh_* name needs `import vithub`; is vithub older than the repo?)")
     model = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=False, **model_kwargs)
-    load_verified(model, read_weights(folder), str(folder))
     reduction = config.get("token_reduction")
-    if reduction:
+    if reduction:  # before the weights: a reduction may own parameters (LTMP's thresholds)
         from vithub.backbones.token_reduction import reduce_tokens
 
         options = {key: value for key, value in reduction.items() if key != "method"}
         reduce_tokens(model, reduction["method"], **options)
+    load_verified(model, read_weights(folder), str(folder))
     return model
 
 
@@ -383,11 +384,11 @@ def model_from_checkpoint(path: Union[str, Path], model_name: Optional[str] = No
     config = config_from_args(state["config"]) if state.get("config") else TrainConfig(model=name)
     head = {"num_classes": state["num_classes"]} if "num_classes" in state else _classifier_width(name, weights)
     model = timm.create_model(name, **{**head, **model_kwargs})
-    load_verified(model, weights, str(path))
-    if config.token_reduction:  # the run trained a token-reduced model: publish it reduced the same way
-        from vithub.backbones.token_reduction import reduce_tokens_from_spec
+    if config.token_reduction:  # the run trained a token-reduced model: publish it reduced the same way (before the
+        from vithub.backbones.token_reduction import reduce_tokens_from_spec  # weights: LTMP's thresholds are some)
 
         reduce_tokens_from_spec(model, config.token_reduction)
+    load_verified(model, weights, str(path))
     card: Dict[str, Any] = {"data_config": data_config_for(config) if state else None}
     if card["data_config"]:  # so resolve_data_config(model=...) gives the run's preprocessing, as after a pull
         model.pretrained_cfg = {**model.pretrained_cfg, **card["data_config"]}

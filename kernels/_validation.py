@@ -233,9 +233,9 @@ def check_gathered_bias(bias: torch.Tensor, q: torch.Tensor, k: torch.Tensor) ->
 
 
 def check_global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor],
-                           key_mask: Optional[torch.Tensor]) -> None:
+                           key_mask: Optional[torch.Tensor], query_mask: Optional[torch.Tensor] = None) -> None:
     """Shapes of :func:`vithub.kernels.global_attention`: q ``(B, Nq, heads, d)``, k ``(B, N, heads, d)``, v ``(B, N,
-    heads, dv)``, key_bias and key_mask ``(B, N)``."""
+    heads, dv)``, key_bias and key_mask ``(B, N)``, query_mask ``(B, Nq)``."""
     form = "(B, tokens, heads, head_dim)"
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, tensor, form, 4)
@@ -248,16 +248,18 @@ def check_global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
                          f"{tuple(k.shape[:3])}, got {tuple(v.shape)}")
     for name, tensor in (("k", k), ("v", v)):
         _check_like(name, tensor, q)
-    for name, tensor in (("key_bias", key_bias), ("key_mask", key_mask)):
+    for name, tensor in (("key_bias", key_bias), ("key_mask", key_mask), ("query_mask", query_mask)):
         if tensor is None:
             continue
-        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != (batch, tokens):
+        expected = (batch, q.shape[1]) if name == "query_mask" else (batch, tokens)
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise ValueError(f"{name} must be a tensor of shape (B, tokens) = {(batch, tokens)}, got {shape}")
+            what = "(B, query_tokens)" if name == "query_mask" else "(B, tokens)"
+            raise ValueError(f"{name} must be a tensor of shape {what} = {expected}, got {shape}")
         if tensor.device != q.device:
             raise ValueError(f"{name} must be on the same device as q ({q.device}), got {tensor.device}")
         if name == "key_bias" and tensor.dtype != q.dtype:
             raise ValueError(f"key_bias must have the same dtype as q ({q.dtype}), got {tensor.dtype}")
-        if name == "key_mask" and tensor.dtype not in (torch.bool, q.dtype):
-            raise ValueError(f"key_mask must be bool (keep where True) or q's dtype {q.dtype} (weights in [0, 1]), "
+        if name in ("key_mask", "query_mask") and tensor.dtype not in (torch.bool, q.dtype):
+            raise ValueError(f"{name} must be bool (keep where True) or q's dtype {q.dtype} (weights in [0, 1]), "
                              f"got {tensor.dtype}")

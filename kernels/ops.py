@@ -231,6 +231,7 @@ def global_attention(
     scale: Optional[float] = None,
     backend: Optional[str] = None,
     return_importance: bool = False,
+    query_mask: Optional[torch.Tensor] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Every query over every key (a ViT's attention), with two per-key terms that token reduction needs:
     ``a_ij = m_j exp(s_ij + b_j) / sum_k m_k exp(s_ik + b_k)``, ``s_ij = scale * q_i . k_j``.
@@ -249,15 +250,20 @@ def global_attention(
             unless the mask is a float weight or the importance is asked for); no Triton kernel.
         return_importance: also return each key's importance, the attention it receives averaged over heads and
             queries, ``mean_{h,i} a_ij`` ``(B, tokens)`` (LTMP's pruning score).
+        query_mask: ``(B, query_tokens)``, bool or weights in q's dtype, only with ``return_importance``: the mean
+            over queries becomes ``sum_i w_i a_ij / sum_i w_i``, so padded or masked-out tokens' rows do not count
+            (each query still needs a non-zero weight somewhere in its row of the batch: ``sum_i w_i > 0``).
 
     Returns:
         ``(B, query_tokens, heads, value_dim)``, and with ``return_importance`` the importance as well.
     """
-    check_global_attention(q, k, v, key_bias, key_mask)
+    check_global_attention(q, k, v, key_bias, key_mask, query_mask)
+    if query_mask is not None and not return_importance:
+        raise ValueError("query_mask only weights the importance; pass it with return_importance=True")
     softmax_scale = check_scale(scale, q.shape[-1])
     name = select_backend("global_attention", backend, q)
     out, importance = get_backend(name).global_attention(q, k, v, key_bias, key_mask, softmax_scale,
-                                                         return_importance)
+                                                         return_importance, query_mask)
     return (out, importance) if return_importance else out
 
 

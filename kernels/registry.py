@@ -82,8 +82,8 @@ class Backend:
         raise NotImplementedError(f"the {self.name} backend has no relu_linear_attention")
 
     def global_attention(self, q: Tensor, k: Tensor, v: Tensor, key_bias: Optional[Tensor],
-                         key_mask: Optional[Tensor], scale: float,
-                         importance: bool) -> Tuple[Tensor, Optional[Tensor]]:
+                         key_mask: Optional[Tensor], scale: float, importance: bool,
+                         query_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         raise NotImplementedError(f"the {self.name} backend has no global_attention")
 
     # Gradients for the registered custom ops' backward ops, which must recompute what they need (a custom op keeps

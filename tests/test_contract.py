@@ -29,10 +29,18 @@ def test_forward_backward(vh_name):
 
 
 def test_features_only(vh_name):
+    if contract.refuses_dense_outputs(vh_name):
+        with pytest.raises(ValueError, match="no full grid"):
+            contract.check_features_only(vh_name, contract.contract_input(vh_name))
+        return
     contract.check_features_only(vh_name, contract.contract_input(vh_name))
 
 
 def test_forward_intermediates(vh_name):
+    if contract.refuses_dense_outputs(vh_name):
+        with pytest.raises(ValueError, match="no full grid"):
+            contract.check_forward_intermediates(contract.make_model(vh_name), contract.contract_input(vh_name))
+        return
     contract.check_forward_intermediates(contract.make_model(vh_name), contract.contract_input(vh_name))
 
 
@@ -58,7 +66,8 @@ def test_odd_input_sizes(vh_name):
 
 
 def test_torch_compile(vh_name):
-    contract.check_torch_compile(contract.make_model(vh_name), contract.contract_input(vh_name))
+    contract.check_torch_compile(contract.make_model(vh_name), contract.contract_input(vh_name),
+                                 fullgraph=not vh_name.endswith(contract.GRAPH_BREAK_SUFFIXES))
 
 
 # --- the suite checks itself on timm's own models, so it is known to pass a good model and fail a broken one -------

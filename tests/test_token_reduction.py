@@ -346,3 +346,188 @@ def test_global_attention_reports_each_keys_importance():
         torch.testing.assert_close(out, global_attention(q, k, v, key_mask=mask, backend=backend))
     _, plain = global_attention(q, k, v, backend="torch", return_importance=True)
     torch.testing.assert_close(plain.sum(dim=1), torch.ones(2, dtype=torch.float64))  # each query spreads 1
+    # with a query mask, masked-out queries' rows do not count: the same as dropping those queries
+    query_mask = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    for backend in ("reference", "torch"):
+        _, weighted = global_attention(q, k, v, key_mask=mask, backend=backend, return_importance=True,
+                                       query_mask=query_mask)
+        for b in range(2):
+            _, alone = global_attention(q[b:b + 1, query_mask[b]], k[b:b + 1], v[b:b + 1], key_mask=mask[b:b + 1],
+                                        backend="reference", return_importance=True)
+            torch.testing.assert_close(weighted[b], alone[0])
+    with pytest.raises(ValueError, match="query_mask"):
+        global_attention(q, k, v, query_mask=query_mask)
+    with pytest.raises(ValueError, match="query_mask must be a tensor of shape"):
+        global_attention(q, k, v, return_importance=True, query_mask=query_mask[:, :3])
+
+
+# --- LTMP ---------------------------------------------------------------------------------------------------------
+
+KEEP_ALL = dict(merge_threshold=2.0, prune_threshold=-1.0)  # above any cosine, below any importance
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ltmp_keeping_everything_is_the_unreduced_model_and_none_undoes_it(variant):
+    model = _vit(variant)
+    images = torch.randn(2, 3, 64, 64)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        expected = model(images)
+        vithub.reduce_tokens(model, "ltmp", flops_ratio=0.7, **KEEP_ALL)
+        torch.testing.assert_close(model(images), expected, rtol=0, atol=1e-6)
+        assert model.flops_ratio == 1.0 and model.token_counts == [16.0 + model.num_prefix_tokens] * 3
+        model.train()
+        torch.testing.assert_close(model(images), expected, rtol=0, atol=1e-6)  # the soft path, masks all 1
+        model.eval()
+        vithub.reduce_tokens(model, None)
+        assert torch.equal(model(images), expected)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert list(model.state_dict()) == keys and not hasattr(model, "flops_ratio")
+
+
+def _ltmp_model(variant, **options):
+    """A small ViT with peaked attention (random timm weights attend almost uniformly, so importance would not tell
+    tokens apart) and thresholds at which each image merges and prunes a different number of tokens."""
+    model = _vit(variant)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(20)
+    return vithub.reduce_tokens(model, "ltmp", **{"flops_ratio": 0.5, "merge_threshold": 0.5,
+                                                  "prune_threshold": 0.04, **options})
+
+
+@pytest.mark.parametrize("variant", ["deit", "qk_norm_no_cls_avg", "deit_distilled"])
+def test_ltmp_batched_inference_equals_each_image_alone(variant):
+    model = _ltmp_model(variant)
+    images = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        batched = model(images)
+        alone, counts = [], []
+        for image in images:
+            alone.append(model(image[None]))
+            counts.append(model.token_counts)
+    torch.testing.assert_close(batched, torch.cat(alone), rtol=1e-5, atol=1e-5)
+    assert len({tuple(count) for count in counts}) > 1, "every image kept the same tokens: padding untested"
+    assert all(count[-1] < count[0] for count in counts), "nothing was merged or pruned"
+
+
+@pytest.mark.parametrize("variant", ["deit", "qk_norm_no_cls_avg"])
+def test_ltmp_training_path_gives_the_inference_result_in_its_forward(variant):
+    """Training keeps every token and masks the dropped ones out of attention (the straight-through masks are exact
+    0/1 in the forward); inference removes them. Both see the same tokens, so their logits and FLOPs agree."""
+    model = _ltmp_model(variant)
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        hard = model.eval()(images)
+        hard_ratio, hard_counts = model.flops_ratio, model.token_counts
+        soft = model.train()(images)
+    torch.testing.assert_close(soft, hard, rtol=1e-5, atol=1e-5)
+    assert math.isclose(model.flops_ratio, hard_ratio, rel_tol=1e-6) and hard_ratio < 0.9
+    assert model.token_counts == pytest.approx(hard_counts)
+
+
+def test_ltmp_only_the_thresholds_receive_gradients():
+    model = _ltmp_model("deit")
+    model.train()
+    logits = model(torch.randn(4, 3, 64, 64))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])) + sum(
+        model.token_reduction_losses.values())
+    loss.backward()
+    with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {"ltmp_merge_thresholds", "ltmp_prune_thresholds"}
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == with_grad
+    assert model.ltmp_prune_thresholds.grad.abs().sum() > 0 and model.ltmp_merge_thresholds.grad.abs().sum() > 0
+    unfrozen = vithub.reduce_tokens(_vit("deit"), "ltmp", flops_ratio=0.5, train_backbone=True)
+    unfrozen.train()(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert unfrozen.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_ltmp_flops_ratio_follows_the_paper_and_its_loss_moves_the_thresholds():
+    model = _ltmp_model("deit")
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(image)
+    entering = model.token_counts
+    leaving = entering[1:] + [int((model._token_sizes > 0).sum())]
+    n, d = 17, model.embed_dim
+    expected = sum((2 * a * d * d + a * a * d + 4 * b * d * d) / (6 * n * d * d + n * n * d)
+                   for a, b in zip(entering, leaving)) / 3
+    assert math.isclose(model.flops_ratio, expected, rel_tol=1e-6) and expected < 1.0
+    # the FLOPs loss alone (λ(target - r)²) pushes the thresholds towards dropping more tokens
+    model = _vit("deit")
+    vithub.reduce_tokens(model, "ltmp", flops_ratio=0.4, **KEEP_ALL | {"prune_threshold": 0.0})
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.train()
+    images = torch.randn(4, 3, 64, 64)
+    model(images)
+    start = model.flops_ratio
+    for _ in range(20):
+        optimizer.zero_grad()
+        model(images)
+        model.token_reduction_losses["flops"].backward()
+        optimizer.step()
+    model(images)
+    assert start == 1.0 and model.flops_ratio < 0.9
+
+
+def test_ltmp_bad_input_and_dense_outputs_are_refused():
+    model = _vit("deit")
+    with pytest.raises(ValueError, match="ltmp needs flops_ratio"):
+        vithub.reduce_tokens(model, "ltmp")
+    with pytest.raises(ValueError, match=r"flops_ratio must be a number in \(0.0, 1.0\]"):
+        vithub.reduce_tokens(model, "ltmp", flops_ratio=1.5)
+    with pytest.raises(ValueError, match=r"tau must be a number in \(0.0, inf\]"):
+        vithub.reduce_tokens(model, "ltmp", flops_ratio=0.5, tau=0)
+    with pytest.raises(ValueError, match=r"unknown \['r'\]"):
+        vithub.reduce_tokens(model, "ltmp", flops_ratio=0.5, r=3)
+    with pytest.raises(ValueError, match="train_backbone must be True or False"):
+        vithub.reduce_tokens(model, "ltmp", flops_ratio=0.5, train_backbone=1)
+    max_pooled = timm.create_model("vit_small_patch16_224", global_pool="max", class_token=False, **SMALL)
+    with pytest.raises(ValueError, match="global_pool 'max' would pool over dropped tokens"):
+        vithub.reduce_tokens(max_pooled, "ltmp", flops_ratio=0.5)
+    vithub.reduce_tokens(model, "ltmp", flops_ratio=0.5)
+    with pytest.raises(ValueError, match="LTMP drops tokens for good"):
+        model.forward_intermediates(torch.randn(1, 3, 64, 64))
+
+
+def test_ltmp_members_train_their_thresholds_and_publishing_keeps_them(tmp_path):
+    """vithub train --token-reduction ltmp:... trains the thresholds only, logs the FLOPs ratio, and the published
+    model comes back with the same reduction and the learned thresholds."""
+    import json
+
+    from PIL import Image
+
+    from vithub.publishing import load, model_from_run, save_pretrained
+    from vithub.train import TrainConfig, train
+    from vithub.train.checkpoint import load_state
+
+    member = timm.create_model("vh_deit_tiny_patch16_224_ltmp", depth=2, img_size=32)
+    assert member.token_reduction["flops_ratio"] == 0.7 and "untrained" in member.pretrained_cfg["notes"][0]
+    assert "vh_vit_large_patch16_224_ltmp" in timm.list_models("vh_*")
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for index in range(4):
+                Image.fromarray(torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8).numpy()).save(
+                    folder / f"{index}.png")
+    output = tmp_path / "run"
+    train(TrainConfig(model="deit_tiny_patch16_224", data=str(tmp_path / "data"), epochs=1, batch_size=4, lr=0.05,
+                      token_reduction="ltmp:flops_ratio=0.5,prune_threshold=0.004", output=str(output),
+                      progress=False))
+    row = json.loads((output / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 < row["flops_ratio"] <= 1.0
+    model, _ = model_from_run(output)
+    fresh = vithub.reduce_tokens(timm.create_model("deit_tiny_patch16_224", num_classes=2), "ltmp",
+                                 flops_ratio=0.5, prune_threshold=0.004)
+    assert not torch.equal(model.ltmp_prune_thresholds, fresh.ltmp_prune_thresholds)  # they trained
+    optimizer = load_state(output / "last.state.pt")["optimizer"]
+    trained = [index for group in optimizer["param_groups"] for index in group["params"]]
+    assert len(trained) == 2 and len(optimizer["state"]) == 2  # the two threshold vectors, nothing else
+    again = load(save_pretrained(model, tmp_path / "saved")).eval()
+    assert again.token_reduction == model.token_reduction
+    assert torch.equal(again.ltmp_prune_thresholds, model.ltmp_prune_thresholds)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(again(images), model.eval()(images))

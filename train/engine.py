@@ -367,7 +367,8 @@ def end_epoch(run: Run) -> None:
     if run.wandb is not None:
         run.wandb.log_epoch(row)
     columns = run.task.epoch_columns(metrics)
-    shown = " ".join(f"{key} {columns[key]:.3f}" for key in ("val_loss", *run.task.curve_metrics) if key in columns)
+    shown = " ".join(f"{key} {columns[key]:.3f}" for key in ("val_loss", *run.task.curve_metrics, "flops_ratio")
+                     if key in columns)
     print(f"epoch {progress.epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} {shown}", flush=True)
 
 

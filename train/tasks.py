@@ -141,6 +141,26 @@ def apply_model_transform(group_name: str, model: torch.nn.Module, spec: Optiona
     return found[0].load()(model, spec)
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def auxiliary_loss(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus the terms the model's last training forward asked for in ``token_reduction_losses`` (LTMP's
+    FLOPs target, Cropr's auxiliary heads); ``loss`` unchanged for any other model."""
+    extra = getattr(unwrapped(model), "token_reduction_losses", None)
+    if not extra:
+        return loss
+    return loss + sum(term.to(loss.dtype) for term in extra.values())
+
+
 def data_config_for(config: TrainConfig) -> Dict[str, Any]:
     """The preprocessing of a run, as a timm data config: image folders and dataset specs take the model's pretrained
     cfg (read from a model built on the meta device: no weights are made or downloaded for it), with ``img_size``
@@ -186,7 +206,7 @@ class ClassificationTask(Task):
                 images, labels = mixup(images, labels)
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            return criterion(model(images), labels)
+            return auxiliary_loss(model, criterion(model(images), labels))
 
         return loss
 
@@ -198,7 +218,7 @@ class ClassificationTask(Task):
         ``unreadable`` under ``"val"``."""
         model.eval()
         correct1 = correct5 = seen = 0
-        loss_sum = 0.0
+        loss_sum = flops_sum = 0.0
         for images, labels, *rest in loader:
             if rest and unreadable is not None:
                 unreadable.record("val", rest[0])
@@ -208,6 +228,7 @@ class ClassificationTask(Task):
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             logits = model(images)
+            flops_sum += getattr(unwrapped(model), "flops_ratio", 1.0) * len(labels)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == labels).sum().item()
@@ -215,10 +236,16 @@ class ClassificationTask(Task):
             seen += len(labels)
         if seen == 0:
             raise TrainingError("evaluation: no readable validation image")
-        return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss_sum / seen}
+        metrics = {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss_sum / seen}
+        if hasattr(unwrapped(model), "flops_ratio"):  # a token-reduced model (LTMP): the FLOPs it kept
+            metrics["flops_ratio"] = flops_sum / seen
+        return metrics
 
     def epoch_columns(self, metrics: Dict[str, float]) -> Dict[str, float]:
-        return {"val_loss": metrics["loss"], "top1": metrics["top1"], "top5": metrics["top5"]}
+        columns = {"val_loss": metrics["loss"], "top1": metrics["top1"], "top5": metrics["top5"]}
+        if "flops_ratio" in metrics:
+            columns["flops_ratio"] = metrics["flops_ratio"]
+        return columns
 
     def summary(self, history: List[Dict[str, Any]], best: List[Dict[str, Any]]) -> Dict[str, Any]:
         return {"top1": history[-1]["top1"], "top5": history[-1]["top5"],

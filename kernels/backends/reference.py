@@ -209,11 +209,12 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
 
 
 def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor],
-                     key_mask: Optional[torch.Tensor], scale: float
+                     key_mask: Optional[torch.Tensor], scale: float, query_mask: Optional[torch.Tensor] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``a_ij = m_j exp(s_ij + b_j) / sum_k m_k exp(s_ik + b_k)`` with ``s_ij = scale q_i . k_j``, per head: the
     key bias added to every query's logits, the key mask (bool: keep where True; float: a weight) multiplying the
-    exponentials. Also returns each key's importance, ``mean_{h,i} a_ij``."""
+    exponentials. Also returns each key's importance, ``mean_h sum_i w_i a_ij / sum_i w_i`` (``w`` the query mask,
+    all ones by default)."""
     logits = torch.einsum("bqhc,bkhc->bhqk", q, k) * scale
     if key_bias is not None:
         logits = logits + key_bias[:, None, None, :]
@@ -221,7 +222,13 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias
     if key_mask is not None:
         weights = weights * key_mask.to(weights.dtype)[:, None, None, :]
     probs = weights / weights.sum(dim=-1, keepdim=True)
-    return torch.einsum("bhqk,bkhc->bqhc", probs, v), probs.mean(dim=(1, 2))
+    if query_mask is None:
+        importance = probs.mean(dim=(1, 2))
+    else:
+        query_weights = query_mask.to(probs.dtype)
+        importance = (torch.einsum("bhqk,bq->bk", probs, query_weights) / probs.shape[1]
+                      / query_weights.sum(dim=1, keepdim=True))
+    return torch.einsum("bhqk,bkhc->bqhc", probs, v), importance
 
 
 class ReferenceBackend(Backend):
@@ -245,6 +252,6 @@ class ReferenceBackend(Backend):
     def relu_linear_attention(self, q, k, v, eps):
         return relu_linear_attention(q, k, v, eps)
 
-    def global_attention(self, q, k, v, key_bias, key_mask, scale, importance):
-        out, key_importance = global_attention(q, k, v, key_bias, key_mask, scale)
+    def global_attention(self, q, k, v, key_bias, key_mask, scale, importance, query_mask):
+        out, key_importance = global_attention(q, k, v, key_bias, key_mask, scale, query_mask)
         return out, key_importance if importance else None

@@ -484,8 +484,8 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
 
 
 def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor],
-                     key_mask: Optional[torch.Tensor], scale: float,
-                     importance: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                     key_mask: Optional[torch.Tensor], scale: float, importance: bool = False,
+                     query_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Fused SDPA when the key mask is absent or boolean (the key bias, and ``-inf`` for masked keys, as one additive
     ``(B, 1, 1, N)`` mask) and no importance is asked for; otherwise the explicit path, where a weighted mask
     multiplies the exponentials so its gradient stays finite at 0 (``log`` of the mask in the logits would not), and
@@ -508,7 +508,13 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias
         weights = weights * key_mask.to(weights.dtype)[:, None, None, :]
     probs = weights / weights.sum(dim=-1, keepdim=True)
     out = probs @ seq_v
-    return out.transpose(1, 2), probs.mean(dim=(1, 2)) if importance else None
+    if not importance:
+        return out.transpose(1, 2), None
+    if query_mask is None:
+        return out.transpose(1, 2), probs.mean(dim=(1, 2))
+    query_weights = query_mask.to(probs.dtype)
+    received = (query_weights[:, None, :] @ probs.sum(dim=1)).squeeze(1)  # (B, keys): sum_i w_i sum_h a_hij
+    return out.transpose(1, 2), received / (probs.shape[1] * query_weights.sum(dim=1, keepdim=True))
 
 
 class TorchBackend(Backend):
@@ -541,5 +547,5 @@ class TorchBackend(Backend):
     def relu_linear_attention(self, q, k, v, eps):
         return relu_linear_attention(q, k, v, eps)
 
-    def global_attention(self, q, k, v, key_bias, key_mask, scale, importance):
-        return global_attention(q, k, v, key_bias, key_mask, scale, importance)
+    def global_attention(self, q, k, v, key_bias, key_mask, scale, importance, query_mask):
+        return global_attention(q, k, v, key_bias, key_mask, scale, importance, query_mask)
