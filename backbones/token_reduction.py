@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerScale
+from timm.layers import LayerScale, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
@@ -38,7 +38,7 @@ from vithub.kernels import global_attention
 
 from ._common import take_indices
 
-METHODS = ("tome", "ltmp")
+METHODS = ("tome", "ltmp", "cropr")
 _BLOCK_PARTS = {"norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"}
 _ATTENTION_PARTS = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"}
 RSchedule = Union[int, Sequence[int], Tuple[int, float]]
@@ -325,6 +325,80 @@ def ltmp_flops_ratio(entering: Sequence[torch.Tensor], leaving: Sequence[torch.T
     return torch.stack(ratios).mean(dim=0)
 
 
+
+# --- Token Cropr: learned top-k pruning with last-layer fusion -----------------------------------------------------
+
+class CroprRouter(nn.Module):
+    """One Cropr pruning module (Bergner et al., "Token Cropr", CVPR 2025), written from the paper.
+
+    Learned queries cross-attend to the tokens. At inference only the scorer runs: each token's score is its
+    attention logit summed over heads and queries, which folds into one dot product with ``W_k^T sum_m q_m`` after a
+    LayerNorm. In training the same cross-attention (on the tokens with gradients stopped, so the backbone is not
+    pulled towards the router) aggregates the tokens through an MLP into an auxiliary classifier: its loss teaches
+    the queries and keys which tokens the task needs.
+    """
+
+    def __init__(self, dim: int, num_heads: int, num_queries: int, num_classes: int, mlp_ratio: float = 4.0
+                 ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"cropr: router_heads {num_heads} must divide the width {dim}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.queries = nn.Parameter(torch.empty(1, num_queries, dim))
+        nn.init.trunc_normal_(self.queries, std=dim ** -0.5)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim) if num_heads > 1 else nn.Identity()
+        self.mlp_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.head_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C)`` → ``(B, N)``: sum over heads and queries of ``q_m · k_j`` (unscaled logits)."""
+        query = self.q(self.queries[0]).sum(dim=0)  # (C,): the queries summed, as the score sums over them
+        weight = self.k.weight.t() @ query.to(self.k.weight.dtype)
+        bias = self.k.bias @ query.to(self.k.bias.dtype)
+        return self.norm(x) @ weight.to(x.dtype) + bias.to(x.dtype)
+
+    def auxiliary_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The auxiliary head's logits ``(B, classes)`` from the cross-attention over ``x`` (gradients stopped)."""
+        x = self.norm(x.detach())
+        batch, tokens, dim = x.shape
+        queries = self.q(self.queries).expand(batch, -1, -1)
+        q = queries.reshape(batch, -1, self.num_heads, self.head_dim)
+        k = self.k(x).reshape(batch, tokens, self.num_heads, self.head_dim)
+        v = self.v(x).reshape(batch, tokens, self.num_heads, self.head_dim)
+        pooled = self.proj(global_attention(q, k, v).reshape(batch, -1, dim)).mean(dim=1)
+        pooled = pooled + self.mlp(self.mlp_norm(pooled))
+        return self.head(self.head_norm(pooled))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        dim = self.head_norm.normalized_shape[0]
+        reference = self.queries
+        self.head = (nn.Linear(dim, num_classes, device=reference.device, dtype=reference.dtype)
+                     if num_classes > 0 else nn.Identity())
+
+
+def cropr_schedule(rate: int, modules: int) -> List[int]:
+    """Tokens each Cropr module prunes: ``rate``, the first one ``rate + 1`` (the paper's schedule); none at
+    ``rate=0``."""
+    if rate == 0 or modules == 0:
+        return [0] * modules
+    return [rate + 1] + [rate] * (modules - 1)
+
+
+def grid_tokens(x: torch.Tensor, index: torch.Tensor, pruned: Sequence[torch.Tensor],
+                pruned_index: Sequence[torch.Tensor], prefix: int, patches: int) -> torch.Tensor:
+    """``x`` ``(B, prefix + kept, C)`` (kept tokens at grid positions ``index``) and the pruned tokens as they left,
+    put back in grid order: ``(B, prefix + patches, C)``."""
+    channels = x.shape[-1]
+    grid = x.new_empty(x.shape[0], patches, channels)
+    for tokens, positions in ((x[:, prefix:], index), *zip(pruned, pruned_index)):
+        grid.scatter_(1, positions[..., None].expand(-1, -1, channels), tokens)
+    return torch.cat([x[:, :prefix], grid], dim=1)
+
+
 class TokenMerging:
     """Mixed into a timm ``VisionTransformer`` subclass by :func:`reduce_tokens`: the forward paths with token
     reduction (ToMe, LTMP)."""
@@ -385,6 +459,58 @@ class TokenMerging:
         self.token_counts, self.token_merges = counts, merges
         return x, size, origin, taken
 
+    def _cropr_blocks(self, x: torch.Tensor, last: Optional[int] = None, take: Sequence[int] = ()
+                      ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        settings = self.token_reduction
+        prefix, depth = self.num_prefix_tokens, len(self.blocks)
+        patches = x.shape[1] - prefix
+        schedule = settings["schedule"]
+        if sum(schedule) >= patches:
+            raise ValueError(f"cropr: rate {settings['rate']} prunes {sum(schedule)} tokens over {len(schedule)} "
+                             f"blocks, but the input has only {patches} patch tokens (lower rate or enlarge the "
+                             "image)")
+        index = torch.arange(patches, device=x.device).expand(x.shape[0], -1)
+        pruned: List[torch.Tensor] = []
+        pruned_index: List[torch.Tensor] = []
+        counts, taken, auxiliary = [], [], []
+        fused = False
+        for block_index, block in enumerate(list(self.blocks)[: None if last is None else last + 1]):
+            if settings["last_layer_fusion"] and block_index == depth - 1 and pruned:
+                x = torch.cat([x, *pruned], dim=1)  # last-layer fusion: every pruned token rejoins for the last block
+                index = torch.cat([index, *pruned_index], dim=1)
+                pruned, pruned_index, fused = [], [], True
+            counts.append(x.shape[1])
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+            if block_index in take:
+                taken.append(grid_tokens(x, index, pruned, pruned_index, prefix, patches))
+            if block_index < len(schedule) and schedule[block_index]:
+                router = self.cropr_routers[block_index]
+                tokens = x[:, prefix:]
+                if self.training and self.num_classes > 0:
+                    auxiliary.append(router.auxiliary_logits(x))
+                keep = tokens.shape[1] - schedule[block_index]
+                order = router.scores(tokens).argsort(dim=1, descending=True, stable=True)
+                kept, dropped = order[:, :keep].sort(dim=1).values, order[:, keep:]
+                channels = x.shape[-1]
+                pruned.append(tokens.gather(1, dropped[..., None].expand(-1, -1, channels)))
+                pruned_index.append(index.gather(1, dropped))
+                x = torch.cat([x[:, :prefix], tokens.gather(1, kept[..., None].expand(-1, -1, channels))], dim=1)
+                index = index.gather(1, kept)
+        if fused:  # every token went through the last block: give them back in grid order
+            x = grid_tokens(x, index, [], [], prefix, patches)
+        self.token_counts = counts
+        self.token_reduction_aux_logits = auxiliary
+        return x, taken
+
+    def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
+        super().reset_classifier(num_classes, *args, **kwargs)
+        if self.token_reduction["method"] == "cropr":  # the auxiliary heads predict the same classes
+            for router in self.cropr_routers:
+                router.reset_classifier(num_classes)
+
     def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                          is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
@@ -392,6 +518,10 @@ class TokenMerging:
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
         if self.token_reduction["method"] == "ltmp":
             x, self._token_sizes = self._ltmp_blocks(x)
+            return self.norm(x)
+        if self.token_reduction["method"] == "cropr":
+            x, _ = self._cropr_blocks(x)
+            self._token_sizes = None
             return self.norm(x)
         x, size, _, _ = self._merge_blocks(x)
         self._token_sizes = size
@@ -422,10 +552,18 @@ class TokenMerging:
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         if attn_mask is not None or is_causal:
             raise ValueError("attn_mask / is_causal: a token-reduced ViT takes neither (merging changes the tokens)")
+        if self.token_reduction["method"] == "cropr" and not self.token_reduction["last_layer_fusion"]:
+            raise ValueError("forward_intermediates / features_only: Cropr without last-layer fusion ends with the "
+                             "kept tokens only, so there is no full grid to give back; reduce with "
+                             "last_layer_fusion=True for dense outputs")
         take, max_index = take_indices(len(self.blocks), indices)
         batch, _, height, width = x.shape
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
-        x, size, _, taken = self._merge_blocks(x, max_index if stop_early else None, take)
+        if self.token_reduction["method"] == "cropr":
+            x, taken = self._cropr_blocks(x, max_index if stop_early else None, take)
+            size = None
+        else:
+            x, size, _, taken = self._merge_blocks(x, max_index if stop_early else None, take)
         self._token_sizes = size
         intermediates = [self.norm(y) if norm else y for y in taken]
         prefix = self.num_prefix_tokens
@@ -472,8 +610,10 @@ LTMP_OPTIONS = ("flops_ratio", "merge_threshold", "prune_threshold", "tau", "flo
                 "train_backbone")
 LTMP_DEFAULTS: Dict[str, Any] = {"merge_threshold": 0.9, "prune_threshold": 0.0, "tau": 0.1, "flops_weight": 10.0,
                                  "proportional_attention": True, "train_backbone": False}
+CROPR_OPTIONS = ("rate", "last_layer_fusion", "num_queries", "router_heads", "mlp_ratio")
+_DERIVED = ("schedule",)  # settings computed from the options, not options themselves
 _STATE = ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "_token_sizes", "flops_ratio",
-          "token_reduction_losses")
+          "token_reduction_losses", "token_reduction_aux_logits")
 
 
 def _remove_reduction(vit: nn.Module) -> None:
@@ -484,6 +624,7 @@ def _remove_reduction(vit: nn.Module) -> None:
     for name in ("ltmp_merge_thresholds", "ltmp_prune_thresholds"):
         if name in vit._parameters:
             del vit._parameters[name]
+    vit._modules.pop("cropr_routers", None)
     frozen = vit.__dict__.pop("_requires_grad_before", None)
     if frozen is not None:
         for name, parameter in vit.named_parameters():
@@ -519,6 +660,36 @@ def _ltmp_settings(options: Dict[str, Any]) -> Dict[str, Any]:
     return {"method": "ltmp", **settings}
 
 
+def _positive_int(method: str, name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{method}: {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _cropr_settings(vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = sorted(set(options) - set(CROPR_OPTIONS))
+    if unknown:
+        raise ValueError(f"cropr takes the options {list(CROPR_OPTIONS)}, got unknown {unknown}")
+    rate = _positive_int("cropr", "rate", options.get("rate", 8), 0)
+    fusion = options.get("last_layer_fusion", True)
+    if not isinstance(fusion, bool):
+        raise ValueError(f"cropr: last_layer_fusion must be True or False, got {fusion!r}")
+    heads = _positive_int("cropr", "router_heads", options.get("router_heads", vit.blocks[0].attn.num_heads), 1)
+    queries = _positive_int("cropr", "num_queries", options.get("num_queries", 1), 1)
+    mlp_ratio = options.get("mlp_ratio", 4.0)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+        raise ValueError(f"cropr: mlp_ratio must be a number > 0, got {mlp_ratio!r}")
+    depth = len(vit.blocks)
+    modules = max(depth - 2, 0) if fusion else max(depth - 1, 0)
+    schedule = cropr_schedule(rate, modules)
+    grid = getattr(vit.patch_embed, "num_patches", None)
+    if grid is not None and not getattr(vit, "dynamic_img_size", False) and sum(schedule) >= grid:
+        raise ValueError(f"cropr: rate {rate} prunes {sum(schedule)} tokens over {modules} blocks, but the model has "
+                         f"only {grid} patch tokens")
+    return {"method": "cropr", "rate": rate, "last_layer_fusion": fusion, "num_queries": queries,
+            "router_heads": heads, "mlp_ratio": float(mlp_ratio), "schedule": schedule}
+
+
 def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn.Module:
     """Apply token reduction to a timm ``VisionTransformer`` in place and return it; ``method=None`` removes it
     (the original forward, parameters and ``requires_grad`` flags, bit for bit).
@@ -542,8 +713,7 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
         _remove_reduction(vit)
         return model
     if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)} or None, got {method!r} (Token Cropr is not built "
-                         "yet)")
+        raise ValueError(f"method must be one of {list(METHODS)} or None, got {method!r}")
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"model must be a timm VisionTransformer (deit_*, vit_*, ...), got {type(vit).__name__}")
     if method == "tome":
@@ -555,8 +725,10 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
             raise ValueError(f"proportional_attention must be True or False, got {proportional!r}")
         settings: Dict[str, Any] = {"method": "tome", "r": merge_schedule(options.get("r", 0), len(vit.blocks)),
                                     "proportional_attention": proportional}
-    else:
+    elif method == "ltmp":
         settings = _ltmp_settings(options)
+    else:
+        settings = _cropr_settings(vit, options)
     base = getattr(vit, "_unreduced_class", type(vit))
     if base.forward_features is not VisionTransformer.forward_features:
         raise ValueError(f"token reduction runs timm's VisionTransformer.forward_features; {base.__name__} "
@@ -583,6 +755,11 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
                                                             device=reference.device))
         vit.ltmp_prune_thresholds = nn.Parameter(torch.full((depth,), settings["prune_threshold"],
                                                             device=reference.device))
+    if method == "cropr":
+        reference = next(vit.parameters())
+        vit.cropr_routers = nn.ModuleList([
+            CroprRouter(vit.embed_dim, settings["router_heads"], settings["num_queries"], vit.num_classes,
+                        settings["mlp_ratio"]) for _ in settings["schedule"]]).to(reference.device, reference.dtype)
     return model
 
 
@@ -593,7 +770,8 @@ def reduction_config(model: nn.Module) -> Optional[Dict[str, Any]]:
     settings = getattr(_find_vit(model), "token_reduction", None)
     if not settings:
         return None
-    return {key: (list(value) if isinstance(value, tuple) else value) for key, value in settings.items()}
+    return {key: (list(value) if isinstance(value, tuple) else value) for key, value in settings.items()
+            if key not in _DERIVED}
 
 
 def parse_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
@@ -639,6 +817,8 @@ _NOTES = {
     "tome": "timm's weights with ToMe applied: merging needs no training",
     "ltmp": ("timm's weights; LTMP's thresholds start untrained (merge 0.9, prune 0.0, the paper's starting values): "
              "train them with `vithub train --token-reduction ltmp:flops_ratio=...`"),
+    "cropr": ("timm's weights; Cropr's routers and auxiliary heads start untrained (they score tokens at random "
+              "until trained): train them with `vithub train --token-reduction cropr:rate=...`"),
 }
 _ARCHITECTURES = {  # base timm model: (width, depth, heads)
     "deit_tiny_patch16_224": (192, 12, 3), "deit_small_patch16_224": (384, 12, 6),
@@ -673,7 +853,7 @@ default_cfgs = generate_default_cfgs({
 def _create(base: str, method: str, pretrained: bool, options: Dict[str, Any], **kwargs: Any) -> nn.Module:
     """timm's ViT ``base`` (with timm's weights when ``pretrained``), reduced by ``method`` with ``options``; the
     keyword arguments that are options of the method go to :func:`reduce_tokens`, the rest to the ViT."""
-    names = TOME_OPTIONS if method == "tome" else LTMP_OPTIONS
+    names = {"tome": TOME_OPTIONS, "ltmp": LTMP_OPTIONS, "cropr": CROPR_OPTIONS}[method]
     options = {**options, **{name: kwargs.pop(name) for name in list(kwargs) if name in names}}
     width, depth, heads = _ARCHITECTURES[base]
     model_args = dict(patch_size=16, embed_dim=width, depth=depth, num_heads=heads)
@@ -742,3 +922,35 @@ def vh_vit_base_patch16_224_ltmp(pretrained: bool = False, **kwargs: Any) -> nn.
 def vh_vit_large_patch16_224_ltmp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ViT-L/16 (AugReg or MAE weights) with LTMP (untrained thresholds; default target FLOPs ratio 0.7)."""
     return _create("vit_large_patch16_224", "ltmp", pretrained, {"flops_ratio": 0.7}, **kwargs)
+
+
+@register_model
+def vh_deit_tiny_patch16_224_cropr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-Ti with Token Cropr (untrained routers; rate 8 per block, last-layer fusion)."""
+    return _create("deit_tiny_patch16_224", "cropr", pretrained, {"rate": 8}, **kwargs)
+
+
+@register_model
+def vh_deit_small_patch16_224_cropr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-S with Token Cropr (untrained routers; rate 8 per block, last-layer fusion)."""
+    return _create("deit_small_patch16_224", "cropr", pretrained, {"rate": 8}, **kwargs)
+
+
+@register_model
+def vh_deit_base_patch16_224_cropr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DeiT-B with Token Cropr (untrained routers; rate 8 per block, last-layer fusion)."""
+    return _create("deit_base_patch16_224", "cropr", pretrained, {"rate": 8}, **kwargs)
+
+
+@register_model
+def vh_vit_base_patch16_224_cropr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-B/16 (AugReg or MAE weights) with Token Cropr (untrained routers; rate 8 per block, last-layer
+    fusion)."""
+    return _create("vit_base_patch16_224", "cropr", pretrained, {"rate": 8}, **kwargs)
+
+
+@register_model
+def vh_vit_large_patch16_224_cropr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-L/16 (AugReg or MAE weights) with Token Cropr (untrained routers; rate 4 per block over its 22 pruning
+    blocks, last-layer fusion)."""
+    return _create("vit_large_patch16_224", "cropr", pretrained, {"rate": 4}, **kwargs)

@@ -85,7 +85,13 @@ def random_images(batch: int, size: Tuple[int, int], seed: int = 0) -> torch.Ten
 
 
 def _backward_reaches_every_parameter(model: torch.nn.Module, out: torch.Tensor, context: str = "") -> None:
-    out.float().pow(2).mean().backward()
+    loss = out.float().pow(2).mean()
+    # parts trained only through the outputs a model asks to be trained on (Cropr's auxiliary heads, LTMP's loss)
+    for extra in getattr(model, "token_reduction_aux_logits", None) or []:
+        loss = loss + extra.float().pow(2).mean()
+    for extra in (getattr(model, "token_reduction_losses", None) or {}).values():
+        loss = loss + extra.float()
+    loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"parameters without gradient{context}: {missing[:10]}"
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]

@@ -1,6 +1,10 @@
-"""Token reduction (ToMe) on timm ViTs: identity at r=0 over the ViT variants, exact undo, proportional attention as
+"""Token reduction on timm ViTs. ToMe: identity at r=0 over the ViT variants, exact undo, proportional attention as
 duplication, bipartite matching against a per-token loop, caps and schedules, dense outputs, bad input, the
-registered members and the global-attention op it runs on."""
+registered members and the global-attention op it runs on. LTMP: identity when the thresholds keep everything,
+batched inference equal to each image alone, the training path equal to inference in its forward, gradients for the
+thresholds only, the paper's FLOPs ratio, training and publishing. Cropr: identity at rate 0, the top-scoring tokens
+kept, last-layer fusion back on the grid, auxiliary heads training the routers only, segmentation, training and
+publishing."""
 
 from __future__ import annotations
 
@@ -531,3 +535,128 @@ def test_ltmp_members_train_their_thresholds_and_publishing_keeps_them(tmp_path)
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(again(images), model.eval()(images))
+
+
+# --- Token Cropr ---------------------------------------------------------------------------------------------------
+
+def _cropr_vit(variant="deit", depth=4, num_classes=1000, **options):
+    model = _vit(variant, depth=depth, num_classes=num_classes)
+    return vithub.reduce_tokens(model, "cropr", **{"rate": 3, **options})
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cropr_rate0_is_the_unreduced_model_and_none_undoes_it(variant):
+    model = _vit(variant, depth=4)
+    images = torch.randn(2, 3, 64, 64)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        expected = model(images)
+        vithub.reduce_tokens(model, "cropr", rate=0)
+        assert torch.equal(model(images), expected)
+        vithub.reduce_tokens(model, "cropr", rate=3)
+        assert not torch.allclose(model(images), expected, atol=1e-4)
+        vithub.reduce_tokens(model, None)
+        assert torch.equal(model(images), expected)
+    assert list(model.state_dict()) == keys
+
+
+def test_cropr_keeps_the_top_scoring_tokens_and_fusion_restores_the_grid():
+    model = _cropr_vit("deit_distilled").eval()  # two prefix tokens, never pruned
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        grids = model.forward_intermediates(images, output_fmt="NLC", intermediates_only=True)
+        prefix = model.num_prefix_tokens
+        assert model.token_counts == [18, 18 - 4, 18 - 4 - 3, 18]  # rate + 1, then rate; all back for the last
+        # after block 0 the router keeps the top 12 of 16 patch tokens; a pruned token keeps its block-0 state
+        scores = model.cropr_routers[0].scores(grids[0])
+        expected_kept = scores.topk(12, dim=1).indices.sort(dim=1).values
+        changed = (grids[1] - grids[0]).abs().amax(dim=-1) > 0
+        kept = torch.stack([row.nonzero()[:, 0] for row in changed])
+        assert torch.equal(kept, expected_kept)
+        # the last block sees every token (kept ones and pruned ones as they left): timm's block on that grid
+        entering_last = torch.cat([model.forward_intermediates(images, indices=[2], output_fmt="NLC",
+                                                               return_prefix_tokens=True,
+                                                               intermediates_only=True)[0][1], grids[2]], dim=1)
+        expected_last = model.blocks[3](entering_last)[:, prefix:]
+        torch.testing.assert_close(grids[3], expected_last, rtol=1e-5, atol=1e-5)
+        features = model.forward_features(images)
+        torch.testing.assert_close(features[:, prefix:], model.norm(expected_last), rtol=1e-5, atol=1e-5)
+        batched, alone = model(images), torch.cat([model(image[None]) for image in images])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_cropr_auxiliary_heads_train_the_routers_only():
+    model = _cropr_vit(num_classes=5).train()
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    model(images)
+    aux = model.token_reduction_aux_logits
+    assert len(aux) == 2 and aux[0].shape == (4, 5)
+    sum(torch.nn.functional.cross_entropy(logits, labels) for logits in aux).backward()
+    with_grad = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {"cropr_routers"}  # the routers see the tokens with gradients stopped
+    model.eval()
+    with torch.no_grad():
+        model(images)
+    assert model.token_reduction_aux_logits == []  # inference runs the scorers only
+    model.reset_classifier(7)
+    assert model.cropr_routers[1].head.out_features == 7
+
+
+def test_cropr_bad_input_is_refused_naming_the_argument():
+    model = _vit("deit", depth=4)
+    with pytest.raises(ValueError, match="cropr: rate must be an int >= 0"):
+        vithub.reduce_tokens(model, "cropr", rate=-1)
+    with pytest.raises(ValueError, match="cropr: last_layer_fusion must be True or False"):
+        vithub.reduce_tokens(model, "cropr", last_layer_fusion="yes")
+    with pytest.raises(ValueError, match=r"unknown \['r'\]"):
+        vithub.reduce_tokens(model, "cropr", r=2)
+    with pytest.raises(ValueError, match="rate 8 prunes 17 tokens over 2 blocks, but the model has only 16"):
+        vithub.reduce_tokens(model, "cropr", rate=8)
+    dynamic = timm.create_model("deit_small_patch16_224", dynamic_img_size=True, **dict(SMALL, depth=4))
+    vithub.reduce_tokens(dynamic, "cropr", rate=5)
+    with pytest.raises(ValueError, match="rate 5 prunes 11 tokens over 2 blocks, but the input has only 4 patch"):
+        dynamic(torch.randn(1, 3, 32, 32))
+    vithub.reduce_tokens(model, "cropr", rate=2, last_layer_fusion=False)
+    with pytest.raises(ValueError, match="without last-layer fusion"):
+        model.forward_intermediates(torch.randn(1, 3, 64, 64))
+
+
+def test_cropr_with_fusion_segments_with_the_same_head():
+    """A Cropr backbone with last-layer fusion gives full grids, so the segmentation heads take it unchanged."""
+    from vithub.detection.segmentation import create_segmentor
+
+    segmentor = create_segmentor("vh_deit_tiny_patch16_224_cropr", num_classes=4, head="fpn",
+                                 backbone_kwargs=dict(img_size=64, depth=4, embed_dim=48, num_heads=3, rate=3))
+    segmentor.train()
+    images = torch.rand(2, 3, 64, 64)
+    out = segmentor(images)["out"]
+    assert out.shape == (2, 4, 64, 64) and torch.isfinite(out).all()
+    out.mean().backward()
+    counts = [module.token_counts for module in segmentor.modules() if hasattr(module, "token_counts")]
+    assert counts and counts[0][:3] == [17, 13, 10]  # tokens really were pruned inside the segmentor
+
+
+def test_cropr_training_adds_the_auxiliary_losses_and_publishing_keeps_the_routers(tmp_path):
+    from PIL import Image
+
+    from vithub.publishing import load, model_from_run, save_pretrained
+    from vithub.train import TrainConfig, train
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for index in range(4):
+                Image.fromarray(torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8).numpy()).save(
+                    folder / f"{index}.png")
+    output = tmp_path / "run"
+    train(TrainConfig(model="deit_tiny_patch16_224", data=str(tmp_path / "data"), epochs=1, batch_size=4,
+                      token_reduction="cropr:rate=8", output=str(output), progress=False))
+    model, _ = model_from_run(output)
+    assert model.token_reduction["rate"] == 8 and len(model.cropr_routers) == 10
+    assert model.cropr_routers[0].head.out_features == 2
+    again = load(save_pretrained(model, tmp_path / "saved")).eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(again(images), model.eval()(images))
+    assert again.token_counts[:3] == [197, 188, 180] and again.token_counts[-1] == 197

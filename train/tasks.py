@@ -152,13 +152,18 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def auxiliary_loss(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
-    """``loss`` plus the terms the model's last training forward asked for in ``token_reduction_losses`` (LTMP's
-    FLOPs target, Cropr's auxiliary heads); ``loss`` unchanged for any other model."""
-    extra = getattr(unwrapped(model), "token_reduction_losses", None)
-    if not extra:
-        return loss
-    return loss + sum(term.to(loss.dtype) for term in extra.values())
+def auxiliary_loss(model: torch.nn.Module, loss: torch.Tensor, criterion: Optional[Callable] = None,
+                   targets: Any = None) -> torch.Tensor:
+    """``loss`` plus what the model's last training forward asked for: the terms in ``token_reduction_losses``
+    (LTMP's FLOPs target) and ``criterion(logits, targets)`` for each of its ``token_reduction_aux_logits``
+    (Cropr's auxiliary heads, trained on the task's own loss); ``loss`` unchanged for any other model."""
+    inner = unwrapped(model)
+    for term in (getattr(inner, "token_reduction_losses", None) or {}).values():
+        loss = loss + term.to(loss.dtype)
+    if criterion is not None:
+        for logits in getattr(inner, "token_reduction_aux_logits", None) or []:
+            loss = loss + criterion(logits, targets).to(loss.dtype)
+    return loss
 
 
 def data_config_for(config: TrainConfig) -> Dict[str, Any]:
@@ -206,7 +211,7 @@ class ClassificationTask(Task):
                 images, labels = mixup(images, labels)
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            return auxiliary_loss(model, criterion(model(images), labels))
+            return auxiliary_loss(model, criterion(model(images), labels), criterion, labels)
 
         return loss
 
