@@ -1,24 +1,34 @@
-"""Token reduction on timm's ``VisionTransformer`` family: ToMe (Bolya et al., "Token Merging: Your ViT but Faster",
-ICLR 2023), written from the paper.
+"""Token reduction on timm's ``VisionTransformer`` family, each method written from its paper: ToMe (Bolya et al.,
+"Token Merging: Your ViT but Faster", ICLR 2023), LTMP (Bonnaerens & Dambre, "Learned Thresholds Token Merging and
+Pruning for Vision Transformers", TMLR 2023) and Token Cropr (Bergner et al., "Token Cropr: Faster ViTs for Quite a
+Few Tasks", CVPR 2025).
 
 :func:`reduce_tokens` turns a timm ViT (DeiT, DeiT-3, ViT AugReg/MAE/CLIP, with or without class, distillation or
-register tokens, LayerScale, qk-norm) into a token-merging one in place, and ``reduce_tokens(model, None)`` gives the
-original back, bit for bit: no parameter is added or changed, only the model's class, whose forward runs the blocks
-with merging. Every block is run from its own submodules (norms, qkv, qk-norm, attention-output norm and gate,
-projection, LayerScale, drop path, MLP); a block or attention layout it does not know is refused with an error naming
-it, never run with a part left out. Attention goes through :func:`vithub.kernels.global_attention` (proportional
-attention is its per-key bias).
+register tokens, LayerScale, qk-norm) into a token-reduced one in place, and ``reduce_tokens(model, None)`` gives the
+original back, bit for bit: the model's class is swapped for one whose forward runs the method, and what a method
+adds (LTMP's thresholds, Cropr's routers) is removed again. Every block is run from its own submodules (norms, qkv,
+qk-norm, attention-output norm and gate, projection, LayerScale, drop path, MLP); a block or attention layout it does
+not know is refused with an error naming it, never run with a part left out. Attention goes through
+:func:`vithub.kernels.global_attention` (proportional attention is its per-key bias, LTMP's masks its key mask).
 
-In every block, between attention and MLP: bipartite soft matching on the keys averaged over heads. The tokens after
-the prefix (class, distillation, register tokens, which never merge and never receive a merge) alternate into sets A
-and B; each A token's most cosine-similar B token is its edge; the ``r`` A tokens with the most similar edges merge
-into their B tokens by a size-weighted average; sizes add up. With proportional attention, ``log(size)`` is added to
-every key's logits, so a merged token acts as ``size`` copies of itself. ``r`` is capped per block at half the
-non-prefix tokens (``(N - prefix) // 2``), as in the paper; ``model.token_counts`` reports the tokens that entered
-each block in the last forward and ``model.token_merges`` the r each block applied.
+ToMe: in every block, between attention and MLP, bipartite soft matching on the keys averaged over heads. The tokens
+after the prefix (class, distillation, register tokens, which never merge and never receive a merge) alternate into
+sets A and B; each A token's most cosine-similar B token is its edge; the ``r`` A tokens with the most similar edges
+merge into their B tokens by a size-weighted average; sizes add up. With proportional attention, ``log(size)`` is
+added to every key's logits, so a merged token acts as ``size`` copies of itself. ``r`` is capped per block at half
+the non-prefix tokens (``(N - prefix) // 2``), as in the paper.
 
-The family's registered members (``vh_deit_small_patch16_224_tome`` ...) are timm's ViTs with timm's weights and
-ToMe applied; ToMe needs no training, so their pretrained cfgs point at timm's Hub weights.
+LTMP: per block, a learned merge threshold (on the same similarity) and prune threshold (on the attention a token
+receives); straight-through masks in training (nothing removed, dropped tokens masked out of attention), hard
+decisions and real removal at inference, batched with padding so each image's result equals running it alone.
+
+Cropr: a router after each block but the last one or two keeps the top-scoring tokens (a learned-query scorer);
+auxiliary heads train the routers in training; last-layer fusion brings the pruned tokens back for the last block,
+so dense outputs keep the full grid.
+
+``model.token_counts`` reports the tokens that entered each block in the last forward. The registered members
+(``vh_deit_small_patch16_224_tome``, ``..._ltmp``, ``..._cropr`` ...) are timm's ViTs with timm's weights and the method
+applied; LTMP's thresholds and Cropr's routers start untrained.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         bench_token_reduction(models=args.vits or TOKEN_MODELS, r_values=args.r, batch_sizes=args.batch_sizes,
                               repeats=args.repeats or 3, device=args.device, amp=args.amp, img_size=args.img_size,
-                              output=output)
+                              output=output, cropr_rates=args.cropr_rates, ltmp_overhead=not args.no_ltmp)
         return 0
     if args.target == "data":
         from vithub.bench.data import run_data_bench
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "CUDA, bf16; data: vithub train's image reader against timm's; detection: Mask R-CNN "
                               "train img/s and latency per backbone, vs timm's Swin-T and torchvision's R50-FPN v2; "
                               "segmentation: UPerNet train img/s and latency per backbone, vs timm's Swin-T; tokens: ToMe "
-                              "eval img/s per r vs the same timm ViT unreduced")
+                              "(per r), Cropr (per rate) and LTMP (overhead) eval img/s vs the same timm ViT unreduced")
     p_bench.add_argument("--output", default=None,
                          help="JSON path ('' for none; default in the current directory: <target>_<device>.json, "
                               "gpu_kernels_<gpu name>.json for gpu)")
@@ -256,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--vits", nargs="+", default=None,
                         help="timm ViTs to reduce (default: deit_small_patch16_224 vit_base_patch16_224)")
     tokens.add_argument("--r", nargs="+", type=int, default=[0, 8, 13, 16], help="ToMe r values, one row each")
+    tokens.add_argument("--cropr-rates", nargs="*", type=int, default=[8],
+                        help="Cropr rates (last-layer fusion), one row each; none: --cropr-rates with no value")
+    tokens.add_argument("--no-ltmp", action="store_true",
+                        help="leave out the LTMP row (thresholds that keep every token: the cost of its scoring)")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -262,14 +262,16 @@ def test_token_bench_writes_table_and_json(tmp_path, capsys):
 
     output = tmp_path / "tokens.json"
     assert cli.main(["bench", "tokens", "--vits", "deit_tiny_patch16_224", "--r", "0", "4", "--batch-sizes", "2",
-                     "--img-size", "64", "--repeats", "1", "--output", str(output)]) == 0
+                     "--img-size", "64", "--repeats", "1", "--cropr-rates", "1", "--output", str(output)]) == 0
     assert "tome r=4" in capsys.readouterr().out
     import json
 
     rows = json.loads(output.read_text())["rows"]
-    assert [row["variant"] for row in rows] == ["timm", "tome r=0", "tome r=4"]
+    assert [row["variant"] for row in rows] == ["timm", "tome r=0", "tome r=4", "cropr rate=1", "ltmp keep-all"]
     assert rows[0]["speed_vs_timm"] == 1.0 and rows[1]["tokens_after_last_block"] == 17
     assert rows[2]["tokens_after_last_block"] == 17 - 4 - 4 - 4 - 2 - 1  # r=4, capped from the fourth block on
+    assert rows[3]["tokens_after_last_block"] == 17 and rows[3]["fewest_tokens"] == 17 - 2 - 9  # fused at the end
+    assert rows[4]["tokens_after_last_block"] == 17 == rows[4]["fewest_tokens"]
 
 
 def test_training_applies_the_spec_and_publishing_keeps_it(tmp_path):

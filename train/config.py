@@ -60,7 +60,8 @@ class TrainConfig:
     drop_path: Optional[float] = option(None)
     token_reduction: Optional[str] = option(
         None, "reduce the tokens of a timm ViT while training and in the saved model: METHOD:key=value,..., e.g. "
-        "tome:r=13 or tome:r=(16,-1) (vithub.reduce_tokens)")
+        "tome:r=13, tome:r=(16,-1), ltmp:flops_ratio=0.7 (trains the thresholds only) or cropr:rate=8 (adds the "
+        "auxiliary losses) (vithub.reduce_tokens)")
     mixup: float = option(0.0)
     cutmix: float = option(0.0)
     smoothing: float = option(0.1)
