@@ -419,6 +419,11 @@ class TokenMerging:
     token_reduction_losses: Dict[str, torch.Tensor]  # terms a training step adds to its loss (LTMP: "flops")
     flops_ratio: float  # LTMP: the FLOPs ratio of the last forward, mean over the batch
 
+    @property
+    def input_dependent_macs(self) -> bool:
+        """True for LTMP: how many tokens its thresholds keep, so what a forward costs, depends on the image."""
+        return self.token_reduction["method"] == "ltmp"
+
     def _ltmp_blocks(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         settings = self.token_reduction
         prefix = self.num_prefix_tokens

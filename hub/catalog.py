@@ -79,7 +79,9 @@ def summarize(arch: str, with_macs: bool = True) -> ModelSummary:
     input_size = default_input_size(arch)
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False).eval()
-    gmacs = round(count_macs(model, input_size) / 1e9, 3) if with_macs else None
+    # a model whose work depends on the image (LTMP's learned thresholds) has no single MAC count
+    counted = with_macs and not getattr(model, "input_dependent_macs", False)
+    gmacs = round(count_macs(model, input_size) / 1e9, 3) if counted else None
     return ModelSummary(arch, count_params_m(model), gmacs, input_size, pretrained_tags(arch))
 
 

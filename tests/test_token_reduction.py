@@ -662,3 +662,16 @@ def test_cropr_training_adds_the_auxiliary_losses_and_publishing_keeps_the_route
     with torch.no_grad():
         torch.testing.assert_close(again(images), model.eval()(images))
     assert again.token_counts[:3] == [197, 188, 180] and again.token_counts[-1] == 197
+
+
+def test_catalog_counts_cropr_and_leaves_ltmp_uncounted():
+    """vithub list: Cropr's MACs (scorers, fewer tokens, the fused last block) are below the unreduced ViT's; LTMP's
+    depend on the image, so none are given."""
+    from vithub.catalog import count_macs, summarize
+
+    assert summarize("vh_deit_tiny_patch16_224_ltmp").gmacs is None
+    with torch.device("meta"):
+        unreduced = count_macs(timm.create_model("deit_tiny_patch16_224").eval(), (3, 224, 224)) / 1e9
+    cropr = summarize("vh_deit_tiny_patch16_224_cropr").gmacs
+    tome = summarize("vh_deit_tiny_patch16_224_tome").gmacs
+    assert tome < cropr < 0.9 * unreduced
