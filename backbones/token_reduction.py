@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vithub.kernels import global_attention
+from vithub.kernels.registry import exporting_onnx
 
 from ._common import take_indices
 
@@ -83,6 +84,21 @@ def merge_schedule(r: RSchedule, depth: int) -> List[int]:
     raise ValueError(f"r must be {shape}, got {r!r}")
 
 
+def descending_order(values: torch.Tensor) -> torch.Tensor:
+    """Indices that sort ``values`` along the last dim, largest first, ties in index order. In an ONNX export this
+    is a full-length TopK (ONNX's TopK keeps ties in index order too), as ONNX has no stable sort."""
+    if exporting_onnx():
+        return values.topk(values.shape[-1], dim=-1, largest=True, sorted=True).indices
+    return values.argsort(dim=-1, descending=True, stable=True)
+
+
+def ascending(indices: torch.Tensor) -> torch.Tensor:
+    """``indices`` (distinct ints) sorted along the last dim (a TopK in an ONNX export)."""
+    if exporting_onnx():
+        return indices.topk(indices.shape[-1], dim=-1, largest=False, sorted=True).values
+    return indices.sort(dim=-1).values
+
+
 def bipartite_matching(metric: torch.Tensor, r: int, prefix: int
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ToMe's bipartite soft matching over the tokens after ``prefix``.
@@ -101,9 +117,9 @@ def bipartite_matching(metric: torch.Tensor, r: int, prefix: int
     a, b = tokens[:, ::2], tokens[:, 1::2]
     scores = a @ b.transpose(-1, -2)
     best, best_index = scores.max(dim=-1)
-    order = best.argsort(dim=-1, descending=True, stable=True)
+    order = descending_order(best)
     sources = order[:, :r]
-    unmerged = order[:, r:].sort(dim=-1).values
+    unmerged = ascending(order[:, r:])
     destinations = best_index.gather(1, sources)
     return unmerged, sources, destinations, a.shape[1]
 
@@ -206,14 +222,12 @@ def threshold_mask(score: torch.Tensor, threshold: torch.Tensor, tau: float) -> 
     return (score > threshold).to(soft.dtype) + (soft - soft.detach())
 
 
-def ltmp_layout(x: torch.Tensor, prefix: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+def ltmp_layout(x: torch.Tensor, prefix: int) -> Tuple[torch.Tensor, int]:
     """Reorder the tokens after ``prefix`` as ``[even | odd]`` (ToMe's sets A and B, kept for the whole forward, so
-    the training and inference paths match the same pairs); returns ``x``, each slot's original token index and the
-    size of A."""
+    the training and inference paths match the same pairs); returns ``x`` and the size of A."""
     count = x.shape[1] - prefix
     order = torch.cat([torch.arange(prefix), prefix + torch.arange(0, count, 2), prefix + torch.arange(1, count, 2)])
-    order = order.to(x.device)
-    return x[:, order], order.expand(x.shape[0], -1), (count + 1) // 2
+    return x[:, order.to(x.device)], (count + 1) // 2
 
 
 def _threshold_merge(x: torch.Tensor, size: torch.Tensor, alive: torch.Tensor, live: torch.Tensor,
@@ -428,7 +442,7 @@ class TokenMerging:
         settings = self.token_reduction
         prefix = self.num_prefix_tokens
         tokens, dim = x.shape[1], x.shape[2]
-        x, _, a_count = ltmp_layout(x, prefix)
+        x, a_count = ltmp_layout(x, prefix)
         hard = not self.training
         size = torch.ones(x.shape[:2], dtype=torch.float32, device=x.device)
         alive = torch.ones(x.shape[:2], dtype=torch.bool if hard else torch.float32, device=x.device)
@@ -443,11 +457,12 @@ class TokenMerging:
             else:
                 x, size, alive = ltmp_block_forward(*args)
             leaving.append(alive.sum(dim=1, dtype=torch.float32))
-            if hard:  # what every image dropped leaves the batch: the next block runs on fewer tokens
+            if hard and not exporting_onnx():  # what every image dropped leaves the batch: fewer tokens next
                 (x, size), alive, a_count = compact_tokens((x, size), alive, prefix, a_count)
         ratio = ltmp_flops_ratio(entering, leaving, tokens, dim).mean()
-        self.token_counts = torch.stack(entering).mean(dim=1).tolist()
-        self.flops_ratio = float(ratio.detach())
+        if not exporting_onnx():  # Python-side statistics; an exported graph has no place for them
+            self.token_counts = torch.stack(entering).mean(dim=1).tolist()
+            self.flops_ratio = float(ratio.detach())
         self.token_reduction_losses = (
             {"flops": settings["flops_weight"] * (settings["flops_ratio"] - ratio) ** 2} if self.training else {})
         return x, size * alive.to(size.dtype)
@@ -507,8 +522,8 @@ class TokenMerging:
                 if self.training and self.num_classes > 0:
                     auxiliary.append(router.auxiliary_logits(x))
                 keep = tokens.shape[1] - schedule[block_index]
-                order = router.scores(tokens).argsort(dim=1, descending=True, stable=True)
-                kept, dropped = order[:, :keep].sort(dim=1).values, order[:, keep:]
+                order = descending_order(router.scores(tokens))
+                kept, dropped = ascending(order[:, :keep]), order[:, keep:]
                 channels = x.shape[-1]
                 pruned.append(tokens.gather(1, dropped[..., None].expand(-1, -1, channels)))
                 pruned_index.append(index.gather(1, dropped))

@@ -45,6 +45,7 @@ DEFAULT_BENCH_OUTPUT = {
     "detection": "detection_{device}.json",
     "segmentation": "segmentation_{device}.json",
     "tokens": "token_reduction_{device}.json",
+    "export": "export_onnxruntime_cpu.json",
 }
 
 
@@ -91,6 +92,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                            img_size=args.seg_img_size or 512, batch_size=args.seg_batch_size or (16 if on_gpu else 2),
                            repeats=args.repeats or 3, device=args.device,
                            amp=args.amp or ("bfloat16" if on_gpu else None), output=output)
+        return 0
+    if args.target == "export":
+        from vithub.bench.export import DEFAULT_PAIRS, bench_export
+
+        pairs = [(name, None) for name in args.export_models] if args.export_models else DEFAULT_PAIRS
+        bench_export(pairs=pairs, batch_sizes=args.batch_sizes, repeats=args.repeats or 3,
+                     img_size=args.img_size or 224, threads=args.threads, output=output)
         return 0
     if args.target == "tokens":
         from vithub.bench.token_reduction import DEFAULT_MODELS as TOKEN_MODELS, bench_token_reduction
@@ -161,6 +169,42 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_model(source: str, pretrained: bool):
+    """The model ``vithub export`` exports: a registered timm/vh name (with its pretrained weights unless
+    ``--no-pretrained``), else whatever :func:`vithub.load` takes (run folder, checkpoint, saved folder, Hub repo)."""
+    from pathlib import Path
+
+    import timm
+
+    from vithub.export import ExportError
+    from vithub.publishing import load
+
+    if timm.is_model(source.split(".", 1)[0]) and not Path(source).exists():
+        try:
+            return timm.create_model(source, pretrained=pretrained)
+        except Exception as error:  # a download that failed, a tag that does not exist
+            raise ExportError(f"{source}: could not build it{' with pretrained weights' if pretrained else ''}: "
+                              f"{type(error).__name__}: {error} (--no-pretrained exports random weights)") from error
+    if not Path(source).exists() and source.count("/") != 1 and not source.startswith("hf-hub:"):
+        raise ExportError(f"{source!r} is not a registered model (vithub list), a run folder, a checkpoint, a saved "
+                          "folder or a Hub repo (org/name)")
+    return load(source)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vithub.export import export_onnx
+
+    model = _export_model(args.source, pretrained=not args.no_pretrained)
+    result = export_onnx(model, args.output, img_size=args.img_size, dynamic_batch=args.dynamic_batch,
+                         batch_size=args.batch_size, opset=args.opset, fuse=args.fuse, atol=args.atol)
+    print(f"wrote {result.path} ({result.input_size[1]}x{result.input_size[2]}, "
+          f"{'dynamic batch' if result.dynamic_batch else f'batch {args.batch_size}'}, opset {result.opset}): "
+          f"ONNX Runtime vs eager max abs diff {result.max_abs_diff:.2e} at batch "
+          f"{', '.join(map(str, result.validated_batch_sizes))}", file=sys.stderr)
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vithub", description="Efficient vision-transformer backbones for timm.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,14 +243,30 @@ def build_parser() -> argparse.ArgumentParser:
     p_pull.add_argument("--revision", default=None, help="branch, tag or commit sha")
     p_pull.add_argument("--cache-dir", default=None)
     p_pull.set_defaults(func=_cmd_pull)
+    p_export = sub.add_parser("export", help="export a model to ONNX, check it and compare ONNX Runtime with eager")
+    p_export.add_argument("source", help="a registered name (vh_*, timm's), a run folder, a checkpoint, a saved folder "
+                                         "or a Hub repo")
+    p_export.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p_export.add_argument("--output", required=True, help="the .onnx file (written atomically)")
+    p_export.add_argument("--img-size", nargs="+", type=int, default=None, metavar="SIZE",
+                          help="H W, or one side (default: the model's pretrained input size)")
+    p_export.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
+    p_export.add_argument("--batch-size", type=int, default=1, help="the fixed batch without --dynamic-batch")
+    p_export.add_argument("--fuse", action="store_true", help="fold BatchNorms first (LeViT, EfficientViT)")
+    p_export.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    p_export.add_argument("--atol", type=float, default=1e-4, help="largest accepted ONNX Runtime vs eager difference")
+    p_export.add_argument("--no-pretrained", action="store_true", help="random weights (a registered name only)")
+    p_export.set_defaults(func=_cmd_export)
 
     p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, whole-model throughput, data reading")
-    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data", "detection", "segmentation", "tokens"],
+    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data", "detection", "segmentation", "tokens",
+                                            "export"],
                          help="kernels/models: CPU or --device cuda; gpu: Triton vs torch, FlexAttention and timm on "
                               "CUDA, bf16; data: vithub train's image reader against timm's; detection: Mask R-CNN "
                               "train img/s and latency per backbone, vs timm's Swin-T and torchvision's R50-FPN v2; "
                               "segmentation: UPerNet train img/s and latency per backbone, vs timm's Swin-T; tokens: ToMe "
-                              "(per r), Cropr (per rate) and LTMP (overhead) eval img/s vs the same timm ViT unreduced")
+                              "(per r), Cropr (per rate) and LTMP (overhead) eval img/s vs the same timm ViT unreduced; export: "
+                              "ONNX Runtime img/s of exported vh models vs their timm twins' exports")
     p_bench.add_argument("--output", default=None,
                          help="JSON path ('' for none; default in the current directory: <target>_<device>.json, "
                               "gpu_kernels_<gpu name>.json for gpu)")
@@ -260,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Cropr rates (last-layer fusion), one row each; none: --cropr-rates with no value")
     tokens.add_argument("--no-ltmp", action="store_true",
                         help="leave out the LTMP row (thresholds that keep every token: the cost of its scoring)")
+    export = p_bench.add_argument_group("export (also --batch-sizes, --img-size)")
+    export.add_argument("--export-models", nargs="+", default=None,
+                        help="vh models to export and time against their timm twins (default: Swin-T, NAT-T vs "
+                             "Swin-T, FasterViT-0, LeViT-256, EfficientViT-M5, EfficientViT-B1)")
+    export.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -275,11 +340,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "images", 1) < 1 or getattr(args, "image_side", 1) < 1:
         parser.error("--images and --image-side must be >= 1")
     from vithub.bench.models import NoTwinError
+    from vithub.export import ExportError
     from vithub.publishing import HubError
 
     try:
         return args.func(args)
-    except (UnknownModelError, NoTwinError, ImportError, HubError) as error:
+    except (UnknownModelError, NoTwinError, ImportError, HubError, ExportError) as error:
         print(f"vithub: error: {error}", file=sys.stderr)
         return 2
 

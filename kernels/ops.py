@@ -22,7 +22,7 @@ from ._validation import (
     check_window,
     pair,
 )
-from .registry import get_backend, select_backend
+from .registry import as_custom_op, get_backend, select_backend
 
 
 def neighborhood_attention(
@@ -55,7 +55,7 @@ def neighborhood_attention(
     check_rpb(rpb, q, kernel)
     softmax_scale = check_scale(scale, q.shape[-1])
     name = select_backend("neighborhood_attention", backend, q)
-    if torch.compiler.is_compiling():
+    if as_custom_op():
         return custom_ops.neighborhood_attention_op(q, k, v, rpb, list(kernel), list(dil), softmax_scale, name)
     return get_backend(name).neighborhood_attention(q, k, v, rpb, kernel, dil, softmax_scale)
 
@@ -95,7 +95,7 @@ def window_attention(
     unpadded = check_unpadded(q, unpadded_size)
     softmax_scale = check_scale(scale, q.shape[-1])
     name = select_backend("window_attention", backend, q)
-    if torch.compiler.is_compiling():
+    if as_custom_op():
         return custom_ops.window_attention_op(q, k, v, rpb, list(window), list(shift), softmax_scale, name,
                                               list(unpadded))
     return get_backend(name).window_attention(q, k, v, rpb, window, shift, softmax_scale, unpadded)
@@ -139,7 +139,7 @@ def carrier_window_attention(
     check_rpb(rpb, q, window)
     softmax_scale = check_scale(scale, q.shape[-1])
     name = select_backend("carrier_window_attention", backend, q)
-    if torch.compiler.is_compiling():
+    if as_custom_op():
         return custom_ops.carrier_window_attention_op(q, k, v, carrier_q, carrier_k, carrier_v, rpb, list(window),
                                                       softmax_scale, name)
     return get_backend(name).carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, rpb, window,

@@ -155,10 +155,25 @@ def refusals(op: str, q: Tensor) -> Dict[str, Optional[str]]:
     return {name: backend.refusal(op, q) for name, backend in _REGISTRY.items()}
 
 
+def exporting_onnx() -> bool:
+    """True while ``torch.onnx.export`` traces the model: the ops then run as standard operators (the ``onnx``
+    backend), which every ONNX runtime has, instead of custom ops or Triton kernels."""
+    return torch.onnx.is_in_onnx_export()
+
+
+def as_custom_op() -> bool:
+    """Whether an op goes into the traced graph as one ``vithub::`` custom op: under ``torch.compile`` and
+    ``torch.export``, but not in an ONNX export, which needs standard operators."""
+    return torch.compiler.is_compiling() and not exporting_onnx()
+
+
 def select_backend(op: str, backend: Optional[str], q: Tensor) -> str:
-    """The backend that runs one call of ``op``: the explicit ``backend``, else the :func:`use_backend` context, else
-    the first of :data:`AUTOMATIC_ORDER` that accepts it. A named backend that cannot run the call raises
-    :class:`BackendUnavailableError` with its reason."""
+    """The backend that runs one call of ``op``: in an ONNX export the ``onnx`` backend (standard operators only),
+    else the explicit ``backend``, else the :func:`use_backend` context, else the first of :data:`AUTOMATIC_ORDER`
+    that accepts it. A named backend that cannot run the call raises :class:`BackendUnavailableError` with its
+    reason."""
+    if exporting_onnx() and "onnx" in _REGISTRY and op in _REGISTRY["onnx"].ops:
+        return "onnx"
     name = _check_name(backend, "backend")
     if name is None:
         forced = current_backend()

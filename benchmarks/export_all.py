@@ -1,0 +1,71 @@
+"""Export every registered vh model to ONNX at its default input size (random weights, dynamic batch, opset 18),
+check it with ``onnx.checker``, run it in ONNX Runtime at batch 1 and 3 against eager, and write one row per model:
+
+    python benchmarks/export_all.py [--output benchmarks/results/export_all_cpu.json] [--models NAME ...]
+
+CI exports one model per family at a small non-square size (``tests/test_export.py``); this script covers every
+registered model at the size it is used at, which takes too long for CI. A model that fails is recorded with its
+error, and the script exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import timm
+import torch
+
+import vithub
+from vithub.bench.timing import write_json
+from vithub.export import ExportError, export_onnx
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="benchmarks/results/export_all_cpu.json")
+    parser.add_argument("--models", nargs="+", default=None, help="default: every registered vh model")
+    args = parser.parse_args()
+    names = args.models or timm.list_models("vh_*")
+    rows = []
+    warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory(prefix="vithub-export-all-") as folder:
+        for name in names:
+            torch.manual_seed(0)
+            model = timm.create_model(name)
+            start = time.perf_counter()
+            row = {"model": name, "input_size": list(model.pretrained_cfg["input_size"])}
+            try:
+                result = export_onnx(model, Path(folder) / f"{name}.onnx", dynamic_batch=True)
+                row.update(ok=True, max_abs_diff=result.max_abs_diff,
+                           validated_batch_sizes=list(result.validated_batch_sizes),
+                           megabytes=round((Path(folder) / f"{name}.onnx").stat().st_size / 2 ** 20, 1))
+                (Path(folder) / f"{name}.onnx").unlink()
+            except ExportError as error:
+                row.update(ok=False, error=str(error))
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            rows.append(row)
+            status = f"max diff {row['max_abs_diff']:.1e}" if row["ok"] else f"FAILED: {row['error'][:120]}"
+            print(f"{name:<44}{'x'.join(map(str, row['input_size'][1:])):>9}  {status}  ({row['seconds']} s)",
+                  flush=True)
+    import onnxruntime
+
+    failed = [row["model"] for row in rows if not row["ok"]]
+    write_json(args.output, {
+        "benchmark": "export_all", "what": "every registered vh model exported at its default input size "
+        "(random weights, dynamic batch, opset 18), checked with onnx.checker, ONNX Runtime vs eager at batch 1 and 3",
+        "torch": torch.__version__, "timm": timm.__version__, "vithub": vithub.__version__,
+        "onnxruntime": onnxruntime.__version__, "machine": platform.machine(), "models": len(rows),
+        "failed": failed, "largest_max_abs_diff": max((row["max_abs_diff"] for row in rows if row["ok"]), default=None),
+        "rows": rows})
+    print(f"{len(rows) - len(failed)}/{len(rows)} exported and matched; wrote {args.output}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

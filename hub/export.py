@@ -1,0 +1,154 @@
+"""ONNX export: :func:`export_onnx` (and ``vithub export``) writes a model as an ONNX file, checks it with
+``onnx.checker``, runs it once in ONNX Runtime against eager PyTorch and reports the largest difference.
+
+The exporter is PyTorch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``). While it traces, every vithub
+attention op runs in its standard-operator form (the kernel layer's ``onnx`` backend), so the file holds no
+``vithub::`` custom op and needs nothing but ONNX Runtime (or any ONNX runtime) to run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+EXTRA = "vithub[export]"
+MIN_OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The export could not be made or did not validate; nothing was left at the output path."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote and how it validated."""
+
+    path: str
+    input_size: Tuple[int, int, int]  # (C, H, W)
+    dynamic_batch: bool
+    opset: int
+    max_abs_diff: float  # ONNX Runtime vs eager, on one random batch
+    validated_batch_sizes: Tuple[int, ...]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def require_export_packages() -> None:
+    """Raise :class:`ExportError` naming the extra when onnx, onnxscript or onnxruntime is missing."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install '{EXTRA}'")
+
+
+def model_input_size(model: torch.nn.Module, img_size: Optional[Union[int, Sequence[int]]] = None
+                     ) -> Tuple[int, int, int]:
+    """``(C, H, W)`` to export at: ``img_size`` (an int or ``(H, W)``) or the model's pretrained cfg."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    channels, height, width = tuple(cfg.get("input_size", (3, 224, 224)))
+    if img_size is None:
+        return int(channels), int(height), int(width)
+    sizes = [img_size] if isinstance(img_size, int) else list(img_size)
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
+        raise ExportError(f"img_size must be an int or (H, W) of ints >= 1, got {img_size!r}")
+    return int(channels), sizes[0], sizes[1]
+
+
+def _onnx_runtime_outputs(path: Path, images: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    return torch.from_numpy(outputs[0])
+
+
+def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Optional[Union[int, Sequence[int]]] = None,
+                dynamic_batch: bool = True, batch_size: int = 1, opset: int = MIN_OPSET, fuse: bool = False,
+                atol: float = 1e-4, validate: bool = True, seed: int = 0) -> ExportResult:
+    """Export ``model`` (eval mode, on the CPU) to ONNX at ``path`` and check it.
+
+    Args:
+        model: a timm or vithub model whose forward takes one image batch ``(B, C, H, W)``.
+        path: the ``.onnx`` file; written atomically (a failed export or validation leaves nothing there).
+        img_size: an int or ``(H, W)``; default the model's pretrained cfg input size.
+        dynamic_batch: a symbolic batch dimension; otherwise the graph is fixed at ``batch_size``.
+        opset: ONNX opset (18 or newer).
+        fuse: fold BatchNorms into the preceding layers first, for families that support it (``model.fuse()``:
+            LeViT, EfficientViT); a no-op elsewhere.
+        atol: largest accepted absolute difference between ONNX Runtime and eager outputs.
+        validate: run ``onnx.checker`` and ONNX Runtime against eager (at two batch sizes with ``dynamic_batch``).
+
+    Raises:
+        ExportError: missing packages (naming the extra), an input size the model cannot take, a failed export, or
+            outputs further than ``atol`` from eager.
+    """
+    require_export_packages()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ExportError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    target = Path(path)
+    if target.suffix != ".onnx":
+        raise ExportError(f"output must be a .onnx file, got {str(target)!r}")
+    if fuse and hasattr(model, "fuse"):
+        model = model.fuse()
+    model = model.eval().cpu()
+    input_size = model_input_size(model, img_size)
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, *input_size, generator=generator)
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as error:  # the model's own message says what it needs
+        raise ExportError(f"the model cannot take input size {input_size[1]}x{input_size[2]}: "
+                          f"{type(error).__name__}: {error}") from error
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    os.close(handle)
+    staging = Path(staging_name)
+    try:
+        try:
+            with torch.no_grad():
+                program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                            dynamic_shapes=dynamic_shapes, verbose=False, report=False)
+            program.save(str(staging))
+        except Exception as error:
+            root = error
+            while root.__cause__ is not None:
+                root = root.__cause__
+            raise ExportError(f"torch.onnx.export failed: {type(root).__name__}: {str(root).splitlines()[0]}"
+                              ) from error
+        max_diff, sizes = float("nan"), ()
+        if validate:
+            import onnx
+
+            onnx.checker.check_model(str(staging), full_check=True)
+            sizes = (1, 3) if dynamic_batch else (batch_size,)
+            max_diff = 0.0
+            for size in sizes:
+                images = torch.randn(size, *input_size, generator=generator)
+                with torch.no_grad():
+                    expected = model(images)
+                if not isinstance(expected, torch.Tensor):
+                    raise ExportError("validation compares the first output, and the model's forward does not "
+                                      f"return a tensor ({type(expected).__name__}); pass validate=False")
+                got = _onnx_runtime_outputs(staging, images)
+                if got.shape != expected.shape:
+                    raise ExportError(f"ONNX Runtime gave shape {tuple(got.shape)} at batch {size}, eager "
+                                      f"{tuple(expected.shape)}")
+                max_diff = max(max_diff, float((got - expected.float()).abs().max()))
+            if not max_diff <= atol:
+                raise ExportError(f"ONNX Runtime outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return ExportResult(str(target), input_size, dynamic_batch, opset, max_diff, tuple(sizes))

@@ -1,0 +1,193 @@
+"""ONNX export: one model per family and per token-reduction method exports (dynamic batch, opset 18) at a
+non-square size and runs in ONNX Runtime within 1e-4 of eager at two batch sizes (every registered model at its
+default size: ``benchmarks/export_all.py``); each attention op's export form against the reference backend;
+``torch.export`` with a dynamic batch; ``vithub export`` and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import contract
+import vithub
+from vithub.export import ExportError, export_onnx
+
+pytest.importorskip("onnxruntime", reason="ONNX export tests need the export extra: pip install 'vithub[export]'")
+pytest.importorskip("onnxscript", reason="ONNX export tests need the export extra: pip install 'vithub[export]'")
+
+VH_MODELS = timm.list_models("vh_*")
+# One model per family (and per token-reduction method) also goes through a non-square input.
+FAMILY_REPRESENTATIVES = ["vh_swin_tiny_patch4_window7_224", "vh_nat_mini", "vh_dinat_mini", "vh_fastervit_0_224",
+                          "vh_levit_128s", "vh_efficientvit_m0", "vh_efficientvit_b0", "vh_efficientvit_l1",
+                          "vh_deit_tiny_patch16_224_tome", "vh_deit_tiny_patch16_224_ltmp",
+                          "vh_deit_tiny_patch16_224_cropr"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_exporter():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
+def test_each_family_exports_and_matches_eager_in_onnx_runtime(name, tmp_path):
+    """One model per family and per token-reduction method, at a non-square size (patch-aligned for the ViTs):
+    dynamic batch, checked at batch 1 and 3 within 1e-4. Every registered model at its default size is exported by
+    ``benchmarks/export_all.py`` (results in ``benchmarks/results/export_all_cpu.json``): a few seconds to a minute
+    each, too long for CI."""
+    size = (80, 48) if name.endswith(("_tome", "_ltmp", "_cropr")) else contract.ODD_INPUTS[0]
+    result = export_onnx(contract.make_model(name), tmp_path / "model.onnx", img_size=size, dynamic_batch=True)
+    assert result.max_abs_diff <= 1e-4 and result.validated_batch_sizes == (1, 3)
+    assert result.input_size[1:] == size
+    assert Path(result.path).is_file() and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_the_representatives_cover_every_family_and_method():
+    assert set(FAMILY_REPRESENTATIVES) <= set(VH_MODELS)
+    families = {name.split("_")[1] for name in VH_MODELS} | {name.rsplit("_", 1)[1] for name in VH_MODELS
+                                                             if name.endswith(("_tome", "_ltmp", "_cropr"))}
+    covered = {name.split("_")[1] for name in FAMILY_REPRESENTATIVES} | {
+        name.rsplit("_", 1)[1] for name in FAMILY_REPRESENTATIVES if name.endswith(("_tome", "_ltmp", "_cropr"))}
+    assert families <= covered | {"vit"}  # the ViT-B/L members are the DeiT ones at another width
+
+
+def _op_module(op):
+    class Op(torch.nn.Module):
+        def forward(self, *inputs):
+            return op(*inputs)
+    return Op().eval()
+
+
+def _onnx_matches_reference(op, inputs, tmp_path, atol=1e-5):
+    import onnxruntime
+
+    from vithub.kernels import use_backend
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    program = torch.onnx.export(_op_module(op), tuple(inputs), dynamo=True, opset_version=18, verbose=False)
+    program.save(str(tmp_path / "op.onnx"))
+    text = (tmp_path / "op.onnx").read_bytes()
+    assert b"vithub" not in text  # standard operators only
+    session = onnxruntime.InferenceSession(str(tmp_path / "op.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {arg.name: tensor.numpy() for arg, tensor in zip(session.get_inputs(), inputs)}
+    got = session.run(None, feeds)
+    with use_backend("reference"), torch.no_grad():
+        expected = op(*[tensor.double() for tensor in inputs])
+    expected = expected if isinstance(expected, (tuple, list)) else [expected]
+    for out, ref in zip(got, expected):
+        torch.testing.assert_close(torch.from_numpy(out).double(), ref, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("kernel, dilation, size, rpb", [(3, 1, (6, 7), True), (5, 2, (11, 10), True),
+                                                         ((3, 5), (2, 1), (8, 9), False), (4, 1, (7, 6), True)])
+def test_neighborhood_attention_export_form_matches_the_reference(kernel, dilation, size, rpb, tmp_path):
+    from vithub.kernels import neighborhood_attention
+
+    torch.manual_seed(1)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    q, k, v = (torch.randn(2, *size, 2, 8) for _ in range(3))
+    inputs = [q, k, v] + ([torch.randn(2, 2 * kh - 1, 2 * kw - 1)] if rpb else [])
+
+    def op(q, k, v, table=None):
+        return neighborhood_attention(q, k, v, kernel, dilation, rpb=table)
+
+    _onnx_matches_reference(op, inputs, tmp_path)
+
+
+@pytest.mark.parametrize("window, shift, size, unpadded", [(3, 0, (6, 9), None), (3, 1, (6, 9), None),
+                                                           ((4, 2), (2, 1), (8, 6), None), (3, 1, (9, 9), (8, 7))])
+def test_window_attention_export_form_matches_the_reference(window, shift, size, unpadded, tmp_path):
+    from vithub.kernels import window_attention
+
+    torch.manual_seed(2)
+    wh, ww = (window, window) if isinstance(window, int) else window
+    q, k, v = (torch.randn(2, *size, 3, 4) for _ in range(3))
+    table = torch.randn(3, 2 * wh - 1, 2 * ww - 1)
+
+    def op(q, k, v, table):
+        return window_attention(q, k, v, window, shift, rpb=table, unpadded_size=unpadded)
+
+    _onnx_matches_reference(op, [q, k, v, table], tmp_path)
+
+
+def test_the_other_ops_export_forms_match_the_reference(tmp_path):
+    from vithub.kernels import (carrier_window_attention, global_attention, relu_linear_attention,
+                                table_bias_attention)
+
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 6, 2, 8) for _ in range(3))
+    carriers = [torch.randn(2, 2, 3, 1, 2, 8) for _ in range(3)]  # one carrier per 2x2 window
+    table = torch.randn(2, 3, 3)
+
+    def carrier(q, k, v, cq, ck, cv, table):
+        out, carrier_out = carrier_window_attention(q, k, v, cq, ck, cv, (2, 2), rpb=table)
+        return out, carrier_out
+
+    _onnx_matches_reference(carrier, [q, k, v, *carriers, table], tmp_path / "carrier")
+    bias_table = torch.randn(2, 4, 4)
+
+    def table_op(q, k, v, bias):
+        return table_bias_attention(q, k, v, bias_table=bias)
+
+    q16, k16, v16 = (torch.randn(2, 4, 4, 2, 8) for _ in range(3))
+    _onnx_matches_reference(table_op, [q16, k16, v16, bias_table], tmp_path / "table")
+    _onnx_matches_reference(lambda q, k, v: relu_linear_attention(q, k, v), [q, k, v], tmp_path / "linear")
+    flat = [torch.randn(2, 9, 2, 8) for _ in range(3)]
+    key_bias, key_mask = torch.randn(2, 9), torch.rand(2, 9) + 0.1
+    _onnx_matches_reference(lambda q, k, v, b, m: global_attention(q, k, v, key_bias=b, key_mask=m),
+                            [*flat, key_bias, key_mask], tmp_path / "global")
+
+
+@pytest.mark.parametrize("name", ["vh_swin_tiny_patch4_window7_224", "vh_nat_mini", "vh_fastervit_0_224"])
+def test_torch_export_with_a_dynamic_batch_keeps_working(name):
+    model = contract.make_model(name).eval()
+    images = contract.random_images(2, contract.contract_input(name))
+    program = torch.export.export(model, (images,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    other = contract.random_images(3, contract.contract_input(name), seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(other), model(other), rtol=1e-5, atol=1e-5)
+
+
+def test_vithub_export_command_and_its_bad_inputs(tmp_path, capsys, monkeypatch):
+    from vithub import cli
+
+    output = tmp_path / "out" / "m0.onnx"
+    assert cli.main(["export", "vh_efficientvit_m0", "--no-pretrained", "--output", str(output), "--img-size", "96",
+                     "80", "--dynamic-batch", "--fuse"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert output.is_file() and report["input_size"] == [3, 96, 80] and report["max_abs_diff"] <= 1e-4
+    assert "max abs diff" in captured.err
+    # the same file from Python, at a fixed batch of 2
+    result = vithub.export_onnx(timm.create_model("vh_efficientvit_m0"), tmp_path / "fixed.onnx", img_size=64,
+                                dynamic_batch=False, batch_size=2)
+    assert result.validated_batch_sizes == (2,)
+
+    def refused(argv, message):
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        assert cli.main(argv) == 2
+        assert message in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no partial file anywhere
+
+    bad = str(tmp_path / "bad.onnx")
+    refused(["export", "vh_not_a_model", "--output", bad], "is not a registered model")
+    refused(["export", "vh_deit_tiny_patch16_224_tome", "--no-pretrained", "--output", bad, "--img-size", "64"],
+            "cannot take input size 64x64")
+    refused(["export", "vh_efficientvit_m0", "--no-pretrained", "--output", str(tmp_path / "bad.txt")],
+            "output must be a .onnx file")
+    refused(["export", "vh_efficientvit_m0", "--no-pretrained", "--output", bad, "--opset", "13"],
+            "opset must be an int >= 18")
+    refused(["export", "vh_efficientvit_m0", "--no-pretrained", "--output", bad, "--atol", "0"],
+            "ONNX Runtime outputs differ from eager")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxscript" else real(name))
+    with pytest.raises(ExportError, match=r"needs onnxscript: pip install 'vithub\[export\]'"):
+        export_onnx(timm.create_model("vh_efficientvit_m0"), tmp_path / "x.onnx")
