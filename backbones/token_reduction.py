@@ -44,8 +44,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer, 
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vithub.kernels import global_attention
-from vithub.kernels.registry import exporting_onnx
+from vithub.kernels import exporting_onnx, global_attention
 
 from ._common import take_indices
 
