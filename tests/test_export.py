@@ -39,7 +39,7 @@ def _quiet_exporter():
 def test_each_family_exports_and_matches_eager_in_onnx_runtime(name, tmp_path):
     """One model per family and per token-reduction method, at a non-square size (patch-aligned for the ViTs):
     dynamic batch, checked at batch 1 and 3 within 1e-4. Every registered model at its default size is exported by
-    ``benchmarks/export_all.py`` (results in ``benchmarks/results/export_all_cpu.json``): a few seconds to a minute
+    ``benchmarks/export_all.py`` (results in ``benchmarks/results/``): 15 s to 5 min
     each, too long for CI."""
     size = (80, 48) if name.endswith(("_tome", "_ltmp", "_cropr")) else contract.ODD_INPUTS[0]
     result = export_onnx(contract.make_model(name), tmp_path / "model.onnx", img_size=size, dynamic_batch=True)
