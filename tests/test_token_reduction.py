@@ -274,22 +274,27 @@ def test_token_bench_writes_table_and_json(tmp_path, capsys):
     assert rows[4]["tokens_after_last_block"] == 17 == rows[4]["fewest_tokens"]
 
 
+def _class_folders(root):
+    """Two classes of four random 24x24 images each, in train and val class folders (vithub train's layout)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for index in range(4):
+                Image.fromarray(torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8).numpy()).save(
+                    folder / f"{index}.png")
+
+
 def test_training_applies_the_spec_and_publishing_keeps_it(tmp_path):
     """vithub train --token-reduction trains the reduced model; the run's model, its saved folder and the loaded
     copy are reduced the same way."""
-    from PIL import Image
-
     from vithub.publishing import load, model_from_run, save_pretrained
     from vithub.train import TrainConfig, train
     from vithub.train.checkpoint import load_state
 
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            folder = tmp_path / "data" / split / label
-            folder.mkdir(parents=True)
-            for index in range(4):
-                pixels = torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{index}.png")
+    _class_folders(tmp_path / "data")
     output = tmp_path / "run"
     summary = train(TrainConfig(model="deit_tiny_patch16_224", data=str(tmp_path / "data"), epochs=1, batch_size=4,
                                 token_reduction="tome:r=(8,-1)", output=str(output), progress=False))
@@ -502,8 +507,6 @@ def test_ltmp_members_train_their_thresholds_and_publishing_keeps_them(tmp_path)
     model comes back with the same reduction and the learned thresholds."""
     import json
 
-    from PIL import Image
-
     from vithub.publishing import load, model_from_run, save_pretrained
     from vithub.train import TrainConfig, train
     from vithub.train.checkpoint import load_state
@@ -511,13 +514,7 @@ def test_ltmp_members_train_their_thresholds_and_publishing_keeps_them(tmp_path)
     member = timm.create_model("vh_deit_tiny_patch16_224_ltmp", depth=2, img_size=32)
     assert member.token_reduction["flops_ratio"] == 0.7 and "untrained" in member.pretrained_cfg["notes"][0]
     assert "vh_vit_large_patch16_224_ltmp" in timm.list_models("vh_*")
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            folder = tmp_path / "data" / split / label
-            folder.mkdir(parents=True)
-            for index in range(4):
-                Image.fromarray(torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8).numpy()).save(
-                    folder / f"{index}.png")
+    _class_folders(tmp_path / "data")
     output = tmp_path / "run"
     train(TrainConfig(model="deit_tiny_patch16_224", data=str(tmp_path / "data"), epochs=1, batch_size=4, lr=0.05,
                       token_reduction="ltmp:flops_ratio=0.5,prune_threshold=0.004", output=str(output),
@@ -639,18 +636,10 @@ def test_cropr_with_fusion_segments_with_the_same_head():
 
 
 def test_cropr_training_adds_the_auxiliary_losses_and_publishing_keeps_the_routers(tmp_path):
-    from PIL import Image
-
     from vithub.publishing import load, model_from_run, save_pretrained
     from vithub.train import TrainConfig, train
 
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            folder = tmp_path / "data" / split / label
-            folder.mkdir(parents=True)
-            for index in range(4):
-                Image.fromarray(torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8).numpy()).save(
-                    folder / f"{index}.png")
+    _class_folders(tmp_path / "data")
     output = tmp_path / "run"
     train(TrainConfig(model="deit_tiny_patch16_224", data=str(tmp_path / "data"), epochs=1, batch_size=4,
                       token_reduction="cropr:rate=8", output=str(output), progress=False))
