@@ -689,7 +689,7 @@ def _ltmp_settings(options: Dict[str, Any]) -> Dict[str, Any]:
     return {"method": "ltmp", **settings}
 
 
-def _positive_int(method: str, name: str, value: Any, minimum: int) -> int:
+def _int_at_least(method: str, name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{method}: {name} must be an int >= {minimum}, got {value!r}")
     return value
@@ -699,12 +699,12 @@ def _cropr_settings(vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
     unknown = sorted(set(options) - set(CROPR_OPTIONS))
     if unknown:
         raise ValueError(f"cropr takes the options {list(CROPR_OPTIONS)}, got unknown {unknown}")
-    rate = _positive_int("cropr", "rate", options.get("rate", 8), 0)
+    rate = _int_at_least("cropr", "rate", options.get("rate", 8), 0)
     fusion = options.get("last_layer_fusion", True)
     if not isinstance(fusion, bool):
         raise ValueError(f"cropr: last_layer_fusion must be True or False, got {fusion!r}")
-    heads = _positive_int("cropr", "router_heads", options.get("router_heads", vit.blocks[0].attn.num_heads), 1)
-    queries = _positive_int("cropr", "num_queries", options.get("num_queries", 1), 1)
+    heads = _int_at_least("cropr", "router_heads", options.get("router_heads", vit.blocks[0].attn.num_heads), 1)
+    queries = _int_at_least("cropr", "num_queries", options.get("num_queries", 1), 1)
     mlp_ratio = options.get("mlp_ratio", 4.0)
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
         raise ValueError(f"cropr: mlp_ratio must be a number > 0, got {mlp_ratio!r}")
@@ -775,8 +775,9 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
     vit.__class__ = _reduced_class(base)
     vit.token_reduction = settings
     vit.token_counts, vit.token_merges, vit.token_reduction_losses = [], [], {}
+    reference = next(vit.parameters())  # what a method adds lives on the model's device and dtype
     if method == "ltmp":
-        depth, reference = len(vit.blocks), next(vit.parameters())
+        depth = len(vit.blocks)
         if not settings["train_backbone"]:
             vit._requires_grad_before = {name: p.requires_grad for name, p in vit.named_parameters()}
             vit.requires_grad_(False)
@@ -785,7 +786,6 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
         vit.ltmp_prune_thresholds = nn.Parameter(torch.full((depth,), settings["prune_threshold"],
                                                             device=reference.device))
     if method == "cropr":
-        reference = next(vit.parameters())
         vit.cropr_routers = nn.ModuleList([
             CroprRouter(vit.embed_dim, settings["router_heads"], settings["num_queries"], vit.num_classes,
                         settings["mlp_ratio"]) for _ in settings["schedule"]]).to(reference.device, reference.dtype)

@@ -62,12 +62,10 @@ def model_input_size(model: torch.nn.Module, img_size: Optional[Union[int, Seque
     return int(channels), sizes[0], sizes[1]
 
 
-def _onnx_runtime_outputs(path: Path, images: torch.Tensor) -> torch.Tensor:
+def _onnx_runtime_session(path: Path):
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {session.get_inputs()[0].name: images.numpy()})
-    return torch.from_numpy(outputs[0])
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Optional[Union[int, Sequence[int]]] = None,
@@ -134,6 +132,7 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
             onnx.checker.check_model(str(staging), full_check=True)
             sizes = (1, 3) if dynamic_batch else (batch_size,)
             max_diff = 0.0
+            session = _onnx_runtime_session(staging)
             for size in sizes:
                 images = torch.randn(size, *input_size, generator=generator)
                 with torch.no_grad():
@@ -141,7 +140,7 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
                 if not isinstance(expected, torch.Tensor):
                     raise ExportError("validation compares the first output, and the model's forward does not "
                                       f"return a tensor ({type(expected).__name__}); pass validate=False")
-                got = _onnx_runtime_outputs(staging, images)
+                got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
                 if got.shape != expected.shape:
                     raise ExportError(f"ONNX Runtime gave shape {tuple(got.shape)} at batch {size}, eager "
                                       f"{tuple(expected.shape)}")
