@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq
 
-from vithub.kernels import gather_table_bias
+from vithub.kernels import exporting_onnx, gather_table_bias
 
 
 def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
@@ -104,14 +104,15 @@ class PointwiseConv2d(nn.Conv2d):
 
     On CPU, a channels-last 1x1 conv goes through oneDNN's conv path, which a plain matmul beats by 1.3-1.8x at
     batch 32 on EfficientViT's maps (measured here); an NCHW map keeps the regular conv, which is the faster of the
-    two at batch 1 on the smallest (4x4, 7x7) maps.
+    two at batch 1 on the smallest (4x4, 7x7) maps. An ONNX export always takes the conv: a graph has no memory
+    format, and ONNX Runtime folds the following BatchNorm into a Conv but not into a transposed MatMul.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True, **kwargs: Any) -> None:
         super().__init__(in_channels, out_channels, 1, bias=bias, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        if exporting_onnx() or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
         out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
         return out.permute(0, 3, 1, 2)

@@ -134,12 +134,13 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
             if index > 0:
                 feature = feature + groups[index]
             q, kv = qkv(feature).split([self.key_dim, self.key_dim + self.val_dim], dim=1)
-            # NCHW to heads-last (B, H, W, 1, C) views; the op takes the strides as they are.
-            q = dw(q).permute(0, 2, 3, 1).unsqueeze(3)
-            k, v = kv.permute(0, 2, 3, 1).unsqueeze(3).split([self.key_dim, self.val_dim], dim=-1)
+            # NCHW to heads-last (B, H, W, 1, C) views; the op takes the strides as they are. One permute each way
+            # (not permute + unsqueeze), so an ONNX export's transposes pair up and cancel.
+            q = dw(q).unsqueeze(1).permute(0, 3, 4, 1, 2)
+            k, v = kv.unsqueeze(1).permute(0, 3, 4, 1, 2).split([self.key_dim, self.val_dim], dim=-1)
             # The table stays fp32 under autocast; the op takes it in the activations' dtype (a no-op in fp32).
             out = table_bias_attention(q, k, v, gathered_bias=bias[index:index + 1].to(q.dtype))
-            feature = out.squeeze(3).permute(0, 3, 1, 2)
+            feature = out.permute(0, 3, 4, 1, 2).squeeze(1)
             outputs.append(feature)
         return self.proj(torch.cat(outputs, dim=1))
 

@@ -85,7 +85,8 @@ def _onnx_matches_reference(op, inputs, tmp_path, atol=1e-5):
 
 
 @pytest.mark.parametrize("kernel, dilation, size, rpb", [(3, 1, (6, 7), True), (5, 2, (11, 10), True),
-                                                         ((3, 5), (2, 1), (8, 9), False), (4, 1, (7, 6), True)])
+                                                         ((3, 5), (2, 1), (8, 9), False), (4, 1, (7, 6), True),
+                                                         (7, 1, (7, 9), True)])
 def test_neighborhood_attention_export_form_matches_the_reference(kernel, dilation, size, rpb, tmp_path):
     from vithub.kernels import neighborhood_attention
 
@@ -191,3 +192,23 @@ def test_vithub_export_command_and_its_bad_inputs(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxscript" else real(name))
     with pytest.raises(ExportError, match=r"needs onnxscript: pip install 'vithub\[export\]'"):
         export_onnx(timm.create_model("vh_efficientvit_m0"), tmp_path / "x.onnx")
+
+
+def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_compare(tmp_path, capsys, monkeypatch):
+    from vithub.bench import export as bench
+
+    output = tmp_path / "export.json"
+    payload = bench.bench_export(pairs=[("vh_efficientvit_m0", None)], batch_sizes=(2,), repeats=1, threads=1,
+                                 output=str(output))
+    assert json.loads(output.read_text()) == payload
+    (row,) = payload["rows"]
+    assert row["compared_with"] == "efficientvit_m0" and row["same_weights"] is True
+    assert row["speed_vs_twin"] == round(row["twin_ms"] / row["ms"], 3)
+    assert row["fused_speed_vs_twin"] == round(row["twin_ms"] / row["fused_ms"], 3)
+    table = capsys.readouterr().out
+    assert "vh_efficientvit_m0" in table and "fused ratio" in table
+    # an official model whose package is missing is not compared, and the row will say why
+    monkeypatch.setattr(bench, "OFFICIAL_PACKAGES", {"levit_": "vithub_no_such_package"})
+    model, name, same_layout, missing = bench._comparison("vh_levit_128s", "levit_128s")
+    assert model is None and name == "levit_128s" and "'vithub_no_such_package' package" in missing
+    assert bench._comparison("vh_nat_mini", None)[3].startswith("vh_nat_mini has no timm twin")

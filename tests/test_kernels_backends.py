@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from oracles import assert_compiled_matches_eager, outputs_and_grads
 from vithub.kernels import custom_ops, neighborhood_attention, window_attention
 
-FAST_BACKENDS = ["torch"]
+# "onnx": the standard-operator forms an ONNX export holds, run eagerly (tests/test_export.py checks the exports).
+FAST_BACKENDS = ["torch", "onnx"]
 TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -57,14 +57,16 @@ def test_table_reference_matches_loop(stride, size):
                                loop_table_attention(q, k, v, None, stride, 0.7))
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])  # onnx: the form an ONNX export holds (one head differs)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(height=st.integers(1, 9), width=st.integers(1, 9), stride=st.integers(1, 3), heads=st.integers(1, 3),
        head_dim=st.sampled_from([4, 8]), value_dim=st.sampled_from([4, 12]), seed=st.integers(0, 2 ** 16))
-def test_table_torch_matches_reference_with_gradients(height, width, stride, heads, head_dim, value_dim, seed):
+def test_table_fast_forms_match_reference_with_gradients(backend, height, width, stride, heads, head_dim, value_dim,
+                                                         seed):
     torch.manual_seed(seed)
     inputs = table_inputs(2, height, width, heads, head_dim, value_dim, stride, grad=True)
     expected = table_bias_attention(*inputs, stride, backend="reference")
-    actual = table_bias_attention(*inputs, stride, backend="torch")
+    actual = table_bias_attention(*inputs, stride, backend=backend)
     torch.testing.assert_close(actual, expected)
     grad = torch.randn_like(expected)
     for got, want in zip(torch.autograd.grad(actual, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
