@@ -105,6 +105,15 @@ class PatchMerging(nn.Module):
         return self.conv3(self.se(self.act(self.conv2(self.act(self.conv1(x))))))
 
 
+def heads_last(x: torch.Tensor) -> torch.Tensor:
+    """An NCHW map as the one-head ``(B, H, W, 1, C)`` view the attention op takes (strides as they are).
+
+    A view and one permute, no unsqueeze: in an ONNX export the permute meets its inverse in the op's export form
+    and both go, and the view merges with the form's reshape.
+    """
+    return x.view(x.shape[0], 1, *x.shape[1:]).permute(0, 3, 4, 1, 2)
+
+
 class CascadedGroupAttention(BiasTableMixin, nn.Module):
     """Cascaded group attention on one window (or a batch of windows, ``(B, C, wh, ww)``).
 
@@ -133,14 +142,11 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
         for index, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
             if index > 0:
                 feature = feature + groups[index]
-            q, kv = qkv(feature).split([self.key_dim, self.key_dim + self.val_dim], dim=1)
-            # NCHW to heads-last (B, H, W, 1, C) views; the op takes the strides as they are. One permute each way
-            # (not permute + unsqueeze), so an ONNX export's transposes pair up and cancel.
-            q = dw(q).unsqueeze(1).permute(0, 3, 4, 1, 2)
-            k, v = kv.unsqueeze(1).permute(0, 3, 4, 1, 2).split([self.key_dim, self.val_dim], dim=-1)
+            q, k, v = qkv(feature).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
             # The table stays fp32 under autocast; the op takes it in the activations' dtype (a no-op in fp32).
-            out = table_bias_attention(q, k, v, gathered_bias=bias[index:index + 1].to(q.dtype))
-            feature = out.permute(0, 3, 4, 1, 2).squeeze(1)
+            out = table_bias_attention(heads_last(dw(q)), heads_last(k), heads_last(v),
+                                       gathered_bias=bias[index:index + 1].to(q.dtype))
+            feature = out.permute(0, 3, 4, 1, 2).view(batch, -1, height, width)
             outputs.append(feature)
         return self.proj(torch.cat(outputs, dim=1))
 

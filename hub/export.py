@@ -118,6 +118,9 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
             with torch.no_grad():
                 program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                             dynamic_shapes=dynamic_shapes, verbose=False, report=False)
+                # A second optimizer pass: the first removes pairs of inverse transposes (a model's NCHW-to-heads-
+                # last permute and the attention form's way back), which leaves pairs of reshapes to merge.
+                program.optimize()
             program.save(str(staging))
         except Exception as error:
             root = error
