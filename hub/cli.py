@@ -117,7 +117,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     run_model_bench(output=output, models=args.models, batch_sizes=args.batch_sizes, modes=args.modes,
                     backends=args.backends, compare=args.compare, compare_imports=args.compare_import,
                     repeats=args.repeats or 3, img_size=args.img_size, device=args.device, twin=args.twin,
-                    fused=args.fused, amp=args.amp)
+                    fused=args.fused, amp=args.amp, processes=args.processes)
     return 0
 
 
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "relu_linear_attention (EfficientViT-B shapes)")
     models = p_bench.add_argument_group("models")
     models.add_argument("--models", nargs="+", default=["vh_nat_tiny", "vh_dinat_tiny"], help="models to time")
-    models.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    models.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
     models.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
     models.add_argument("--backends", nargs="+", default=["torch", "reference"], choices=["torch", "reference", "triton"],
                         help="kernel backends to time each model with")
@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--twin", action="store_true",
                         help="also time each model's timm twin (vh_levit_256 -> levit_256) with the same weights")
     models.add_argument("--fused", action="store_true", help="also time the model after fuse() (eval rows)")
+    models.add_argument("--processes", type=int, default=1,
+                        help="run the benchmark this many times, each in a fresh process; the JSON keeps the median "
+                             "and, per ratio to the twin, the min-max over the runs")
     models.add_argument("--amp", default=None, choices=["bfloat16", "float16"],
                         help="run every candidate under autocast in this dtype (default: fp32)")
     data = p_bench.add_argument_group("data")
@@ -335,6 +338,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     if getattr(args, "repeats", None) is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if getattr(args, "processes", 1) < 1:
+        parser.error("--processes must be >= 1")
     if any(size < 1 for size in getattr(args, "batch_sizes", [1])):
         parser.error("--batch-sizes must all be >= 1")
     if getattr(args, "images", 1) < 1 or getattr(args, "image_side", 1) < 1:

@@ -131,6 +131,30 @@ def test_model_bench_twin_with_same_weights_and_fused(tmp_path, capsys):
     assert "has no timm twin" in capsys.readouterr().err
 
 
+def test_model_bench_in_separate_processes_keeps_medians_and_the_spread_of_each_ratio(tmp_path, capsys):
+    from vithub.bench import models as bench_models
+
+    output = tmp_path / "runs.json"
+    payload = bench_models.run_model_bench(output=str(output), models=["vh_efficientvit_m0"], batch_sizes=[2],
+                                           modes=["eval"], backends=["torch"], repeats=1, img_size=64, twin=True,
+                                           fused=True, processes=2)
+    assert json.loads(output.read_text()) == payload
+    assert payload["processes"] == 2 and payload["threads"] >= 1 and payload["cpu"]
+    (row,) = payload["rows"]
+    for name in ("torch", "fused", "efficientvit_m0"):
+        assert len(row["ms_runs"][name]) == 2
+        assert row["ms"][name] == pytest.approx(sum(row["ms_runs"][name]) / 2, abs=1e-3)  # median of two
+    for name in ("torch", "fused"):
+        ratio = row["speed_vs_twin"][name]
+        expected = [round(twin / ours, 3) for twin, ours in zip(row["ms_runs"]["efficientvit_m0"],
+                                                                 row["ms_runs"][name])]
+        assert ratio["runs"] == expected
+        assert ratio["min"] == min(expected) <= ratio["median"] <= ratio["max"] == max(expected)
+    assert "median of 2 processes" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        bench_models.run_model_bench(output="", processes=0)
+
+
 def test_kernel_bench_dense_ops(tmp_path):
     payload = run_kernel_bench(output=str(tmp_path / "dense.json"), repeats=1, quick=True, ops=["table", "linear"])
     rows = {(row["op"], row["mode"]): row for row in payload["rows"]}

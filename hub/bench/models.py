@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
+import statistics
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import timm
 import torch
@@ -19,13 +24,15 @@ import torch
 from vithub.catalog import check_model_name
 from vithub.kernels import use_backend
 
-from .timing import device_name, measure, report
+from .timing import cpu_model, device_name, measure, report
 
 DEFAULT_MODELS = ("vh_nat_tiny", "vh_dinat_tiny")
-DEFAULT_BATCH_SIZES = (1, 32)
+DEFAULT_BATCH_SIZES = (1, 8, 32)
 # The reference backend keeps every gathered (B, H, W, K*K, C) neighbourhood for backward: about 25 GB for a
 # NAT-Tiny train step at batch 32, more than this machine has, so its train rows stop at this batch size.
 REFERENCE_TRAIN_MAX_BATCH = 8
+# Candidates that are our model (per kernel backend, or fused); the others are timm models timed alongside.
+OUR_CANDIDATES = ("torch", "reference", "triton", "fused")
 
 
 @dataclass
@@ -150,6 +157,7 @@ def run_model_bench(
     twin: bool = False,
     fused: bool = False,
     amp: Optional[str] = None,
+    processes: int = 1,
 ) -> dict:
     """Run the model benchmark, print the table, write JSON to ``output`` (if given) and return the payload.
 
@@ -157,8 +165,17 @@ def run_model_bench(
     that register their models with timm on import (the official FasterViT package does). ``twin`` also times each
     model's timm twin (``vh_levit_256`` -> ``levit_256``) with the same weights; ``fused`` also times our model after
     ``fuse()`` (eval rows only). ``amp`` (``"bfloat16"`` or ``"float16"``) runs every candidate under autocast
-    (weights stay fp32, as in mixed-precision training).
+    (weights stay fp32, as in mixed-precision training). ``processes`` > 1 runs the whole benchmark that many times,
+    each in a fresh Python process, one after the other, and keeps per row and candidate the median of the runs'
+    milliseconds, and of each ratio to the twin its median, min and max (the spread between runs).
     """
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if processes > 1:
+        return _run_in_processes(processes, output, dict(
+            models=list(models), batch_sizes=list(batch_sizes), modes=list(modes), backends=list(backends),
+            compare=list(compare), compare_imports=list(compare_imports), repeats=repeats, img_size=img_size,
+            device=device, twin=twin, fused=fused, amp=amp))
     if amp not in (None, "bfloat16", "float16"):
         raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {amp!r}")
     torch_device = torch.device(device)
@@ -178,6 +195,8 @@ def run_model_bench(
     payload = {
         "benchmark": "models",
         "device": device_name(torch_device),
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "dtype": f"float32 weights, autocast {amp}" if amp else "float32",
@@ -185,7 +204,55 @@ def run_model_bench(
         "repeats": repeats,
         "compare_imports": imported_versions,
         "same_weights_as_twin": twin,
-        "rows": [dict(row.__dict__, images_per_second=row.images_per_second()) for row in rows],
+        "processes": 1,
+        "rows": [_with_ratios(dict(row.__dict__, images_per_second=row.images_per_second()), twin, [row.ms])
+                 for row in rows],
     }
+    report(output, payload)
+    return payload
+
+
+_CHILD = "import json, sys\nfrom vithub.bench.models import run_model_bench\nrun_model_bench(**json.loads(sys.argv[1]))"
+
+
+def _with_ratios(row: Dict[str, Any], twin: bool, runs: Sequence[Dict[str, float]]) -> Dict[str, Any]:
+    """Add ``speed_vs_twin``: per candidate of ours, the twin's ms over ours in each run, and their median/min/max."""
+    if not twin:
+        return row
+    reference = twin_name(row["model"])
+    ratios: Dict[str, Any] = {}
+    for candidate in row["ms"]:
+        if candidate not in OUR_CANDIDATES:
+            continue
+        values = [round(run[reference] / run[candidate], 3) for run in runs if reference in run and candidate in run]
+        if values:
+            ratios[candidate] = {"median": round(statistics.median(values), 3), "min": min(values),
+                                 "max": max(values), "runs": values}
+    row["speed_vs_twin"] = ratios
+    return row
+
+
+def _run_in_processes(processes: int, output: Optional[str], arguments: Dict[str, Any]) -> dict:
+    runs: List[dict] = []
+    with tempfile.TemporaryDirectory(prefix="vithub-bench-models-") as folder:
+        for index in range(processes):
+            print(f"-- process {index + 1} of {processes}", flush=True)
+            path = Path(folder) / f"run{index}.json"
+            subprocess.run([sys.executable, "-c", _CHILD, json.dumps(dict(arguments, output=str(path)))], check=True)
+            runs.append(json.loads(path.read_text()))
+    rows = []
+    for per_run in zip(*(run["rows"] for run in runs)):
+        first = per_run[0]
+        ms = {name: round(statistics.median(run["ms"][name] for run in per_run), 3) for name in first["ms"]}
+        row = dict(first, ms=ms, ms_runs={name: [run["ms"][name] for run in per_run] for name in first["ms"]},
+                   images_per_second={name: round(first["batch"] * 1e3 / value, 2) for name, value in ms.items()})
+        rows.append(_with_ratios(row, arguments["twin"], [run["ms"] for run in per_run]))
+    payload = dict(runs[0], processes=processes, rows=rows)
+    print(f"-- median of {processes} processes")
+    print(format_table([ModelRow(row["model"], row["batch"], row["mode"], row["ms"], row["skipped"]) for row in rows]))
+    for row in rows:
+        for candidate, ratio in row.get("speed_vs_twin", {}).items():
+            print(f"{row['model']:<22}{row['batch']:>6}{row['mode']:>7}  {candidate:<10} vs twin "
+                  f"{ratio['median']:.2f}x (runs {ratio['min']:.2f}-{ratio['max']:.2f})")
     report(output, payload)
     return payload

@@ -68,6 +68,17 @@ def device_name(device: DeviceLike) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), or the platform's processor string elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_slug(device: DeviceLike) -> str:
     """A file-name-safe device name: ``cpu`` or the GPU's name, e.g. ``nvidia_h200``."""
     import re
