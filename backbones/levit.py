@@ -85,8 +85,8 @@ class SampleLinear(nn.Linear):
     """``nn.Linear`` on the last dim that treats every leading dim as samples: one 2-D matmul.
 
     The same numbers as ``nn.Linear``; the flattening is for ONNX Runtime, which runs a MatMul of a 4-D
-    ``(B, H, W, C)`` input as one small GEMM per row of the map (LeViT-256 at batch 1: its linears 1.6x slower than
-    timm's on ``(B, N, C)`` tokens), and fuses a 2-D MatMul and its bias into one Gemm.
+    ``(B, H, W, C)`` input markedly slower than timm's on ``(B, N, C)`` tokens (LeViT-256 at batch 1, per-node profile),
+    and fuses a 2-D MatMul and its bias into one Gemm.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

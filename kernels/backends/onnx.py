@@ -43,6 +43,8 @@ def neighborhood_tile_plan(length: int, kernel: int, dilation: int, tile: int
     relative: List[List[List[int]]] = []
     output_slot = [0] * length
     for group, group_length in enumerate(group_lengths):
+        # NATTEN's window start, as reference.neighborhood_starts computes it with tensors; written again in ints
+        # because tensor ops here would be traced into the export (and the reference stays an independent oracle).
         def start(coord: int) -> int:
             return min(max(coord, left), group_length - 1 - right) - left
 
