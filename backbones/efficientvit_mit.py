@@ -22,6 +22,7 @@ from vithub.kernels import relu_linear_attention
 
 from ._common import (
     SequentialStage,
+    add_residual_,
     MapLayout,
     StageHooks,
     build_hierarchical,
@@ -181,7 +182,7 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.main(self.pre_norm(x))
         if self.shortcut is not None:
-            out = self.drop_path(out) + self.shortcut(x)
+            out = add_residual_(self.drop_path(out), self.shortcut(x))
         return out
 
 

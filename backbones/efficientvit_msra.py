@@ -37,6 +37,7 @@ from ._common import (
     MapLayout,
     StageHooks,
     adapt_bias_tables,
+    add_residual_,
     build_hierarchical,
     conv2d,
     fuse_batchnorms,
@@ -74,15 +75,15 @@ class ResidualDrop(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.drop > 0:
             keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device).ge_(self.drop).div_(1 - self.drop)
-            return x + self.m(x) * keep
-        return x + self.m(x)
+            return add_residual_(self.m(x) * keep, x)
+        return add_residual_(self.m(x), x)
 
 
 class ConvMlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.pw1 = ConvNorm(dim, hidden)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
         self.pw2 = ConvNorm(hidden, dim, bn_weight_init=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         hidden = dim * 4
         self.conv1 = ConvNorm(dim, hidden)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
         self.conv2 = ConvNorm(hidden, hidden, 3, 2, 1, groups=hidden)
         self.se = SqueezeExcite(hidden, 0.25)
         self.conv3 = ConvNorm(hidden, out_dim)
@@ -130,7 +131,7 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
         self.qkvs = nn.ModuleList([ConvNorm(dim // num_heads, 2 * key_dim + self.val_dim) for _ in range(num_heads)])
         self.dws = nn.ModuleList([ConvNorm(key_dim, key_dim, kernels[i], 1, kernels[i] // 2, groups=key_dim)
                                   for i in range(num_heads)])
-        self.proj = nn.Sequential(nn.ReLU(), ConvNorm(self.val_dim * num_heads, dim, bn_weight_init=0.0))
+        self.proj = nn.Sequential(nn.ReLU(inplace=True), ConvNorm(self.val_dim * num_heads, dim, bn_weight_init=0.0))
         self._init_table(num_heads, (resolution, resolution))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,9 +147,11 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
             # The table stays fp32 under autocast; the op takes it in the activations' dtype (a no-op in fp32).
             out = table_bias_attention(heads_last(dw(q)), heads_last(k), heads_last(v),
                                        gathered_bias=bias[index:index + 1].to(q.dtype))
-            feature = out.permute(0, 3, 4, 1, 2).view(batch, -1, height, width)
-            outputs.append(feature)
-        return self.proj(torch.cat(outputs, dim=1))
+            outputs.append(out.reshape(batch, height, width, -1))
+            feature = outputs[-1].permute(0, 3, 1, 2)
+        # Concatenated channels-last: a channel concat of the NCHW views makes an NCHW map at batch 1, and everything
+        # after it would leave the channels-last kernels.
+        return self.proj(torch.cat(outputs, dim=-1).permute(0, 3, 1, 2))
 
 
 class LocalWindowAttention(nn.Module):
@@ -171,12 +174,16 @@ class LocalWindowAttention(nn.Module):
         if (height, width) == (wh, ww):
             return self.attn(x)
         pad_b, pad_r = (-height) % wh, (-width) % ww
-        x = F.pad(x, (0, pad_r, 0, pad_b))
+        # Windows are cut and stitched in the channels-last view, so a channels-last map (the model's layout) stays
+        # channels-last: its 1x1 convs keep their matmul path and its depthwise convs oneDNN's NHWC kernels.
+        x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))
         rows, cols = (height + pad_b) // wh, (width + pad_r) // ww
-        x = x.view(batch, channels, rows, wh, cols, ww).permute(0, 2, 4, 1, 3, 5)
-        x = self.attn(x.reshape(batch * rows * cols, channels, wh, ww))
-        x = x.view(batch, rows, cols, channels, wh, ww).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(batch, channels, rows * wh, cols * ww)[:, :, :height, :width]
+        x = x.reshape(batch, rows, wh, cols, ww, channels).transpose(2, 3).reshape(batch * rows * cols, wh, ww,
+                                                                                   channels)
+        x = self.attn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x.reshape(batch, rows, cols, wh, ww, channels).transpose(2, 3).reshape(batch, rows * wh, cols * ww,
+                                                                                   channels)
+        return x[:, :height, :width].permute(0, 3, 1, 2)
 
 
 class EfficientVitBlock(nn.Module):
@@ -234,7 +241,7 @@ class PatchEmbedding(nn.Sequential):
         for index in range(4):
             self.add_module(f"conv{index + 1}", ConvNorm(widths[index], widths[index + 1], 3, 2, 1))
             if index < 3:
-                self.add_module(f"relu{index + 1}", nn.ReLU())
+                self.add_module(f"relu{index + 1}", nn.ReLU(inplace=True))
 
 
 class EfficientVitMsra(StageHooks, nn.Module):

@@ -35,8 +35,10 @@ from ._common import (
     MapLayout,
     StageHooks,
     adapt_bias_tables,
+    add_residual_,
     build_hierarchical,
     fuse_batchnorms,
+    inplace_activation,
     parameter_names,
     stage_group_matcher,
 )
@@ -105,7 +107,7 @@ class Stem16(nn.Sequential):
         for index in range(4):
             self.add_module(f"conv{index + 1}", ConvNorm(widths[index], widths[index + 1], 3, stride=2, padding=1))
             if index < 3:
-                self.add_module(f"act{index + 1}", act_layer())
+                self.add_module(f"act{index + 1}", inplace_activation(act_layer))
 
 
 class LevitAttention(BiasTableMixin, nn.Module):
@@ -183,7 +185,7 @@ class LevitMlp(nn.Module):
                  drop: float = 0.0) -> None:
         super().__init__()
         self.ln1 = LinearNorm(in_features, hidden_features)
-        self.act = act_layer()
+        self.act = inplace_activation(act_layer)
         self.drop = nn.Dropout(drop)
         self.ln2 = LinearNorm(hidden_features, in_features, bn_weight_init=0.0)
 
@@ -205,7 +207,7 @@ class LevitDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attn_downsample(x)
-        return x + self.drop_path(self.mlp(x))
+        return add_residual_(self.drop_path(self.mlp(x)), x)
 
 
 class LevitBlock(nn.Module):
@@ -219,8 +221,8 @@ class LevitBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(x))
-        return x + self.drop_path2(self.mlp(x))
+        x = add_residual_(self.drop_path1(self.attn(x)), x)
+        return add_residual_(self.drop_path2(self.mlp(x)), x)
 
 
 class LevitStage(SequentialStage):

@@ -139,6 +139,64 @@ def test_fuse_folds_every_batchnorm_and_keeps_outputs(name):
         torch.testing.assert_close(rebuilt(x), actual)
 
 
+# timm's LeViT takes its trained size only; EfficientViT-M at 256 pads its 7 x 7 windows in stages 1 and 2 (16 x 16
+# and 8 x 8 maps) and keeps every trained bias table (timm's set_input_size there changes nothing).
+SPEED_PATH_CASES = [("levit_128s", (224, 224)), ("efficientvit_m0", (224, 224)), ("efficientvit_m0", (256, 256)),
+                    ("efficientvit_b0", (224, 224)), ("efficientvit_b0", (160, 208))]
+
+
+@pytest.mark.parametrize("name, size", SPEED_PATH_CASES)
+def test_batch_one_keeps_channels_last_and_equals_timm_unfused_and_fused(name, size):
+    """The CPU speed paths (in-place activations and residual adds, channels-last windows, 1x1 convs as matmuls on
+    channel slices) change no output: batch 1, where a channel concat or a window partition used to fall back to
+    NCHW, and a size whose EfficientViT-M windows need padding; fused within 1e-4. The stage maps stay
+    channels-last (NCHW layout families) or contiguous NHWC (LeViT), which is what keeps the fast kernels in use."""
+    reference, ours = twins(name)
+    if name.startswith("efficientvit_m"):
+        reference.set_input_size(size)
+    x = images(*size, batch=1, seed=3)
+    with torch.no_grad():
+        expected = reference(x)
+        assert (ours(x) - expected).abs().max() <= 1e-5
+        for stage_map in ours.forward_intermediates(x, intermediates_only=True, output_fmt=ours.map_layout):
+            channels_innermost = (stage_map.is_contiguous() if ours.map_layout == "NHWC"
+                                  else stage_map.is_contiguous(memory_format=torch.channels_last))
+            assert channels_innermost, stage_map.stride()
+        assert (ours.fuse()(x) - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name, size", [SPEED_PATH_CASES[0], SPEED_PATH_CASES[2], SPEED_PATH_CASES[4]])
+def test_train_step_equals_timm_outputs_and_gradients(name, size):
+    """Training through the in-place activations and residual adds: the same outputs and parameter gradients as
+    timm (BatchNorm on batch statistics, a padded-window size for EfficientViT-M), in float64 so that a wrong
+    gradient cannot hide in fp32 rounding (which batch statistics of 3 images amplify to ~1e-4 here)."""
+    reference, ours = twins(name)
+    reference.train().double()
+    ours.train().double()
+    if name.startswith("efficientvit_m"):
+        reference.set_input_size(size)
+    x = images(*size, batch=3, seed=4).double()
+    target = torch.randn(3, 1000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    outputs = []
+    for model in (reference, ours):
+        out = model(x)
+        (out * target).sum().backward()
+        outputs.append(out.detach())
+    # timm's EfficientViT-B runs its linear attention in float32 even in a float64 model: outputs differ at 1e-6,
+    # gradients (through batch statistics) at up to 1e-4 relative. A clobbered activation would be off by O(1).
+    tolerance = 1e-3 if name.startswith("efficientvit_b") else 1e-9
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=tolerance / 100, atol=tolerance / 100)
+    grads = {param_name: param.grad for param_name, param in reference.named_parameters()}
+    # Some gradients are zero up to rounding (a norm's bias before another training-mode norm): errors are relative
+    # to each gradient's norm, floored at 1e-6 of the largest.
+    floor = 1e-6 * max(grad.norm() for grad in grads.values())
+    for param_name, param in ours.named_parameters():
+        expected = grads[param_name]
+        assert param.grad is not None, param_name
+        error = (param.grad - expected).norm() / torch.maximum(expected.norm(), floor)
+        assert error <= tolerance, f"{param_name}: relative gradient error {error:.2e}"
+
+
 def test_attention_goes_through_the_kernel_layer(monkeypatch):
     """Each family's attention is the shared op: making it raise breaks the forward."""
     from vithub import kernels
