@@ -50,6 +50,7 @@ from vithub.kernels import carrier_window_attention, window_attention
 from ._common import (
     MapLayout,
     StageHooks,
+    add_residual_,
     build_hierarchical,
     init_linear,
     stage_group_matcher,
@@ -203,7 +204,7 @@ class ConvBlock(nn.Module):
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
-        return x + self.drop_path(y)
+        return add_residual_(self.drop_path(y), x)
 
 
 def carriers_to_grid(carriers: torch.Tensor, ct_size: int) -> torch.Tensor:
@@ -393,7 +394,7 @@ class FasterViTStage(nn.Module):
         x = x.permute(0, 2, 3, 1)
         for block in self.blocks:
             x, carriers = self._run(block, x, carriers)
-        return x[:, :height, :width].permute(0, 3, 1, 2).contiguous()
+        return x[:, :height, :width].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
 def _as_list(value: Union[int, Sequence[int]], count: int, name: str) -> List[int]:
@@ -475,8 +476,10 @@ class FasterViT(StageHooks, nn.Module):
         self.apply(init_linear)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Image to the stride-4 NCHW map."""
-        return self.patch_embed(x)
+        """Image to the stride-4 map (NCHW, channels-last in memory)."""
+        # Channels-last memory: oneDNN's NHWC convolutions are the faster ones on CPU (the conv stages' 3x3 convs
+        # dominate FasterViT-0), and the attention stages' NHWC views of the map become free.
+        return self.patch_embed(x.contiguous(memory_format=torch.channels_last))
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

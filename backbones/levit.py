@@ -122,7 +122,7 @@ class LevitAttention(BiasTableMixin, nn.Module):
         self.val_dim = int(attn_ratio * key_dim)
         self.qkv = LinearNorm(dim, (self.val_dim + 2 * key_dim) * num_heads)
         self.proj = nn.Sequential(OrderedDict([
-            ("act", act_layer()),
+            ("act", inplace_activation(act_layer)),  # on the attention's fresh output
             ("ln", LinearNorm(self.val_dim * num_heads, dim, bn_weight_init=0.0)),
         ]))
         self._init_table(num_heads, resolution)
@@ -165,7 +165,7 @@ class LevitAttentionDownsample(BiasTableMixin, nn.Module):
             ("ln", LinearNorm(in_dim, key_dim * num_heads)),
         ]))
         self.proj = nn.Sequential(OrderedDict([
-            ("act", act_layer()),
+            ("act", inplace_activation(act_layer)),  # on the attention's fresh output
             ("ln", LinearNorm(self.val_dim * num_heads, out_dim)),
         ]))
         self._init_table(num_heads, resolution)

@@ -151,6 +151,27 @@ def test_torch_backend_matches_reference_backend_inside_the_model():
     assert results["reference"][1]["stages.2.blocks.0.hat_attn.pos_emb_funct.cpb_mlp.0.weight"].abs().sum() > 0
 
 
+def test_in_place_residuals_and_channels_last_change_no_output_or_gradient(monkeypatch):
+    """The CPU speed paths (conv blocks' shortcuts added in place, channels-last maps): the float64 train step gives
+    the logits and gradients of the same weights run with plain out-of-place adds on NCHW-contiguous maps."""
+    from vithub.backbones import fastervit
+
+    model = _randomise_norms(_model(drop_path_rate=0.0, layer_scale_conv=0.5)).double().train()
+    images = torch.randn(2, 3, 230, 200, dtype=torch.float64)
+    results = []
+    for plain in (False, True):
+        if plain:
+            monkeypatch.setattr(fastervit, "add_residual_", lambda branch, shortcut: shortcut + branch)
+            monkeypatch.setattr(FasterViT, "embed", lambda self, x: self.patch_embed(x))
+        model.zero_grad(set_to_none=True)
+        logits = model(images)
+        logits.square().sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    for name, grad in results[1][1].items():
+        torch.testing.assert_close(results[0][1][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_checkpoint_filter_passes_our_own_state_dict_through():
     model = _model()
     state = model.state_dict()
