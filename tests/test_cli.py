@@ -150,7 +150,15 @@ def test_model_bench_in_separate_processes_keeps_medians_and_the_spread_of_each_
                                                                  row["ms_runs"][name])]
         assert ratio["runs"] == expected
         assert ratio["min"] == min(expected) <= ratio["median"] <= ratio["max"] == max(expected)
+    assert row["speed_vs"] == {"efficientvit_m0": row["speed_vs_twin"]}
     assert "median of 2 processes" in capsys.readouterr().out
+    # A model timed beside ours that is not its twin (the official FasterViT, say) gets the same ratios.
+    payload = bench_models.run_model_bench(output="", models=["vh_efficientvit_m0"], batch_sizes=[1], modes=["eval"],
+                                           backends=["torch"], repeats=1, img_size=64, compare=["efficientvit_m1"])
+    (row,) = payload["rows"]
+    assert "speed_vs_twin" not in row
+    assert row["speed_vs"]["efficientvit_m1"]["torch"]["runs"] == [round(row["ms"]["efficientvit_m1"]
+                                                                         / row["ms"]["torch"], 3)]
     with pytest.raises(ValueError, match="processes must be >= 1"):
         bench_models.run_model_bench(output="", processes=0)
 

@@ -216,19 +216,28 @@ _CHILD = "import json, sys\nfrom vithub.bench.models import run_model_bench\nrun
 
 
 def _with_ratios(row: Dict[str, Any], twin: bool, runs: Sequence[Dict[str, float]]) -> Dict[str, Any]:
-    """Add ``speed_vs_twin``: per candidate of ours, the twin's ms over ours in each run, and their median/min/max."""
-    if not twin:
-        return row
-    reference = twin_name(row["model"])
-    ratios: Dict[str, Any] = {}
-    for candidate in row["ms"]:
-        if candidate not in OUR_CANDIDATES:
+    """Add ``speed_vs``: for every model timed beside ours (the twin, or a ``compare`` model such as the official
+    FasterViT) and every candidate of ours, that model's ms over ours in each run, and their median/min/max; with
+    ``twin``, ``speed_vs_twin`` is the twin's entry."""
+    speed_vs: Dict[str, Dict[str, Any]] = {}
+    for reference in row["ms"]:
+        if reference in OUR_CANDIDATES:
             continue
-        values = [round(run[reference] / run[candidate], 3) for run in runs if reference in run and candidate in run]
-        if values:
-            ratios[candidate] = {"median": round(statistics.median(values), 3), "min": min(values),
-                                 "max": max(values), "runs": values}
-    row["speed_vs_twin"] = ratios
+        ratios: Dict[str, Any] = {}
+        for candidate in row["ms"]:
+            if candidate not in OUR_CANDIDATES:
+                continue
+            values = [round(run[reference] / run[candidate], 3) for run in runs
+                      if reference in run and candidate in run]
+            if values:
+                ratios[candidate] = {"median": round(statistics.median(values), 3), "min": min(values),
+                                     "max": max(values), "runs": values}
+        if ratios:
+            speed_vs[reference] = ratios
+    if speed_vs:
+        row["speed_vs"] = speed_vs
+    if twin:
+        row["speed_vs_twin"] = speed_vs.get(twin_name(row["model"]), {})
     return row
 
 
@@ -251,8 +260,9 @@ def _run_in_processes(processes: int, output: Optional[str], arguments: Dict[str
     print(f"-- median of {processes} processes")
     print(format_table([ModelRow(row["model"], row["batch"], row["mode"], row["ms"], row["skipped"]) for row in rows]))
     for row in rows:
-        for candidate, ratio in row.get("speed_vs_twin", {}).items():
-            print(f"{row['model']:<22}{row['batch']:>6}{row['mode']:>7}  {candidate:<10} vs twin "
-                  f"{ratio['median']:.2f}x (runs {ratio['min']:.2f}-{ratio['max']:.2f})")
+        for reference, ratios in row.get("speed_vs", {}).items():
+            for candidate, ratio in ratios.items():
+                print(f"{row['model']:<22}{row['batch']:>6}{row['mode']:>7}  {candidate:<8} vs {reference:<22} "
+                      f"{ratio['median']:.2f}x (runs {ratio['min']:.2f}-{ratio['max']:.2f})")
     report(output, payload)
     return payload
