@@ -52,6 +52,18 @@ def inplace_activation(act_layer: Callable[..., nn.Module]) -> nn.Module:
     return act_layer(inplace=True) if takes_inplace else act_layer()
 
 
+class GELU(nn.GELU):
+    """``nn.GELU`` that runs on a channels-last map's memory order: PyTorch's CPU GELU takes 1.8-2.8x longer on a
+    channels-last NCHW tensor than on the same memory viewed as a contiguous NHWC one (8 x 64 x 56 x 56, measured
+    here), so such a map goes through as its NHWC view. Same module, parameters and outputs as ``nn.GELU``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+                and not exporting_onnx()):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
 def add_residual_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """``shortcut + branch``, written into ``branch`` (a fresh output of the residual branch that nothing saved for
     backward: a conv, linear, norm or drop-path output), as timm's and torchvision's ResNets add their shortcuts: one

@@ -172,6 +172,32 @@ def test_in_place_residuals_and_channels_last_change_no_output_or_gradient(monke
         torch.testing.assert_close(results[0][1][name], grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_position_mlps_are_cached_only_while_nothing_can_change_them():
+    """Eval without grad reuses the position MLPs' outputs; a weight update, a new window, train mode or a forward
+    that wants gradients recomputes them, so outputs always equal an uncached forward."""
+    from vithub.backbones.fastervit import ContinuousPositionBias
+
+    bias = ContinuousPositionBias(num_heads=2).eval()
+    with torch.no_grad():
+        first = bias((3, 4))
+        assert bias((3, 4)) is first  # cached
+        assert bias((2, 2)).shape == (2, 3, 3)  # another window: computed
+        bias.cpb_mlp[2].weight.mul_(2)  # in-place update (as load_state_dict does)
+        updated = bias((3, 4))
+    assert updated is not first and not torch.equal(updated, first)
+    torch.testing.assert_close(updated, bias._compute((3, 4)))
+    assert bias((3, 4)).requires_grad  # grad enabled and wanted: computed, differentiable
+    bias.train()
+    with torch.no_grad():
+        assert bias((3, 4)) is not bias((3, 4))
+    model = _randomise_norms(_model()).eval()
+    images = torch.randn(1, 3, 230, 200)
+    with torch.no_grad():
+        cached = [model(images) for _ in range(2)]
+    torch.testing.assert_close(cached[0], cached[1], rtol=0, atol=0)
+    torch.testing.assert_close(cached[1], model(images), rtol=1e-6, atol=1e-6)  # with grad: uncached path
+
+
 def test_checkpoint_filter_passes_our_own_state_dict_through():
     model = _model()
     state = model.state_dict()
