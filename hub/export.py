@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,12 +71,14 @@ def _onnx_runtime_session(path: Path):
 
 def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Optional[Union[int, Sequence[int]]] = None,
                 dynamic_batch: bool = True, batch_size: int = 1, opset: int = MIN_OPSET, fuse: bool = False,
-                atol: float = 1e-4, validate: bool = True, seed: int = 0) -> ExportResult:
+                atol: float = 1e-4, validate: bool = True, seed: int = 0,
+                external_data: Optional[bool] = None) -> ExportResult:
     """Export ``model`` (eval mode, on the CPU) to ONNX at ``path`` and check it.
 
     Args:
         model: a timm or vithub model whose forward takes one image batch ``(B, C, H, W)``.
-        path: the ``.onnx`` file; written atomically (a failed export or validation leaves nothing there).
+        path: the ``.onnx`` file; written atomically (a failed export or validation leaves nothing there). Weights
+            past ONNX's 2 GB protobuf limit go to ``<path>.data`` beside it (ONNX external data), written first.
         img_size: an int or ``(H, W)``; default the model's pretrained cfg input size.
         dynamic_batch: a symbolic batch dimension; otherwise the graph is fixed at ``batch_size``.
         opset: ONNX opset (18 or newer).
@@ -83,6 +86,7 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
             LeViT, EfficientViT); a no-op elsewhere.
         atol: largest accepted absolute difference between ONNX Runtime and eager outputs.
         validate: run ``onnx.checker`` and ONNX Runtime against eager (at two batch sizes with ``dynamic_batch``).
+        external_data: weights in ``<path>.data``: ``None`` only past 2 GB (the exporter's rule), or always/never.
 
     Raises:
         ExportError: missing packages (naming the extra), an input size the model cannot take, a failed export, or
@@ -110,9 +114,10 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
                           f"{type(error).__name__}: {error}") from error
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    os.close(handle)
-    staging = Path(staging_name)
+    # The model is staged under its final name in a private folder: an external-data file is named after the model
+    # file and referenced by that name, so both can move beside the target unchanged.
+    staging_dir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    staging = staging_dir / target.name
     try:
         try:
             with torch.no_grad():
@@ -121,7 +126,7 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
                 # A second optimizer pass: the first removes pairs of inverse transposes (a model's NCHW-to-heads-
                 # last permute and the attention form's way back), which leaves pairs of reshapes to merge.
                 program.optimize()
-            program.save(str(staging))
+            program.save(str(staging), external_data=external_data)
         except Exception as error:
             root = error
             while root.__cause__ is not None:
@@ -150,7 +155,10 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
                 max_diff = max(max_diff, float((got - expected.float()).abs().max()))
             if not max_diff <= atol:
                 raise ExportError(f"ONNX Runtime outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
+        for extra in staging_dir.iterdir():  # external data first: the model file appears last, complete
+            if extra != staging:
+                os.replace(extra, target.parent / extra.name)
         os.replace(staging, target)
     finally:
-        staging.unlink(missing_ok=True)
+        shutil.rmtree(staging_dir, ignore_errors=True)
     return ExportResult(str(target), input_size, dynamic_batch, opset, max_diff, tuple(sizes))

@@ -194,6 +194,31 @@ def test_vithub_export_command_and_its_bad_inputs(tmp_path, capsys, monkeypatch)
         export_onnx(timm.create_model("vh_efficientvit_m0"), tmp_path / "x.onnx")
 
 
+def test_weights_as_external_data_land_beside_the_model_and_still_load(tmp_path):
+    """Models past ONNX's 2 GB limit (FasterViT-5/6) save their weights to ``<name>.onnx.data``: forced here on a
+    small network (the mechanics do not depend on the model). Both files end beside each other under their final
+    names, the model still finds its weights after the move, and a failed validation leaves neither."""
+    import onnxruntime
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(64, 1000)).eval()
+    target = tmp_path / "models" / "m0.onnx"
+    export_onnx(model, target, img_size=64, external_data=True)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m0.onnx", "m0.onnx.data"]
+    weight_bytes = 4 * sum(param.numel() for param in model.parameters())
+    assert (target.parent / "m0.onnx.data").stat().st_size >= 0.9 * weight_bytes > target.stat().st_size
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images)
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ExportError, match="differ from eager"):
+        export_onnx(model, tmp_path / "failed" / "m0.onnx", img_size=64, external_data=True, atol=0.0)
+    assert list((tmp_path / "failed").iterdir()) == []
+
+
 def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_compare(tmp_path, capsys, monkeypatch):
     from vithub.bench import export as bench
 
