@@ -2,7 +2,8 @@
 
     python benchmarks/profile_models.py --model vh_levit_256 --batch 1 [--output benchmarks/results/profile_cpu.json]
 
-For each candidate it prints and records, over ``--iterations`` forwards after a warm-up: the self CPU time of the
+For each candidate it prints and records, per forward over ``--rounds`` alternating rounds of ``--iterations``
+forwards (after a warm-up): the self CPU time of the
 top ops (``torch.profiler``), the share of the time in matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``:
 the same products in all three, since the weights and shapes are the same), and the minor page faults per forward
 (``getrusage``). This is the evidence behind a throughput ratio that a change cannot move: when the products are
@@ -17,7 +18,7 @@ import platform
 import resource
 import sys
 import warnings
-from typing import Dict, List
+from typing import Dict
 
 import timm
 import torch
@@ -30,32 +31,53 @@ from vithub.bench.timing import cpu_model, write_json
 MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
-def profile_candidate(model: torch.nn.Module, images: torch.Tensor, iterations: int, top: int) -> Dict:
+def profile_candidates(candidates: Dict[str, torch.nn.Module], images: torch.Tensor, iterations: int, rounds: int,
+                       top: int) -> Dict[str, Dict]:
+    """Profile the candidates in ``rounds`` alternating rounds of ``iterations`` forwards each (this machine's speed
+    drifts: one candidate profiled after another would compare two machine states), summing per op."""
+    self_us: Dict[str, Dict[str, float]] = {name: {} for name in candidates}
+    calls: Dict[str, Dict[str, int]] = {name: {} for name in candidates}
+    faults: Dict[str, int] = dict.fromkeys(candidates, 0)
     with torch.no_grad():
-        for _ in range(3):
-            model(images)
-        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(iterations):
-            model(images)
-        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / iterations
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(iterations):
+        for model in candidates.values():
+            for _ in range(3):
                 model(images)
-    events = sorted(prof.key_averages(), key=lambda event: -event.self_cpu_time_total)
-    total_us = sum(event.self_cpu_time_total for event in events) / iterations
-    products_us = sum(event.self_cpu_time_total for event in events if event.key in MATRIX_PRODUCTS) / iterations
-    ops: List[Dict] = [{"op": event.key, "calls": event.count // iterations,
-                        "self_ms": round(event.self_cpu_time_total / iterations / 1e3, 3)} for event in events[:top]]
-    return {"self_cpu_ms": round(total_us / 1e3, 3), "matrix_products_ms": round(products_us / 1e3, 3),
-            "matrix_product_share": round(products_us / total_us, 3), "page_faults_per_forward": round(faults),
-            "ops_calls_per_forward": sum(event.count for event in events) // iterations, "top_ops": ops}
+        for round_index in range(rounds):
+            order = list(candidates) if round_index % 2 == 0 else list(candidates)[::-1]
+            for name in order:
+                model = candidates[name]
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                for _ in range(iterations):
+                    model(images)
+                faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(iterations):
+                        model(images)
+                for event in prof.key_averages():
+                    self_us[name][event.key] = self_us[name].get(event.key, 0.0) + event.self_cpu_time_total
+                    calls[name][event.key] = calls[name].get(event.key, 0) + event.count
+    forwards = iterations * rounds
+    results = {}
+    for name in candidates:
+        total_us = sum(self_us[name].values()) / forwards
+        products_us = sum(value for key, value in self_us[name].items() if key in MATRIX_PRODUCTS) / forwards
+        ranked = sorted(self_us[name], key=lambda key: -self_us[name][key])[:top]
+        results[name] = {
+            "self_cpu_ms": round(total_us / 1e3, 3), "matrix_products_ms": round(products_us / 1e3, 3),
+            "matrix_product_share": round(products_us / total_us, 3),
+            "page_faults_per_forward": round(faults[name] / forwards),
+            "ops_calls_per_forward": sum(calls[name].values()) // forwards,
+            "top_ops": [{"op": key, "calls": calls[name][key] // forwards,
+                         "self_ms": round(self_us[name][key] / forwards / 1e3, 3)} for key in ranked]}
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vh_levit_256")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=5, help="forwards per candidate and round")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds over the candidates")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--target", type=float, default=1.3, help="the speed-up (twin time / ours) to account for")
     parser.add_argument("--output", default="")
@@ -69,7 +91,7 @@ def main() -> int:
     if callable(getattr(ours, "fuse", None)):
         candidates["fused"] = copy.deepcopy(ours).fuse()
     images = torch.randn(args.batch, 3, *ours.pretrained_cfg["input_size"][1:])
-    results = {name: profile_candidate(model, images, args.iterations, args.top) for name, model in candidates.items()}
+    results = profile_candidates(candidates, images, args.iterations, args.rounds, args.top)
     twin_ms = results[twin_name(args.model)]["self_cpu_ms"]
     for name, result in results.items():
         print(f"== {name}: {result['self_cpu_ms']:.1f} ms self CPU per forward ({twin_ms / result['self_cpu_ms']:.2f}x "
@@ -94,6 +116,7 @@ def main() -> int:
     if args.output:
         write_json(args.output, {
             "benchmark": "profile_models", "model": args.model, "batch": args.batch, "iterations": args.iterations,
+            "rounds": args.rounds,
             "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "timm": timm.__version__, "vithub": vithub.__version__, "machine": platform.machine(),
             "bound_if_only_matrix_products": round(bound, 3), "target": args.target, "for_target": needed,
