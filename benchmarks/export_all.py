@@ -48,10 +48,14 @@ def main() -> int:
             row = {"model": name, "input_size": list(model.pretrained_cfg["input_size"])}
             try:
                 result = export_onnx(model, Path(folder) / f"{name}.onnx", dynamic_batch=True)
+                # Past 2 GB the weights sit in <name>.onnx.data beside the model (ONNX external data).
+                files = [path for path in Path(folder).iterdir() if path.name.startswith(f"{name}.onnx")]
                 row.update(ok=True, max_abs_diff=result.max_abs_diff,
                            validated_batch_sizes=list(result.validated_batch_sizes),
-                           megabytes=round((Path(folder) / f"{name}.onnx").stat().st_size / 2 ** 20, 1))
-                (Path(folder) / f"{name}.onnx").unlink()
+                           megabytes=round(sum(path.stat().st_size for path in files) / 2 ** 20, 1),
+                           external_data=any(path.name.endswith(".data") for path in files))
+                for path in files:
+                    path.unlink()
             except ExportError as error:
                 row.update(ok=False, error=str(error))
             row["seconds"] = round(time.perf_counter() - start, 1)
