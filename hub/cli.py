@@ -98,7 +98,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         pairs = [(name, None) for name in args.export_models] if args.export_models else DEFAULT_PAIRS
         bench_export(pairs=pairs, batch_sizes=args.batch_sizes, repeats=args.repeats or 3,
-                     img_size=args.img_size or 224, threads=args.threads, output=output)
+                     img_size=args.img_size or 224, threads=args.threads, output=output, processes=args.processes)
         return 0
     if args.target == "tokens":
         from vithub.bench.token_reduction import DEFAULT_MODELS as TOKEN_MODELS, bench_token_reduction
@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time each model's timm twin (vh_levit_256 -> levit_256) with the same weights")
     models.add_argument("--fused", action="store_true", help="also time the model after fuse() (eval rows)")
     models.add_argument("--processes", type=int, default=1,
-                        help="run the benchmark this many times, each in a fresh process; the JSON keeps the median "
-                             "and, per ratio to the twin, the min-max over the runs")
+                        help="run the benchmark (models, export: the timing of the same exported files) this many "
+                             "times, each in a fresh process; the JSON keeps the median and, per ratio to the twin, "
+                             "the min-max over the runs")
     models.add_argument("--amp", default=None, choices=["bfloat16", "float16"],
                         help="run every candidate under autocast in this dtype (default: fp32)")
     data = p_bench.add_argument_group("data")

@@ -6,6 +6,7 @@ default size: ``benchmarks/export_all.py``); each attention op's export form aga
 from __future__ import annotations
 
 import json
+import statistics
 import warnings
 from pathlib import Path
 
@@ -224,15 +225,24 @@ def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_co
 
     output = tmp_path / "export.json"
     # LeViT-128S: the quickest family with a timm twin and fuse() to export (three exports here)
+    # exported once, timed in two fresh processes
     payload = bench.bench_export(pairs=[("vh_levit_128s", None)], batch_sizes=(2,), repeats=1, threads=1,
-                                 output=str(output))
-    assert json.loads(output.read_text()) == payload
+                                 output=str(output), processes=2)
+    assert json.loads(output.read_text()) == payload and payload["processes"] == 2
     (row,) = payload["rows"]
     assert row["compared_with"] == "levit_128s" and row["same_weights"] is True
-    assert row["speed_vs_twin"] == round(row["twin_ms"] / row["ms"], 3)
-    assert row["fused_speed_vs_twin"] == round(row["twin_ms"] / row["fused_ms"], 3)
+    runs = row["ms_runs"]
+    assert set(runs) == {"vithub", "fused", "twin"} and all(len(values) == 2 for values in runs.values())
+    assert row["ms"] == round(statistics.median(runs["vithub"]), 3)
+    for label, key in (("vithub", "speed_vs_twin"), ("fused", "fused_speed_vs_twin")):
+        ratios = [round(twin / ours, 3) for twin, ours in zip(runs["twin"], runs[label])]
+        assert row[key] == round(statistics.median(ratios), 3) and row[key + "_range"] == [min(ratios), max(ratios)]
     table = capsys.readouterr().out
-    assert "vh_levit_128s" in table and "fused ratio" in table
+    assert "process 2 of 2" in table and "vh_levit_128s" in table and "fused ratio" in table
+    # one process: the ratio is that run's
+    (single,) = bench._row({"model": "m", "compared_with": "t", "same_weights": True, "no_comparison": ""}, 4,
+                           [{"vithub": 2.0, "twin": 3.0}])["speed_vs_twin"],
+    assert single == 1.5
     # an official model whose package is missing is not compared, and the row will say why
     monkeypatch.setattr(bench, "OFFICIAL_PACKAGES", {"levit_": "vithub_no_such_package"})
     model, name, same_layout, missing = bench._comparison("vh_levit_128s", "levit_128s")

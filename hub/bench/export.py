@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import os
-import platform
+import statistics
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -17,7 +20,7 @@ import timm
 import torch
 
 from .models import NoTwinError, load_twin_weights, twin_name
-from .timing import measure, report
+from .timing import cpu_model, measure, report, write_json
 
 # (ours, what it is compared with): None = its timm twin; FasterViT's is the official package's model (compared only
 # where ``fastervit`` is installed); NAT has no twin and is set against the Swin export of similar MACs (context).
@@ -73,76 +76,137 @@ def _comparison(name: str, other: Optional[str]) -> Tuple[Optional[torch.nn.Modu
 
 def bench_export(pairs: Sequence[Tuple[str, Optional[str]]] = DEFAULT_PAIRS, batch_sizes: Sequence[int] = (1, 32),
                  repeats: int = 3, img_size: int = 224, threads: Optional[int] = None,
-                 output: Optional[str] = None) -> Dict[str, Any]:
+                 output: Optional[str] = None, processes: int = 1) -> Dict[str, Any]:
     """Export each vh model of ``pairs`` and what it is compared with (its timm twin, or the official model, with the
     same weights loaded into ours when our checkpoint filter takes its state dict), time both in ONNX Runtime (CPU)
     at each batch size round-robin, print the table, write JSON to ``output`` and return it.
 
     Families with ``fuse()`` (LeViT, EfficientViT) are also timed as ``vithub export --fuse`` writes them: ONNX
     Runtime folds a BatchNorm into a preceding Conv by itself, but not one after a MatMul (LeViT's linear layers).
+    ``processes`` > 1 exports once and times the same files that many times, each in a fresh Python process (fresh
+    ONNX Runtime sessions), one after the other; a row then keeps the median of the runs' milliseconds and, of each
+    ratio to the twin, the median and the range (``*_range``: min, max) over the runs.
     """
     import onnxruntime
 
     if repeats < 1 or any(size < 1 for size in batch_sizes):
         raise ValueError("repeats and batch sizes must be >= 1")
-    rows: List[Dict[str, Any]] = []
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
     with tempfile.TemporaryDirectory(prefix="vithub-bench-export-") as folder:
-        for name, other in pairs:
-            torch.manual_seed(0)
-            ours = timm.create_model(name).eval()
-            reference, reference_name, same_weights, missing = _comparison(name, other)
-            if same_weights:
-                load_twin_weights(ours, reference)
-            candidates: Dict[str, Any] = {}
-            for label, model, fuse in (("vithub", ours, False), ("fused", ours, True), ("twin", reference, False)):
-                if model is None or (fuse and not callable(getattr(model, "fuse", None))):
-                    continue
-                path = Path(folder) / f"{label}-{name}.onnx"
-                _export(copy.deepcopy(model) if fuse else model, path, img_size, fuse=fuse)
-                candidates[label] = _session(path, threads)
-            for batch in batch_sizes:
-                images = torch.randn(batch, 3, img_size, img_size).numpy()
-
-                def run(session) -> Callable[[], None]:
-                    feed = {session.get_inputs()[0].name: images}
-                    return lambda: session.run(None, feed)
-
-                times = measure({label: run(session) for label, session in candidates.items()}, repeats, warmup=1,
-                                device=torch.device("cpu"))
-                row: Dict[str, Any] = {"model": name, "compared_with": reference_name if reference else None,
-                                       "same_weights": same_weights, "batch_size": batch, "ms": times["vithub"],
-                                       "images_per_second": round(1e3 * batch / times["vithub"], 2)}
-                if missing:
-                    row["no_comparison"] = missing
-                if "fused" in times:
-                    row.update(fused_ms=times["fused"], fused_images_per_second=round(1e3 * batch / times["fused"], 2))
-                if "twin" in times:
-                    row.update(twin_ms=times["twin"], twin_images_per_second=round(1e3 * batch / times["twin"], 2),
-                               speed_vs_twin=round(times["twin"] / times["vithub"], 3))
-                    if "fused" in times:
-                        row["fused_speed_vs_twin"] = round(times["twin"] / times["fused"], 3)
-                rows.append(row)
+        exported = export_candidates(pairs, Path(folder), img_size)
+        arguments = dict(exported=exported, batch_sizes=list(batch_sizes), repeats=repeats, img_size=img_size,
+                         threads=threads)
+        if processes == 1:
+            runs = [time_exports(**arguments)]
+        else:
+            runs = []
+            for index in range(processes):
+                print(f"-- process {index + 1} of {processes}", flush=True)
+                result = Path(folder) / f"run{index}.json"
+                subprocess.run([sys.executable, "-c", _CHILD, json.dumps(dict(arguments, output=str(result)))],
+                               check=True)
+                runs.append(json.loads(result.read_text())["timings"])
+    rows = [_row(model, batch, [run[index] for run in runs]) for index, (model, batch) in
+            enumerate((model, batch) for model in exported for batch in batch_sizes)]
     print(format_table(rows))
     payload = {"benchmark": "export", "runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
                "torch": torch.__version__, "timm": timm.__version__, "img_size": img_size, "repeats": repeats,
-               "intra_op_threads": threads or "ONNX Runtime default", "opset": 18, "cpu": platform.processor() or
-               platform.machine(), "cpu_count": os.cpu_count(),
+               "processes": processes, "intra_op_threads": threads or "ONNX Runtime default", "opset": 18,
+               "cpu": cpu_model(), "cpu_count": os.cpu_count(),
                "weights": "random; the twin's loaded into ours where same_weights", "rows": rows}
     report(output, payload)
     return payload
 
 
+def export_candidates(pairs: Sequence[Tuple[str, Optional[str]]], folder: Path, img_size: int
+                      ) -> List[Dict[str, Any]]:
+    """Export every candidate of each pair into ``folder``: ours (``vithub``), ours fused where the family fuses
+    (``fused``) and what it is compared with (``twin``). Returns per pair its names and ``{label: onnx file}``."""
+    exported: List[Dict[str, Any]] = []
+    for name, other in pairs:
+        torch.manual_seed(0)
+        ours = timm.create_model(name).eval()
+        reference, reference_name, same_weights, missing = _comparison(name, other)
+        if same_weights:
+            load_twin_weights(ours, reference)
+        files: Dict[str, str] = {}
+        for label, model, fuse in (("vithub", ours, False), ("fused", ours, True), ("twin", reference, False)):
+            if model is None or (fuse and not callable(getattr(model, "fuse", None))):
+                continue
+            path = folder / f"{label}-{name}.onnx"
+            _export(copy.deepcopy(model) if fuse else model, path, img_size, fuse=fuse)
+            files[label] = str(path)
+        exported.append({"model": name, "compared_with": reference_name if reference is not None else None,
+                         "same_weights": same_weights, "no_comparison": missing, "files": files})
+    return exported
+
+
+def time_exports(exported: Sequence[Dict[str, Any]], batch_sizes: Sequence[int], repeats: int, img_size: int,
+                 threads: Optional[int], output: Optional[str] = None) -> List[Dict[str, float]]:
+    """Median ms per candidate file, per model and batch size (candidates of a row timed round-robin); written as
+    JSON to ``output`` when given (the child process's answer)."""
+    timings: List[Dict[str, float]] = []
+    for model in exported:
+        sessions = {label: _session(Path(path), threads) for label, path in model["files"].items()}
+        for batch in batch_sizes:
+            images = torch.randn(batch, 3, img_size, img_size).numpy()
+
+            def run(session) -> Callable[[], None]:
+                feed = {session.get_inputs()[0].name: images}
+                return lambda: session.run(None, feed)
+
+            timings.append(measure({label: run(session) for label, session in sessions.items()}, repeats, warmup=1,
+                                   device=torch.device("cpu")))
+    if output:
+        write_json(output, {"timings": timings})
+    return timings
+
+
+_CHILD = ("import json, sys\nfrom vithub.bench.export import time_exports\n"
+          "time_exports(**json.loads(sys.argv[1]))")
+
+
+def _row(model: Dict[str, Any], batch: int, runs: Sequence[Dict[str, float]]) -> Dict[str, Any]:
+    """One table row from the runs' timings of one model at one batch size: medians over the runs."""
+    ms = {label: round(statistics.median(run[label] for run in runs), 3) for label in runs[0]}
+    row: Dict[str, Any] = {"model": model["model"], "compared_with": model["compared_with"],
+                           "same_weights": model["same_weights"], "batch_size": batch, "ms": ms["vithub"],
+                           "images_per_second": round(1e3 * batch / ms["vithub"], 2)}
+    if model["no_comparison"]:
+        row["no_comparison"] = model["no_comparison"]
+    if "fused" in ms:
+        row.update(fused_ms=ms["fused"], fused_images_per_second=round(1e3 * batch / ms["fused"], 2))
+    if "twin" in ms:
+        row.update(twin_ms=ms["twin"], twin_images_per_second=round(1e3 * batch / ms["twin"], 2))
+        for label, key in (("vithub", "speed_vs_twin"), ("fused", "fused_speed_vs_twin")):
+            if label in ms:
+                ratios = [round(run["twin"] / run[label], 3) for run in runs]
+                row[key] = round(statistics.median(ratios), 3)
+                if len(runs) > 1:
+                    row[f"{key}_range"] = [min(ratios), max(ratios)]
+    if len(runs) > 1:
+        row["ms_runs"] = {label: [run[label] for run in runs] for label in ms}
+    return row
+
+
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
-    header = (f"{'model':<34}{'vs':<32}{'batch':>6}{'img/s':>10}{'fused':>10}{'twin img/s':>12}{'ratio':>8}"
-              f"{'fused ratio':>13}")
+    header = (f"{'model':<34}{'vs':<32}{'batch':>6}{'img/s':>10}{'fused':>10}{'twin img/s':>12}{'ratio':>14}"
+              f"{'fused ratio':>16}")
     lines = [header, "-" * len(header)]
 
     def cell(row: Dict[str, Any], key: str, width: int, digits: int) -> str:
         return f"{row[key]:>{width}.{digits}f}" if key in row else f"{'-':>{width}}"
 
+    def ratio(row: Dict[str, Any], key: str, width: int) -> str:
+        if key not in row:
+            return f"{'-':>{width}}"
+        spread = f" ({row[key + '_range'][0]:.2f}-{row[key + '_range'][1]:.2f})" if key + "_range" in row else ""
+        return f"{row[key]:.2f}{spread}".rjust(width)
+
     for row in rows:
         lines.append(f"{row['model']:<34}{str(row['compared_with'] or 'none'):<32}{row['batch_size']:>6}"
                      f"{row['images_per_second']:>10.1f}{cell(row, 'fused_images_per_second', 10, 1)}"
-                     f"{cell(row, 'twin_images_per_second', 12, 1)}{cell(row, 'speed_vs_twin', 8, 2)}"
-                     f"{cell(row, 'fused_speed_vs_twin', 13, 2)}")
+                     f"{cell(row, 'twin_images_per_second', 12, 1)}{ratio(row, 'speed_vs_twin', 14)}"
+                     f"{ratio(row, 'fused_speed_vs_twin', 16)}")
     return "\n".join(lines)
