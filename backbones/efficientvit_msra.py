@@ -27,7 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d, SqueezeExcite, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 
-from vithub.kernels import table_bias_attention
+from vithub.kernels import exporting_onnx, table_bias_attention
 
 from ._common import (
     BiasTableMixin,
@@ -137,6 +137,10 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         bias = self.gathered_bias((height, width), (height, width), 1)
+        # In an ONNX export the heads' outputs are concatenated as NCHW maps: ONNX Runtime plans its own layouts,
+        # and there each head's permutes cancel with the attention form's, where the channels-last concat would
+        # leave two Transpose nodes per head (measured: M5 lost 6-7% to them, benchmarks/profile_onnxruntime.py).
+        channel_concat = exporting_onnx()
         groups = x.chunk(self.num_heads, dim=1)
         outputs = []
         feature = groups[0]
@@ -147,10 +151,16 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
             # The table stays fp32 under autocast; the op takes it in the activations' dtype (a no-op in fp32).
             out = table_bias_attention(heads_last(dw(q)), heads_last(k), heads_last(v),
                                        gathered_bias=bias[index:index + 1].to(q.dtype))
-            outputs.append(out.reshape(batch, height, width, -1))
-            feature = outputs[-1].permute(0, 3, 1, 2)
-        # Concatenated channels-last: a channel concat of the NCHW views makes an NCHW map at batch 1, and everything
-        # after it would leave the channels-last kernels.
+            if channel_concat:
+                feature = out.permute(0, 3, 4, 1, 2).view(batch, -1, height, width)
+                outputs.append(feature)
+            else:
+                outputs.append(out.reshape(batch, height, width, -1))
+                feature = outputs[-1].permute(0, 3, 1, 2)
+        if channel_concat:
+            return self.proj(torch.cat(outputs, dim=1))
+        # Eager: concatenated channels-last, since a channel concat of the NCHW views makes an NCHW map at batch 1
+        # and everything after it would leave the channels-last kernels.
         return self.proj(torch.cat(outputs, dim=-1).permute(0, 3, 1, 2))
 
 
@@ -174,6 +184,13 @@ class LocalWindowAttention(nn.Module):
         if (height, width) == (wh, ww):
             return self.attn(x)
         pad_b, pad_r = (-height) % wh, (-width) % ww
+        if exporting_onnx():  # ONNX Runtime plans its own layouts: the NCHW cut takes fewer Transpose nodes
+            x = F.pad(x, (0, pad_r, 0, pad_b))
+            rows, cols = (height + pad_b) // wh, (width + pad_r) // ww
+            x = x.view(batch, channels, rows, wh, cols, ww).permute(0, 2, 4, 1, 3, 5)
+            x = self.attn(x.reshape(batch * rows * cols, channels, wh, ww))
+            x = x.view(batch, rows, cols, channels, wh, ww).permute(0, 3, 1, 4, 2, 5)
+            return x.reshape(batch, channels, rows * wh, cols * ww)[:, :, :height, :width]
         # Windows are cut and stitched in the channels-last view, so a channels-last map (the model's layout) stays
         # channels-last: its 1x1 convs keep their matmul path and its depthwise convs oneDNN's NHWC kernels.
         x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))

@@ -191,8 +191,8 @@ def _row(model: Dict[str, Any], batch: int, runs: Sequence[Dict[str, float]]) ->
 
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
-    header = (f"{'model':<34}{'vs':<32}{'batch':>6}{'img/s':>10}{'fused':>10}{'twin img/s':>12}{'ratio':>14}"
-              f"{'fused ratio':>16}")
+    header = (f"{'model':<34}{'vs':<32}{'batch':>6}{'img/s':>10}{'fused':>10}{'twin img/s':>12}{'ratio':>18}"
+              f"{'fused ratio':>18}")
     lines = [header, "-" * len(header)]
 
     def cell(row: Dict[str, Any], key: str, width: int, digits: int) -> str:
@@ -207,6 +207,6 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     for row in rows:
         lines.append(f"{row['model']:<34}{str(row['compared_with'] or 'none'):<32}{row['batch_size']:>6}"
                      f"{row['images_per_second']:>10.1f}{cell(row, 'fused_images_per_second', 10, 1)}"
-                     f"{cell(row, 'twin_images_per_second', 12, 1)}{ratio(row, 'speed_vs_twin', 14)}"
-                     f"{ratio(row, 'fused_speed_vs_twin', 16)}")
+                     f"{cell(row, 'twin_images_per_second', 12, 1)}{ratio(row, 'speed_vs_twin', 18)}"
+                     f"{ratio(row, 'fused_speed_vs_twin', 18)}")
     return "\n".join(lines)
