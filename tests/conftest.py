@@ -62,3 +62,15 @@ def test_hub():
 
     with HubServer(TEST_HUB_PORT) as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _share_the_cores_between_workers():
+    """With pytest-xdist (``-n N``) the workers share the machine: each one's torch gets its share of the cores
+    instead of all of them, so N workers do not run N times the threads the machine has."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    yield
