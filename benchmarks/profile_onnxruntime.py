@@ -9,9 +9,9 @@ profiler on, in ``--rounds`` alternating rounds (this machine's speed drifts; on
 would compare two machine states) after a warm-up. Per candidate and batch it prints and records, per forward: the
 run's wall time, the time summed per ONNX operator type (``Conv``, ``MatMul``, ``Softmax``...) with its node count,
 and the operator types that take the most time. This is the evidence for why an export row is slower or
-faster than its twin's. Node counts (``n``) are those of the exported file; ONNX Runtime's optimized graph fuses
-some (``MatMul`` and a scale into ``FusedMatMul``, shown with n=0) and adds layout nodes (``ReorderInput``/
-``ReorderOutput`` around its blocked-layout convolutions).
+faster than its twin's. Node counts: ``n``, those of the exported file; ``run``, those ONNX Runtime ran per forward
+(its optimized graph fuses some, e.g. ``MatMul`` and a scale into ``FusedMatMul``, and adds layout nodes,
+``ReorderInput``/``ReorderOutput`` around its blocked-layout convolutions).
 """
 
 from __future__ import annotations
@@ -51,16 +51,20 @@ def _per_forward(trace: List[Dict[str, Any]], warmup: int) -> Dict[str, Any]:
         raise RuntimeError("the profile holds no timed run")
     windows = [(event["ts"], event["ts"] + event["dur"]) for event in timed]
     op_us: Dict[str, float] = defaultdict(float)
+    op_calls: Dict[str, int] = defaultdict(int)
     for event in trace:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
             continue
         start = event["ts"]
         if any(low <= start <= high for low, high in windows):
             op_us[event["args"]["op_name"]] += event["dur"]
+            op_calls[event["args"]["op_name"]] += 1
     forwards = len(timed)
     return {"run_ms": round(float(np.median([event["dur"] for event in timed])) / 1e3, 3),
             "node_ms": round(sum(op_us.values()) / forwards / 1e3, 3),
-            "op_ms": {op: round(us / forwards / 1e3, 3) for op, us in sorted(op_us.items(), key=lambda kv: -kv[1])}}
+            "op_ms": {op: round(us / forwards / 1e3, 3) for op, us in sorted(op_us.items(), key=lambda kv: -kv[1])},
+            # nodes of ONNX Runtime's optimized graph, per forward (fused nodes and its layout reorders included)
+            "op_runs": {op: calls // forwards for op, calls in op_calls.items()}}
 
 
 def profile_files(files: Dict[str, str], batch: int, img_size: int, rounds: int, iterations: int, threads: int,
@@ -98,10 +102,10 @@ def _print(model: str, batch: int, results: Dict[str, Dict[str, Any]], top: int)
               f"({sum(results[label]['nodes'].values())} nodes)")
     ops = sorted({op for label in labels for op in results[label]["op_ms"]},
                  key=lambda op: -max(results[label]["op_ms"].get(op, 0.0) for label in labels))[:top]
-    print("  " + f"{'op type':<22}" + "".join(f"{label + ' ms':>12}{'n':>5}" for label in labels))
+    print("  " + f"{'op type':<22}" + "".join(f"{label + ' ms':>12}{'n':>5}{'run':>5}" for label in labels))
     for op in ops:
         cells = "".join(f"{results[label]['op_ms'].get(op, 0.0):>12.2f}{results[label]['nodes'].get(op, 0):>5}"
-                        for label in labels)
+                        f"{results[label]['op_runs'].get(op, 0):>5}" for label in labels)
         print(f"  {op:<22}{cells}")
 
 

@@ -85,6 +85,7 @@ def network_fingerprint(model: torch.nn.Module, size: Tuple[int, int]) -> str:
 _CHECKED_EXPORTS: Dict[Tuple[str, Tuple[int, int]], str] = {}
 
 
+@pytest.mark.xdist_group("export_every_model")  # one worker, so each network is exported once (--dist loadgroup)
 @pytest.mark.parametrize("name", VH_MODELS)
 def test_every_registered_model_exports_and_matches_eager_in_onnx_runtime(name, tmp_path):
     """Every registered model at its contract size (small widths, one or two blocks per stage) at the contract's
