@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import warnings
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import pytest
 import timm
@@ -81,29 +82,35 @@ def network_fingerprint(model: torch.nn.Module, size: Tuple[int, int]) -> str:
     return digest.hexdigest()
 
 
-# (fingerprint, size) -> the model whose export at that size was checked, within this test session
-_CHECKED_EXPORTS: Dict[Tuple[str, Tuple[int, int]], str] = {}
+@pytest.fixture(scope="session")
+def checked_exports(tmp_path_factory) -> Path:
+    """A folder this test session's processes share (all pytest-xdist workers of one run, not other runs): one
+    empty file per network and size whose export was checked, so a network is exported once per run."""
+    base = tmp_path_factory.getbasetemp()
+    session_root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = session_root / "checked-onnx-exports"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
-@pytest.mark.xdist_group("export_every_model")  # one worker, so each network is exported once (--dist loadgroup)
 @pytest.mark.parametrize("name", VH_MODELS)
-def test_every_registered_model_exports_and_matches_eager_in_onnx_runtime(name, tmp_path):
+def test_every_registered_model_exports_and_matches_eager_in_onnx_runtime(name, tmp_path, checked_exports):
     """Every registered model at its contract size (small widths, one or two blocks per stage) at the contract's
     input size and a non-square one: dynamic batch, ONNX Runtime within 1e-4 of eager at batch 1 and 3. Models
     whose small forms are the same network (variants that differ only in widths and depths the contract sets, e.g.
     EfficientViT-B0..B3) trace to the same ATen calls with the same weights, so the same ONNX graph: that graph is
-    exported and checked once per session, and the others are checked to be that network. Every registered model at
+    exported and checked once per run, and the others are checked to be that network. Every registered model at
     its full size: ``benchmarks/export_all.py`` (15 s to 5 min each, too long for CI)."""
     for size in export_sizes(name):
         model = contract.make_model(name)
-        key = (network_fingerprint(model, size), size)
-        if key in _CHECKED_EXPORTS:
+        checked = checked_exports / f"{network_fingerprint(model, size)}-{size[0]}x{size[1]}"
+        if checked.exists():
             continue
         result = export_onnx(model, tmp_path / "model.onnx", img_size=size, dynamic_batch=True)
         assert result.max_abs_diff <= 1e-4 and result.validated_batch_sizes == (1, 3)
         assert result.input_size[1:] == size and result.dynamic_batch
         assert Path(result.path).is_file() and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
-        _CHECKED_EXPORTS[key] = name
+        checked.write_text(name)
 
 
 def test_the_network_fingerprint_tells_networks_apart():
