@@ -85,7 +85,8 @@ def network_fingerprint(model: torch.nn.Module, size: Tuple[int, int]) -> str:
 @pytest.fixture(scope="session")
 def checked_exports(tmp_path_factory) -> Path:
     """A folder this test session's processes share (all pytest-xdist workers of one run, not other runs): one
-    empty file per network and size whose export was checked, so a network is exported once per run."""
+    file per network and size whose export was checked (holding the model's name), so a network is exported once
+    per run (twice at most, when two workers reach it at the same moment)."""
     base = tmp_path_factory.getbasetemp()
     session_root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     folder = session_root / "checked-onnx-exports"
