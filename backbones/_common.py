@@ -88,18 +88,57 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def antialiased_bicubic_weights(in_size: int, out_size: int) -> List[List[float]]:
+    """The ``(out_size, in_size)`` matrix of ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)``
+    along one axis (the resize is separable: ``A @ X @ B.T``), computed in Python floats by ATen's rule: a cubic
+    filter (a = -0.5) stretched by the scale when shrinking, sampled around each output centre and normalised."""
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"sizes must be >= 1, got in_size={in_size}, out_size={out_size}")
+
+    def cubic(x: float) -> float:
+        x = abs(x)
+        if x < 1.0:
+            return ((1.5 * x - 2.5) * x) * x + 1.0
+        if x < 2.0:
+            return ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0
+        return 0.0
+
+    scale = in_size / out_size
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    inverse = 1.0 / scale if scale >= 1.0 else 1.0
+    matrix = []
+    for index in range(out_size):
+        centre = scale * (index + 0.5)
+        first = max(int(centre - support + 0.5), 0)
+        last = min(int(centre + support + 0.5), in_size)
+        taps = [cubic((source - centre + 0.5) * inverse) for source in range(first, last)]
+        total = sum(taps)
+        row = [0.0] * in_size
+        for source, tap in zip(range(first, last), taps):
+            row[source] = tap / total if total != 0.0 else 0.0
+        matrix.append(row)
+    return matrix
+
+
 def resize_bias_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Resize a LeViT-style ``(heads, h, w)`` table indexed by ``(|dy|, |dx|)`` to ``size``: bicubic with
     antialiasing, timm's rule (``resize_rel_pos_bias_table_levit``). timm's helper takes square grids only, and these
     tables are resized at run time to the grid of any input size, square or not, so the rule is written here; it
     works in float64 for float64 tables. Returns ``table`` itself when the size is unchanged, so trained sizes stay
-    exact and differentiable."""
+    exact and differentiable.
+
+    The resize runs as two matrix products with :func:`antialiased_bicubic_weights`, not ``F.interpolate``: torch's
+    antialiased bicubic gives every output row the first row's values when the output is one column wide and the
+    height changes (torch 2.14, CPU; e.g. 3x3 to 2x1), which a small input reaches in EfficientViT-M's last stage,
+    and ONNX Runtime's ``Resize`` computes those grids correctly, so an export would not match eager. Elsewhere the
+    products equal ``F.interpolate`` (within 1e-12 in float64, tested).
+    """
     if tuple(table.shape[-2:]) == tuple(size):
         return table
-    work_dtype = torch.float64 if table.dtype == torch.float64 else torch.float32  # no half-precision bicubic on CPU
-    resized = F.interpolate(table[None].to(work_dtype), size=tuple(size), mode="bicubic", align_corners=False,
-                            antialias=True)
-    return resized[0].to(table.dtype)
+    work_dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
+    rows = torch.tensor(antialiased_bicubic_weights(table.shape[-2], size[0]), dtype=work_dtype, device=table.device)
+    cols = torch.tensor(antialiased_bicubic_weights(table.shape[-1], size[1]), dtype=work_dtype, device=table.device)
+    return (rows @ table.to(work_dtype) @ cols.T).to(table.dtype)
 
 
 class BiasTableMixin:

@@ -63,6 +63,60 @@ def model_input_size(model: torch.nn.Module, img_size: Optional[Union[int, Seque
     return int(channels), sizes[0], sizes[1]
 
 
+def redraw_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Redraw ``model``'s weights in place (seeded) so that every branch contributes to the output, for checking an
+    export (or a port) without trained weights: at init, many branches end in zero-initialised norms or layer
+    scales and output exactly zero, so an error inside them cannot show. Norms get affine parameters near (1, 0)
+    and BatchNorms non-trivial running statistics; every other float parameter gets noise of a tenth of a
+    unit-gain draw for its fan-in (weights; 0.1 for biases, layer scales and bias tables), so activations keep
+    their scale. Learned thresholds (LTMP) keep their values, which set how many tokens are reduced. Returns
+    ``model``."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def noise(like: torch.Tensor, scale: float) -> torch.Tensor:
+        return torch.randn(like.shape, generator=generator, dtype=torch.float64).to(like.dtype) * scale
+
+    batch_norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+    norm_parameters = set()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, batch_norms) and module.running_var is not None:
+                module.running_mean.copy_(noise(module.running_mean, 0.2))
+                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator,
+                                                          dtype=torch.float64).to(module.running_var.dtype))
+            if isinstance(module, batch_norms + (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                if getattr(module, "weight", None) is not None:
+                    module.weight.copy_(1 + noise(module.weight, 0.2))
+                    norm_parameters.add(id(module.weight))
+                if getattr(module, "bias", None) is not None:
+                    module.bias.copy_(noise(module.bias, 0.2))
+                    norm_parameters.add(id(module.bias))
+        for name, parameter in model.named_parameters():
+            if id(parameter) in norm_parameters or "threshold" in name or not parameter.is_floating_point():
+                continue
+            fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
+            parameter.add_(noise(parameter, 0.1 / fan_in ** 0.5 if parameter.dim() > 1 else 0.1))
+    return model
+
+
+def _register_orphan_constants(graph: Any) -> int:
+    """Make every constant that a node reads but nothing defines an initializer; returns how many there were.
+
+    The second optimizer pass (onnxscript 0.7.2, onnx-ir 1.1.0) can leave a folded reshape target as a value with
+    a constant but no producer and no initializer entry (LeViT's ``forward_intermediates``); ``onnx.checker`` then
+    rejects the file ("Nodes in a graph must be topologically sorted").
+    """
+    orphans = {}
+    for node in graph:
+        for value in node.inputs:
+            if (value is not None and value.producer() is None and value.const_value is not None
+                    and not value.is_graph_input() and not value.is_initializer()):
+                orphans[id(value)] = value
+    for value in orphans.values():
+        graph.register_initializer(value)
+    return len(orphans)
+
+
 def _onnx_runtime_session(path: Path):
     import onnxruntime
 
@@ -126,6 +180,7 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
                 # A second optimizer pass: the first removes pairs of inverse transposes (a model's NCHW-to-heads-
                 # last permute and the attention form's way back), which leaves pairs of reshapes to merge.
                 program.optimize()
+                _register_orphan_constants(program.model.graph)
             program.save(str(staging), external_data=external_data)
         except Exception as error:
             root = error

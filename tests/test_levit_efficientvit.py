@@ -8,6 +8,7 @@ import re
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import vithub  # noqa: F401  (registers the vh_* models)
 from vithub.backbones import efficientvit_mit, efficientvit_msra, levit
@@ -108,6 +109,30 @@ def test_any_size_uses_tables_resized_for_the_grid(name):
         torch.testing.assert_close(ours(x), built(x), rtol=1e-5, atol=1e-5)
         square = images(224, 224)
         assert (ours(square) - reference(square)).abs().max() <= 1e-5
+
+
+def test_bias_tables_resize_by_timms_rule_on_every_grid_one_column_wide_included():
+    """The table resize (matrix products with the antialiased bicubic filter) equals ``F.interpolate`` in float64
+    on every grid where torch gets it right; on grids one column wide with a new height, where torch's fused op
+    repeats the first row, it equals torch's own resize done one axis at a time (height, then width)."""
+    from vithub.backbones._common import resize_bias_table
+
+    def torch_resize(table, size):
+        return F.interpolate(table[None], size=size, mode="bicubic", align_corners=False, antialias=True)[0]
+
+    generator = torch.Generator().manual_seed(3)
+    for source in [(3, 3), (7, 7), (4, 4), (14, 14), (5, 3)]:
+        for size in [(1, 1), (2, 1), (1, 2), (2, 2), (3, 1), (4, 3), (9, 9), (16, 5), (6, 1), (1, 7)]:
+            table = torch.randn(2, *source, generator=generator, dtype=torch.float64)
+            ours = resize_bias_table(table, size)
+            if size[1] == 1 and size[0] != source[0]:
+                oracle = torch_resize(torch_resize(table, (size[0], source[1])), size)
+            else:
+                oracle = torch_resize(table, size)
+            torch.testing.assert_close(ours, oracle, rtol=0, atol=1e-12)
+    table = torch.randn(2, 7, 7, generator=generator)
+    torch.testing.assert_close(resize_bias_table(table, (4, 5)), torch_resize(table, (4, 5)), rtol=1e-6, atol=1e-6)
+    assert resize_bias_table(table, (7, 7)) is table
 
 
 def test_levit_non_square_matches_reference_backend():
