@@ -298,6 +298,21 @@ def test_efficientvit_m_exports_with_no_more_transposes_than_timms(tmp_path):
     assert 0 < counts["vh_efficientvit_m0"] <= counts["efficientvit_m0"], counts
 
 
+def test_fastervit_exports_its_token_linears_as_gemms(tmp_path):
+    """A linear on a 3-D token map exports as MatMul plus a separate bias Add, which ONNX Runtime runs as two passes;
+    exported, FasterViT's attention and MLP linears run on the 2-D token matrix and export as one Gemm each, as the
+    official model's do (``benchmarks/profile_onnxruntime.py``: 0 Gemms and 159 Adds run against its 35 and 125)."""
+    import onnx
+
+    model = redraw_weights(contract.make_model("vh_fastervit_0_224")).eval()
+    token_linears = sum(isinstance(module, torch.nn.Linear) and "cpb_mlp" not in name
+                        for name, module in model.named_modules())
+    path = tmp_path / "fastervit.onnx"
+    export_onnx(model, path, img_size=64, dynamic_batch=True)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("Gemm") >= token_linears > 10, (ops.count("Gemm"), token_linears)
+
+
 @pytest.mark.parametrize("name", ["vh_swin_tiny_patch4_window7_224", "vh_nat_mini", "vh_fastervit_0_224"])
 def test_torch_export_with_a_dynamic_batch_keeps_working(name):
     model = contract.make_model(name).eval()
