@@ -6,7 +6,8 @@ weights), at one or more batch sizes:
 
 The files are exported as ``vithub bench export`` exports them. Each candidate is run with ONNX Runtime's own
 profiler on, in ``--rounds`` alternating rounds (this machine's speed drifts; one candidate timed after another
-would compare two machine states) after a warm-up. Per candidate and batch it prints and records, per forward: the
+would compare two machine states) after a warm-up; in each round a candidate first waits ``SETTLE_SECONDS`` and
+runs once untimed, so that no other session's spinning threads share the cores with its profiled runs. Per candidate and batch it prints and records, per forward: the
 run's wall time, the time summed per ONNX operator type (``Conv``, ``MatMul``, ``Softmax``...) with its node count,
 and the operator types that take the most time. This is the evidence for why an export row is slower or
 faster than its twin's. Node counts: ``n``, those of the exported file; ``run``, those ONNX Runtime ran per forward
@@ -20,6 +21,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +34,7 @@ import timm
 import torch
 
 import vithub  # noqa: F401  (registers the vh models)
-from vithub.bench.export import export_candidates
+from vithub.bench.export import SETTLE_SECONDS, export_candidates
 from vithub.bench.timing import cpu_model, write_json
 
 
@@ -43,10 +45,11 @@ def _node_counts(path: str) -> Dict[str, int]:
     return dict(counts)
 
 
-def _per_forward(trace: List[Dict[str, Any]], warmup: int) -> Dict[str, Any]:
-    """Wall time per run and node time per operator type, averaged over the runs after ``warmup``."""
+def _per_forward(trace: List[Dict[str, Any]], timed_runs: Sequence[int]) -> Dict[str, Any]:
+    """Wall time per run and node time per operator type, averaged over the runs numbered ``timed_runs`` (in the
+    session's order)."""
     runs = [event for event in trace if event.get("cat") == "Session" and event.get("name") == "model_run"]
-    timed = runs[warmup:]
+    timed = [runs[index] for index in timed_runs if index < len(runs)]
     if not timed:
         raise RuntimeError("the profile holds no timed run")
     windows = [(event["ts"], event["ts"] + event["dur"]) for event in timed]
@@ -82,15 +85,21 @@ def profile_files(files: Dict[str, str], batch: int, img_size: int, rounds: int,
     for label, session in sessions.items():
         for _ in range(warmup):
             session.run(None, feeds[label])
+    timed_runs = []
     for round_index in range(rounds):
         order = list(sessions) if round_index % 2 == 0 else list(sessions)[::-1]
         for label in order:
+            # as ``vithub bench export`` times: the other sessions' threads park, one untimed run wakes this one's
+            time.sleep(SETTLE_SECONDS)
+            sessions[label].run(None, feeds[label])
             for _ in range(iterations):
                 sessions[label].run(None, feeds[label])
+        first = warmup + round_index * (iterations + 1) + 1
+        timed_runs.extend(range(first, first + iterations))
     results = {}
     for label, session in sessions.items():
         trace = json.loads(Path(session.end_profiling()).read_text())
-        results[label] = dict(_per_forward(trace, warmup), nodes=_node_counts(files[label]))
+        results[label] = dict(_per_forward(trace, timed_runs), nodes=_node_counts(files[label]))
     return results
 
 

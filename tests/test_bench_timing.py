@@ -88,3 +88,39 @@ def test_cpu_rows_use_the_host_clock_round_robin():
 def test_repeats_must_be_positive():
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         measure({"a": lambda: None}, repeats=0)
+
+
+def test_settling_waits_and_warms_each_candidate_before_its_timed_call(monkeypatch):
+    """With ``settle_s``, each timed call follows a pause and one untimed call of the same candidate; that untimed
+    call's time (here the slow first call after a pause, as when a thread pool wakes) stays out of the median."""
+    from vithub.bench import timing
+
+    order, pauses = [], []
+    real_sleep = time.sleep
+    awake = {"a": False, "b": False}
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        awake.update(a=False, b=False)
+
+    def candidate(name: str):
+        def run() -> None:
+            order.append(name)
+            real_sleep(0.002 if awake[name] else 0.03)  # slow when called first after a pause
+            awake[name] = True
+        return run
+
+    monkeypatch.setattr(timing.time, "sleep", pause)
+    ms = measure({"a": candidate("a"), "b": candidate("b")}, repeats=3, warmup=0, settle_s=0.05)
+    assert order == ["a", "a", "b", "b"] * 3
+    assert pauses == [0.05] * 6
+    assert ms["a"] < 20.0 and ms["b"] < 20.0
+
+    pause(0.0)
+    unsettled = measure({"a": candidate("a")}, repeats=1, warmup=0)
+    assert unsettled["a"] >= 30.0  # without settling, the slow call after the pause is the one timed
+
+
+def test_settle_must_not_be_negative():
+    with pytest.raises(ValueError, match="settle_s must be >= 0 seconds"):
+        measure({"a": lambda: None}, repeats=1, settle_s=-1.0)

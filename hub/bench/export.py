@@ -32,6 +32,9 @@ DEFAULT_PAIRS: Tuple[Tuple[str, Optional[str]], ...] = (
     ("vh_efficientvit_m5", None),
     ("vh_efficientvit_b1", None),
 )
+# Pause before each candidate's timed call, so that the thread pool of the session timed before it has parked (see
+# ``measure``): back to back, every row measured the sessions' contention, not the exports (batch 1 read 3-4x slow).
+SETTLE_SECONDS = 0.05
 # Third-party packages that register the official models with timm when imported.
 OFFICIAL_PACKAGES = {"faster_vit_": "fastervit"}
 
@@ -144,8 +147,9 @@ def export_candidates(pairs: Sequence[Tuple[str, Optional[str]]], folder: Path, 
 
 def time_exports(exported: Sequence[Dict[str, Any]], batch_sizes: Sequence[int], repeats: int, img_size: int,
                  threads: Optional[int], output: Optional[str] = None) -> List[Dict[str, float]]:
-    """Median ms per candidate file, per model and batch size (candidates of a row timed round-robin); written as
-    JSON to ``output`` when given (the child process's answer)."""
+    """Median ms per candidate file, per model and batch size (candidates of a row timed round-robin, each timed call
+    after a pause and one untimed call of the same session); written as JSON to ``output`` when given (the child
+    process's answer)."""
     timings: List[Dict[str, float]] = []
     for model in exported:
         sessions = {label: _session(Path(path), threads) for label, path in model["files"].items()}
@@ -157,7 +161,7 @@ def time_exports(exported: Sequence[Dict[str, Any]], batch_sizes: Sequence[int],
                 return lambda: session.run(None, feed)
 
             timings.append(measure({label: run(session) for label, session in sessions.items()}, repeats, warmup=1,
-                                   device=torch.device("cpu")))
+                                   device=torch.device("cpu"), settle_s=SETTLE_SECONDS))
     if output:
         write_json(output, {"timings": timings})
     return timings

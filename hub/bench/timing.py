@@ -38,14 +38,22 @@ def _time_cuda(fn: Callable[[], object]) -> float:
 
 
 def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
-            device: DeviceLike = None, digits: int = 3) -> Dict[str, float]:
+            device: DeviceLike = None, digits: int = 3, settle_s: float = 0.0) -> Dict[str, float]:
     """Median milliseconds per candidate, timed round-robin after ``warmup`` untimed calls each.
 
     ``device`` says where the candidates run: ``"cuda"`` (any CUDA device) times each call between two CUDA events
     and synchronises before reading them; anything else times on the host clock.
+
+    ``settle_s`` > 0: before each timed call, wait that many seconds and make one untimed call of the same candidate.
+    For candidates that each own a thread pool (ONNX Runtime sessions): a pool keeps its threads spinning for a while
+    after a call, and on a machine with few cores the pool of the candidate just timed slows the next candidate's
+    call down (2-4x at batch 1 with two sessions of two threads on two cores). The wait lets the other pools park;
+    the untimed call wakes this candidate's own threads, so the timed call sees it as it runs alone.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if settle_s < 0:
+        raise ValueError(f"settle_s must be >= 0 seconds, got {settle_s}")
     on_cuda = device is not None and torch.device(device).type == "cuda"
     time_call = _time_cuda if on_cuda else _time_cpu
     for fn in candidates.values():
@@ -56,6 +64,9 @@ def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: i
     samples: Dict[str, List[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
+            if settle_s:
+                time.sleep(settle_s)
+                fn()
             samples[name].append(time_call(fn))
     return {name: round(statistics.median(values), digits) for name, values in samples.items()}
 
