@@ -1,7 +1,7 @@
 """The one timing helper every ``vithub bench`` subcommand uses, and the few things they share around it.
 
-Candidates of a row are timed round-robin (one call each, repeated) and the median is kept, so the ratios in a row
-come from the same stretch of a noisy shared machine. On CUDA a call only *queues* work: host clocks would measure
+Candidates of a row are timed round-robin (one call each, repeated, every other round reversed) and the median is
+kept, so the ratios in a row come from the same stretch of a noisy shared machine. On CUDA a call only *queues* work: host clocks would measure
 the launch, so CUDA rows are timed with CUDA events and read after a device synchronisation.
 """
 
@@ -39,7 +39,8 @@ def _time_cuda(fn: Callable[[], object]) -> float:
 
 def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
             device: DeviceLike = None, digits: int = 3, settle_s: float = 0.0) -> Dict[str, float]:
-    """Median milliseconds per candidate, timed round-robin after ``warmup`` untimed calls each.
+    """Median milliseconds per candidate, timed round-robin (every other round in reverse order) after ``warmup``
+    untimed calls each.
 
     ``device`` says where the candidates run: ``"cuda"`` (any CUDA device) times each call between two CUDA events
     and synchronises before reading them; anything else times on the host clock.
@@ -62,8 +63,11 @@ def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: i
     if on_cuda:
         torch.cuda.synchronize()  # the warm-up's queued work must not land in the first timed call
     samples: Dict[str, List[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for repeat in range(repeats):
+        # every other round in reverse, so that no candidate always runs right after the same other one
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            fn = candidates[name]
             if settle_s:
                 time.sleep(settle_s)
                 fn()
