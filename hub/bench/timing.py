@@ -1,8 +1,8 @@
 """The one timing helper every ``vithub bench`` subcommand uses, and the few things they share around it.
 
 Candidates of a row are timed round-robin (one call each, repeated, every other round reversed) and the median is
-kept, so the ratios in a row come from the same stretch of a noisy shared machine. On CUDA a call only *queues* work: host clocks would measure
-the launch, so CUDA rows are timed with CUDA events and read after a device synchronisation.
+kept, so the ratios in a row come from the same stretch of a noisy shared machine. On CUDA a call only *queues*
+work: host clocks would measure the launch, so CUDA rows are timed with CUDA events and read after a device synchronisation.
 """
 
 from __future__ import annotations
