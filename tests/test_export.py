@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import statistics
+import types
 import warnings
 from pathlib import Path
 from typing import List, Tuple
@@ -415,3 +416,16 @@ def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_co
     model, name, same_layout, missing = bench._comparison("vh_levit_128s", "levit_128s")
     assert model is None and name == "levit_128s" and "'vithub_no_such_package' package" in missing
     assert bench._comparison("vh_nat_mini", None)[3].startswith("vh_nat_mini has no timm twin")
+    # every timed call settles first: back to back, one session's spinning threads slowed the next one's run
+    settings = {}
+
+    def record_measure(candidates, repeats, **options):
+        settings.update(options)
+        return {label: 1.0 for label in candidates}
+
+    session = types.SimpleNamespace(get_inputs=lambda: [types.SimpleNamespace(name="images")])
+    monkeypatch.setattr(bench, "_session", lambda path, threads: session)
+    monkeypatch.setattr(bench, "measure", record_measure)
+    assert bench.time_exports([{"files": {"vithub": "a.onnx", "twin": "b.onnx"}}], [1], 1, 8, 1) == [
+        {"vithub": 1.0, "twin": 1.0}]
+    assert settings["settle_s"] == bench.SETTLE_SECONDS > 0
