@@ -6,13 +6,13 @@ weights), at one or more batch sizes:
 
 The files are exported as ``vithub bench export`` exports them. Each candidate is run with ONNX Runtime's own
 profiler on, in ``--rounds`` alternating rounds (this machine's speed drifts; one candidate timed after another
-would compare two machine states) after a warm-up; in each round a candidate first waits ``SETTLE_SECONDS`` and
-runs once untimed, so that no other session's spinning threads share the cores with its profiled runs. Per candidate and batch it prints and records, per forward: the
-run's wall time, the time summed per ONNX operator type (``Conv``, ``MatMul``, ``Softmax``...) with its node count,
-and the operator types that take the most time. This is the evidence for why an export row is slower or
-faster than its twin's. Node counts: ``n``, those of the exported file; ``run``, those ONNX Runtime ran per forward
-(its optimized graph fuses some, e.g. ``MatMul`` and a scale into ``FusedMatMul``, and adds layout nodes,
-``ReorderInput``/``ReorderOutput`` around its blocked-layout convolutions).
+would compare two machine states) after a warm-up; in each round a candidate first waits ``SETTLE_SECONDS`` and runs
+once untimed, so that no other session's spinning threads share the cores with its profiled runs. Per candidate and
+batch it prints and records, per forward: the run's wall time, the time summed per ONNX operator type (``Conv``,
+``MatMul``, ``Softmax``...) with its node count, and the operator types that take the most time. This is the
+evidence for why an export row is slower or faster than its twin's. Node counts: ``n``, those of the exported file;
+``run``, those ONNX Runtime ran per forward (its optimized graph fuses some, e.g. ``MatMul`` and a scale into
+``FusedMatMul``, and adds layout nodes, ``ReorderInput``/``ReorderOutput`` around its blocked-layout convolutions).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ DEFAULT_PAIRS: Tuple[Tuple[str, Optional[str]], ...] = (
     ("vh_efficientvit_b1", None),
 )
 # Pause before each candidate's timed call, so that the thread pool of the session timed before it has parked (see
-# ``measure``): back to back, every row measured the sessions' contention, not the exports (batch 1 read 3-4x slow).
+# ``measure``): back to back, every row measured the sessions' contention, not the exports (batch 1 up to ~3x slow).
 SETTLE_SECONDS = 0.05
 # Third-party packages that register the official models with timm when imported.
 OFFICIAL_PACKAGES = {"faster_vit_": "fastervit"}

@@ -2,7 +2,8 @@
 
 Candidates of a row are timed round-robin (one call each, repeated, every other round reversed) and the median is
 kept, so the ratios in a row come from the same stretch of a noisy shared machine. On CUDA a call only *queues*
-work: host clocks would measure the launch, so CUDA rows are timed with CUDA events and read after a device synchronisation.
+work: host clocks would measure the launch, so CUDA rows are timed with CUDA events and read after a device
+synchronisation.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: i
     ``settle_s`` > 0: before each timed call, wait that many seconds and make one untimed call of the same candidate.
     For candidates that each own a thread pool (ONNX Runtime sessions): a pool keeps its threads spinning for a while
     after a call, and on a machine with few cores the pool of the candidate just timed slows the next candidate's
-    call down (2-4x at batch 1 with two sessions of two threads on two cores). The wait lets the other pools park;
+    call down (up to about 3x at batch 1 in ``vithub bench export`` on two cores). The wait lets the other pools park;
     the untimed call wakes this candidate's own threads, so the timed call sees it as it runs alone.
     """
     if repeats < 1:
