@@ -49,9 +49,10 @@ def _per_forward(trace: List[Dict[str, Any]], timed_runs: Sequence[int]) -> Dict
     """Wall time per run and node time per operator type, averaged over the runs numbered ``timed_runs`` (in the
     session's order)."""
     runs = [event for event in trace if event.get("cat") == "Session" and event.get("name") == "model_run"]
-    timed = [runs[index] for index in timed_runs if index < len(runs)]
-    if not timed:
-        raise RuntimeError("the profile holds no timed run")
+    if not timed_runs or max(timed_runs) >= len(runs):
+        raise RuntimeError(f"the profile holds {len(runs)} runs; the timed ones were numbered up to "
+                           f"{max(timed_runs, default=None)}")
+    timed = [runs[index] for index in timed_runs]
     windows = [(event["ts"], event["ts"] + event["dur"]) for event in timed]
     op_us: Dict[str, float] = defaultdict(float)
     op_calls: Dict[str, int] = defaultdict(int)
