@@ -6,7 +6,9 @@ arXiv:2306.06189). Two convolutional stages, then stages of hierarchical attenti
 * a tokenizer pools each window into ``ct_size x ct_size`` carrier tokens;
 * in every HAT block the carriers of the whole map first attend to each other (one window over the carrier grid,
   :func:`vithub.kernels.window_attention`), then each window attends over its tokens plus its own carriers, carriers
-  included as queries (:func:`vithub.kernels.carrier_window_attention`, zero bias for any pair with a carrier);
+  included as queries (:func:`vithub.kernels.carrier_window_attention`, zero bias for any pair with a carrier;
+  while exporting to ONNX the stage holds its map as per-window sequences, the official layout, and each window
+  attends through :func:`vithub.kernels.table_bias_attention`: see :meth:`HATBlock.forward_sequences`);
 * where ``do_propagation`` is set, the last block of a stage adds the carriers back onto their windows (nearest
   upsampling);
 * position information comes from SwinV2-style continuous MLPs: a log-spaced relative-coordinate MLP gives the
@@ -45,7 +47,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 
-from vithub.kernels import carrier_window_attention, exporting_onnx, window_attention
+from vithub.kernels import (
+    carrier_window_attention,
+    exporting_onnx,
+    table_bias_attention,
+    window_attention,
+    window_bias,
+)
 
 from ._common import (
     GELU,
@@ -214,6 +222,19 @@ class WindowAttention(nn.Module):
         out = torch.cat([out.reshape(batch, map_tokens, channels), carrier_out.reshape(batch, -1, channels)], dim=1)
         return self.proj_drop(tokenwise(self.proj, out))
 
+    def forward_sequences(self, tokens: torch.Tensor, window: Size, carriers: int) -> torch.Tensor:
+        """``tokens``: ``(..., carriers + wh*ww, C)``, one sequence per window: its carriers, then its tokens in
+        raster order (the official layout). Same attention as :meth:`forward_with_carriers`, as dense attention with
+        the window bias padded by zeros for every pair with a carrier; the ONNX export form (see :class:`HATBlock`)."""
+        length, channels = tokens.shape[-2:]
+        sequences = math.prod(tokens.shape[:-2])
+        qkv = tokenwise(self.qkv, tokens).view(sequences, 1, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.unbind(3)
+        rpb = self.pos_emb_funct(window).to(q.dtype)
+        bias = F.pad(window_bias(rpb, window), (carriers, 0, carriers, 0))
+        out = table_bias_attention(q, k, v, scale=self.scale, gathered_bias=bias)
+        return self.proj_drop(tokenwise(self.proj, out.reshape(tokens.shape)))
+
 
 def _layer_scale(value: Optional[float], dim: int) -> Optional[nn.Parameter]:
     return nn.Parameter(value * torch.ones(dim)) if isinstance(value, (int, float)) else None
@@ -304,13 +325,7 @@ class HATBlock(nn.Module):
         if not self.hierarchical:
             raise RuntimeError("carriers were given to a HAT block built without carrier-token modules")
 
-        # Global attention among all carriers: one window spanning the carrier grid.
-        grid = carriers_to_grid(carriers, self.ct_size)
-        grid_size = (grid.shape[1], grid.shape[2])
-        grid = grid + self.hat_pos_embed(grid_size)
-        grid = grid + self.drop_path(_scaled(self.gamma1, self.hat_attn(self.hat_norm1(grid), grid_size)))
-        grid = grid + self.drop_path(_scaled(self.gamma2, tokenwise(self.hat_mlp, self.hat_norm2(grid))))
-        carriers = grid_to_carriers(grid, self.ct_size)
+        carriers = self._carrier_attention(carriers)
         carrier_shape = tuple(carriers.shape[1:4])
 
         # Each window over its tokens plus its carriers. Map tokens and carriers share every token-wise layer, so
@@ -321,14 +336,53 @@ class HATBlock(nn.Module):
         tokens = tokens + self.drop_path(_scaled(self.gamma4, tokenwise(self.mlp, self.norm2(tokens))))
         x = tokens[:, :height * width].reshape(batch, height, width, channels)
         carriers = tokens[:, height * width:].reshape(batch, *carrier_shape, channels)
-
         if self.last and self.do_propagation:
-            ct = self.ct_size
-            per_window = carriers.reshape(-1, ct, ct, channels).permute(0, 3, 1, 2)
-            upsampled = F.interpolate(per_window.float(), size=window, mode="nearest").to(x.dtype)
-            upsampled = upsampled.view(batch, rows, cols, channels, w, w).permute(0, 1, 4, 2, 5, 3)
+            upsampled = self._propagated(carriers).permute(0, 1, 3, 2, 4, 5)
             x = x + _scaled(self.gamma1, upsampled.reshape(x.shape))
         return x, carriers
+
+    def forward_sequences(self, windows: torch.Tensor, carriers: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with carriers, on the map held as windows, the official layout: ``windows``
+        ``(B, H/w, W/w, w*w, C)`` (each window's tokens in raster order), ``carriers`` ``(B, H/w, W/w, ct*ct, C)``.
+
+        The ONNX export form (see :meth:`FasterViTStage.forward`): each window attends as one sequence, its carriers
+        then its tokens, with :func:`vithub.kernels.table_bias_attention` and the window bias padded by zeros for
+        every pair with a carrier. ONNX Runtime then runs one concatenation and one split per block; the eager form's
+        token matrix exports as a carrier concatenation per q, k and v, a split of every projection's output and a
+        window partition per block.
+        """
+        if not self.hierarchical:
+            raise RuntimeError("carriers were given to a HAT block built without carrier-token modules")
+        w = self.window_size
+        tokens_per_window, channels = windows.shape[-2:]
+        carriers_per_window = carriers.shape[3]
+        windows = windows + self.pos_embed((w, w)).reshape(tokens_per_window, channels)
+        carriers = self._carrier_attention(carriers)
+        tokens = torch.cat([carriers, windows], dim=3)
+        attended = self.attn.forward_sequences(self.norm1(tokens), (w, w), carriers_per_window)
+        tokens = tokens + self.drop_path(_scaled(self.gamma3, attended))
+        tokens = tokens + self.drop_path(_scaled(self.gamma4, tokenwise(self.mlp, self.norm2(tokens))))
+        carriers, windows = tokens.split([carriers_per_window, tokens_per_window], dim=3)
+        if self.last and self.do_propagation:
+            windows = windows + _scaled(self.gamma1, self._propagated(carriers).reshape(windows.shape))
+        return windows, carriers
+
+    def _carrier_attention(self, carriers: torch.Tensor) -> torch.Tensor:
+        """Global attention among all carriers: one window spanning the carrier grid."""
+        grid = carriers_to_grid(carriers, self.ct_size)
+        grid_size = (grid.shape[1], grid.shape[2])
+        grid = grid + self.hat_pos_embed(grid_size)
+        grid = grid + self.drop_path(_scaled(self.gamma1, self.hat_attn(self.hat_norm1(grid), grid_size)))
+        grid = grid + self.drop_path(_scaled(self.gamma2, tokenwise(self.hat_mlp, self.hat_norm2(grid))))
+        return grid_to_carriers(grid, self.ct_size)
+
+    def _propagated(self, carriers: torch.Tensor) -> torch.Tensor:
+        """Each window's carriers upsampled (nearest) to the window: ``(B, H/w, W/w, w, w, C)``."""
+        batch, rows, cols, _, channels = carriers.shape
+        ct, w = self.ct_size, self.window_size
+        per_window = carriers.reshape(-1, ct, ct, channels).permute(0, 3, 1, 2)
+        upsampled = F.interpolate(per_window.float(), size=(w, w), mode="nearest").to(carriers.dtype)
+        return upsampled.view(batch, rows, cols, channels, w, w).permute(0, 1, 2, 4, 5, 3)
 
 
 class TokenInitializer(nn.Module):
@@ -428,8 +482,19 @@ class FasterViTStage(nn.Module):
         if self.global_tokenizer is not None and rows * cols > 1:
             carriers = self.global_tokenizer(x, w)
         x = x.permute(0, 2, 3, 1)
-        for block in self.blocks:
-            x, carriers = self._run(block, x, carriers)
+        if carriers is not None and exporting_onnx():
+            # The export holds the map as windows from the first block to the last, as the official code does, so
+            # the exported graph partitions and restores it once per stage instead of once per block.
+            batch, padded_height, padded_width, channels = x.shape
+            windows = x.reshape(batch, rows, w, cols, w, channels).transpose(2, 3).reshape(batch, rows, cols, w * w,
+                                                                                            channels)
+            for block in self.blocks:
+                windows, carriers = block.forward_sequences(windows, carriers)
+            x = windows.reshape(batch, rows, cols, w, w, channels).transpose(2, 3).reshape(
+                batch, padded_height, padded_width, channels)
+        else:
+            for block in self.blocks:
+                x, carriers = self._run(block, x, carriers)
         return x[:, :height, :width].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 

@@ -12,6 +12,7 @@ why it cannot run a given call. This package imports nothing else from vithub.
 """
 
 from . import backends  # noqa: F401  (importing it registers the backends)
+from .backends.reference import window_bias
 from .backends.torch import gather_table_bias
 from .backends.triton import triton_available, triton_refusal
 from .ops import (
@@ -61,4 +62,5 @@ __all__ = [
     "triton_refusal",
     "use_backend",
     "window_attention",
+    "window_bias",
 ]

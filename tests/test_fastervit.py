@@ -151,6 +151,26 @@ def test_torch_backend_matches_reference_backend_inside_the_model():
     assert results["reference"][1]["stages.2.blocks.0.hat_attn.pos_emb_funct.cpb_mlp.0.weight"].abs().sum() > 0
 
 
+def test_export_form_holding_windows_as_sequences_equals_the_eager_form(monkeypatch):
+    """While exporting to ONNX, attention stages with carriers hold the map as per-window sequences (carriers, then
+    window tokens) across their blocks: in float64, with layer scale, propagation, padding and a non-square carrier
+    grid, that form gives the eager form's logits."""
+    from vithub.backbones.fastervit import HATBlock
+
+    model = _randomise_norms(_model(layer_scale=0.5, do_propagation=True)).double()
+    images = torch.randn(2, 3, 230, 200, dtype=torch.float64)
+    calls = []
+    original = HATBlock.forward_sequences
+    monkeypatch.setattr(HATBlock, "forward_sequences", lambda self, *args: calls.append(self) or original(self, *args))
+    with torch.no_grad():
+        eager = model(images)
+        assert not calls
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        exported_form = model(images)
+    assert len(calls) == len(model.stages[2].blocks) and calls[-1].do_propagation
+    torch.testing.assert_close(exported_form, eager, rtol=1e-10, atol=1e-10)
+
+
 def test_in_place_residuals_and_channels_last_change_no_output_or_gradient(monkeypatch):
     """The CPU speed paths (conv blocks' shortcuts added in place, channels-last maps): the float64 train step gives
     the logits and gradients of the same weights run with plain out-of-place adds on NCHW-contiguous maps."""

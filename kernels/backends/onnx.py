@@ -133,7 +133,13 @@ def batched_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         row_order = rolled_positions(height, shift[0], unpadded_height).to(q.device)
         col_order = rolled_positions(width, shift[1], unpadded_width).to(q.device)
 
+    # One window spanning the map (Swin's and FasterViT's last stage, FasterViT's carrier grid): the partition is
+    # a transpose of the token sequence, two nodes fewer per operand in ONNX Runtime than the general form.
+    whole_map = rows == cols == 1 and not shifted
+
     def partition(x: torch.Tensor) -> torch.Tensor:
+        if whole_map:
+            return x.reshape(batch, tokens, heads, x.shape[-1]).transpose(1, 2)
         if shifted:
             x = x.index_select(1, row_order).index_select(2, col_order)
         x = x.reshape(batch, rows, wh, cols, ww, heads, x.shape[-1]).permute(0, 1, 3, 5, 2, 4, 6)
@@ -152,6 +158,8 @@ def batched_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     elif bias is not None:
         logits = logits + bias
     out = logits.softmax(dim=-1) @ partition(v)
+    if whole_map:
+        return out.transpose(1, 2).reshape(batch, height, width, heads, v.shape[-1])
     out = out.view(batch, rows, cols, heads, wh, ww, v.shape[-1]).permute(0, 1, 4, 2, 5, 3, 6)
     out = out.reshape(batch, height, width, heads, v.shape[-1])
     if shifted:
