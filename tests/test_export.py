@@ -300,6 +300,28 @@ def test_efficientvit_m_exports_with_no_more_transposes_than_timms(tmp_path):
     assert 0 < counts["vh_efficientvit_m0"] <= counts["efficientvit_m0"], counts
 
 
+def test_efficientvit_b_runs_fewer_transposes_than_timms_in_onnx_runtime(tmp_path):
+    """Exported, EfficientViT-B/L's attention splits q, k and v channel-major and the op's export form works on that
+    layout, so the permutes to and from heads-last meet in ONNX Runtime's graph and both go. Heads-last (the eager
+    layout), B1's graph ran 28 Transposes a forward against timm's 21 (``profile_onnxruntime_b1_cpu.json``)."""
+    import onnx
+    import onnxruntime
+
+    kwargs = contract.contract_kwargs("vh_efficientvit_b0")
+    counts = {}
+    for name in ("vh_efficientvit_b0", "efficientvit_b0"):
+        torch.manual_seed(0)
+        model = timm.create_model(name, **kwargs)
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(model, path, img_size=64, dynamic_batch=True, validate=name.startswith("vh_"))
+        options = onnxruntime.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.optimized.onnx")
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+        counts[name] = sum(node.op_type == "Transpose" for node in graph.node)
+    assert counts["vh_efficientvit_b0"] < counts["efficientvit_b0"], counts
+
+
 def test_fastervit_export_has_the_official_graph_shape(tmp_path):
     """A linear on a 3-D token map exports as MatMul plus a separate bias Add, which ONNX Runtime runs as two passes;
     exported, FasterViT's attention and MLP linears run on the 2-D token matrix and export as one Gemm each, as the

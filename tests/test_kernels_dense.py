@@ -118,18 +118,19 @@ def test_linear_reference_matches_loop():
     torch.testing.assert_close(relu_linear_attention(q, k, v, 1e-5, backend="torch"), expected)
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])  # onnx: the channel-major form an ONNX export holds
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tokens=st.lists(st.integers(1, 7), min_size=1, max_size=2), heads=st.integers(1, 3),
        head_dim=st.sampled_from([1, 4, 8]), value_dim=st.sampled_from([2, 8]), eps=st.sampled_from([1e-15, 1e-5, 1.0]),
        seed=st.integers(0, 2 ** 16))
-def test_linear_torch_matches_reference_with_gradients(tokens, heads, head_dim, value_dim, eps, seed):
+def test_linear_fast_forms_match_reference_with_gradients(backend, tokens, heads, head_dim, value_dim, eps, seed):
     torch.manual_seed(seed)
     # Offsets keep some q.k products positive, so the normaliser is not only eps.
     q = (torch.randn(2, *tokens, heads, head_dim, dtype=torch.float64) + 0.5).requires_grad_()
     k = (torch.randn(2, *tokens, heads, head_dim, dtype=torch.float64) + 0.5).requires_grad_()
     v = torch.randn(2, *tokens, heads, value_dim, dtype=torch.float64, requires_grad=True)
     expected = relu_linear_attention(q, k, v, eps, backend="reference")
-    actual = relu_linear_attention(q, k, v, eps, backend="torch")
+    actual = relu_linear_attention(q, k, v, eps, backend=backend)
     torch.testing.assert_close(actual, expected)
     grad = torch.randn_like(expected)
     for got, want in zip(torch.autograd.grad(actual, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad)):

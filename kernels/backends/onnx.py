@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .reference import rolled_positions, swin_region_labels, window_bias
 from .torch import TorchBackend, gather_table_bias, table_bias_attention
@@ -188,6 +189,29 @@ def channel_major_table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torc
     return out.reshape(batch, heads, value_dim, q_height, q_width).permute(0, 3, 4, 1, 2)
 
 
+def channel_major_relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """ReLU linear attention on ``(B, heads, d, N)`` operands, the layout of an NCHW map, transposed:
+    ``out^T = ([v, 1]^T relu(k)) relu(q)^T``, so neither product needs a transposed token matrix.
+
+    EfficientViT-B/L make their heads-last operands from NCHW maps; while exporting they make them as permutes that
+    this form's permutes undo, so ONNX Runtime removes both, as it does for EfficientViT-M's one-head attention.
+    """
+    batch, spatial, heads = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2]
+    value_dim, axes = v.shape[-1], len(q.shape) - 3
+    compute = torch.promote_types(q.dtype, torch.float32)
+    to_channel_major = (0, axes + 1, axes + 2, *range(1, axes + 1))
+
+    def channel_major(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(to_channel_major).reshape(batch, heads, x.shape[-1], -1).to(compute)
+
+    padded_v = F.pad(channel_major(v), (0, 0, 0, 1), value=1.0)  # (B, heads, dv + 1, N)
+    context = padded_v @ F.relu(channel_major(k)).transpose(-1, -2)  # (B, heads, dv + 1, d)
+    out = context @ F.relu(channel_major(q))  # (B, heads, dv + 1, N)
+    out = out[:, :, :-1] / (out[:, :, -1:] + eps)
+    heads_last = (0, *range(3, axes + 3), 1, 2)
+    return out.reshape(batch, heads, value_dim, *spatial).permute(heads_last).to(v.dtype)
+
+
 class OnnxBackend(TorchBackend):
     """Standard-operator forms of every op; chosen only during an ONNX export."""
 
@@ -209,3 +233,6 @@ class OnnxBackend(TorchBackend):
         if q.shape[3] == 1:
             return channel_major_table_bias_attention(q, k, v, gathered_bias, scale)
         return table_bias_attention(q, k, v, gathered_bias, scale)
+
+    def relu_linear_attention(self, q, k, v, eps):
+        return channel_major_relu_linear_attention(q, k, v, eps)
