@@ -282,6 +282,20 @@ def test_the_other_ops_export_forms_match_the_reference(tmp_path):
                             [*flat, key_bias, key_mask], tmp_path / "global")
 
 
+def _export_with_twin(name: str, tmp_path, dynamic_batch: bool) -> dict:
+    """Export the contract-sized ``name`` and its timm twin (``name`` without ``vh_``, same kwargs and seed) at 64x64;
+    returns ``{model name: onnx path}``."""
+    kwargs = contract.contract_kwargs(name)
+    paths = {}
+    for model_name in (name, name[len("vh_"):]):
+        torch.manual_seed(0)
+        model = timm.create_model(model_name, **kwargs)
+        paths[model_name] = tmp_path / f"{model_name}.onnx"
+        export_onnx(model, paths[model_name], img_size=64, dynamic_batch=dynamic_batch,
+                    validate=model_name.startswith("vh_"))
+    return paths
+
+
 def test_efficientvit_m_exports_with_no_more_transposes_than_timms(tmp_path):
     """ONNX Runtime runs each Transpose node as a copy: with the heads' outputs concatenated channels-last (the eager
     layout), M5's export held 120 against timm's 62 and lost 6-7% to them (``benchmarks/profile_onnxruntime.py``).
@@ -289,14 +303,8 @@ def test_efficientvit_m_exports_with_no_more_transposes_than_timms(tmp_path):
     cancel. Padded windows (3x3 on a 4x4 map) take the window-cutting path."""
     import onnx
 
-    kwargs = contract.contract_kwargs("vh_efficientvit_m0")
-    counts = {}
-    for name in ("vh_efficientvit_m0", "efficientvit_m0"):
-        torch.manual_seed(0)
-        model = timm.create_model(name, **kwargs)
-        path = tmp_path / f"{name}.onnx"
-        export_onnx(model, path, img_size=64, dynamic_batch=False, validate=name.startswith("vh_"))
-        counts[name] = sum(node.op_type == "Transpose" for node in onnx.load(str(path)).graph.node)
+    counts = {name: sum(node.op_type == "Transpose" for node in onnx.load(str(path)).graph.node)
+              for name, path in _export_with_twin("vh_efficientvit_m0", tmp_path, dynamic_batch=False).items()}
     assert 0 < counts["vh_efficientvit_m0"] <= counts["efficientvit_m0"], counts
 
 
@@ -307,13 +315,8 @@ def test_efficientvit_b_runs_fewer_transposes_than_timms_in_onnx_runtime(tmp_pat
     import onnx
     import onnxruntime
 
-    kwargs = contract.contract_kwargs("vh_efficientvit_b0")
     counts = {}
-    for name in ("vh_efficientvit_b0", "efficientvit_b0"):
-        torch.manual_seed(0)
-        model = timm.create_model(name, **kwargs)
-        path = tmp_path / f"{name}.onnx"
-        export_onnx(model, path, img_size=64, dynamic_batch=True, validate=name.startswith("vh_"))
+    for name, path in _export_with_twin("vh_efficientvit_b0", tmp_path, dynamic_batch=True).items():
         options = onnxruntime.SessionOptions()
         options.optimized_model_filepath = str(tmp_path / f"{name}.optimized.onnx")
         onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
