@@ -264,19 +264,20 @@ class ConvBlock(nn.Module):
         return add_residual_(self.drop_path(y), x)
 
 
-def carriers_to_grid(carriers: torch.Tensor, ct_size: int) -> torch.Tensor:
-    """``(B, nh, nw, ct*ct, C)`` per-window carriers to the ``(B, nh*ct, nw*ct, C)`` carrier grid."""
-    batch, rows, cols, _, channels = carriers.shape
-    grid = carriers.view(batch, rows, cols, ct_size, ct_size, channels).permute(0, 1, 3, 2, 4, 5)
-    return grid.reshape(batch, rows * ct_size, cols * ct_size, channels)
+def merge_windows(windows: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, nh, nw, size*size, C)`` per-window tokens (raster order inside each window) to the ``(B, nh*size,
+    nw*size, C)`` map: the carrier grid from per-window carriers, or the map from its windows."""
+    batch, rows, cols, _, channels = windows.shape
+    grid = windows.view(batch, rows, cols, size, size, channels).permute(0, 1, 3, 2, 4, 5)
+    return grid.reshape(batch, rows * size, cols * size, channels)
 
 
-def grid_to_carriers(grid: torch.Tensor, ct_size: int) -> torch.Tensor:
-    """Inverse of :func:`carriers_to_grid`."""
+def split_windows(grid: torch.Tensor, size: int) -> torch.Tensor:
+    """Inverse of :func:`merge_windows`."""
     batch, height, width, channels = grid.shape
-    rows, cols = height // ct_size, width // ct_size
-    carriers = grid.view(batch, rows, ct_size, cols, ct_size, channels).permute(0, 1, 3, 2, 4, 5)
-    return carriers.reshape(batch, rows, cols, ct_size * ct_size, channels)
+    rows, cols = height // size, width // size
+    windows = grid.view(batch, rows, size, cols, size, channels).permute(0, 1, 3, 2, 4, 5)
+    return windows.reshape(batch, rows, cols, size * size, channels)
 
 
 class HATBlock(nn.Module):
@@ -369,12 +370,12 @@ class HATBlock(nn.Module):
 
     def _carrier_attention(self, carriers: torch.Tensor) -> torch.Tensor:
         """Global attention among all carriers: one window spanning the carrier grid."""
-        grid = carriers_to_grid(carriers, self.ct_size)
+        grid = merge_windows(carriers, self.ct_size)
         grid_size = (grid.shape[1], grid.shape[2])
         grid = grid + self.hat_pos_embed(grid_size)
         grid = grid + self.drop_path(_scaled(self.gamma1, self.hat_attn(self.hat_norm1(grid), grid_size)))
         grid = grid + self.drop_path(_scaled(self.gamma2, tokenwise(self.hat_mlp, self.hat_norm2(grid))))
-        return grid_to_carriers(grid, self.ct_size)
+        return split_windows(grid, self.ct_size)
 
     def _propagated(self, carriers: torch.Tensor) -> torch.Tensor:
         """Each window's carriers upsampled (nearest) to the window: ``(B, H/w, W/w, w, w, C)``."""
@@ -405,7 +406,7 @@ class TokenInitializer(nn.Module):
             kernel.append(size - (outputs - 1) * step)
             stride.append(step)
         pooled = F.avg_pool2d(self.pos_embed(x), kernel_size=tuple(kernel), stride=tuple(stride))
-        return grid_to_carriers(pooled.permute(0, 2, 3, 1), self.ct_size)
+        return split_windows(pooled.permute(0, 2, 3, 1), self.ct_size)
 
 
 class Downsample(nn.Module):
@@ -485,13 +486,10 @@ class FasterViTStage(nn.Module):
         if carriers is not None and exporting_onnx():
             # The export holds the map as windows from the first block to the last, as the official code does, so
             # the exported graph partitions and restores it once per stage instead of once per block.
-            batch, padded_height, padded_width, channels = x.shape
-            windows = x.reshape(batch, rows, w, cols, w, channels).transpose(2, 3).reshape(batch, rows, cols, w * w,
-                                                                                            channels)
+            windows = split_windows(x, w)
             for block in self.blocks:
                 windows, carriers = block.forward_sequences(windows, carriers)
-            x = windows.reshape(batch, rows, cols, w, w, channels).transpose(2, 3).reshape(
-                batch, padded_height, padded_width, channels)
+            x = merge_windows(windows, w)
         else:
             for block in self.blocks:
                 x, carriers = self._run(block, x, carriers)
