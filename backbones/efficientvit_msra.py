@@ -135,6 +135,10 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
         self._init_table(num_heads, (resolution, resolution))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.forward_heads(x))
+
+    def forward_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs concatenated along channels, as an NCHW map: the attention before its projection."""
         batch, _, height, width = x.shape
         bias = self.gathered_bias((height, width), (height, width), 1)
         # In an ONNX export the heads' outputs are concatenated as NCHW maps: ONNX Runtime plans its own layouts,
@@ -158,10 +162,10 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
                 outputs.append(out.reshape(batch, height, width, -1))
                 feature = outputs[-1].permute(0, 3, 1, 2)
         if channel_concat:
-            return self.proj(torch.cat(outputs, dim=1))
+            return torch.cat(outputs, dim=1)
         # Eager: concatenated channels-last, since a channel concat of the NCHW views makes an NCHW map at batch 1
         # and everything after it would leave the channels-last kernels.
-        return self.proj(torch.cat(outputs, dim=-1).permute(0, 3, 1, 2))
+        return torch.cat(outputs, dim=-1).permute(0, 3, 1, 2)
 
 
 class LocalWindowAttention(nn.Module):
@@ -188,9 +192,14 @@ class LocalWindowAttention(nn.Module):
             x = F.pad(x, (0, pad_r, 0, pad_b))
             rows, cols = (height + pad_b) // wh, (width + pad_r) // ww
             x = x.view(batch, channels, rows, wh, cols, ww).permute(0, 2, 4, 1, 3, 5)
-            x = self.attn(x.reshape(batch * rows * cols, channels, wh, ww))
-            x = x.view(batch, rows, cols, channels, wh, ww).permute(0, 3, 1, 4, 2, 5)
-            return x.reshape(batch, channels, rows * wh, cols * ww)[:, :, :height, :width]
+            # The projection (ReLU, 1x1 conv) is pointwise, so it runs after the windows are stitched and cropped:
+            # ONNX Runtime then fuses the residual add into its conv and keeps the map in its blocked layout for
+            # the convs that follow (FFN, downsampling), where a projection per window left each of them between
+            # layout reorders (EfficientViT-M5: 15 nodes fewer, benchmarks/profile_onnxruntime.py).
+            x = self.attn.forward_heads(x.reshape(batch * rows * cols, channels, wh, ww))
+            mixed = x.shape[1]
+            x = x.view(batch, rows, cols, mixed, wh, ww).permute(0, 3, 1, 4, 2, 5)
+            return self.attn.proj(x.reshape(batch, mixed, rows * wh, cols * ww)[:, :, :height, :width])
         # Windows are cut and stitched in the channels-last view, so a channels-last map (the model's layout) stays
         # channels-last: its 1x1 convs keep their matmul path and its depthwise convs oneDNN's NHWC kernels.
         x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))

@@ -250,6 +250,28 @@ def test_attention_goes_through_the_kernel_layer(monkeypatch):
     assert kernels.table_bias_attention is not None
 
 
+def test_efficientvit_m_export_form_projects_stitched_windows_once_and_equals_eager(monkeypatch):
+    """While exporting to ONNX, a windowed attention stitches its windows back before the projection (pointwise, so
+    it commutes with stitching and cropping) and projects the whole map once: ONNX Runtime then fuses the residual
+    add into that conv and keeps its blocked layout through the convs after it. In float64, on padded windows of a
+    non-square map (240 x 176: stage 1 is 15 x 11, windows of 7 padded to 21 x 14), with random statistics, that
+    form gives the eager logits."""
+    _, ours = twins("efficientvit_m1")
+    ours = ours.double()
+    attention = ours.stages[0].blocks[0].mixer.m
+    projected = []
+    attention.attn.proj.register_forward_hook(lambda module, args, out: projected.append(tuple(args[0].shape)))
+    x = images(240, 176).double()
+    with torch.no_grad():
+        eager = ours(x)
+        assert projected[0][0] == 2 * 3 * 2  # eager projects each window (the channels-last speed path)
+        projected.clear()
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        exported_form = ours(x)
+    assert projected == [(2, attention.attn.val_dim * attention.attn.num_heads, 15, 11)]
+    torch.testing.assert_close(exported_form, eager, rtol=1e-10, atol=1e-10)
+
+
 def test_no_weight_decay_and_groups():
     for name in ("vh_levit_128s", "vh_efficientvit_m0"):
         model = timm.create_model(name)
