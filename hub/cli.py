@@ -98,7 +98,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         pairs = [(name, None) for name in args.export_models] if args.export_models else DEFAULT_PAIRS
         bench_export(pairs=pairs, batch_sizes=args.batch_sizes, repeats=args.repeats or 3,
-                     img_size=args.img_size or 224, threads=args.threads, output=output, processes=args.processes)
+                     img_size=args.img_size or 224, threads=args.threads, output=output, processes=args.processes,
+                     control=not args.no_control)
         return 0
     if args.target == "tokens":
         from vithub.bench.token_reduction import DEFAULT_MODELS as TOKEN_MODELS, bench_token_reduction
@@ -329,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vh models to export and time against their timm twins (default: Swin-T, NAT-T vs "
                              "Swin-T, FasterViT-0, LeViT-256, EfficientViT-M5, EfficientViT-B1)")
     export.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    export.add_argument("--no-control", action="store_true",
+                        help="leave out the A/A control (a second session of each twin's file, timed alongside)")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
 

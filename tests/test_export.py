@@ -431,13 +431,16 @@ def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_co
     (row,) = payload["rows"]
     assert row["compared_with"] == "levit_128s" and row["same_weights"] is True
     runs = row["ms_runs"]
-    assert set(runs) == {"vithub", "fused", "twin"} and all(len(values) == 2 for values in runs.values())
+    # the A/A control: a second session of the twin's own file, timed with the others
+    assert set(runs) == {"vithub", "fused", "twin", "twin_again"} and all(len(values) == 2 for values in runs.values())
+    assert payload["control"] is True and runs["twin_again"] != runs["twin"]
     assert row["ms"] == round(statistics.median(runs["vithub"]), 3)
-    for label, key in (("vithub", "speed_vs_twin"), ("fused", "fused_speed_vs_twin")):
+    for label, key in (("vithub", "speed_vs_twin"), ("fused", "fused_speed_vs_twin"), ("twin_again", "control_ratio")):
         ratios = [round(twin / ours, 3) for twin, ours in zip(runs["twin"], runs[label])]
         assert row[key] == round(statistics.median(ratios), 3) and row[key + "_range"] == [min(ratios), max(ratios)]
     table = capsys.readouterr().out
     assert "process 2 of 2" in table and "vh_levit_128s" in table and "fused ratio" in table
+    assert "twin vs itself" in table
     # one process: the ratio is that run's
     (single,) = bench._row({"model": "m", "compared_with": "t", "same_weights": True, "no_comparison": ""}, 4,
                            [{"vithub": 2.0, "twin": 3.0}])["speed_vs_twin"],
@@ -448,15 +451,28 @@ def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_co
     assert model is None and name == "levit_128s" and "'vithub_no_such_package' package" in missing
     assert bench._comparison("vh_nat_mini", None)[3].startswith("vh_nat_mini has no timm twin")
     # every timed call settles first: back to back, one session's spinning threads slowed the next one's run
-    settings = {}
+    settings, orders = {}, []
 
     def record_measure(candidates, repeats, **options):
         settings.update(options)
-        return {label: 1.0 for label in candidates}
+        orders.append(list(candidates))
+        return {label: float(index) for index, label in enumerate(candidates)}
 
     session = types.SimpleNamespace(get_inputs=lambda: [types.SimpleNamespace(name="images")])
     monkeypatch.setattr(bench, "_session", lambda path, threads: session)
     monkeypatch.setattr(bench, "measure", record_measure)
-    assert bench.time_exports([{"files": {"vithub": "a.onnx", "twin": "b.onnx"}}], [1], 1, 8, 1) == [
-        {"vithub": 1.0, "twin": 1.0}]
+    files = {"vithub": "a.onnx", "fused": "b.onnx", "twin": "c.onnx"}
+    assert bench.time_exports([{"files": files}], [1], 1, 8, 1) == [{"vithub": 0.0, "fused": 1.0, "twin": 2.0}]
     assert settings["settle_s"] == bench.SETTLE_SECONDS > 0
+    # process i makes and times the sessions in an order rotated by i; the answer keeps the files' order
+    timings = bench.time_exports([{"files": files}], [1], 1, 8, 1, order_shift=4)
+    assert orders[-1] == ["fused", "twin", "vithub"] and list(timings[0]) == list(files)
+    assert timings == [{"vithub": 2.0, "fused": 0.0, "twin": 1.0}]
+    # the command line reaches the control switch
+    from vithub.cli import main
+
+    calls = []
+    monkeypatch.setattr(bench, "bench_export", lambda **options: calls.append(options))
+    for flags, control in (([], True), (["--no-control"], False)):
+        assert main(["bench", "export", "--export-models", "vh_levit_128s", "--output", "", *flags]) == 0
+        assert calls[-1]["control"] is control and calls[-1]["pairs"] == [("vh_levit_128s", None)]

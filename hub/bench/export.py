@@ -1,6 +1,7 @@
 """``vithub bench export``: ONNX Runtime latency (batch 1) and throughput (batch 32) of exported vh models against the
 ONNX exports of their timm twins or official models (same weights where the twin exists), side by side in one
-run, unfused and, where the family fuses, as ``vithub export --fuse`` writes them."""
+run, unfused and, where the family fuses, as ``vithub export --fuse`` writes them; a second session of the twin's own
+file is timed with them (an A/A control), so that each row shows how far apart one file reads from itself."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ DEFAULT_PAIRS: Tuple[Tuple[str, Optional[str]], ...] = (
 # Pause before each candidate's timed call, so that the thread pool of the session timed before it has parked (see
 # ``measure``): back to back, every row measured the sessions' contention, not the exports (batch 1 up to ~3x slow).
 SETTLE_SECONDS = 0.05
+# The A/A control's label: a second session of the twin's file.
+CONTROL = "twin_again"
 # Third-party packages that register the official models with timm when imported.
 OFFICIAL_PACKAGES = {"faster_vit_": "fastervit"}
 
@@ -79,7 +82,7 @@ def _comparison(name: str, other: Optional[str]) -> Tuple[Optional[torch.nn.Modu
 
 def bench_export(pairs: Sequence[Tuple[str, Optional[str]]] = DEFAULT_PAIRS, batch_sizes: Sequence[int] = (1, 32),
                  repeats: int = 3, img_size: int = 224, threads: Optional[int] = None,
-                 output: Optional[str] = None, processes: int = 1) -> Dict[str, Any]:
+                 output: Optional[str] = None, processes: int = 1, control: bool = True) -> Dict[str, Any]:
     """Export each vh model of ``pairs`` and what it is compared with (its timm twin, or the official model, with the
     same weights loaded into ours when our checkpoint filter takes its state dict), time both in ONNX Runtime (CPU)
     at each batch size round-robin, print the table, write JSON to ``output`` and return it.
@@ -88,7 +91,12 @@ def bench_export(pairs: Sequence[Tuple[str, Optional[str]]] = DEFAULT_PAIRS, bat
     Runtime folds a BatchNorm into a preceding Conv by itself, but not one after a MatMul (LeViT's linear layers).
     ``processes`` > 1 exports once and times the same files that many times, each in a fresh Python process (fresh
     ONNX Runtime sessions), one after the other; a row then keeps the median of the runs' milliseconds and, of each
-    ratio to the twin, the median and the range (``*_range``: min, max) over the runs.
+    ratio to the twin, the median and the range (``*_range``: min, max) over the runs. Each process times the
+    candidates in another order (rotated by one per process), so no candidate always gets the first session's place.
+
+    ``control``: a second session of the twin's file (``twin_again``) is timed in the same rounds, and a row's
+    ``control_ratio`` (with ``control_range``) is the twin's speed against itself: identical files read a few percent
+    apart on a shared machine (thread placement, memory), and a ratio to the twin inside that spread is no difference.
     """
     import onnxruntime
 
@@ -98,6 +106,10 @@ def bench_export(pairs: Sequence[Tuple[str, Optional[str]]] = DEFAULT_PAIRS, bat
         raise ValueError(f"processes must be >= 1, got {processes}")
     with tempfile.TemporaryDirectory(prefix="vithub-bench-export-") as folder:
         exported = export_candidates(pairs, Path(folder), img_size)
+        if control:
+            for model in exported:
+                if "twin" in model["files"]:
+                    model["files"][CONTROL] = model["files"]["twin"]
         arguments = dict(exported=exported, batch_sizes=list(batch_sizes), repeats=repeats, img_size=img_size,
                          threads=threads)
         if processes == 1:
@@ -107,16 +119,16 @@ def bench_export(pairs: Sequence[Tuple[str, Optional[str]]] = DEFAULT_PAIRS, bat
             for index in range(processes):
                 print(f"-- process {index + 1} of {processes}", flush=True)
                 result = Path(folder) / f"run{index}.json"
-                subprocess.run([sys.executable, "-c", _CHILD, json.dumps(dict(arguments, output=str(result)))],
-                               check=True)
+                subprocess.run([sys.executable, "-c", _CHILD,
+                                json.dumps(dict(arguments, output=str(result), order_shift=index))], check=True)
                 runs.append(json.loads(result.read_text())["timings"])
     rows = [_row(model, batch, [run[index] for run in runs]) for index, (model, batch) in
             enumerate((model, batch) for model in exported for batch in batch_sizes)]
     print(format_table(rows))
     payload = {"benchmark": "export", "runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
                "torch": torch.__version__, "timm": timm.__version__, "img_size": img_size, "repeats": repeats,
-               "processes": processes, "intra_op_threads": threads or "ONNX Runtime default", "opset": 18,
-               "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+               "processes": processes, "control": control, "intra_op_threads": threads or "ONNX Runtime default",
+               "opset": 18, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
                "weights": "random; the twin's loaded into ours where same_weights", "rows": rows}
     report(output, payload)
     return payload
@@ -146,13 +158,16 @@ def export_candidates(pairs: Sequence[Tuple[str, Optional[str]]], folder: Path, 
 
 
 def time_exports(exported: Sequence[Dict[str, Any]], batch_sizes: Sequence[int], repeats: int, img_size: int,
-                 threads: Optional[int], output: Optional[str] = None) -> List[Dict[str, float]]:
-    """Median ms per candidate file, per model and batch size (candidates of a row timed round-robin, each timed call
-    after a pause and one untimed call of the same session); written as JSON to ``output`` when given (the child
-    process's answer)."""
+                 threads: Optional[int], output: Optional[str] = None, order_shift: int = 0) -> List[Dict[str, float]]:
+    """Median ms per candidate (one ONNX Runtime session each), per model and batch size (candidates of a row timed
+    round-robin, each timed call after a pause and one untimed call of the same session); written as JSON to
+    ``output`` when given (the child process's answer). ``order_shift`` rotates the order in which the sessions are
+    made and timed."""
     timings: List[Dict[str, float]] = []
     for model in exported:
-        sessions = {label: _session(Path(path), threads) for label, path in model["files"].items()}
+        labels = list(model["files"])
+        shift = order_shift % len(labels)
+        sessions = {label: _session(Path(model["files"][label]), threads) for label in labels[shift:] + labels[:shift]}
         for batch in batch_sizes:
             images = torch.randn(batch, 3, img_size, img_size).numpy()
 
@@ -160,8 +175,9 @@ def time_exports(exported: Sequence[Dict[str, Any]], batch_sizes: Sequence[int],
                 feed = {session.get_inputs()[0].name: images}
                 return lambda: session.run(None, feed)
 
-            timings.append(measure({label: run(session) for label, session in sessions.items()}, repeats, warmup=1,
-                                   device=torch.device("cpu"), settle_s=SETTLE_SECONDS))
+            times = measure({label: run(session) for label, session in sessions.items()}, repeats, warmup=1,
+                            device=torch.device("cpu"), settle_s=SETTLE_SECONDS)
+            timings.append({label: times[label] for label in labels})
     if output:
         write_json(output, {"timings": timings})
     return timings
@@ -183,7 +199,7 @@ def _row(model: Dict[str, Any], batch: int, runs: Sequence[Dict[str, float]]) ->
         row.update(fused_ms=ms["fused"], fused_images_per_second=round(1e3 * batch / ms["fused"], 2))
     if "twin" in ms:
         row.update(twin_ms=ms["twin"], twin_images_per_second=round(1e3 * batch / ms["twin"], 2))
-        for label, key in (("vithub", "speed_vs_twin"), ("fused", "fused_speed_vs_twin")):
+        for label, key in (("vithub", "speed_vs_twin"), ("fused", "fused_speed_vs_twin"), (CONTROL, "control_ratio")):
             if label in ms:
                 ratios = [round(run["twin"] / run[label], 3) for run in runs]
                 row[key] = round(statistics.median(ratios), 3)
@@ -196,7 +212,7 @@ def _row(model: Dict[str, Any], batch: int, runs: Sequence[Dict[str, float]]) ->
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     header = (f"{'model':<34}{'vs':<32}{'batch':>6}{'img/s':>10}{'fused':>10}{'twin img/s':>12}{'ratio':>18}"
-              f"{'fused ratio':>18}")
+              f"{'fused ratio':>18}{'twin vs itself':>18}")
     lines = [header, "-" * len(header)]
 
     def cell(row: Dict[str, Any], key: str, width: int, digits: int) -> str:
@@ -212,5 +228,5 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
         lines.append(f"{row['model']:<34}{str(row['compared_with'] or 'none'):<32}{row['batch_size']:>6}"
                      f"{row['images_per_second']:>10.1f}{cell(row, 'fused_images_per_second', 10, 1)}"
                      f"{cell(row, 'twin_images_per_second', 12, 1)}{ratio(row, 'speed_vs_twin', 18)}"
-                     f"{ratio(row, 'fused_speed_vs_twin', 18)}")
+                     f"{ratio(row, 'fused_speed_vs_twin', 18)}{ratio(row, 'control_ratio', 18)}")
     return "\n".join(lines)
