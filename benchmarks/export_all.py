@@ -10,7 +10,8 @@ model on two cores). The JSON is rewritten after every model, and a rerun skips 
 interrupted sweep resumes; ``--redo NAME ...`` exports those again (after a change to their export) and replaces
 their rows. A model that fails is recorded with its error, and the script exits 1. Each row says which weights it
 was checked with (``"weights"``): ``"redrawn"``, or ``"init"`` for rows of the first sweep, which ran on init
-weights, where zero-initialised branches (EfficientViT-M, LeViT) output zero and hide errors inside them.
+weights, where zero-initialised branches (EfficientViT-M, LeViT) output zero and hide errors inside them; and, for
+rows written since the field was added, the CPU and the project's commit it ran on (``"cpu"``, ``"commit"``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +30,7 @@ import timm
 import torch
 
 import vithub
-from vithub.bench.timing import write_json
+from vithub.bench.timing import cpu_model, write_json
 from vithub.export import ExportError, export_onnx, redraw_weights
 
 
@@ -48,6 +50,7 @@ def main() -> int:
     for row in rows:
         row.setdefault("weights", "init")  # the first sweep's rows predate the field
     done = {row["model"] for row in rows} - set(args.redo)
+    commit = _commit()
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="vithub-export-all-") as folder:
         for name in names:
@@ -56,7 +59,8 @@ def main() -> int:
             torch.manual_seed(0)
             model = redraw_weights(timm.create_model(name))
             start = time.perf_counter()
-            row = {"model": name, "input_size": list(model.pretrained_cfg["input_size"]), "weights": "redrawn"}
+            row = {"model": name, "input_size": list(model.pretrained_cfg["input_size"]), "weights": "redrawn",
+                   "cpu": cpu_model(), "commit": commit}
             try:
                 result = export_onnx(model, Path(folder) / f"{name}.onnx", dynamic_batch=True)
                 # Past 2 GB the weights sit in <name>.onnx.data beside the model (ONNX external data).
@@ -79,6 +83,18 @@ def main() -> int:
     failed = write(output, rows)
     print(f"{len(rows) - len(failed)}/{len(rows)} exported and matched; wrote {output}")
     return 1 if failed else 0
+
+
+def _commit() -> str:
+    """The checkout's commit (with ``+changes`` when its tracked files differ from it), or ``"unknown"``."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def write(output: Path, rows: list) -> list:
