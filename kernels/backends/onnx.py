@@ -168,6 +168,18 @@ def batched_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return out
 
 
+def _channel_major(x: torch.Tensor) -> torch.Tensor:
+    """A heads-last ``(B, *spatial, heads, d)`` operand as ``(B, heads, d, N)``, tokens last."""
+    axes = x.dim() - 3
+    return x.permute(0, axes + 1, axes + 2, *range(1, axes + 1)).reshape(x.shape[0], x.shape[-2], x.shape[-1], -1)
+
+
+def _heads_last(out: torch.Tensor, spatial: Tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`_channel_major`: ``(B, heads, d, N)`` back to ``(B, *spatial, heads, d)``."""
+    batch, heads, dim = out.shape[:3]
+    return out.reshape(batch, heads, dim, *spatial).permute(0, *range(3, len(spatial) + 3), 1, 2)
+
+
 def channel_major_table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                        bias: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Table-bias attention on ``(B, heads, d, N)`` operands, the layout of an NCHW map.
@@ -176,17 +188,11 @@ def channel_major_table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torc
     channel-major, those permutes meet their inverses and ONNX Runtime's transpose optimizer removes both, and the
     two matmuls take a transposed operand in place (as in timm's export), instead of a Transpose node per operand.
     """
-    batch, q_height, q_width, heads, _ = q.shape
-    value_dim = v.shape[-1]
-
-    def channel_major(x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 3, 4, 1, 2).reshape(batch, heads, x.shape[-1], x.shape[1] * x.shape[2])
-
-    logits = (channel_major(q).transpose(-1, -2) @ channel_major(k)) * scale
+    logits = (_channel_major(q).transpose(-1, -2) @ _channel_major(k)) * scale
     if bias is not None:
         logits = logits + bias
-    out = channel_major(v) @ logits.softmax(dim=-1).transpose(-1, -2)
-    return out.reshape(batch, heads, value_dim, q_height, q_width).permute(0, 3, 4, 1, 2)
+    out = _channel_major(v) @ logits.softmax(dim=-1).transpose(-1, -2)
+    return _heads_last(out, tuple(q.shape[1:-2]))
 
 
 def channel_major_relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
@@ -196,20 +202,16 @@ def channel_major_relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: tor
     EfficientViT-B/L make their heads-last operands from NCHW maps; while exporting they make them as permutes that
     this form's permutes undo, so ONNX Runtime removes both, as it does for EfficientViT-M's one-head attention.
     """
-    batch, spatial, heads = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2]
-    value_dim, axes = v.shape[-1], len(q.shape) - 3
     compute = torch.promote_types(q.dtype, torch.float32)
-    to_channel_major = (0, axes + 1, axes + 2, *range(1, axes + 1))
 
     def channel_major(x: torch.Tensor) -> torch.Tensor:
-        return x.permute(to_channel_major).reshape(batch, heads, x.shape[-1], -1).to(compute)
+        return _channel_major(x).to(compute)
 
     padded_v = F.pad(channel_major(v), (0, 0, 0, 1), value=1.0)  # (B, heads, dv + 1, N)
     context = padded_v @ F.relu(channel_major(k)).transpose(-1, -2)  # (B, heads, dv + 1, d)
     out = context @ F.relu(channel_major(q))  # (B, heads, dv + 1, N)
     out = out[:, :, :-1] / (out[:, :, -1:] + eps)
-    heads_last = (0, *range(3, axes + 3), 1, 2)
-    return out.reshape(batch, heads, value_dim, *spatial).permute(heads_last).to(v.dtype)
+    return _heads_last(out, tuple(q.shape[1:-2])).to(v.dtype)
 
 
 class OnnxBackend(TorchBackend):
