@@ -4,6 +4,11 @@
 ``timm.create_model("hf-hub:org/repo")`` builds a vh_* model pushed with :func:`push_to_hub`.
 """
 
+if __name__ != "vithub":  # imported under its folder name from a clone's root (see vithub.kernels._shadowing)
+    raise ImportError(f"{__path__[0]} is vithub's source folder for 'vithub', imported as '{__name__}' "
+                      "because the repository root is on sys.path: run from another folder, or install "
+                      "vithub (`pip install -e .`) and import 'vithub'.", name=__name__)
+
 from importlib.metadata import PackageNotFoundError, version
 
 from vithub import backbones as backbones  # noqa: F401  (registers the vh_* models with timm)

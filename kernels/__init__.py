@@ -11,34 +11,39 @@ CUDA, forward and backward; on CPU only under ``TRITON_INTERPRET=1``). :func:`ba
 why it cannot run a given call. This package imports nothing else from vithub.
 """
 
-from . import backends  # noqa: F401  (importing it registers the backends)
-from .backends.reference import window_bias
-from .backends.torch import gather_table_bias
-from .backends.triton import triton_available, triton_refusal
-from .ops import (
-    carrier_window_attention,
-    global_attention,
-    neighborhood_attention,
-    relu_linear_attention,
-    rpb_from_swin_table,
-    table_bias_attention,
-    window_attention,
-)
-from .registry import (
-    OPS,
-    Backend,
-    BackendUnavailableError,
-    available_backends,
-    backend_names,
-    current_backend,
-    exporting_onnx,
-    get_backend,
-    refusals as backend_refusals,
-    select_backend,
-    use_backend,
-)
+if __name__ != "vithub.kernels":  # imported as a top-level `kernels` from a clone's root: see _shadowing.py
+    from ._shadowing import hand_over
 
-BACKENDS = backend_names()
+    hand_over(__name__, __path__[0])
+else:
+    from . import backends  # noqa: F401  (importing it registers the backends)
+    from .backends.reference import window_bias
+    from .backends.torch import gather_table_bias
+    from .backends.triton import triton_available, triton_refusal
+    from .ops import (
+        carrier_window_attention,
+        global_attention,
+        neighborhood_attention,
+        relu_linear_attention,
+        rpb_from_swin_table,
+        table_bias_attention,
+        window_attention,
+    )
+    from .registry import (
+        OPS,
+        Backend,
+        BackendUnavailableError,
+        available_backends,
+        backend_names,
+        current_backend,
+        exporting_onnx,
+        get_backend,
+        refusals as backend_refusals,
+        select_backend,
+        use_backend,
+    )
+
+    BACKENDS = backend_names()
 
 __all__ = [
     "BACKENDS",

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
-from pathlib import Path
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -21,14 +25,125 @@ def test_namespace_maps_the_folders(module, folder):
     assert Path(imported.__file__).resolve().parent == (REPO_ROOT / folder).resolve()
 
 
-@pytest.mark.parametrize("name", ["kernels", "train", "hub", "backbones", "detection"])
-def test_no_top_level_modules_leak(name, monkeypatch):
-    # pytest puts tests/ and the rootdir on sys.path; look only at installed locations.
+FOLDERS = {"kernels": "vithub.kernels", "train": "vithub.train", "hub": "vithub", "backbones": "vithub.backbones",
+           "detection": "vithub.detection"}
+
+
+def _foreign_top_level_names(paths: list[str]) -> set[str]:
+    """The top-level importable names among an installation's file paths (relative to site-packages) that are not
+    vithub's own: only ``vithub`` itself, its dist-info, setuptools' editable-install hooks and scripts may appear."""
+    names = set()
+    for path in paths:
+        parts = PurePosixPath(path).parts
+        top = parts[0]
+        if top == ".." or top.endswith(".dist-info") or top.startswith("__editable__") or top == "vithub":
+            continue
+        if top == "__pycache__" and parts[-1].startswith("__editable__"):
+            continue
+        names.add(top.removesuffix(".py"))
+    return names
+
+
+def test_installed_distribution_holds_only_the_vithub_package():
+    """What the installed distribution puts on sys.path: its top-level names, its files and (editable install) the
+    finder's mapping and .pth lines name nothing but ``vithub``, whatever other packages are installed (Hugging
+    Face's ``kernels`` is a real top-level package, and that is not ours to test)."""
+    from importlib.metadata import distribution
+
+    dist = distribution("vithub")
+    assert Path(dist.locate_file("")).resolve() != REPO_ROOT, "found the source tree's egg-info, not the install"
+    assert dist.read_text("top_level.txt").split() == ["vithub"]
+    files = [str(path) for path in dist.files]
+    assert _foreign_top_level_names(files) == set(), files
+    for name in files:
+        if name.endswith(".pth"):  # a path line would put a folder on sys.path; an editable install's must not
+            for line in Path(dist.locate_file(name)).read_text().splitlines():
+                if line.strip() and not line.startswith(("import ", "#")):
+                    assert not any((Path(line.strip()) / folder).is_dir() for folder in FOLDERS), line
+        if name.startswith("__editable__") and name.endswith("_finder.py"):
+            finder = importlib.import_module(PurePosixPath(name).stem)
+            assert finder.MAPPING and all(key.split(".")[0] == "vithub" for key in finder.MAPPING), finder.MAPPING
+            assert set(finder.MAPPING.values()) >= {str(REPO_ROOT / folder) for folder in FOLDERS}
+
+
+def test_wheel_holds_only_the_vithub_package(tmp_path):
+    """A regular (non-editable) install: the wheel built from the tree has ``vithub/`` and its dist-info only."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", *FOLDERS):
+        copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy
+        copy(REPO_ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("vithub-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert _foreign_top_level_names(names) == set(), names
+    assert "vithub/kernels/_shadowing.py" in names and "vithub/train/__init__.py" in names
+
+
+def test_the_test_runner_keeps_the_repository_root_off_sys_path():
     import sys
 
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != REPO_ROOT])
-    importlib.invalidate_caches()
-    assert importlib.util.find_spec(name) is None
+    assert all(Path(entry or ".").resolve() != REPO_ROOT for entry in sys.path), sys.path
+
+
+def _python_in_the_root(code: str, *flags: str) -> subprocess.CompletedProcess:
+    """``python -c code`` started in the repository root, which (like any script run there) puts the root first on
+    sys.path; offline, with no PYTHONPATH."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run([sys.executable, *flags, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _installed_elsewhere(name: str) -> bool:
+    return importlib.machinery.PathFinder.find_spec(name, [p for p in sys.path if p]) is not None
+
+
+def test_transformers_in_the_root_gets_hugging_faces_kernels_or_our_message():
+    """transformers imports a top-level ``kernels`` (Hugging Face's). Run in the root, our folder of that name hands
+    the import over to the installed package, so transformers' kernel hub integration imports, and no file of ours
+    is ever loaded under a name other than ``vithub.*`` (our ops are not registered twice). Without the package,
+    the import fails with our message instead."""
+    code = (
+        "import json, sys, vithub\n"
+        "outcome = {}\n"
+        "try:\n"
+        "    import transformers.integrations.hub_kernels\n"
+        "    import kernels\n"
+        "    outcome['kernels'] = kernels.__file__\n"
+        "except ImportError as error:\n"
+        "    outcome['error'] = str(error)\n"
+        f"root = {str(REPO_ROOT)!r}\n"
+        "outcome['ours'] = sorted(name for name, module in list(sys.modules.items())\n"
+        "                         if (getattr(module, '__file__', None) or '').startswith(root + '/'))\n"
+        "print(json.dumps(outcome))\n"
+    )
+    result = _python_in_the_root(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["ours"] and all(name.split(".")[0] == "vithub" for name in outcome["ours"]), outcome["ours"]
+    if _installed_elsewhere("kernels"):
+        assert "error" not in outcome, outcome.get("error")
+        assert not Path(outcome["kernels"]).resolve().is_relative_to(REPO_ROOT), outcome["kernels"]
+    else:
+        assert "shadows any installed package named 'kernels'" in outcome["error"]
+
+
+@pytest.mark.parametrize("folder", sorted(FOLDERS))
+def test_a_source_folder_imported_by_its_folder_name_fails_with_a_clear_message(folder):
+    """With nothing installed of that name (no site-packages), importing a folder under its own name fails at once,
+    before any of its code runs, and says why and what to do."""
+    result = _python_in_the_root(f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); import {folder}", "-I", "-S")
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("ImportError:") and f"'{FOLDERS[folder]}'" in message, message
+    assert "repository root" in message and "sys.path" in message and "pip install -e ." in message, message
 
 
 def test_kernels_import_nothing_else_from_vithub():

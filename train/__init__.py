@@ -6,6 +6,11 @@ digits. The loop (``engine.py``) is task-independent; a task (``tasks.py``: clas
 model, loss and metrics.
 """
 
+if __name__ != "vithub.train":  # imported under its folder name from a clone's root (see vithub.kernels._shadowing)
+    raise ImportError(f"{__path__[0]} is vithub's source folder for 'vithub.train', imported as '{__name__}' "
+                      "because the repository root is on sys.path: run from another folder, or install "
+                      "vithub (`pip install -e .`) and import 'vithub.train'.", name=__name__)
+
 from .config import TrainConfig
 from .data import DataError, DigitsDataset
 from .engine import evaluate, train, validate
