@@ -124,3 +124,16 @@ def test_settling_waits_and_warms_each_candidate_before_its_timed_call(monkeypat
 def test_settle_must_not_be_negative():
     with pytest.raises(ValueError, match="settle_s must be >= 0 seconds"):
         measure({"a": lambda: None}, repeats=1, settle_s=-1.0)
+
+
+def test_cpu_results_name_the_processor_model(monkeypatch, tmp_path):
+    """Every CPU results file's ``device`` names the processor model (a ratio holds for one CPU only), read from
+    /proc/cpuinfo where there is one."""
+    from vithub.bench import timing
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9999 Test Part\n")
+    real_path = timing.Path
+    monkeypatch.setattr(timing, "Path", lambda p: cpuinfo if str(p) == "/proc/cpuinfo" else real_path(p))
+    name = timing.device_name("cpu")
+    assert name.startswith("AMD EPYC 9999 Test Part (") and name.endswith(f"{torch.get_num_threads()} threads")

@@ -77,11 +77,12 @@ def measure(candidates: Dict[str, Callable[[], object]], repeats: int, warmup: i
 
 
 def device_name(device: DeviceLike) -> str:
-    """The GPU's name, or the CPU and its thread count, for a results file."""
+    """The GPU's name, or the CPU's model name and the thread count, for a results file: a speed ratio holds for the
+    processor it was measured on, so every results file names it."""
     device = torch.device(device or "cpu")
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
 
 
 def cpu_model() -> str:
