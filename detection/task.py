@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -26,6 +27,8 @@ from .coco import (
 )
 from .detectors import DEFAULT_SHORT_SIDE, DETECTORS, create_detector, detection_param_groups, detector_has_masks
 from .evaluation import STAT_NAMES, coco_evaluate, run_detector, write_results
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,8 +121,8 @@ class DetectionTask(Task):
             description = f"COCO-format {paths['train_ann']} / {paths['val_ann']}"
         for split in (train_split, val_split):
             if split.dropped_boxes:
-                print(f"vithub: {split.source}: dropped {len(split.dropped_boxes)} degenerate box(es): "
-                      f"{split.dropped_boxes[:3]}")
+                _logger.info("%s: dropped %d degenerate box(es): %s", split.source, len(split.dropped_boxes),
+                             split.dropped_boxes[:3])
         self.category_ids = list(train_split.category_ids)
         self.predictions_file = options.predictions
         size = self.short_side(config)

@@ -1,12 +1,14 @@
-"""The ``vithub`` command: ``list``, ``info NAME``, ``train``, ``validate``, ``push``, ``pull``, ``bench kernels``,
-``bench models``, ``bench gpu``, ``bench data``."""
+"""The ``vithub`` command: one entry per subcommand in :data:`COMMANDS` (its parser and its handler); the
+``vithub bench`` targets are their own table in :mod:`vithub.bench.cli`. ``-v``/``-q`` set how much vithub's
+loggers say."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 from vithub.catalog import UnknownModelError, list_vithub_models, model_info, summarize
 
@@ -33,92 +35,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     print(json.dumps(model_info(args.name), indent=2, default=str))
-    return 0
-
-
-# Written into the current directory unless --output says otherwise; {device}: cpu, or the GPU's name.
-DEFAULT_BENCH_OUTPUT = {
-    "kernels": "kernels_{device}.json",
-    "models": "models_{device}.json",
-    "gpu": "gpu_kernels_{device}.json",
-    "data": "data_readable_samples_cpu.json",
-    "detection": "detection_{device}.json",
-    "segmentation": "segmentation_{device}.json",
-    "tokens": "token_reduction_{device}.json",
-    "export": "export_onnxruntime_cpu.json",
-}
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from vithub.bench import device_slug
-
-    device = args.device
-    if args.target == "gpu":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # without CUDA, run_gpu_bench refuses below
-    output = DEFAULT_BENCH_OUTPUT[args.target] if args.output is None else args.output
-    output = output.format(device=device_slug(device))
-    if args.target == "gpu":
-        from vithub.bench.gpu import run_gpu_bench
-
-        try:
-            run_gpu_bench(output=output, repeats=args.repeats or 20, dtype=args.dtype or "bfloat16",
-                          quick=args.quick)
-        except RuntimeError as error:
-            print(f"vithub: error: {error}", file=sys.stderr)
-            return 2
-        return 0
-    if args.target == "kernels":
-        from vithub.bench.kernels import run_kernel_bench
-
-        run_kernel_bench(output=output, repeats=args.repeats or 7, device=args.device, dtype=args.dtype or "float32",
-                         quick=args.quick, ops=args.ops)
-        return 0
-    if args.target == "detection":
-        from vithub.bench.detection import DEFAULT_BACKBONES, bench_detection
-
-        on_gpu = args.device.startswith("cuda")
-        bench_detection(backbones=args.backbones or DEFAULT_BACKBONES,
-                        img_size=args.det_img_size or (800 if on_gpu else 320),
-                        batch_size=args.det_batch_size or (8 if on_gpu else 2), repeats=args.repeats or 3,
-                        device=args.device, amp=args.amp or ("bfloat16" if on_gpu else None), output=output)
-        return 0
-    if args.target == "segmentation":
-        from vithub.bench.segmentation import DEFAULT_BACKBONES as SEGMENTATION_BACKBONES, bench_segmentation
-
-        on_gpu = args.device.startswith("cuda")
-        bench_segmentation(backbones=args.backbones or SEGMENTATION_BACKBONES, head=args.head,
-                           img_size=args.seg_img_size or 512, batch_size=args.seg_batch_size or (16 if on_gpu else 2),
-                           repeats=args.repeats or 3, device=args.device,
-                           amp=args.amp or ("bfloat16" if on_gpu else None), output=output)
-        return 0
-    if args.target == "export":
-        from vithub.bench.export import DEFAULT_PAIRS, bench_export
-
-        pairs = [(name, None) for name in args.export_models] if args.export_models else DEFAULT_PAIRS
-        bench_export(pairs=pairs, batch_sizes=args.batch_sizes, repeats=args.repeats or 3,
-                     img_size=args.img_size or 224, threads=args.threads, output=output, processes=args.processes,
-                     control=not args.no_control)
-        return 0
-    if args.target == "tokens":
-        from vithub.bench.token_reduction import DEFAULT_MODELS as TOKEN_MODELS, bench_token_reduction
-
-        bench_token_reduction(models=args.vits or TOKEN_MODELS, r_values=args.r, batch_sizes=args.batch_sizes,
-                              repeats=args.repeats or 3, device=args.device, amp=args.amp, img_size=args.img_size,
-                              output=output, cropr_rates=args.cropr_rates, ltmp_overhead=not args.no_ltmp)
-        return 0
-    if args.target == "data":
-        from vithub.bench.data import run_data_bench
-
-        run_data_bench(output=output, images=args.images, size=args.image_side, repeats=args.repeats or 5)
-        return 0
-    from vithub.bench.models import run_model_bench
-
-    run_model_bench(output=output, models=args.models, batch_sizes=args.batch_sizes, modes=args.modes,
-                    backends=args.backends, compare=args.compare, compare_imports=args.compare_import,
-                    repeats=args.repeats or 3, img_size=args.img_size, device=args.device, twin=args.twin,
-                    fused=args.fused, amp=args.amp, processes=args.processes)
     return 0
 
 
@@ -206,155 +122,145 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--filter", default="", help="only names containing this text")
+    parser.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="model name, e.g. vh_nat_tiny or vh_nat_tiny.in1k")
+
+
+def _push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a `vithub train` output folder, or a checkpoint (.safetensors, .state.pt)")
+    parser.add_argument("repo_id", help="namespace/name (or name, in your namespace)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created from main if new)")
+    parser.add_argument("--commit-message", default="Upload model with vithub")
+    parser.add_argument("--license", default=None, help="model card licence (default: the architecture's)")
+    parser.add_argument("--dataset", default=None, help="Hub dataset id for the card's metadata")
+    parser.add_argument("--model", default=None, help="architecture, for a checkpoint that does not name it")
+
+
+def _pull_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("repo_id", help="namespace/name (optionally @revision)")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit sha")
+    parser.add_argument("--cache-dir", default=None)
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a registered name (vh_*, timm's), a run folder, a checkpoint, a saved folder "
+                                       "or a Hub repo")
+    parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    parser.add_argument("--output", required=True, help="the .onnx file (written atomically)")
+    parser.add_argument("--img-size", nargs="+", type=int, default=None, metavar="SIZE",
+                        help="H W, or one side (default: the model's pretrained input size)")
+    parser.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
+    parser.add_argument("--batch-size", type=int, default=1, help="the fixed batch without --dynamic-batch")
+    parser.add_argument("--fuse", action="store_true", help="fold BatchNorms first (LeViT, EfficientViT)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted ONNX Runtime vs eager difference")
+    parser.add_argument("--no-pretrained", action="store_true", help="random weights (a registered name only)")
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from vithub.train.cli import add_train_arguments
+
+    add_train_arguments(parser)
+
+
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    from vithub.train.cli import add_validate_arguments
+
+    add_validate_arguments(parser)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vithub.train.cli import run_train
+
+    return run_train(args)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from vithub.train.cli import run_validate
+
+    return run_validate(args)
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from vithub.bench.cli import add_bench_arguments
+
+    add_bench_arguments(parser, parents=(_verbosity_parser(),))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from vithub.bench.cli import run_bench
+
+    return run_bench(args)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``vithub`` subcommand: its name, help line, flags and handler (which returns the exit code)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS = (
+    Command("list", "table of registered vh_* models", _list_arguments, _cmd_list),
+    Command("info", "pretrained cfg and feature_info of one model", _info_arguments, _cmd_info),
+    Command("train", "fine-tune a timm model (default: the embedded digits data set)", _train_arguments, _cmd_train),
+    Command("validate", "evaluate a model and checkpoint on a validation split", _validate_arguments, _cmd_validate),
+    Command("push", "publish a training run's best weights (or a checkpoint) to the Hub", _push_arguments, _cmd_push),
+    Command("pull", "download a model repo into the cache and verify its weights", _pull_arguments, _cmd_pull),
+    Command("export", "export a model to ONNX, check it and compare ONNX Runtime with eager", _export_arguments,
+            _cmd_export),
+    Command("bench", "benchmarks: kernels, models, gpu, data, detection, segmentation, tokens, export",
+            _bench_arguments, _cmd_bench),
+)
+
+
+def _verbosity_parser() -> argparse.ArgumentParser:
+    """``-v``/``-q``, accepted before or after the subcommand (not given after it: the value before it stands)."""
+    from vithub.train.cli import add_verbosity_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_verbosity_arguments(parser, default=argparse.SUPPRESS)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vithub", description="Efficient vision-transformer backbones for timm.")
+    """The ``vithub`` parser: one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="vithub", description="Efficient vision-transformer backbones for timm.",
+                                     parents=[_verbosity_parser()])
+    parser.set_defaults(verbose=0, quiet=0)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p_list = sub.add_parser("list", help="table of registered vh_* models")
-    p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p_list.add_argument("--filter", default="", help="only names containing this text")
-    p_list.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")
-    p_list.set_defaults(func=_cmd_list)
-
-    p_info = sub.add_parser("info", help="pretrained cfg and feature_info of one model")
-    p_info.add_argument("name", help="model name, e.g. vh_nat_tiny or vh_nat_tiny.in1k")
-    p_info.set_defaults(func=_cmd_info)
-
-    from vithub.train.cli import add_train_arguments, add_validate_arguments, run_train, run_validate
-
-    p_train = sub.add_parser("train", help="fine-tune a timm model (default: the embedded digits data set)")
-    add_train_arguments(p_train)
-    p_train.set_defaults(func=run_train)
-    p_validate = sub.add_parser("validate", help="top-1/top-5 of a model and checkpoint on a validation split")
-    add_validate_arguments(p_validate)
-    p_validate.set_defaults(func=run_validate)
-
-    p_push = sub.add_parser("push", help="publish a training run's best weights (or a checkpoint) to the Hub")
-    p_push.add_argument("source", help="a `vithub train` output folder, or a checkpoint (.safetensors, .state.pt)")
-    p_push.add_argument("repo_id", help="namespace/name (or name, in your namespace)")
-    p_push.add_argument("--private", action="store_true", help="create the repo private")
-    p_push.add_argument("--revision", default=None, help="branch to commit to (created from main if new)")
-    p_push.add_argument("--commit-message", default="Upload model with vithub")
-    p_push.add_argument("--license", default=None, help="model card licence (default: the architecture's)")
-    p_push.add_argument("--dataset", default=None, help="Hub dataset id for the card's metadata")
-    p_push.add_argument("--model", default=None, help="architecture, for a checkpoint that does not name it")
-    p_push.set_defaults(func=_cmd_push)
-    p_pull = sub.add_parser("pull", help="download a model repo into the cache and verify its weights")
-    p_pull.add_argument("repo_id", help="namespace/name (optionally @revision)")
-    p_pull.add_argument("--revision", default=None, help="branch, tag or commit sha")
-    p_pull.add_argument("--cache-dir", default=None)
-    p_pull.set_defaults(func=_cmd_pull)
-    p_export = sub.add_parser("export", help="export a model to ONNX, check it and compare ONNX Runtime with eager")
-    p_export.add_argument("source", help="a registered name (vh_*, timm's), a run folder, a checkpoint, a saved folder "
-                                         "or a Hub repo")
-    p_export.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    p_export.add_argument("--output", required=True, help="the .onnx file (written atomically)")
-    p_export.add_argument("--img-size", nargs="+", type=int, default=None, metavar="SIZE",
-                          help="H W, or one side (default: the model's pretrained input size)")
-    p_export.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
-    p_export.add_argument("--batch-size", type=int, default=1, help="the fixed batch without --dynamic-batch")
-    p_export.add_argument("--fuse", action="store_true", help="fold BatchNorms first (LeViT, EfficientViT)")
-    p_export.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
-    p_export.add_argument("--atol", type=float, default=1e-4, help="largest accepted ONNX Runtime vs eager difference")
-    p_export.add_argument("--no-pretrained", action="store_true", help="random weights (a registered name only)")
-    p_export.set_defaults(func=_cmd_export)
-
-    p_bench = sub.add_parser("bench", help="benchmarks: attention kernels, whole-model throughput, data reading")
-    p_bench.add_argument("target", choices=["kernels", "models", "gpu", "data", "detection", "segmentation", "tokens",
-                                            "export"],
-                         help="kernels/models: CPU or --device cuda; gpu: Triton vs torch, FlexAttention and timm on "
-                              "CUDA, bf16; data: vithub train's image reader against timm's; detection: Mask R-CNN "
-                              "train img/s and latency per backbone, vs timm's Swin-T and torchvision's R50-FPN v2; "
-                              "segmentation: UPerNet train img/s and latency per backbone, vs timm's Swin-T; tokens: ToMe "
-                              "(per r), Cropr (per rate) and LTMP (overhead) eval img/s vs the same timm ViT unreduced; export: "
-                              "ONNX Runtime img/s of exported vh models vs their timm twins' exports")
-    p_bench.add_argument("--output", default=None,
-                         help="JSON path ('' for none; default in the current directory: <target>_<device>.json, "
-                              "gpu_kernels_<gpu name>.json for gpu)")
-    p_bench.add_argument("--repeats", type=int, default=None,
-                         help="timed calls per candidate, median kept (default 7 for kernels, 3 for models, 20 for "
-                              "gpu, 5 for data)")
-    p_bench.add_argument("--device", default="cpu")
-    kernels = p_bench.add_argument_group("kernels")
-    kernels.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                         help="kernels: default float32; gpu: default bfloat16")
-    kernels.add_argument("--quick", action="store_true", help="first shapes only (smoke run)")
-    kernels.add_argument("--ops", nargs="+", default=["neighborhood", "window"],
-                         choices=["neighborhood", "window", "table", "linear"],
-                         help="table: table_bias_attention (LeViT/EfficientViT-M shapes); linear: "
-                              "relu_linear_attention (EfficientViT-B shapes)")
-    models = p_bench.add_argument_group("models")
-    models.add_argument("--models", nargs="+", default=["vh_nat_tiny", "vh_dinat_tiny"], help="models to time")
-    models.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
-    models.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
-    models.add_argument("--backends", nargs="+", default=["torch", "reference"], choices=["torch", "reference", "triton"],
-                        help="kernel backends to time each model with")
-    models.add_argument("--compare", nargs="*", default=[], help="timm models timed alongside, for context")
-    models.add_argument("--compare-import", nargs="*", default=[], metavar="MODULE",
-                        help="modules imported first so that they register --compare models with timm (e.g. the "
-                             "official FasterViT package: --compare-import fastervit --compare faster_vit_0_224)")
-    models.add_argument("--img-size", type=int, default=224)
-    models.add_argument("--twin", action="store_true",
-                        help="also time each model's timm twin (vh_levit_256 -> levit_256) with the same weights")
-    models.add_argument("--fused", action="store_true", help="also time the model after fuse() (eval rows)")
-    models.add_argument("--processes", type=int, default=1,
-                        help="run the benchmark (models, export: the timing of the same exported files) this many "
-                             "times, each in a fresh process; the JSON keeps the median and, per ratio to the twin, "
-                             "the min-max over the runs")
-    models.add_argument("--amp", default=None, choices=["bfloat16", "float16"],
-                        help="run every candidate under autocast in this dtype (default: fp32)")
-    data = p_bench.add_argument_group("data")
-    data.add_argument("--images", type=int, default=256, help="JPEGs to read per timed pass")
-    data.add_argument("--image-side", type=int, default=256, help="side of each random JPEG, in pixels")
-    detection = p_bench.add_argument_group("detection and segmentation")
-    detection.add_argument("--backbones", nargs="+", default=None,
-                           help="default: vh_swin_tiny_patch4_window7_224 vh_nat_tiny vh_efficientvit_b1 "
-                                "swin_tiny_patch4_window7_224 (for detection, torchvision's R50-FPN v2 always runs)")
-    detection.add_argument("--det-img-size", type=int, default=None,
-                           help="short side of the scale (default 320 on CPU, 800 on CUDA)")
-    detection.add_argument("--det-batch-size", type=int, default=None, help="training batch (default 2 CPU, 8 CUDA)")
-    detection.add_argument("--head", default="upernet", choices=["upernet", "fpn"], help="segmentation head")
-    detection.add_argument("--seg-img-size", type=int, default=None, help="segmentation crop side (default 512)")
-    detection.add_argument("--seg-batch-size", type=int, default=None,
-                           help="segmentation training batch (default 2 CPU, 16 CUDA)")
-    tokens = p_bench.add_argument_group("tokens (also --batch-sizes, --img-size, --amp)")
-    tokens.add_argument("--vits", nargs="+", default=None,
-                        help="timm ViTs to reduce (default: deit_small_patch16_224 vit_base_patch16_224)")
-    tokens.add_argument("--r", nargs="+", type=int, default=[0, 8, 13, 16], help="ToMe r values, one row each")
-    tokens.add_argument("--cropr-rates", nargs="*", type=int, default=[8],
-                        help="Cropr rates (last-layer fusion), one row each; none: --cropr-rates with no value")
-    tokens.add_argument("--no-ltmp", action="store_true",
-                        help="leave out the LTMP row (thresholds that keep every token: the cost of its scoring)")
-    export = p_bench.add_argument_group("export (also --batch-sizes, --img-size)")
-    export.add_argument("--export-models", nargs="+", default=None,
-                        help="vh models to export and time against their timm twins (default: Swin-T, NAT-T vs "
-                             "Swin-T, FasterViT-0, LeViT-256, EfficientViT-M5, EfficientViT-B1)")
-    export.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
-    export.add_argument("--no-control", action="store_true",
-                        help="leave out the A/A control (a second session of each twin's file, timed alongside)")
-    p_bench.set_defaults(func=_cmd_bench)
+    for command in COMMANDS:
+        command_parser = sub.add_parser(command.name, help=command.help, description=command.help,
+                                        parents=[_verbosity_parser()])
+        command.add_arguments(command_parser)
+        command_parser.set_defaults(func=command.run)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``vithub`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    if getattr(args, "repeats", None) is not None and args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if getattr(args, "processes", 1) < 1:
-        parser.error("--processes must be >= 1")
-    if any(size < 1 for size in getattr(args, "batch_sizes", [1])):
-        parser.error("--batch-sizes must all be >= 1")
-    if getattr(args, "images", 1) < 1 or getattr(args, "image_side", 1) < 1:
-        parser.error("--images and --image-side must be >= 1")
+    from vithub.train.cli import configure_logging
+
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    configure_logging(args.verbose - args.quiet)
+    from vithub.bench.gpu import GpuUnavailableError
     from vithub.bench.models import NoTwinError
     from vithub.export import ExportError
     from vithub.publishing import HubError
 
     try:
         return args.func(args)
-    except (UnknownModelError, NoTwinError, ImportError, HubError, ExportError) as error:
+    except (UnknownModelError, NoTwinError, ImportError, HubError, ExportError, GpuUnavailableError) as error:
         print(f"vithub: error: {error}", file=sys.stderr)
         return 2
 

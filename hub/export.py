@@ -147,13 +147,7 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
             outputs further than ``atol`` from eager.
     """
     require_export_packages()
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ExportError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ExportError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    target = Path(path)
-    if target.suffix != ".onnx":
-        raise ExportError(f"output must be a .onnx file, got {str(target)!r}")
+    target = _check_export_arguments(path, opset, batch_size)
     if fuse and hasattr(model, "fuse"):
         model = model.fuse()
     model = model.eval().cpu()
@@ -173,43 +167,11 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
     staging_dir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     staging = staging_dir / target.name
     try:
-        try:
-            with torch.no_grad():
-                program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
-                                            dynamic_shapes=dynamic_shapes, verbose=False, report=False)
-                # A second optimizer pass: the first removes pairs of inverse transposes (a model's NCHW-to-heads-
-                # last permute and the attention form's way back), which leaves pairs of reshapes to merge.
-                program.optimize()
-                _register_orphan_constants(program.model.graph)
-            program.save(str(staging), external_data=external_data)
-        except Exception as error:
-            root = error
-            while root.__cause__ is not None:
-                root = root.__cause__
-            raise ExportError(f"torch.onnx.export failed: {type(root).__name__}: {str(root).splitlines()[0]}"
-                              ) from error
+        _trace_to_onnx(model, example, staging, opset, dynamic_shapes, external_data)
         max_diff, sizes = float("nan"), ()
         if validate:
-            import onnx
-
-            onnx.checker.check_model(str(staging), full_check=True)
             sizes = (1, 3) if dynamic_batch else (batch_size,)
-            max_diff = 0.0
-            session = _onnx_runtime_session(staging)
-            for size in sizes:
-                images = torch.randn(size, *input_size, generator=generator)
-                with torch.no_grad():
-                    expected = model(images)
-                if not isinstance(expected, torch.Tensor):
-                    raise ExportError("validation compares the first output, and the model's forward does not "
-                                      f"return a tensor ({type(expected).__name__}); pass validate=False")
-                got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
-                if got.shape != expected.shape:
-                    raise ExportError(f"ONNX Runtime gave shape {tuple(got.shape)} at batch {size}, eager "
-                                      f"{tuple(expected.shape)}")
-                max_diff = max(max_diff, float((got - expected.float()).abs().max()))
-            if not max_diff <= atol:
-                raise ExportError(f"ONNX Runtime outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
+            max_diff = _validate_against_eager(staging, model, input_size, sizes, generator, atol)
         for extra in staging_dir.iterdir():  # external data first: the model file appears last, complete
             if extra != staging:
                 os.replace(extra, target.parent / extra.name)
@@ -217,3 +179,59 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)
     return ExportResult(str(target), input_size, dynamic_batch, opset, max_diff, tuple(sizes))
+
+
+def _check_export_arguments(path: Union[str, Path], opset: int, batch_size: int) -> Path:
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ExportError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    target = Path(path)
+    if target.suffix != ".onnx":
+        raise ExportError(f"output must be a .onnx file, got {str(target)!r}")
+    return target
+
+
+def _trace_to_onnx(model: torch.nn.Module, example: torch.Tensor, staging: Path, opset: int,
+                   dynamic_shapes: Optional[tuple], external_data: Optional[bool]) -> None:
+    """``torch.onnx.export`` (dynamo) of ``model`` into ``staging``; a failure becomes an ExportError with the
+    root cause's first line."""
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                        dynamic_shapes=dynamic_shapes, verbose=False, report=False)
+            # A second optimizer pass: the first removes pairs of inverse transposes (a model's NCHW-to-heads-last
+            # permute and the attention form's way back), which leaves pairs of reshapes to merge.
+            program.optimize()
+            _register_orphan_constants(program.model.graph)
+        program.save(str(staging), external_data=external_data)
+    except Exception as error:
+        root = error
+        while root.__cause__ is not None:
+            root = root.__cause__
+        raise ExportError(f"torch.onnx.export failed: {type(root).__name__}: {str(root).splitlines()[0]}") from error
+
+
+def _validate_against_eager(onnx_path: Path, model: torch.nn.Module, input_size: Tuple[int, int, int],
+                            sizes: Sequence[int], generator: torch.Generator, atol: float) -> float:
+    """``onnx.checker`` on the file, then ONNX Runtime against eager at each batch size; the largest difference."""
+    import onnx
+
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    max_diff = 0.0
+    session = _onnx_runtime_session(onnx_path)
+    for size in sizes:
+        images = torch.randn(size, *input_size, generator=generator)
+        with torch.no_grad():
+            expected = model(images)
+        if not isinstance(expected, torch.Tensor):
+            raise ExportError("validation compares the first output, and the model's forward does not "
+                              f"return a tensor ({type(expected).__name__}); pass validate=False")
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
+        if got.shape != expected.shape:
+            raise ExportError(f"ONNX Runtime gave shape {tuple(got.shape)} at batch {size}, eager "
+                              f"{tuple(expected.shape)}")
+        max_diff = max(max_diff, float((got - expected.float()).abs().max()))
+    if not max_diff <= atol:
+        raise ExportError(f"ONNX Runtime outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
+    return max_diff

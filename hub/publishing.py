@@ -272,7 +272,12 @@ def load(source: Union[str, Path], *, revision: Optional[str] = None, cache_dir:
     if text.startswith(LOCAL_PREFIX) or path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise HubError(f"source: {text} is not a saved model folder (config.json), a training run (summary.json), a "
                        "checkpoint file, or a Hub repo id 'org/name'")
-    return _load_repo_folder(pull(text, revision=revision, cache_dir=cache_dir, token=token), model_kwargs)
+    try:  # no such local path: read it as a Hub repo id, and say both readings if that fails too
+        folder = pull(text, revision=revision, cache_dir=cache_dir, token=token)
+    except HubError as error:
+        raise HubError(f"source {text!r} is neither a local path ({path.resolve()} does not exist) nor a Hub repo "
+                       f"that answers ({error})") from error
+    return _load_repo_folder(folder, model_kwargs)
 
 
 def _load_repo_folder(folder: Path, model_kwargs: Dict[str, Any]) -> torch.nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -48,16 +49,23 @@ def test_bad_bench_arguments_are_rejected(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "kernels", "--repeats", "0"])
     assert "--repeats must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an unknown target is an error, never some other benchmark
+        cli.main(["bench", "kernel"])
+    assert "invalid choice: 'kernel'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # each target owns its flags
+        cli.main(["bench", "data", "--models", "vh_nat_tiny"])
+    assert "unrecognized arguments: --models" in capsys.readouterr().err
 
 
-def test_kernel_bench_writes_table_and_json(tmp_path, capsys):
+def test_kernel_bench_writes_table_and_json(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="vithub")  # the table goes through vithub's loggers
     output = tmp_path / "results" / "kernels.json"
     payload = run_kernel_bench(
         output=str(output), repeats=1,
         na_shapes=[("tiny_na", 1, 10, 9, 2, 8, 3, None)],
         window_shapes=[("tiny_window", 1, 8, 8, 2, 8, 4, 2)],
     )
-    table = capsys.readouterr().out
+    table = caplog.text
     assert "tiny_na" in table and "tiny_window" in table
     saved = json.loads(output.read_text())
     assert saved == payload
@@ -131,8 +139,10 @@ def test_model_bench_twin_with_same_weights_and_fused(tmp_path, capsys):
     assert "has no timm twin" in capsys.readouterr().err
 
 
-def test_model_bench_in_separate_processes_keeps_medians_and_the_spread_of_each_ratio(tmp_path, capsys):
+def test_model_bench_in_separate_processes_keeps_medians_and_the_spread_of_each_ratio(tmp_path, caplog):
     from vithub.bench import models as bench_models
+
+    caplog.set_level(logging.INFO, logger="vithub")
 
     output = tmp_path / "runs.json"
     payload = bench_models.run_model_bench(output=str(output), models=["vh_efficientvit_m0"], batch_sizes=[2],
@@ -151,7 +161,7 @@ def test_model_bench_in_separate_processes_keeps_medians_and_the_spread_of_each_
         assert ratio["runs"] == expected
         assert ratio["min"] == min(expected) <= ratio["median"] <= ratio["max"] == max(expected)
     assert row["speed_vs"] == {"efficientvit_m0": row["speed_vs_twin"]}
-    assert "median of 2 processes" in capsys.readouterr().out
+    assert any(record.getMessage() == "-- median of 2 processes" for record in caplog.records)
     # A model timed beside ours that is not its twin (the official FasterViT, say) gets the same ratios.
     payload = bench_models.run_model_bench(output="", models=["vh_efficientvit_m0"], batch_sizes=[1], modes=["eval"],
                                            backends=["torch"], repeats=1, img_size=64, compare=["efficientvit_m1"])
@@ -180,3 +190,7 @@ def test_bench_writes_into_the_current_directory_by_default(tmp_path, monkeypatc
     assert payload["images"] == 4 and set(payload["median_ms"]) == {"timm ImageDataset", "ReadableSamples"}
     assert payload["time_ratio_ours_over_timm"] > 0
     assert "ReadableSamples / timm time" in capsys.readouterr().out
+    # -q (before or after the subcommand) leaves the table out: library messages go through vithub's loggers.
+    for flags in (["-q", "bench", "data"], ["bench", "data", "-q"]):
+        assert cli.main([*flags, "--images", "4", "--image-side", "32", "--repeats", "1", "--output", ""]) == 0
+        assert "ReadableSamples / timm time" not in capsys.readouterr().out

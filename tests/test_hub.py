@@ -243,6 +243,9 @@ def test_bad_input_is_named(tmp_path, test_hub, token):
         vithub.save_pretrained(_randomised("vh_efficientvit_m0", num_classes=3), tmp_path / "x", label_names=["a", "b"])
     with pytest.raises(HubError, match="source: .* is not a saved model folder"):
         vithub.load(tmp_path / "nothing-here")
+    with pytest.raises(HubError, match=r"source 'runsx/typo' is neither a local path \(.*runsx/typo does not exist\) "
+                                       r"nor a Hub repo that answers \(runsx/typo: no such repo"):
+        vithub.load("runsx/typo")  # a mistyped run folder reads as a repo id too: both readings are named
     HfApi().create_repo("tester/public-one", exist_ok=True)
     with pytest.raises(HubError, match="exists and is public"):
         vithub.push_to_hub(_randomised("vh_efficientvit_m0"), "tester/public-one", private=True)

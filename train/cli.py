@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import fields
 from typing import Optional, Sequence, Set
@@ -62,6 +63,41 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     add_task_option_arguments(parser)
 
 
+class _ConsoleHandler(logging.Handler):
+    """vithub's messages on the console: info and debug on stdout (progress lines, tables), warnings and errors on
+    stderr, as plain text. The stream is looked up at each message, so a redirected ``sys.stdout`` is honoured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                text = f"vithub: {record.levelname.lower()}: {text}"
+            stream.write(text + "\n")
+            stream.flush()
+        except Exception:  # a closed stream must not take the run down
+            self.handleError(record)
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """Route the ``vithub`` loggers to the console for a command-line run: 0 shows info and up, 1+ debug, -1
+    warnings and up, -2 or less errors only. Library use leaves logging to the program (no handler is added)."""
+    levels = {1: logging.DEBUG, 0: logging.INFO, -1: logging.WARNING}
+    logger = logging.getLogger("vithub")
+    logger.setLevel(levels.get(max(-2, min(1, verbosity)), logging.ERROR))
+    for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_ConsoleHandler())
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser, default: object = 0) -> None:
+    """``-v``/``-q`` (counted) for how much the ``vithub`` loggers say (``default=argparse.SUPPRESS`` for a
+    subcommand's copy, so that a value given before the subcommand stands)."""
+    parser.add_argument("-v", "--verbose", action="count", default=default, help="say more (-v: debug messages)")
+    parser.add_argument("-q", "--quiet", action="count", default=default,
+                        help="say less (-q: warnings and errors only, -qq: errors only)")
+
+
 def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(task_config_from_args(vars(args)))
@@ -90,4 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m vithub.train [options]``: the same as ``vithub train``."""
     parser = argparse.ArgumentParser(prog="python -m vithub.train", description="Fine-tune a timm model.")
     add_train_arguments(parser)
-    return run_train(parser.parse_args(list(argv) if argv is not None else None))
+    add_verbosity_arguments(parser)
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    configure_logging(args.verbose - args.quiet)
+    return run_train(args)

@@ -4,7 +4,7 @@ through ``timm.data``; unreadable images are skipped and counted, not silently r
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
+
+_logger = logging.getLogger(__name__)
 
 DIGITS = "digits"
 DIGITS_SIZE = 32  # the default image size of the embedded digits
@@ -154,8 +156,7 @@ class UnreadableLimit:
             if sample.index not in found:
                 found[sample.index] = sample
                 if self.verbose:
-                    print(f"vithub train: skipped unreadable {split} image {sample.source} ({sample.reason})",
-                          file=sys.stderr, flush=True)
+                    _logger.warning("skipped unreadable %s image %s (%s)", split, sample.source, sample.reason)
         limit = int(self.max_fraction * self.sizes[split])
         if len(found) > limit:
             first = "; ".join(f"{item.source}: {item.reason}" for item in list(found.values())[:3])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import random
 import sys
@@ -45,6 +46,8 @@ from .config import RESUME_FIXED, TrainConfig
 from .data import DataBundle, DataError, UnreadableLimit
 from .reporting import WandbRun, require_wandb, write_curves
 from .tasks import ClassificationTask, LossFn, Task, TrainingError, get_task
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["EpochBatches", "Progress", "Run", "end_epoch", "evaluate", "finish", "resume", "save_checkpoint", "setup",
            "start_logging", "train", "train_one_epoch", "validate"]
@@ -369,7 +372,7 @@ def end_epoch(run: Run) -> None:
     columns = run.task.epoch_columns(metrics)
     shown = " ".join(f"{key} {columns[key]:.3f}" for key in ("val_loss", *run.task.curve_metrics, "flops_ratio")
                      if key in columns)
-    print(f"epoch {progress.epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} {shown}", flush=True)
+    _logger.info("epoch %d/%d: train_loss %.4f %s", progress.epoch, config.epochs, row["train_loss"], shown)
 
 
 def save_checkpoint(run: Run, tag: str) -> None:

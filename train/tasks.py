@@ -24,7 +24,7 @@ declare one as an entry point in the ``vithub.tasks`` group (``vithub.detection`
 
 from __future__ import annotations
 
-import sys
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import asdict, fields, replace
 from importlib.metadata import entry_points
@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader
 
 from .config import DEFAULT_MODEL, SCHEDULE_DEFAULTS, TASK_DEFAULTED, TrainConfig
 from .data import DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable
+
+_logger = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, Any], torch.Tensor]
 
@@ -284,8 +286,7 @@ def _load_task_plugins() -> None:
         try:
             register_task(entry.load())
         except Exception as error:  # a broken optional plugin must not take classification down with it
-            print(f"vithub: task {entry.name!r} ({entry.value}) is unavailable: {type(error).__name__}: {error}",
-                  file=sys.stderr)
+            _logger.warning("task %r (%s) is unavailable: %s: %s", entry.name, entry.value, type(error).__name__, error)
 
 
 def task_names() -> List[str]:

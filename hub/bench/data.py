@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -15,6 +16,8 @@ from timm.data import create_dataset, create_transform
 from vithub.train.data import ReadableSamples
 
 from .timing import device_name, measure, report
+
+_logger = logging.getLogger(__name__)
 
 
 def _make_folder(root: Path, images: int, size: int) -> Path:
@@ -45,11 +48,11 @@ def run_data_bench(output: Optional[str] = None, images: int = 256, size: int = 
         ms = measure({"timm ImageDataset": lambda: _read_all(timm_dataset),
                       "ReadableSamples": lambda: _read_all(ours)}, repeats, warmup=1)
     ratio = ms["ReadableSamples"] / ms["timm ImageDataset"]
-    print(f"{images} JPEGs {size}x{size}, eval transform to 224, 1 process, median of {repeats}")
-    print(f"{'reader':<20}{'seconds':>10}{'images/s':>12}")
+    _logger.info(f"{images} JPEGs {size}x{size}, eval transform to 224, 1 process, median of {repeats}")
+    _logger.info(f"{'reader':<20}{'seconds':>10}{'images/s':>12}")
     for name, value in ms.items():
-        print(f"{name:<20}{value / 1e3:>10.3f}{images * 1e3 / value:>12.1f}")
-    print(f"ReadableSamples / timm time: {ratio:.3f}")
+        _logger.info(f"{name:<20}{value / 1e3:>10.3f}{images * 1e3 / value:>12.1f}")
+    _logger.info(f"ReadableSamples / timm time: {ratio:.3f}")
     payload = {"benchmark": "data", "device": device_name("cpu"), "images": images, "size": size,
                "repeats": repeats, "median_ms": ms, "time_ratio_ours_over_timm": round(ratio, 4),
                "torch_threads": torch.get_num_threads()}

@@ -3,6 +3,7 @@ side with the same detector on timm's Swin-T features and torchvision's own ``ma
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -11,6 +12,8 @@ import torch
 import torchvision
 
 from .timing import device_name, measure, report
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONES = ("vh_swin_tiny_patch4_window7_224", "vh_nat_tiny", "vh_efficientvit_b1",
                      "swin_tiny_patch4_window7_224")
@@ -60,7 +63,8 @@ def bench_detection(backbones: Sequence[str] = DEFAULT_BACKBONES, img_size: int 
         torch_device, amp)
     reference = REFERENCE if REFERENCE in models else None
     rows = speed_rows(models, train_ms, infer_ms, batch_size, reference)
-    print(format_table(rows, "Mask R-CNN backbone", f"batch {batch_size} train, 1 infer, short side {img_size}"))
+    _logger.info("%s", format_table(rows, "Mask R-CNN backbone",
+                                    f"batch {batch_size} train, 1 infer, short side {img_size}"))
     payload = {"benchmark": "detection", "detector": "mask_rcnn", "device": device_name(torch_device),
                "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
                "dtype": f"float32 weights, autocast {amp}" if amp else "float32", "img_size": img_size,

@@ -5,6 +5,7 @@ file is timed with them (an A/A control), so that each row shows how far apart o
 
 from __future__ import annotations
 
+import logging
 import copy
 import importlib
 import json
@@ -22,6 +23,8 @@ import torch
 
 from .models import NoTwinError, load_twin_weights, twin_name
 from .timing import cpu_model, measure, report, write_json
+
+_logger = logging.getLogger(__name__)
 
 # (ours, what it is compared with): None = its timm twin; FasterViT's is the official package's model (compared only
 # where ``fastervit`` is installed); NAT has no twin and is set against the Swin export of similar MACs (context).
@@ -117,14 +120,14 @@ def bench_export(pairs: Sequence[Tuple[str, Optional[str]]] = DEFAULT_PAIRS, bat
         else:
             runs = []
             for index in range(processes):
-                print(f"-- process {index + 1} of {processes}", flush=True)
+                _logger.info(f"-- process {index + 1} of {processes}")
                 result = Path(folder) / f"run{index}.json"
                 subprocess.run([sys.executable, "-c", _CHILD,
                                 json.dumps(dict(arguments, output=str(result), order_shift=index))], check=True)
                 runs.append(json.loads(result.read_text())["timings"])
     rows = [_row(model, batch, [run[index] for run in runs]) for index, (model, batch) in
             enumerate((model, batch) for model in exported for batch in batch_sizes)]
-    print(format_table(rows))
+    _logger.info("%s", format_table(rows))
     payload = {"benchmark": "export", "runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
                "torch": torch.__version__, "timm": timm.__version__, "img_size": img_size, "repeats": repeats,
                "processes": processes, "control": control, "intra_op_threads": threads or "ONNX Runtime default",

@@ -15,6 +15,7 @@ and writes) and the achieved GB/s of ``triton`` as a share of the copy bandwidth
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -23,6 +24,8 @@ import torch
 from vithub.kernels import neighborhood_attention, rpb_from_swin_table, window_attention
 
 from .timing import measure, report
+
+_logger = logging.getLogger(__name__)
 
 # (name, B, H, W, heads, head_dim, kernel_or_window, shift); shift None for NA rows.
 NA_SHAPES = [
@@ -57,6 +60,10 @@ class GpuRow:
         for name, value in self.ms.items():
             if name != "triton":
                 self.derived[f"triton_speedup_vs_{name}"] = round(value / base, 3)
+
+
+class GpuUnavailableError(RuntimeError):
+    """The GPU benchmark was asked for where no CUDA device is visible."""
 
 
 def min_bytes(batch: int, height: int, width: int, heads: int, head_dim: int, element: int, backward: bool) -> int:
@@ -204,7 +211,7 @@ def bench_rows(shapes_na, shapes_window, repeats: int, dtype: torch.dtype, hbm_g
                 ms = measure(timed, repeats, warmup=3, device=device, digits=4)
                 rows.append(GpuRow(op, name, "fwd+bwd" if backward else "fwd", ms,
                                    min_bytes(b, h, w, heads, d, element, backward), hbm_gbps))
-                print(format_row(rows[-1]), flush=True)
+                _logger.info("%s", format_row(rows[-1]))
     return rows
 
 
@@ -257,13 +264,13 @@ def run_gpu_bench(output: Optional[str] = None, repeats: int = 20, dtype: str = 
                   quick: bool = False) -> dict:
     """Run the GPU kernel benchmark, print the table, write JSON to ``output`` (if given) and return the payload."""
     if not torch.cuda.is_available():
-        raise RuntimeError("vithub bench gpu needs a CUDA GPU (it times the Triton kernels); none is visible here")
+        raise GpuUnavailableError("vithub bench gpu needs a CUDA GPU (it times the Triton kernels); none is visible here")
     device = torch.device("cuda")
     torch_dtype = getattr(torch, dtype)
     torch.manual_seed(0)
     hbm = copy_bandwidth_gbps(device)
-    print(f"{torch.cuda.get_device_name(device)}: measured copy bandwidth {hbm:.0f} GB/s")
-    print(header())
+    _logger.info(f"{torch.cuda.get_device_name(device)}: measured copy bandwidth {hbm:.0f} GB/s")
+    _logger.info("%s", header())
     na_shapes = NA_SHAPES[:1] if quick else NA_SHAPES
     window_shapes = WINDOW_SHAPES[:2] if quick else WINDOW_SHAPES
     rows = bench_rows(na_shapes, window_shapes, repeats, torch_dtype, hbm, device)

@@ -18,6 +18,7 @@ kept. Columns:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -34,6 +35,8 @@ from vithub.kernels import (
 )
 
 from .timing import device_name, measure, report
+
+_logger = logging.getLogger(__name__)
 
 # Shapes: (name, B, H, W, heads, head_dim, kernel_or_window, shift); shift is None for NA rows.
 NA_SHAPES = [
@@ -298,7 +301,7 @@ def run_kernel_bench(
         rows += bench_table(repeats, torch_device, torch_dtype, TABLE_SHAPES[:1] if quick else TABLE_SHAPES)
     if "linear" in ops:
         rows += bench_linear(repeats, torch_device, torch_dtype, LINEAR_SHAPES[:1] if quick else LINEAR_SHAPES)
-    print(format_table(rows))
+    _logger.info("%s", format_table(rows))
     payload = {
         "benchmark": "kernels",
         "device": device_name(torch_device),

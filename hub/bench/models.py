@@ -7,6 +7,7 @@ our model once per kernel backend, plus any timm models named in ``compare`` for
 
 from __future__ import annotations
 
+import logging
 import copy
 import importlib
 import json
@@ -25,6 +26,8 @@ from vithub.catalog import check_model_name
 from vithub.kernels import use_backend
 
 from .timing import cpu_model, device_name, measure, report
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("vh_nat_tiny", "vh_dinat_tiny")
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -143,22 +146,11 @@ def format_table(rows: Sequence[ModelRow]) -> str:
     return "\n".join(lines)
 
 
-def run_model_bench(
-    output: Optional[str] = None,
-    models: Sequence[str] = DEFAULT_MODELS,
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-    modes: Sequence[str] = ("eval", "train"),
-    backends: Sequence[str] = ("torch", "reference"),
-    compare: Sequence[str] = (),
-    compare_imports: Sequence[str] = (),
-    repeats: int = 3,
-    img_size: int = 224,
-    device: str = "cpu",
-    twin: bool = False,
-    fused: bool = False,
-    amp: Optional[str] = None,
-    processes: int = 1,
-) -> dict:
+def run_model_bench(output: Optional[str] = None, models: Sequence[str] = DEFAULT_MODELS,
+                    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, modes: Sequence[str] = ("eval", "train"),
+                    backends: Sequence[str] = ("torch", "reference"), compare: Sequence[str] = (),
+                    compare_imports: Sequence[str] = (), repeats: int = 3, img_size: int = 224, device: str = "cpu",
+                    twin: bool = False, fused: bool = False, amp: Optional[str] = None, processes: int = 1) -> dict:
     """Run the model benchmark, print the table, write JSON to ``output`` (if given) and return the payload.
 
     ``compare_imports`` names modules to import before the ``compare`` names are looked up, for third-party packages
@@ -179,19 +171,14 @@ def run_model_bench(
     if amp not in (None, "bfloat16", "float16"):
         raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {amp!r}")
     torch_device = torch.device(device)
-    imported_versions: Dict[str, str] = {}
-    for module in compare_imports:
-        try:
-            imported_versions[module] = getattr(importlib.import_module(module), "__version__", "unknown")
-        except ImportError as error:
-            raise ImportError(f"compare_imports: cannot import {module!r} ({error}); install it first") from error
+    imported_versions = _import_comparisons(compare_imports)
     models = [check_model_name(name) for name in models]
     compare = [check_model_name(name) for name in compare]
     rows = [
         bench_model(name, batch, mode, backends, compare, repeats, img_size, torch_device, twin, fused, amp)
         for name in models for batch in batch_sizes for mode in modes
     ]
-    print(format_table(rows))
+    _logger.info("%s", format_table(rows))
     payload = {
         "benchmark": "models",
         "device": device_name(torch_device),
@@ -212,7 +199,21 @@ def run_model_bench(
     return payload
 
 
-_CHILD = "import json, sys\nfrom vithub.bench.models import run_model_bench\nrun_model_bench(**json.loads(sys.argv[1]))"
+def _import_comparisons(modules: Sequence[str]) -> Dict[str, str]:
+    """Import each module (which registers its models with timm); their versions, for the results file."""
+    versions: Dict[str, str] = {}
+    for module in modules:
+        try:
+            versions[module] = getattr(importlib.import_module(module), "__version__", "unknown")
+        except ImportError as error:
+            raise ImportError(f"compare_imports: cannot import {module!r} ({error}); install it first") from error
+    return versions
+
+
+# A child process says as much as its parent's vithub loggers do (argv[2]: the verbosity of configure_logging).
+_CHILD = ("import json, sys\nfrom vithub.train.cli import configure_logging\nconfigure_logging(int(sys.argv[2]))\n"
+          "from vithub.bench.models import run_model_bench\nrun_model_bench(**json.loads(sys.argv[1]))")
+_VERBOSITY = {logging.DEBUG: 1, logging.INFO: 0, logging.WARNING: -1}
 
 
 def _with_ratios(row: Dict[str, Any], twin: bool, runs: Sequence[Dict[str, float]]) -> Dict[str, Any]:
@@ -245,9 +246,11 @@ def _run_in_processes(processes: int, output: Optional[str], arguments: Dict[str
     runs: List[dict] = []
     with tempfile.TemporaryDirectory(prefix="vithub-bench-models-") as folder:
         for index in range(processes):
-            print(f"-- process {index + 1} of {processes}", flush=True)
+            _logger.info(f"-- process {index + 1} of {processes}")
             path = Path(folder) / f"run{index}.json"
-            subprocess.run([sys.executable, "-c", _CHILD, json.dumps(dict(arguments, output=str(path)))], check=True)
+            verbosity = _VERBOSITY.get(_logger.getEffectiveLevel(), -2)
+            subprocess.run([sys.executable, "-c", _CHILD, json.dumps(dict(arguments, output=str(path))), str(verbosity)],
+                           check=True)
             runs.append(json.loads(path.read_text()))
     rows = []
     for per_run in zip(*(run["rows"] for run in runs)):
@@ -257,12 +260,13 @@ def _run_in_processes(processes: int, output: Optional[str], arguments: Dict[str
                    images_per_second={name: round(first["batch"] * 1e3 / value, 2) for name, value in ms.items()})
         rows.append(_with_ratios(row, arguments["twin"], [run["ms"] for run in per_run]))
     payload = dict(runs[0], processes=processes, rows=rows)
-    print(f"-- median of {processes} processes")
-    print(format_table([ModelRow(row["model"], row["batch"], row["mode"], row["ms"], row["skipped"]) for row in rows]))
+    _logger.info(f"-- median of {processes} processes")
+    _logger.info("%s", format_table([ModelRow(row["model"], row["batch"], row["mode"], row["ms"], row["skipped"])
+                                     for row in rows]))
     for row in rows:
         for reference, ratios in row.get("speed_vs", {}).items():
             for candidate, ratio in ratios.items():
-                print(f"{row['model']:<22}{row['batch']:>6}{row['mode']:>7}  {candidate:<8} vs {reference:<22} "
-                      f"{ratio['median']:.2f}x (runs {ratio['min']:.2f}-{ratio['max']:.2f})")
+                _logger.info(f"{row['model']:<22}{row['batch']:>6}{row['mode']:>7}  {candidate:<8} vs {reference:<22} "
+                             f"{ratio['median']:.2f}x (runs {ratio['min']:.2f}-{ratio['max']:.2f})")
     report(output, payload)
     return payload

@@ -3,6 +3,7 @@ backbones, side by side with the same head on timm's Swin-T features."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Optional, Sequence
 
 import timm
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 
 from .detection import check_bench_arguments, format_table, speed_rows, time_training_and_inference
 from .timing import device_name, report
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONES = ("vh_swin_tiny_patch4_window7_224", "vh_nat_tiny", "vh_efficientvit_b1",
                      "swin_tiny_patch4_window7_224")
@@ -54,7 +57,8 @@ def bench_segmentation(backbones: Sequence[str] = DEFAULT_BACKBONES, head: str =
                                                      torch_device, amp)
     reference = REFERENCE if REFERENCE in models else None
     rows = speed_rows(models, train_ms, infer_ms, batch_size, reference)
-    print(format_table(rows, f"{head} backbone", f"batch {batch_size} train, 1 infer, {img_size}x{img_size}"))
+    _logger.info("%s", format_table(rows, f"{head} backbone",
+                                    f"batch {batch_size} train, 1 infer, {img_size}x{img_size}"))
     payload = {"benchmark": "segmentation", "head": head, "device": device_name(torch_device),
                "torch": torch.__version__, "timm": timm.__version__, "num_classes": NUM_CLASSES,
                "dtype": f"float32 weights, autocast {amp}" if amp else "float32", "img_size": img_size,

@@ -8,6 +8,7 @@ synchronisation.
 
 from __future__ import annotations
 
+import logging
 import json
 import platform
 import statistics
@@ -18,6 +19,8 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 
 from vithub.train.checkpoint import atomic_write
+
+_logger = logging.getLogger(__name__)
 
 DeviceLike = Union[torch.device, str, None]
 
@@ -116,4 +119,4 @@ def report(output: Optional[str], payload: dict) -> None:
     """Write ``payload`` to ``output`` (none when empty) and say where."""
     if output:
         write_json(output, payload)
-        print(f"wrote {output}")
+        _logger.info(f"wrote {output}")

@@ -3,6 +3,7 @@ weights, side by side in one run."""
 
 from __future__ import annotations
 
+import logging
 import copy
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -10,6 +11,8 @@ import timm
 import torch
 
 from .timing import device_name, measure, report
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("deit_small_patch16_224", "vit_base_patch16_224")
 DEFAULT_R = (0, 8, 13, 16)
@@ -27,8 +30,6 @@ def bench_token_reduction(models: Sequence[str] = DEFAULT_MODELS, r_values: Sequ
     thresholds), all with the same weights (copies of one model), per batch size, candidates round-robin; print the
     table, write JSON to ``output`` and return it. Rows carry the speed ratio against the unreduced model, the
     tokens left after the last block and the fewest tokens any block ran on."""
-    from vithub import reduce_tokens
-
     if amp not in (None, "bfloat16", "float16"):
         raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {amp!r}")
     if (repeats < 1 or any(size < 1 for size in batch_sizes) or any(r < 0 for r in r_values)
@@ -42,14 +43,7 @@ def bench_token_reduction(models: Sequence[str] = DEFAULT_MODELS, r_values: Sequ
         kwargs = {"img_size": img_size} if img_size else {}
         base = timm.create_model(name, pretrained=False, **kwargs).to(torch_device).eval()
         side = base.patch_embed.img_size
-        candidates: Dict[str, torch.nn.Module] = {"timm": base}
-        for r in r_values:
-            candidates[f"tome r={r}"] = reduce_tokens(copy.deepcopy(base), "tome", r=r)
-        for rate in cropr_rates:
-            candidates[f"cropr rate={rate}"] = reduce_tokens(copy.deepcopy(base), "cropr", rate=rate).eval()
-        if ltmp_overhead:
-            candidates["ltmp keep-all"] = reduce_tokens(copy.deepcopy(base), "ltmp", flops_ratio=1.0,
-                                                        merge_threshold=2.0, prune_threshold=-1.0).eval()
+        candidates = _variants(base, r_values, cropr_rates, ltmp_overhead)
         for batch_size in batch_sizes:
             images = torch.randn(batch_size, 3, *side, device=torch_device)
 
@@ -61,18 +55,8 @@ def bench_token_reduction(models: Sequence[str] = DEFAULT_MODELS, r_values: Sequ
 
             times = measure({label: run(model) for label, model in candidates.items()}, repeats, warmup=1,
                             device=torch_device)
-            for label, model in candidates.items():
-                tokens_left = fewest = None
-                if label.startswith("tome"):
-                    tokens_left = model.token_counts[-1] - model.token_merges[-1]
-                    fewest = min(model.token_counts + [tokens_left])
-                elif label != "timm":
-                    tokens_left, fewest = round(model.token_counts[-1]), round(min(model.token_counts))
-                rows.append({"model": name, "variant": label, "batch_size": batch_size, "ms": times[label],
-                             "images_per_second": round(1e3 * batch_size / times[label], 2),
-                             "speed_vs_timm": round(times["timm"] / times[label], 3),
-                             "tokens_after_last_block": tokens_left, "fewest_tokens": fewest})
-    print(format_table(rows))
+            rows += [_row(name, label, model, batch_size, times) for label, model in candidates.items()]
+    _logger.info("%s", format_table(rows))
     payload = {"benchmark": "token_reduction", "methods": ["tome", "cropr", "ltmp"], "device": device_name(torch_device),
                "torch": torch.__version__, "timm": timm.__version__,
                "dtype": f"float32 weights, autocast {amp}" if amp else "float32", "repeats": repeats,
@@ -80,6 +64,36 @@ def bench_token_reduction(models: Sequence[str] = DEFAULT_MODELS, r_values: Sequ
                "rows": rows}
     report(output, payload)
     return payload
+
+
+def _variants(base: torch.nn.Module, r_values: Sequence[int], cropr_rates: Sequence[int],
+              ltmp_overhead: bool) -> Dict[str, torch.nn.Module]:
+    """The unreduced model and its token-reduced copies, by row label."""
+    from vithub import reduce_tokens
+
+    candidates: Dict[str, torch.nn.Module] = {"timm": base}
+    for r in r_values:
+        candidates[f"tome r={r}"] = reduce_tokens(copy.deepcopy(base), "tome", r=r)
+    for rate in cropr_rates:
+        candidates[f"cropr rate={rate}"] = reduce_tokens(copy.deepcopy(base), "cropr", rate=rate).eval()
+    if ltmp_overhead:
+        candidates["ltmp keep-all"] = reduce_tokens(copy.deepcopy(base), "ltmp", flops_ratio=1.0,
+                                                    merge_threshold=2.0, prune_threshold=-1.0).eval()
+    return candidates
+
+
+def _row(name: str, label: str, model: torch.nn.Module, batch_size: int, times: Dict[str, float]) -> Dict[str, Any]:
+    """One results row: speed against the unreduced model, tokens after the last block, fewest tokens any block saw."""
+    tokens_left = fewest = None
+    if label.startswith("tome"):
+        tokens_left = model.token_counts[-1] - model.token_merges[-1]
+        fewest = min(model.token_counts + [tokens_left])
+    elif label != "timm":
+        tokens_left, fewest = round(model.token_counts[-1]), round(min(model.token_counts))
+    return {"model": name, "variant": label, "batch_size": batch_size, "ms": times[label],
+            "images_per_second": round(1e3 * batch_size / times[label], 2),
+            "speed_vs_timm": round(times["timm"] / times[label], 3),
+            "tokens_after_last_block": tokens_left, "fewest_tokens": fewest}
 
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
