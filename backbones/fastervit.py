@@ -50,6 +50,7 @@ from timm.models import generate_default_cfgs, register_model
 from vithub.kernels import (
     carrier_window_attention,
     exporting_onnx,
+    pair,
     table_bias_attention,
     window_attention,
     window_bias,
@@ -547,7 +548,7 @@ class FasterViT(StageHooks, nn.Module):
         hat = [True] * num_stages if hat is None else list(hat)
         if len(hat) != num_stages:
             raise ValueError(f"hat needs one flag per stage ({num_stages}), got {hat!r}")
-        res_h, res_w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        res_h, res_w = pair(resolution, "resolution")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = int(dim * 2 ** (num_stages - 1))

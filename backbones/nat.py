@@ -26,7 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerScale, Mlp, resize_rel_pos_bias_table_simple, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
-from vithub.kernels import neighborhood_attention
+from vithub.kernels import neighborhood_attention, pair
 
 from ._common import (
     SequentialStage,
@@ -41,13 +41,6 @@ from ._common import (
 __all__ = ["NAT", "NATBlock", "NATStage", "NeighborhoodAttention2d", "checkpoint_filter_fn"]
 
 IntOrPair = Union[int, Tuple[int, int]]
-
-
-def _as_pair(value: IntOrPair, name: str) -> Tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 class ConvStem(nn.Module):
@@ -106,8 +99,8 @@ class NeighborhoodAttention2d(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dim ** -0.5
-        self.kernel_size = _as_pair(kernel_size, "kernel_size")
-        self.dilation = _as_pair(dilation, "dilation")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.dilation = pair(dilation, "dilation")
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         if rel_pos_bias:
             kh, kw = self.kernel_size

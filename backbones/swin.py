@@ -36,7 +36,7 @@ from timm.layers import (
 )
 from timm.models import generate_default_cfgs, register_model
 
-from vithub.kernels import rpb_from_swin_table, window_attention
+from vithub.kernels import pair, rpb_from_swin_table, window_attention
 
 from ._common import (
     SequentialStage,
@@ -51,13 +51,6 @@ from ._common import (
 __all__ = ["Swin", "SwinBlock", "SwinStage", "WindowAttention2d", "PatchMerging", "checkpoint_filter_fn"]
 
 IntOrPair = Union[int, Tuple[int, int]]
-
-
-def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def window_and_shift(resolution: Tuple[int, int], window: Tuple[int, int], shift: Tuple[int, int],
@@ -285,9 +278,9 @@ class Swin(StageHooks, nn.Module):
             raise ValueError(f"depths and num_heads need one entry per stage, got {len(depths)} and {len(num_heads)}")
         num_stages = len(depths)
         if isinstance(window_size, (list, tuple)) and len(window_size) == num_stages and num_stages != 2:
-            windows = [_pair(w, "window_size") for w in window_size]
+            windows = [pair(w, "window_size") for w in window_size]
         else:
-            windows = [_pair(window_size, "window_size")] * num_stages  # type: ignore[arg-type]
+            windows = [pair(window_size, "window_size")] * num_stages  # type: ignore[arg-type]
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.output_fmt = "NHWC"
@@ -353,9 +346,9 @@ class Swin(StageHooks, nn.Module):
         if window_size is None:
             windows: List[Optional[Tuple[int, int]]] = [None] * len(self.layers)
         elif isinstance(window_size, (list, tuple)) and len(window_size) == len(self.layers) and len(self.layers) != 2:
-            windows = [_pair(w, "window_size") for w in window_size]
+            windows = [pair(w, "window_size") for w in window_size]
         else:
-            windows = [_pair(window_size, "window_size")] * len(self.layers)  # type: ignore[arg-type]
+            windows = [pair(window_size, "window_size")] * len(self.layers)  # type: ignore[arg-type]
         for index, stage in enumerate(self.layers):
             scale = 2 ** max(index - 1, 0)
             stage.set_input_size(tuple((g + scale - 1) // scale for g in grid), windows[index], always_partition)

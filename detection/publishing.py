@@ -31,6 +31,12 @@ class DenseKind:
     task: str  # the vithub train task whose runs hold this kind
     pipeline_tag: str
     metric_keys: Tuple[str, ...]  # the metrics.jsonl columns that go onto the card
+    head_key: str  # the settings key naming the detector or head
+
+    def architecture(self, model: torch.nn.Module) -> str:
+        """``<detector or head>:<backbone>``, e.g. ``mask_rcnn:vh_nat_tiny``."""
+        settings = getattr(model, self.settings)
+        return f"{settings[self.head_key]}:{settings['backbone']}"
 
     def build(self, settings: Dict[str, Any], **overrides: Any) -> torch.nn.Module:
         if self.task == "detection":
@@ -52,9 +58,9 @@ class DenseKind:
 
 
 DETECTOR = DenseKind("vithub-detector", "detector_config", "detection", "object-detection",
-                     ("bbox_ap", "bbox_ap50", "bbox_ap75", "segm_ap", "segm_ap50", "segm_ap75"))
+                     ("bbox_ap", "bbox_ap50", "bbox_ap75", "segm_ap", "segm_ap50", "segm_ap75"), "detector")
 SEGMENTOR = DenseKind("vithub-segmentor", "segmentor_config", "segmentation", "image-segmentation",
-                      ("miou", "macc", "aacc"))
+                      ("miou", "macc", "aacc"), "head")
 KINDS = (DETECTOR, SEGMENTOR)
 FORMATS = tuple(kind.format for kind in KINDS)
 
@@ -63,6 +69,11 @@ def kind_of_model(model: torch.nn.Module) -> Optional[DenseKind]:
     """The kind of a model from :func:`~vithub.detection.create_detector` or
     :func:`~vithub.detection.segmentation.create_segmentor`; ``None`` for anything else."""
     return next((kind for kind in KINDS if getattr(model, kind.settings, None)), None)
+
+
+def kind_of_task(task: Optional[str]) -> Optional[DenseKind]:
+    """The kind a ``vithub train`` task's runs hold (``"detection"``, ``"segmentation"``); ``None`` for others."""
+    return next((kind for kind in KINDS if kind.task == task), None)
 
 
 def is_dense_config(config: Mapping[str, Any]) -> bool:
@@ -181,7 +192,7 @@ def dense_model_from_run(run_dir: Union[str, Path]) -> Tuple[torch.nn.Module, Di
     :func:`save_dense_model` for it (class names, the best epoch's metrics, the data)."""
     run = Path(run_dir)
     summary = json.loads((run / "summary.json").read_text())
-    kind = next((kind for kind in KINDS if kind.task == summary.get("task")), None)
+    kind = kind_of_task(summary.get("task"))
     if kind is None:
         raise ValueError(f"{run}: task {summary.get('task')!r} is neither detection nor segmentation")
     state = load_state(run / "last.state.pt")

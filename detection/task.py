@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from vithub.train.config import DEFAULT_DETECTION_BACKBONE, TrainConfig, option
+from vithub.train.config import TrainConfig, option
 from vithub.train.data import DataBundle, DataError, UnreadableLimit
 from vithub.train.tasks import LossFn, Task
 
@@ -29,6 +29,8 @@ from .detectors import DEFAULT_SHORT_SIDE, DETECTORS, create_detector, detection
 from .evaluation import STAT_NAMES, coco_evaluate, run_detector, write_results
 
 _logger = logging.getLogger(__name__)
+
+DEFAULT_DETECTION_BACKBONE = "vh_efficientvit_b0"
 
 
 @dataclass

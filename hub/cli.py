@@ -62,15 +62,17 @@ def _cmd_push(args: argparse.Namespace) -> int:
 def _architecture(model) -> str:
     """A timm model's architecture, ``<detector>:<backbone>`` for a vithub detector, ``<head>:<backbone>`` for a
     segmentor."""
-    if hasattr(model, "detector_config"):
-        return f"{model.detector_config['detector']}:{model.detector_config['backbone']}"
-    if hasattr(model, "segmentor_config"):
-        return f"{model.segmentor_config['head']}:{model.segmentor_config['backbone']}"
-    return model.pretrained_cfg.get("architecture")
+    from vithub.detection.publishing import kind_of_model
+
+    kind = kind_of_model(model)
+    return kind.architecture(model) if kind is not None else model.pretrained_cfg.get("architecture")
 
 
 def _num_classes(model) -> Optional[int]:
-    settings = getattr(model, "detector_config", None) or getattr(model, "segmentor_config", None) or {}
+    from vithub.detection.publishing import kind_of_model
+
+    kind = kind_of_model(model)
+    settings = getattr(model, kind.settings) if kind is not None else {}
     return settings.get("num_classes", getattr(model, "num_classes", None))
 
 

@@ -55,12 +55,14 @@ def model_input_size(model: torch.nn.Module, img_size: Optional[Union[int, Seque
     channels, height, width = tuple(cfg.get("input_size", (3, 224, 224)))
     if img_size is None:
         return int(channels), int(height), int(width)
-    sizes = [img_size] if isinstance(img_size, int) else list(img_size)
-    if len(sizes) == 1:
-        sizes = sizes * 2
-    if len(sizes) != 2 or any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
-        raise ExportError(f"img_size must be an int or (H, W) of ints >= 1, got {img_size!r}")
-    return int(channels), sizes[0], sizes[1]
+    from vithub.kernels import pair
+
+    one_side = not isinstance(img_size, int) and len(img_size) == 1  # the CLI's `--img-size SIDE`
+    try:
+        height, width = pair(img_size[0] if one_side else img_size, "img_size")
+    except ValueError as error:
+        raise ExportError(f"{error} (an int or (H, W), each >= 1)") from None
+    return int(channels), height, width
 
 
 def redraw_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

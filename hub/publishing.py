@@ -153,10 +153,9 @@ def push_to_hub(model: torch.nn.Module, repo_id: str, *, private: bool = False, 
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="vithub-push-") as staging:
-            if hasattr(model, "detector_config") or hasattr(model, "segmentor_config"):
-                # a vithub.detection detector or segmentor: its own config and card
-                from vithub.detection.publishing import save_dense_model
+            from vithub.detection.publishing import kind_of_model, save_dense_model
 
+            if kind_of_model(model) is not None:  # a vithub.detection detector or segmentor: its own config and card
                 save_dense_model(model, staging, repo_id=repo_id, **card)
             else:
                 save_pretrained(model, staging, repo_id=repo_id, **card)
@@ -282,9 +281,9 @@ def load(source: Union[str, Path], *, revision: Optional[str] = None, cache_dir:
 
 def _load_repo_folder(folder: Path, model_kwargs: Dict[str, Any]) -> torch.nn.Module:
     config = json.loads((folder / CONFIG_NAME).read_text())
-    if config.get("format") in ("vithub-detector", "vithub-segmentor"):
-        from vithub.detection.publishing import load_dense_model
+    from vithub.detection.publishing import is_dense_config, load_dense_model
 
+    if is_dense_config(config):
         try:
             return load_dense_model(folder, **model_kwargs)
         except ValueError as error:
@@ -339,9 +338,9 @@ def model_from_run(run_dir: Union[str, Path], **model_kwargs: Any) -> Tuple[torc
         raise HubError(f"{run}: no summary.json; is it a finished `vithub train` output folder? (pass a checkpoint "
                        "file to push an unfinished run)")
     summary = json.loads(summary_path.read_text())
-    if summary.get("task") in ("detection", "segmentation"):
-        from vithub.detection.publishing import dense_model_from_run
+    from vithub.detection.publishing import dense_model_from_run, kind_of_task
 
+    if kind_of_task(summary.get("task")) is not None:
         return dense_model_from_run(run)
     checkpoint = run / (summary.get("best_checkpoint") or "last.safetensors")
     if not checkpoint.is_file():

@@ -17,9 +17,10 @@ if __name__ != "vithub.kernels":  # imported as a top-level `kernels` from a clo
     hand_over(__name__, __path__[0])
 else:
     from . import backends  # noqa: F401  (importing it registers the backends)
+    from ._validation import pair
     from .backends.reference import window_bias
-    from .backends.torch import gather_table_bias
-    from .backends.triton import triton_available, triton_refusal
+    from .backends.torch_tiled import gather_table_bias
+    from .backends.triton_fused import triton_available, triton_refusal
     from .ops import (
         carrier_window_attention,
         global_attention,
@@ -57,6 +58,7 @@ __all__ = [
     "exporting_onnx",
     "gather_table_bias",
     "get_backend",
+    "pair",
     "global_attention",
     "neighborhood_attention",
     "relu_linear_attention",

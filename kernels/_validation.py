@@ -14,7 +14,8 @@ Size2d = Union[int, Sequence[int]]
 
 
 def pair(value: Size2d, name: str, *, minimum: int = 1) -> Tuple[int, int]:
-    """Return ``value`` as an ``(int, int)`` pair, each element ``>= minimum``."""
+    """Return ``value`` (an int, or a pair as ``(height, width)``) as an ``(int, int)`` pair, each element
+    ``>= minimum``; anything else raises ``ValueError`` naming ``name``. The one int-or-pair parser of vithub."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int):

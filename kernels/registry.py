@@ -114,7 +114,7 @@ def register(backend: Backend) -> Backend:
 
 
 def backend_names() -> Tuple[str, ...]:
-    """Names of the registered backends: ``reference``, ``torch``, ``triton``."""
+    """Names of the registered backends (``reference``, ``torch``, ``triton``, ``onnx``), in registration order."""
     return tuple(_REGISTRY)
 
 

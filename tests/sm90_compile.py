@@ -32,7 +32,7 @@ WINDOWS = (7, 12, 4, 8)
 
 def configurations() -> List[Dict]:
     """The shipped configurations (deduplicated, each at its largest head_dim) and the control build."""
-    from vithub.kernels.backends.triton import FP32_MAX_HEAD_DIM, Geometry, LaunchConfig, Tiles, launch_config
+    from vithub.kernels.backends.triton_fused import FP32_MAX_HEAD_DIM, Geometry, LaunchConfig, Tiles, launch_config
 
     geometries = [("neighborhood", Geometry(False, (7, 7)))]
     geometries += [(f"window{w}", Geometry(True, (w, w), shift=(w // 2, w // 2))) for w in WINDOWS]

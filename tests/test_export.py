@@ -382,6 +382,8 @@ def test_vithub_export_command_and_its_bad_inputs(tmp_path, capsys, monkeypatch)
             "cannot take input size 64x64")
     refused(["export", "vh_efficientvit_m0", "--no-pretrained", "--output", str(tmp_path / "bad.txt")],
             "output must be a .onnx file")
+    refused(["export", "vh_efficientvit_m0", "--no-pretrained", "--output", bad, "--img-size", "64", "0"],
+            "img_size must be >= 1 in each axis")
     refused(["export", "vh_efficientvit_m0", "--no-pretrained", "--output", bad, "--opset", "13"],
             "opset must be an int >= 18")
     refused(["export", "vh_efficientvit_m0", "--no-pretrained", "--output", bad, "--atol", "0"],

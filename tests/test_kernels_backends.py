@@ -121,7 +121,7 @@ def test_half_precision_close_to_float64_reference(dtype):
 
 def test_torch_backend_memory_is_local():
     """No (H*W)^2 buffer: the largest saved tensor stays O(B*H*W*heads*R^2) with R = tile + K - 1."""
-    from vithub.kernels.backends import torch as tiled
+    from vithub.kernels.backends import torch_tiled as tiled
 
     height = width = 96
     q, k, v = (torch.randn(1, height, width, 1, 8, requires_grad=True) for _ in range(3))

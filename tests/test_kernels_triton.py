@@ -30,7 +30,7 @@ from vithub.kernels import (
 )
 from vithub.kernels.backends import reference
 from vithub.kernels.backends import triton as triton_backend
-from vithub.kernels.backends.triton import Geometry, Tiles
+from vithub.kernels.backends.triton_fused import Geometry, Tiles
 
 pytestmark = pytest.mark.skipif(
     not triton_backend.triton_importable(), reason="triton is not installed (Linux torch wheels bring it)"

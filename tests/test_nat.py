@@ -450,7 +450,7 @@ def test_rpb_is_excluded_from_weight_decay_and_layer_decay_groups_are_ordered():
         (dict(num_heads=(2, 4, 8)), "num_heads must have one entry per stage"),
         (dict(embed_dim=30, num_heads=(4, 4, 8, 16)), "num_heads \\(4\\) must divide the channel count dim \\(30\\)"),
         (dict(attn_drop_rate=0.1), "attn_drop_rate must be 0"),
-        (dict(kernel_size=0), "kernel_size must be a positive int"),
+        (dict(kernel_size=0), "kernel_size must be >= 1 in each axis"),
     ],
 )
 def test_bad_constructor_arguments_name_the_argument(kwargs, message):

@@ -145,17 +145,18 @@ def test_resume_at_an_epoch_boundary_matches_an_unbroken_run(tmp_path):
     def config(folder):
         return TrainConfig(output=str(tmp_path / folder), epochs=2, batch_size=128, progress=False, seed=3)
 
-    unbroken = engine.setup(config("unbroken"), ClassificationTask(), torch.device("cpu"))
+    task = ClassificationTask()
+    unbroken = engine.setup(task.resolve(config("unbroken")), task, torch.device("cpu"))
     for _ in range(2):
         engine.train_one_epoch(unbroken)
         engine.end_epoch(unbroken)
-    first = engine.setup(config("broken"), ClassificationTask(), torch.device("cpu"))
+    first = engine.setup(task.resolve(config("broken")), task, torch.device("cpu"))
     engine.train_one_epoch(first)
     engine.end_epoch(first)  # writes last.state.pt at the epoch boundary
     from vithub.train.checkpoint import load_state
 
     assert load_state(tmp_path / "broken" / "last.state.pt")["epoch_loss"] == [0.0, 0]  # nothing running at a boundary
-    resumed = engine.setup(config("broken"), ClassificationTask(), torch.device("cpu"))
+    resumed = engine.setup(task.resolve(config("broken")), task, torch.device("cpu"))
     engine.resume(resumed, tmp_path / "broken" / "last.state.pt")
     engine.train_one_epoch(resumed)
     engine.end_epoch(resumed)
@@ -168,3 +169,20 @@ def test_resume_at_an_epoch_boundary_matches_an_unbroken_run(tmp_path):
     expected, actual = (load_weights(tmp_path / folder / "last.safetensors") for folder in ("unbroken", "broken"))
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_train_help_takes_each_tasks_defaults_from_the_task():
+    """The help of the options a task fills in is made from the registered tasks' own defaults, so it cannot drift
+    from what a run does (full data and, where they differ, the embedded set)."""
+    from vithub.train.cli import task_defaults_help
+    from vithub.train.tasks import get_task
+
+    texts = task_defaults_help()
+    for task_name in ("classification", "detection", "segmentation"):
+        full = get_task(task_name).defaults_for(TrainConfig(task=task_name, data="DATA"))
+        embedded = get_task(task_name).defaults_for(TrainConfig(task=task_name))
+        for option in ("epochs", "lr", "model"):
+            expected = f"{task_name} {full[option]}"
+            if embedded[option] != full[option]:
+                expected += f", {embedded[option]} on its embedded data"
+            assert expected in texts[option], (option, texts[option])

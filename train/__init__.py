@@ -2,8 +2,9 @@
 
 ``train(TrainConfig(...))`` from Python (notebooks), ``vithub train`` / ``vithub validate`` or
 ``python -m vithub.train`` from a shell. With no data it trains a classifier on scikit-learn's bundled handwritten
-digits. The loop (``engine.py``) is task-independent; a task (``tasks.py``: classification today) supplies data,
-model, loss and metrics.
+digits. The loop (``engine.py``) is task-independent; a task (``tasks.py``: classification built in, detection and
+segmentation from ``vithub.detection`` through the ``vithub.tasks`` entry point) supplies data, model, loss and
+metrics.
 """
 
 if __name__ != "vithub.train":  # imported under its folder name from a clone's root (see vithub.kernels._shadowing)

@@ -7,9 +7,9 @@ import json
 import logging
 import sys
 from dataclasses import fields
-from typing import Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set
 
-from .config import add_config_arguments, config_from_args
+from .config import SCHEDULE_DEFAULTS, TASK_DEFAULTED, TrainConfig, add_config_arguments, config_from_args
 from .data import DataError
 from .engine import TrainingError, train, validate
 from .reporting import WandbStartError, WandbUnavailableError
@@ -23,8 +23,23 @@ VALIDATE_OPTIONS = ("task", "model", "data", "data_dir", "val_split", "max_unrea
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``vithub train``: one flag per :class:`TrainConfig` field (timm ``train.py`` names where it
     has them)."""
-    add_config_arguments(parser, choices={"task": task_names()})
+    add_config_arguments(parser, choices={"task": task_names()}, extra_help=task_defaults_help())
     add_task_option_arguments(parser)
+
+
+def task_defaults_help() -> Dict[str, str]:
+    """For each option a task fills in when it is left unset, the help text naming every registered task's default
+    (and the default on its embedded data where that differs), read from the tasks themselves."""
+    texts: Dict[str, List[str]] = {name: [] for name in TASK_DEFAULTED}
+    for task_cls in task_classes():
+        task = task_cls()
+        full = {**SCHEDULE_DEFAULTS, **task.defaults_for(TrainConfig(task=task_cls.name, data="DATA"))}
+        embedded = {**SCHEDULE_DEFAULTS, **task.defaults_for(TrainConfig(task=task_cls.name))}
+        for name in TASK_DEFAULTED:
+            text = f"{task_cls.name} {full[name]}"
+            texts[name].append(text + (f", {embedded[name]} on its embedded data" if embedded[name] != full[name]
+                                       else ""))
+    return {name: f"default: the task's ({'; '.join(parts)})" for name, parts in texts.items()}
 
 
 def add_task_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +74,7 @@ def task_config_from_args(values: dict):
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``vithub validate``: a checkpoint and the data options of ``vithub train``."""
     parser.add_argument("--checkpoint", default=None, help=".safetensors (e.g. a run's best-eNNN.safetensors)")
-    add_config_arguments(parser, VALIDATE_OPTIONS, choices={"task": task_names()})
+    add_config_arguments(parser, VALIDATE_OPTIONS, choices={"task": task_names()}, extra_help=task_defaults_help())
     add_task_option_arguments(parser)
 
 

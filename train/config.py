@@ -9,7 +9,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 DEFAULT_MODEL = "vh_efficientvit_m0"
-DEFAULT_DETECTION_BACKBONE = "vh_efficientvit_b0"  # stated here for the help text; the dense tasks set it
 DEFAULT_TASK = "classification"
 
 
@@ -28,8 +27,7 @@ class TrainConfig:
     """Options of ``vithub train``, named as in timm's ``train.py`` where it has them."""
 
     task: str = option(DEFAULT_TASK, "what to train: a task registered in vithub.train.tasks")
-    model: Optional[str] = option(None, "any timm model name (ours: vh_*); default: the task's (classification "
-                                  f"{DEFAULT_MODEL}, detection and segmentation {DEFAULT_DETECTION_BACKBONE})")
+    model: Optional[str] = option(None, "any timm model name (ours: vh_*)")
     pretrained: bool = option(False, "start from the model's pretrained weights")
     initial_checkpoint: Optional[str] = option(
         None, "start from these weights (.safetensors or a weights-only torch file)")
@@ -43,19 +41,15 @@ class TrainConfig:
     max_unreadable: float = option(
         0.01, "largest fraction of a split's images that may be unreadable (skipped and counted) before the run stops")
     output: str = option("output/train", "run folder: checkpoints, metrics, summary.json")
-    epochs: Optional[int] = option(None, "default: the task's (classification 6; detection 12, 4 on the embedded "
-                                   "shapes; segmentation 127, 16 on the embedded scenes)")
-    batch_size: Optional[int] = option(None, "default: the task's (classification 64; detection 2, 8 on the "
-                                       "embedded shapes; segmentation 16, 8 embedded)", flags=("-b",))
+    epochs: Optional[int] = option(None)
+    batch_size: Optional[int] = option(None, flags=("-b",))
     opt: str = option("adamw", "timm optimizer name")
-    lr: Optional[float] = option(None, "default: the task's (classification 2e-3; detection 1e-4, 2e-3 on the "
-                                 "embedded shapes; segmentation 6e-5, 2e-3 embedded)")
-    weight_decay: Optional[float] = option(None, "default: the task's (0.05; segmentation 0.01)")
-    sched: Optional[str] = option(None, "timm scheduler name; default: the task's (cosine; segmentation poly)")
-    warmup_epochs: Optional[int] = option(None, "default: the task's (1)")
-    min_lr: Optional[float] = option(None, "default: the task's (1e-5; segmentation 0)")
-    decay_rate: Optional[float] = option(None, "step schedules' decay factor, the poly schedule's power; default: "
-                                         "the task's (0.1; segmentation's poly 1.0)")
+    lr: Optional[float] = option(None)
+    weight_decay: Optional[float] = option(None)
+    sched: Optional[str] = option(None, "timm scheduler name")
+    warmup_epochs: Optional[int] = option(None)
+    min_lr: Optional[float] = option(None)
+    decay_rate: Optional[float] = option(None, "step schedules' decay factor, the poly schedule's power")
     layer_decay: Optional[float] = option(None, "layer-wise lr decay (timm group_matcher)")
     drop_path: Optional[float] = option(None)
     token_reduction: Optional[str] = option(
@@ -119,11 +113,12 @@ TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup
 SCHEDULE_DEFAULTS = {"sched": "cosine", "min_lr": 1e-5, "decay_rate": 0.1}
 
 
-def _argument_kwargs(config_field: Any, hint: Any, absent_when_unset: bool = False) -> Dict[str, Any]:
+def _argument_kwargs(config_field: Any, hint: Any, absent_when_unset: bool = False,
+                     extra_help: str = "") -> Dict[str, Any]:
     """argparse keywords for one field from its type hint: ``bool`` is a switch, ``Optional[X]`` takes an X,
     ``List[X]`` any number of them. ``absent_when_unset``: a flag not given leaves no attribute (its owner fills
     the default)."""
-    help_text = config_field.metadata["help"]
+    help_text = "; ".join(text for text in (config_field.metadata["help"], extra_help) if text)
     if config_field.default not in (None, False):
         help_text = f"{help_text} (default: {config_field.default})".lstrip()
     default = argparse.SUPPRESS if absent_when_unset else config_field.default
@@ -147,19 +142,21 @@ def _argument_kwargs(config_field: Any, hint: Any, absent_when_unset: bool = Fal
 
 def add_config_arguments(parser: Any, names: Optional[Iterable[str]] = None,
                          choices: Optional[Dict[str, Sequence[Any]]] = None, config_class: type = None,
-                         absent_when_unset: bool = False) -> None:
+                         absent_when_unset: bool = False, extra_help: Optional[Dict[str, str]] = None) -> None:
     """Add a ``--flag`` per field of ``config_class`` (default :class:`TrainConfig`; a task's options class takes
     the same :func:`option` fields): all command-line fields, or those in ``names``, with the field's type, default,
     help and aliases. ``choices`` sets allowed values known only at run time (the registered tasks). ``parser``
     may be an argument group. ``absent_when_unset``: flags that are not given leave no attribute in the parsed
-    namespace (task options, whose defaults the task fills in)."""
+    namespace (task options, whose defaults the task fills in). ``extra_help`` adds text to a field's help (the
+    tasks' own defaults, for the fields a task fills in)."""
     config_class = config_class or TrainConfig
     hints = typing.get_type_hints(config_class)
     wanted = None if names is None else list(names)
     for config_field in fields(config_class):
         if not config_field.metadata["cli"] or (wanted is not None and config_field.name not in wanted):
             continue
-        kwargs = _argument_kwargs(config_field, hints[config_field.name], absent_when_unset)
+        kwargs = _argument_kwargs(config_field, hints[config_field.name], absent_when_unset,
+                                  (extra_help or {}).get(config_field.name, ""))
         if choices and config_field.name in choices:
             kwargs["choices"] = list(choices[config_field.name])
         flags = ["--" + config_field.name.replace("_", "-"), *config_field.metadata["flags"]]

@@ -198,9 +198,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
 
 def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, world: int = 1) -> Run:
-    """Seeds, data, model (and initial weights), optimizer, scheduler, EMA, AMP scaler and the task's loss (the task's
-    defaults fill the options ``config`` leaves unset)."""
-    config = task.resolve(config)
+    """Seeds, data, model (and initial weights), optimizer, scheduler, EMA, AMP scaler and the task's loss, for a
+    ``config`` whose unset options the task has filled in (``task.resolve``, as :func:`train` does)."""
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     task.output = output

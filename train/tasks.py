@@ -1,5 +1,6 @@
-"""The trainer's task seam: what a task (classification today; detection and segmentation next) supplies to the loop
-in :mod:`vithub.train.engine`, which keeps checkpoints, resume, logging, W&B, DDP and AMP for every task.
+"""The trainer's task seam: what a task (classification here; detection and segmentation from
+:mod:`vithub.detection`) supplies to the loop in :mod:`vithub.train.engine`, which keeps checkpoints, resume,
+logging, W&B, DDP and AMP for every task.
 
 A task supplies:
 

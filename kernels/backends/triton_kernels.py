@@ -19,7 +19,7 @@ Backward is two passes: per query tile (dQ, the row term ``delta = rowsum(dO * O
 into one partial table per program and summed by the host), then per key tile (dK, dV) over every query whose
 neighbourhood can hold a key of the tile.
 
-This file is loaded by :mod:`vithub.kernels.backends.triton`, once compiled for CUDA and once, on demand, for
+This file is loaded by :mod:`vithub.kernels.backends.triton_fused`, once compiled for CUDA and once, on demand, for
 Triton's CPU interpreter (``TRITON_INTERPRET=1``); import it only through that module.
 """
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .reference import rolled_positions, swin_region_labels, window_bias
-from .torch import TorchBackend, gather_table_bias, table_bias_attention
+from .torch_tiled import TorchBackend, gather_table_bias, table_bias_attention
 
 
 @lru_cache(maxsize=256)
