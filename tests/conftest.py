@@ -46,13 +46,38 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != REPO_ROOT]
 
 
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The project's shared data (golden outputs of official code) next to the repository; a user's clone has none."""
-    path = REPO_ROOT.parent / "shared"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent (golden files ship with the project workspace, not with the repository)")
-    return path
+# The slow groups, by test file and a pattern of the test's name (with its parameters): `pytest -m "not slow"` is the
+# fast tier (every test file keeps tests in it), the whole suite is what CI runs. Each group says why it is slow.
+SLOW_GROUPS = {
+    "per-model ONNX export sweep (one model stays fast: vh_efficientvit_b0)": (
+        "test_export.py", r"test_every_registered_model_exports\w*\[(?!vh_efficientvit_b0\])"),
+    "ONNX export benchmark, CLI and graph-shape checks (full-size models, ONNX Runtime sessions)": (
+        "test_export.py", r"test_export_bench|test_vithub_export_command|transposes|test_fastervit_export_has"),
+    "per-model torch.compile sweep": ("test_contract.py", r"test_torch_compile"),
+    "custom-op opcheck and fullgraph compiles": (
+        "test_kernels_(backends|carriers|triton).py", r"opcheck_and_gradcheck|fullgraph"),
+    "Triton interpreter sweeps and the sm_90 build": (
+        "test_kernels_triton.py", r"hopper|model_like|test_neighborhood_kernels_match|test_window_kernels_match"),
+    "NATTEN cross-check at the benchmark shape": ("test_kernels_natten.py", r"test_forward_equals_natten"),
+    "embedded trainings, kill-and-resume and torchrun": (
+        "test_(train|train_tasks|detection|segmentation).py",
+        r"embedded_default|kill_and_resume|torchrun|resume_at_an_epoch|pushes_and_loads"),
+    "torchrun, W&B offline run and curves (full trainings)": (
+        "test_train_data_logging.py", r"torchrun|wandb_offline|curves_png"),
+    "detection and segmentation benchmarks run end to end": ("test_(detection|segmentation).py", r"bench_writes"),
+    "console scripts and benchmarks in fresh processes": ("test_cli.py", r"console_script|separate_processes"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of :data:`SLOW_GROUPS` ``slow``."""
+    import re
+
+    for item in items:
+        file_name = Path(str(item.fspath)).name
+        if any(re.fullmatch(files, file_name) and re.search(names, item.name)
+               for files, names in SLOW_GROUPS.values()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

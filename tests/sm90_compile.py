@@ -99,7 +99,7 @@ def read_ptxas_log(log: str) -> Dict[str, int]:
 
 
 def compile_row(row: Dict) -> List[Dict]:
-    from vithub.kernels.backends import triton as triton_backend
+    from vithub.kernels.backends import triton_fused as triton_backend
 
     assert not triton_backend.triton_interprets(), "run with TRITON_INTERPRET=0"
     kernels = triton_backend._kernels()

@@ -153,7 +153,7 @@ def test_redrawn_weights_reach_every_branch_and_are_reproducible():
     images = contract.random_images(2, (64, 64))
     initial = contract.make_model("vh_efficientvit_m0").eval()
     redrawn = redraw_weights(contract.make_model("vh_efficientvit_m0")).eval()
-    for (key, before), after in zip(initial.state_dict().items(), redrawn.state_dict().values()):
+    for (key, before), after in zip(initial.state_dict().items(), redrawn.state_dict().values(), strict=True):
         if before.is_floating_point():
             assert not torch.equal(before, after), key
     branch_outputs = []
@@ -163,7 +163,8 @@ def test_redrawn_weights_reach_every_branch_and_are_reproducible():
     hook.remove()
     assert branch_outputs[0].abs().mean() > 1e-2
     again = redraw_weights(contract.make_model("vh_efficientvit_m0"))
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), redrawn.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), redrawn.state_dict().values(),
+                                                  strict=True))
     other = redraw_weights(contract.make_model("vh_efficientvit_m0"), seed=1)
     assert not torch.equal(next(other.parameters()), next(redrawn.parameters()))
     ltmp = contract.make_model("vh_deit_tiny_patch16_224_ltmp")
@@ -216,7 +217,8 @@ def _onnx_matches_reference(op, inputs, tmp_path, atol=1e-5):
     with use_backend("reference"), torch.no_grad():
         expected = op(*[tensor.double() for tensor in inputs])
     expected = expected if isinstance(expected, (tuple, list)) else [expected]
-    for out, ref in zip(got, expected):
+    assert len(got) == len(expected), f"ONNX Runtime gave {len(got)} outputs, the op {len(expected)}"
+    for out, ref in zip(got, expected, strict=True):
         torch.testing.assert_close(torch.from_numpy(out).double(), ref, rtol=0, atol=atol)
 
 

@@ -4,6 +4,7 @@ arguments, carrier-token semantics at other input sizes, and checkpoint conversi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -15,12 +16,12 @@ import vithub  # noqa: F401  (registers the vh_* models)
 from vithub.backbones.fastervit import FasterViT, checkpoint_filter_fn
 from vithub.kernels import use_backend
 
-GOLDEN = "golden/fastervit_reduced_224.safetensors"
+GOLDEN = Path(__file__).parent / "golden" / "fastervit_reduced_224.safetensors"
 SMALL = dict(dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4), window_size=(7, 7, 7, 7))
 
 
-def load_golden(shared_dir):
-    path = shared_dir / GOLDEN
+def load_golden():
+    path = GOLDEN
     with safe_open(str(path), "pt") as handle:
         config = json.loads(handle.metadata()["config"])
     tensors = load_file(str(path))
@@ -28,10 +29,10 @@ def load_golden(shared_dir):
     return config, state_dict, tensors["input"], tensors["logits"]
 
 
-def test_official_golden_logits(shared_dir):
+def test_official_golden_logits():
     """The official code's reduced FasterViT (carrier tokens in stage 2, propagation on): its state dict converts,
     loads strictly under the official constructor arguments, and gives the official logits."""
-    config, state_dict, images, logits = load_golden(shared_dir)
+    config, state_dict, images, logits = load_golden()
     model = timm.create_model("vh_fastervit_0_224", **config).eval()
     assert any(".hat_attn." in key for key in state_dict), "the golden model should exercise carrier tokens"
     model.load_state_dict(checkpoint_filter_fn(state_dict, model), strict=True)
@@ -40,9 +41,9 @@ def test_official_golden_logits(shared_dir):
     torch.testing.assert_close(got, logits, rtol=0, atol=1e-4)
 
 
-def test_golden_through_timm_pretrained_loading(shared_dir, tmp_path):
+def test_golden_through_timm_pretrained_loading(tmp_path):
     """The same weights through timm's own file loading (``pretrained_cfg_overlay``) and our filter."""
-    config, state_dict, images, logits = load_golden(shared_dir)
+    config, state_dict, images, logits = load_golden()
     checkpoint = tmp_path / "fastervit_reduced.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state_dict.items()}, "epoch": 3}, checkpoint)
     overlay = dict(file=str(checkpoint), num_classes=config["num_classes"])  # else timm drops the 10-class head

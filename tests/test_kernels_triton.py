@@ -29,7 +29,7 @@ from vithub.kernels import (
     window_attention,
 )
 from vithub.kernels.backends import reference
-from vithub.kernels.backends import triton as triton_backend
+from vithub.kernels.backends import triton_fused as triton_backend
 from vithub.kernels.backends.triton_fused import Geometry, Tiles
 
 pytestmark = pytest.mark.skipif(

@@ -192,3 +192,15 @@ def test_detection_task_is_found_through_its_entry_point():
 
     assert "detection" in {entry.name for entry in entry_points(group="vithub.tasks")}
     assert "detection" in task_names() and type(get_task("detection")).__module__ == "vithub.detection.task"
+
+
+def test_the_fast_tier_keeps_tests_of_every_test_file():
+    """`pytest -m "not slow"` (tests/conftest.py's SLOW_GROUPS) leaves every test file some tests, so the fast tier
+    touches every module."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not slow", "-p",
+                             "no:cacheprovider", str(REPO_ROOT / "tests")], cwd=REPO_ROOT / "tests",
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    fast_files = {line.split("::")[0].rsplit("/", 1)[-1] for line in result.stdout.splitlines() if "::" in line}
+    all_files = {path.name for path in (REPO_ROOT / "tests").glob("test_*.py")}
+    assert all_files and all_files <= fast_files, sorted(all_files - fast_files)
