@@ -1,0 +1,154 @@
+"""ToMe (Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023), written from the paper: in every block,
+between attention and MLP, bipartite soft matching on the keys averaged over heads. The tokens after the prefix
+(class, distillation, register tokens, which never merge and never receive a merge) alternate into sets A and B;
+each A token's most cosine-similar B token is its edge; the ``r`` A tokens with the most similar edges merge into
+their B tokens by a size-weighted average; sizes add up. With proportional attention, ``log(size)`` is added to every
+key's logits, so a merged token acts as ``size`` copies of itself. ``r`` is capped per block at half the non-prefix
+tokens (``(N - prefix) // 2``), as in the paper."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .runner import Reducer, ascending, attend, descending_order, feed_forward, run_step
+
+RSchedule = Union[int, Sequence[int], Tuple[int, float]]
+
+
+def merge_schedule(r: RSchedule, depth: int) -> List[int]:
+    """Tokens to merge in each of ``depth`` blocks: an int (the same in every block), a list of one int per block, or
+    a pair ``(r, inflection)``, ToMe's schedule: linear from ``r·(1 − inflection)`` in the first block to ``r·(1 +
+    inflection)`` in the last (``(r, -1)``: 2r down to 0, the same total as a constant r), truncated to ints."""
+    shape = f"an int >= 0, a list of {depth} ints >= 0, or a pair (r, inflection)"
+    if isinstance(r, bool):
+        raise ValueError(f"r must be {shape}, got {r!r}")
+    if isinstance(r, int):
+        if r < 0:
+            raise ValueError(f"r must be >= 0, got {r}")
+        return [r] * depth
+    if isinstance(r, tuple) and len(r) == 2:
+        base, inflection = r
+        if (isinstance(base, bool) or not isinstance(base, int) or base < 0 or isinstance(inflection, bool)
+                or not isinstance(inflection, (int, float)) or not -1.0 <= inflection <= 1.0):
+            raise ValueError(f"r as (r, inflection) needs an int r >= 0 and an inflection in [-1, 1], got {r!r}")
+        start, end = base * (1.0 - inflection), base * (1.0 + inflection)
+        step = (end - start) / max(depth - 1, 1)
+        return [int(start + step * index) for index in range(depth)]
+    if isinstance(r, (list, tuple)):
+        values = list(r)
+        if len(values) != depth or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+            raise ValueError(f"r as a list needs one int >= 0 per block ({depth} blocks), got {values!r}")
+        return values
+    raise ValueError(f"r must be {shape}, got {r!r}")
+
+
+def bipartite_matching(metric: torch.Tensor, r: int, prefix: int
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ToMe's bipartite soft matching over the tokens after ``prefix``.
+
+    Args:
+        metric: ``(B, N, C)`` (keys averaged over heads).
+        r: tokens to merge (already capped at ``(N - prefix) // 2``).
+        prefix: leading tokens that take no part.
+
+    Returns:
+        ``(unmerged, sources, destinations, a_count)``: A-set indices (within A, ascending) of the tokens that stay,
+        of the ``r`` that merge (most similar first), their B-set destinations, and the size of A.
+    """
+    tokens = metric[:, prefix:]
+    tokens = tokens / tokens.norm(dim=-1, keepdim=True)
+    a, b = tokens[:, ::2], tokens[:, 1::2]
+    scores = a @ b.transpose(-1, -2)
+    best, best_index = scores.max(dim=-1)
+    order = descending_order(best)
+    sources = order[:, :r]
+    unmerged = ascending(order[:, r:])
+    destinations = best_index.gather(1, sources)
+    return unmerged, sources, destinations, a.shape[1]
+
+
+def merge_tokens(x: torch.Tensor, size: torch.Tensor, origin: torch.Tensor, r: int, prefix: int,
+                 metric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge ``r`` tokens of ``x`` ``(B, N, C)`` by size-weighted average; returns the new ``x``, ``size`` ``(B, N-r)``
+    and ``origin`` ``(B, N0)``: where each original token now is. Output order: the prefix, the unmerged A tokens,
+    then B (merged into)."""
+    unmerged, sources, destinations, a_count = bipartite_matching(metric, r, prefix)
+    batch, _, channels = x.shape
+    a_x, b_x = x[:, prefix::2], x[:, prefix + 1::2]
+    a_size, b_size = size[:, prefix::2], size[:, prefix + 1::2]
+    kept_x = a_x.gather(1, unmerged[..., None].expand(-1, -1, channels))
+    kept_size = a_size.gather(1, unmerged)
+    moved_size = a_size.gather(1, sources)
+    moved_x = a_x.gather(1, sources[..., None].expand(-1, -1, channels)) * moved_size[..., None].to(x.dtype)
+    target_index = destinations[..., None].expand(-1, -1, channels)
+    summed = (b_x * b_size[..., None].to(x.dtype)).scatter_add(1, target_index, moved_x)
+    summed_size = b_size.scatter_add(1, destinations, moved_size)
+    received = torch.zeros_like(b_size).scatter_add(1, destinations, torch.ones_like(moved_size)) > 0
+    # tokens that took no merge are copied, not divided back (x * s / s is not always x in floating point)
+    new_b = torch.where(received[..., None], summed / summed_size[..., None].to(x.dtype), b_x)
+    new_x = torch.cat([x[:, :prefix], kept_x, new_b], dim=1)
+    new_size = torch.cat([size[:, :prefix], kept_size, summed_size], dim=1)
+    # Where each current token goes: prefix stays; A tokens to their kept slot or their destination; B after.
+    kept_count = unmerged.shape[1]
+    a_target = torch.empty(batch, a_count, dtype=torch.long, device=x.device)
+    a_target.scatter_(1, unmerged, torch.arange(kept_count, device=x.device).expand(batch, -1) + prefix)
+    a_target.scatter_(1, sources, destinations + prefix + kept_count)
+    b_count = b_x.shape[1]
+    b_target = torch.arange(b_count, device=x.device).expand(batch, -1) + prefix + kept_count
+    target = torch.empty(batch, x.shape[1], dtype=torch.long, device=x.device)
+    target[:, :prefix] = torch.arange(prefix, device=x.device)
+    target[:, prefix::2] = a_target
+    target[:, prefix + 1::2] = b_target
+    return new_x, new_size, target.gather(1, origin)
+
+
+def block_forward(block: Block, x: torch.Tensor, size: Optional[torch.Tensor], origin: torch.Tensor, r: int,
+                  prefix: int, proportional: bool
+                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """One timm ``Block`` with ToMe between attention and MLP; ``size`` ``None`` means every token has size 1."""
+    x, k, _ = attend(block, x, size if proportional else None)
+    if r > 0:
+        batch, tokens, _ = x.shape
+        ones = size if size is not None else torch.ones(batch, tokens, dtype=x.dtype, device=x.device)
+        x, size, origin = merge_tokens(x, ones, origin, r, prefix, k.mean(dim=2))
+    return feed_forward(block, x), size, origin
+
+
+class ToMe(Reducer):
+    """``reduce_tokens(model, "tome", r=..., proportional_attention=True)``. ``model.token_merges`` reports the
+    tokens each block merged in the last forward (``r`` after the cap)."""
+
+    name = "tome"
+    options = ("r", "proportional_attention")
+
+    def settings(self, vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"tome takes the options {list(self.options)}, got unknown {unknown}")
+        proportional = options.get("proportional_attention", True)
+        if not isinstance(proportional, bool):
+            raise ValueError(f"proportional_attention must be True or False, got {proportional!r}")
+        return {"method": "tome", "r": merge_schedule(options.get("r", 0), len(vit.blocks)),
+                "proportional_attention": proportional}
+
+    def run(self, vit: nn.Module, x: torch.Tensor, last: Optional[int] = None, take: Sequence[int] = ()
+            ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
+        settings = vit.token_reduction
+        prefix = vit.num_prefix_tokens
+        origin = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        size: Optional[torch.Tensor] = None
+        counts, merges, taken = [], [], []
+        for index, block in enumerate(list(vit.blocks)[: None if last is None else last + 1]):
+            counts.append(x.shape[1])
+            r = min(settings["r"][index], (x.shape[1] - prefix) // 2)  # at most half the non-prefix tokens
+            merges.append(r)
+            x, size, origin = run_step(vit, block_forward, block, x, size, origin, r, prefix,
+                                       settings["proportional_attention"])
+            if index in take:
+                taken.append(x.gather(1, origin[..., None].expand(-1, -1, x.shape[-1])))  # back on the full grid
+        vit.token_counts, vit.token_merges = counts, merges
+        return x, size, taken
