@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq
 
-from vithub.kernels import exporting_onnx, gather_table_bias
+from vithub.kernels import gather_table_bias
 
 
 def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
@@ -55,11 +55,11 @@ def inplace_activation(act_layer: Callable[..., nn.Module]) -> nn.Module:
 class GELU(nn.GELU):
     """``nn.GELU`` that runs on a channels-last map's memory order: PyTorch's CPU GELU takes 1.8-2.8x longer on a
     channels-last NCHW tensor than on the same memory viewed as a contiguous NHWC one (8 x 64 x 56 x 56, measured
-    here), so such a map goes through as its NHWC view. Same module, parameters and outputs as ``nn.GELU``."""
+    here), so such a map goes through as its NHWC view. Same module, parameters and outputs as ``nn.GELU``. (An ONNX
+    export runs plain ``nn.GELU``: :mod:`vithub.export_forms`.)"""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-                and not exporting_onnx()):
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return super().forward(x)
 
@@ -182,8 +182,9 @@ class PointwiseConv2d(nn.Conv2d):
 
     On CPU, a channels-last 1x1 conv goes through oneDNN's conv path, which a plain matmul beats by 1.3-1.8x at
     batch 32 on EfficientViT's maps (measured here); an NCHW map keeps the regular conv, which is the faster of the
-    two at batch 1 on the smallest (4x4, 7x7) maps. An ONNX export always takes the conv: a graph has no memory
-    format, and ONNX Runtime folds the following BatchNorm into a Conv but not into a transposed MatMul.
+    two at batch 1 on the smallest (4x4, 7x7) maps. An ONNX export always takes the conv (:mod:`vithub.export_forms`):
+    a graph has no memory format, and ONNX Runtime folds the following BatchNorm into a Conv but not into a
+    transposed MatMul.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True, **kwargs: Any) -> None:
@@ -191,7 +192,7 @@ class PointwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Channels innermost (a channels-last map, or a channel slice of one): the matmul path.
-        if exporting_onnx() or x.dim() != 4 or x.stride(1) != 1 or x.is_contiguous():
+        if x.dim() != 4 or x.stride(1) != 1 or x.is_contiguous():
             return super().forward(x)
         out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
         return out.permute(0, 3, 1, 2)

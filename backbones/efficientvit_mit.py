@@ -18,7 +18,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, GELUTanh, SelectAdaptivePool2d
 from timm.models import generate_default_cfgs, register_model
 
-from vithub.kernels import exporting_onnx, relu_linear_attention
+from vithub.kernels import relu_linear_attention
 
 from ._common import (
     SequentialStage,
@@ -162,18 +162,16 @@ class LiteMLA(nn.Module):
         batch, _, height, width = x.shape
         qkv = self.qkv(x)
         multi_scale = torch.cat([qkv] + [op(qkv) for op in self.aggreg], dim=1)
-        # Channel c belongs to group c // (3 * dim) and holds that group's [q, k, v]; heads-last view of it.
-        if exporting_onnx():
-            # Split channel-major and permuted last: the export form of the op permutes back, so in ONNX Runtime
-            # the two permutes meet and both go (B1: no Transpose left, against 21 in timm's export).
-            q, k, v = (part.permute(0, 3, 1, 2) for part in  # (B, tokens, heads, dim)
-                       multi_scale.view(batch, -1, 3 * self.dim, height * width).split(self.dim, dim=2))
-            out = relu_linear_attention(q, k, v, eps=self.eps)
-            return self.proj(out.permute(0, 2, 3, 1).reshape(batch, -1, height, width))
+        return self.proj(self._attend(multi_scale, batch, height, width))
+
+    def _attend(self, multi_scale: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+        """Every (scale, head) group's attention over the map, as the NCHW map the projection takes. Channel ``c``
+        belongs to group ``c // (3 * dim)`` and holds that group's ``[q, k, v]``; the op sees its heads-last view.
+        (An ONNX export splits them channel-major: :mod:`vithub.export_forms`.)"""
         groups = multi_scale.permute(0, 2, 3, 1).reshape(batch, height, width, -1, 3 * self.dim)
         q, k, v = groups.split(self.dim, dim=-1)
         out = relu_linear_attention(q, k, v, eps=self.eps)
-        return self.proj(out.reshape(batch, height, width, -1).permute(0, 3, 1, 2))
+        return out.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
 class ResidualBlock(nn.Module):

@@ -27,7 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d, SqueezeExcite, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 
-from vithub.kernels import exporting_onnx, table_bias_attention
+from vithub.kernels import table_bias_attention
 
 from ._common import (
     BiasTableMixin,
@@ -141,10 +141,6 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
         """The heads' outputs concatenated along channels, as an NCHW map: the attention before its projection."""
         batch, _, height, width = x.shape
         bias = self.gathered_bias((height, width), (height, width), 1)
-        # In an ONNX export the heads' outputs are concatenated as NCHW maps: ONNX Runtime plans its own layouts,
-        # and there each head's permutes cancel with the attention form's, where the channels-last concat would
-        # leave two Transpose nodes per head (measured: M5 lost 6-7% to them, benchmarks/profile_onnxruntime.py).
-        channel_concat = exporting_onnx()
         groups = x.chunk(self.num_heads, dim=1)
         outputs = []
         feature = groups[0]
@@ -155,23 +151,28 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
             # The table stays fp32 under autocast; the op takes it in the activations' dtype (a no-op in fp32).
             out = table_bias_attention(heads_last(dw(q)), heads_last(k), heads_last(v),
                                        gathered_bias=bias[index:index + 1].to(q.dtype))
-            if channel_concat:
-                feature = out.permute(0, 3, 4, 1, 2).view(batch, -1, height, width)
-                outputs.append(feature)
-            else:
-                outputs.append(out.reshape(batch, height, width, -1))
-                feature = outputs[-1].permute(0, 3, 1, 2)
-        if channel_concat:
-            return torch.cat(outputs, dim=1)
-        # Eager: concatenated channels-last, since a channel concat of the NCHW views makes an NCHW map at batch 1
-        # and everything after it would leave the channels-last kernels.
-        return torch.cat(outputs, dim=-1).permute(0, 3, 1, 2)
+            feature, kept = self._head_output(out, batch, height, width)
+            outputs.append(kept)
+        return self._concat_heads(outputs)
+
+    def _head_output(self, out: torch.Tensor, batch: int, height: int, width: int
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A head's ``(B, H, W, 1, C)`` output as the next head's NCHW input and as what :meth:`_concat_heads`
+        joins: channels-last (an ONNX export keeps NCHW maps instead, :mod:`vithub.export_forms`)."""
+        kept = out.reshape(batch, height, width, -1)
+        return kept.permute(0, 3, 1, 2), kept
+
+    def _concat_heads(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Concatenated channels-last, since a channel concat of the NCHW views makes an NCHW map at batch 1 and
+        everything after it would leave the channels-last kernels."""
+        return torch.cat(list(outputs), dim=-1).permute(0, 3, 1, 2)
 
 
 class LocalWindowAttention(nn.Module):
     """Cascaded group attention inside non-overlapping windows of ``min(window, H) x min(window, W)``; a map that is
     not a window multiple is zero-padded at the bottom/right (the padding takes part as keys, as in timm and the
-    official code) and cropped after."""
+    official code) and cropped after. (An ONNX export cuts the NCHW map and projects once after stitching:
+    :mod:`vithub.export_forms`.)"""
 
     def __init__(self, dim: int, key_dim: int, num_heads: int = 8, attn_ratio: float = 4.0, resolution: int = 14,
                  window_resolution: int = 7, kernels: Sequence[int] = (5, 5, 5, 5)) -> None:
@@ -188,18 +189,6 @@ class LocalWindowAttention(nn.Module):
         if (height, width) == (wh, ww):
             return self.attn(x)
         pad_b, pad_r = (-height) % wh, (-width) % ww
-        if exporting_onnx():  # ONNX Runtime plans its own layouts: the NCHW cut takes fewer Transpose nodes
-            x = F.pad(x, (0, pad_r, 0, pad_b))
-            rows, cols = (height + pad_b) // wh, (width + pad_r) // ww
-            x = x.view(batch, channels, rows, wh, cols, ww).permute(0, 2, 4, 1, 3, 5)
-            # The projection (ReLU, 1x1 conv) is pointwise, so it runs after the windows are stitched and cropped:
-            # ONNX Runtime then fuses the residual add into its conv and keeps the map in its blocked layout for
-            # the convs that follow (FFN, downsampling), where a projection per window left each of them between
-            # layout reorders (EfficientViT-M5: 15 nodes fewer, benchmarks/profile_onnxruntime.py).
-            x = self.attn.forward_heads(x.reshape(batch * rows * cols, channels, wh, ww))
-            mixed = x.shape[1]
-            x = x.view(batch, rows, cols, mixed, wh, ww).permute(0, 3, 1, 4, 2, 5)
-            return self.attn.proj(x.reshape(batch, mixed, rows * wh, cols * ww)[:, :, :height, :width])
         # Windows are cut and stitched in the channels-last view, so a channels-last map (the model's layout) stays
         # channels-last: its 1x1 convs keep their matmul path and its depthwise convs oneDNN's NHWC kernels.
         x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))

@@ -8,7 +8,7 @@ arXiv:2306.06189). Two convolutional stages, then stages of hierarchical attenti
   :func:`vithub.kernels.window_attention`), then each window attends over its tokens plus its own carriers, carriers
   included as queries (:func:`vithub.kernels.carrier_window_attention`, zero bias for any pair with a carrier;
   while exporting to ONNX the stage holds its map as per-window sequences, the official layout, and each window
-  attends through :func:`vithub.kernels.table_bias_attention`: see :meth:`HATBlock.forward_sequences`);
+  attends through :func:`vithub.kernels.table_bias_attention`: see :mod:`vithub.export_forms`);
 * where ``do_propagation`` is set, the last block of a stage adds the carriers back onto their windows (nearest
   upsampling);
 * position information comes from SwinV2-style continuous MLPs: a log-spaced relative-coordinate MLP gives the
@@ -49,11 +49,8 @@ from timm.models import generate_default_cfgs, register_model
 
 from vithub.kernels import (
     carrier_window_attention,
-    exporting_onnx,
     pair,
-    table_bias_attention,
     window_attention,
-    window_bias,
 )
 
 from ._common import (
@@ -112,7 +109,8 @@ def _eval_cached(module: nn.Module, size: Size, compute: Callable[[Size], torch.
     loading weights or any in-place update recomputes it. The official code evaluates these MLPs on every forward;
     at batch 1 they are about 5% of FasterViT-0's eval time on CPU."""
     params = tuple(module.parameters())
-    if (module.training or torch.compiler.is_compiling() or exporting_onnx()
+    # is_compiling() also holds while torch.export (and so an ONNX export) traces: nothing traced is kept.
+    if (module.training or torch.compiler.is_compiling()
             or (torch.is_grad_enabled() and any(param.requires_grad for param in params))):
         return compute(size)
     key = (size, params[0].device, params[0].dtype, tuple(param._version for param in params))
@@ -125,11 +123,9 @@ def _eval_cached(module: nn.Module, size: Size, compute: Callable[[Size], torch.
 
 
 def tokenwise(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """A token-wise ``layer`` (a linear, an MLP) over the last dim of ``x``. While exporting to ONNX it runs on the 2-D
-    token matrix: there ONNX Runtime fuses each linear and its bias into one Gemm, where a 3-D or higher input
-    exports as a MatMul plus a separate Add."""
-    if not exporting_onnx():
-        return layer(x)
+    """A token-wise ``layer`` (a linear, an MLP) over the last dim of ``x``, run on the 2-D token matrix: each linear
+    is then one matmul with its bias fused (``addmm``; one Gemm in an ONNX export), where a 4-D or 5-D input takes a
+    matmul and a separate bias add (and a 3-D or higher one exports as MatMul plus Add). Same values."""
     out = layer(x.reshape(-1, x.shape[-1]))
     return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -221,19 +217,6 @@ class WindowAttention(nn.Module):
                                                     scale=self.scale)
         out = torch.cat([out.reshape(batch, map_tokens, channels), carrier_out.reshape(batch, -1, channels)], dim=1)
         return self.proj_drop(tokenwise(self.proj, out))
-
-    def forward_sequences(self, tokens: torch.Tensor, window: Size, carriers: int) -> torch.Tensor:
-        """``tokens``: ``(..., carriers + wh*ww, C)``, one sequence per window: its carriers, then its tokens in
-        raster order (the official layout). Same attention as :meth:`forward_with_carriers`, as dense attention with
-        the window bias padded by zeros for every pair with a carrier; the ONNX export form (see :class:`HATBlock`)."""
-        length, channels = tokens.shape[-2:]
-        sequences = math.prod(tokens.shape[:-2])
-        qkv = tokenwise(self.qkv, tokens).view(sequences, 1, length, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(3)
-        rpb = self.pos_emb_funct(window).to(q.dtype)
-        bias = F.pad(window_bias(rpb, window), (carriers, 0, carriers, 0))
-        out = table_bias_attention(q, k, v, scale=self.scale, gathered_bias=bias)
-        return self.proj_drop(tokenwise(self.proj, out.reshape(tokens.shape)))
 
 
 def _layer_scale(value: Optional[float], dim: int) -> Optional[nn.Parameter]:
@@ -341,32 +324,6 @@ class HATBlock(nn.Module):
             upsampled = self._propagated(carriers).permute(0, 1, 3, 2, 4, 5)
             x = x + _scaled(self.gamma1, upsampled.reshape(x.shape))
         return x, carriers
-
-    def forward_sequences(self, windows: torch.Tensor, carriers: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` with carriers, on the map held as windows, the official layout: ``windows``
-        ``(B, H/w, W/w, w*w, C)`` (each window's tokens in raster order), ``carriers`` ``(B, H/w, W/w, ct*ct, C)``.
-
-        The ONNX export form (see :meth:`FasterViTStage.forward`): each window attends as one sequence, its carriers
-        then its tokens, with :func:`vithub.kernels.table_bias_attention` and the window bias padded by zeros for
-        every pair with a carrier. ONNX Runtime then runs one concatenation and one split per block; the eager form's
-        token matrix exports as a carrier concatenation per q, k and v, a split of every projection's output and a
-        window partition per block.
-        """
-        if not self.hierarchical:
-            raise RuntimeError("carriers were given to a HAT block built without carrier-token modules")
-        w = self.window_size
-        tokens_per_window, channels = windows.shape[-2:]
-        carriers_per_window = carriers.shape[3]
-        windows = windows + self.pos_embed((w, w)).reshape(tokens_per_window, channels)
-        carriers = self._carrier_attention(carriers)
-        tokens = torch.cat([carriers, windows], dim=3)
-        attended = self.attn.forward_sequences(self.norm1(tokens), (w, w), carriers_per_window)
-        tokens = tokens + self.drop_path(_scaled(self.gamma3, attended))
-        tokens = tokens + self.drop_path(_scaled(self.gamma4, tokenwise(self.mlp, self.norm2(tokens))))
-        carriers, windows = tokens.split([carriers_per_window, tokens_per_window], dim=3)
-        if self.last and self.do_propagation:
-            windows = windows + _scaled(self.gamma1, self._propagated(carriers).reshape(windows.shape))
-        return windows, carriers
 
     def _carrier_attention(self, carriers: torch.Tensor) -> torch.Tensor:
         """Global attention among all carriers: one window spanning the carrier grid."""
@@ -482,18 +439,16 @@ class FasterViTStage(nn.Module):
         carriers = None
         if self.global_tokenizer is not None and rows * cols > 1:
             carriers = self.global_tokenizer(x, w)
-        x = x.permute(0, 2, 3, 1)
-        if carriers is not None and exporting_onnx():
-            # The export holds the map as windows from the first block to the last, as the official code does, so
-            # the exported graph partitions and restores it once per stage instead of once per block.
-            windows = split_windows(x, w)
-            for block in self.blocks:
-                windows, carriers = block.forward_sequences(windows, carriers)
-            x = merge_windows(windows, w)
-        else:
-            for block in self.blocks:
-                x, carriers = self._run(block, x, carriers)
+        x = self._attention_blocks(x.permute(0, 2, 3, 1), carriers)
         return x[:, :height, :width].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+    def _attention_blocks(self, x: torch.Tensor, carriers: Optional[torch.Tensor]) -> torch.Tensor:
+        """The HAT blocks on the padded NHWC map (and its carriers, when the stage has them). An ONNX export holds
+        the map as per-window sequences across the blocks instead, as the official code does:
+        :mod:`vithub.export_forms`."""
+        for block in self.blocks:
+            x, carriers = self._run(block, x, carriers)
+        return x
 
 
 def _as_list(value: Union[int, Sequence[int]], count: int, name: str) -> List[int]:

@@ -196,10 +196,12 @@ def _check_export_arguments(path: Union[str, Path], opset: int, batch_size: int)
 
 def _trace_to_onnx(model: torch.nn.Module, example: torch.Tensor, staging: Path, opset: int,
                    dynamic_shapes: Optional[tuple], external_data: Optional[bool]) -> None:
-    """``torch.onnx.export`` (dynamo) of ``model`` into ``staging``; a failure becomes an ExportError with the
-    root cause's first line."""
+    """``torch.onnx.export`` (dynamo) of ``model``, its blocks in their export forms (:mod:`vithub.export_forms`),
+    into ``staging``; a failure becomes an ExportError with the root cause's first line."""
+    from vithub.export_forms import export_forms
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), export_forms(model):
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                         dynamic_shapes=dynamic_shapes, verbose=False, report=False)
             # A second optimizer pass: the first removes pairs of inverse transposes (a model's NCHW-to-heads-last

@@ -18,6 +18,7 @@ if __name__ != "vithub.kernels":  # imported as a top-level `kernels` from a clo
 else:
     from . import backends  # noqa: F401  (importing it registers the backends)
     from ._validation import pair
+    from .ordering import ascending, descending_order, host_values
     from .backends.reference import window_bias
     from .backends.torch_tiled import gather_table_bias
     from .backends.triton_fused import triton_available, triton_refusal
@@ -51,15 +52,18 @@ __all__ = [
     "OPS",
     "Backend",
     "BackendUnavailableError",
+    "ascending",
     "available_backends",
     "backend_refusals",
     "carrier_window_attention",
     "current_backend",
+    "descending_order",
     "exporting_onnx",
     "gather_table_bias",
     "get_backend",
     "pair",
     "global_attention",
+    "host_values",
     "neighborhood_attention",
     "relu_linear_attention",
     "rpb_from_swin_table",

@@ -23,6 +23,8 @@ import contract
 import vithub
 from vithub.export import ExportError, export_onnx, redraw_weights
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 pytest.importorskip("onnxruntime", reason="ONNX export tests need the export extra: pip install 'vithub[export]'")
 pytest.importorskip("onnxscript", reason="ONNX export tests need the export extra: pip install 'vithub[export]'")
 
@@ -480,3 +482,50 @@ def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_co
     for flags, control in (([], True), (["--no-control"], False)):
         assert main(["bench", "export", "--export-models", "vh_levit_128s", "--output", "", *flags]) == 0
         assert calls[-1]["control"] is control and calls[-1]["pairs"] == [("vh_levit_128s", None)]
+
+
+def test_backbones_keep_one_forward_per_block():
+    """The ONNX export forms live in ``vithub.export_forms`` (a module swap) and the kernel layer: no family file
+    asks whether it is being exported."""
+    for path in (REPO_ROOT / "backbones").rglob("*.py"):
+        text = path.read_text()
+        for needle in ("exporting_onnx", "is_in_onnx_export", "is_exporting"):
+            assert needle not in text, f"{path.relative_to(REPO_ROOT)} has an export branch ({needle})"
+
+
+def test_export_forms_swap_only_the_layout_and_always_swap_back():
+    """Every export form is a subclass of its eager class that adds no parameter, buffer or constructor; inside
+    ``export_forms`` the modules run them, and the eager classes come back on exit, an exception included."""
+    from vithub.export_forms import EXPORT_FORMS, export_forms
+
+    for eager, form in EXPORT_FORMS.items():
+        assert issubclass(form, eager) and "__init__" not in vars(form), form
+    model = contract.make_model("vh_efficientvit_m0").eval()
+    classes = {name: type(module) for name, module in model.named_modules()}
+    keys = list(model.state_dict())
+    with pytest.raises(RuntimeError, match="left early"):
+        with export_forms(model):
+            swapped = {name for name, module in model.named_modules() if type(module) is not classes[name]}
+            assert swapped and all(type(model.get_submodule(name)) is EXPORT_FORMS[classes[name]]
+                                   for name in swapped)
+            raise RuntimeError("left early")
+    assert {name: type(module) for name, module in model.named_modules()} == classes
+    assert list(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("name, size", [("vh_fastervit_0_224", (240, 200)), ("vh_efficientvit_m0", (240, 176)),
+                                        ("vh_efficientvit_b0", (64, 64))])
+def test_a_plain_torch_onnx_export_runs_the_eager_layouts(name, size, tmp_path):
+    """Without ``vithub.export_onnx`` (so without the export forms) a plain ``torch.onnx.export`` still works: the
+    attention ops switch to standard operators inside the kernel layer; carrier windows and padded windows
+    included."""
+    import onnxruntime
+
+    model = redraw_weights(contract.make_model(name)).eval()
+    images = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        torch.onnx.export(model, (images,), dynamo=True, verbose=False, report=False).save(str(tmp_path / "m.onnx"))
+        expected = model(images)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)

@@ -157,17 +157,21 @@ def test_export_form_holding_windows_as_sequences_equals_the_eager_form(monkeypa
     window tokens) across their blocks: in float64, with layer scale, propagation, padding and a non-square carrier
     grid, that form gives the eager form's logits."""
     from vithub.backbones.fastervit import HATBlock
+    from vithub.export_forms import EXPORT_FORMS, export_forms
 
     model = _randomise_norms(_model(layer_scale=0.5, do_propagation=True)).double()
     images = torch.randn(2, 3, 230, 200, dtype=torch.float64)
     calls = []
-    original = HATBlock.forward_sequences
-    monkeypatch.setattr(HATBlock, "forward_sequences", lambda self, *args: calls.append(self) or original(self, *args))
+    form = EXPORT_FORMS[HATBlock]
+    original = form.forward_sequences
+    monkeypatch.setattr(form, "forward_sequences", lambda self, *args: calls.append(self) or original(self, *args))
     with torch.no_grad():
         eager = model(images)
         assert not calls
-        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-        exported_form = model(images)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)  # the ops' export forms too
+        with export_forms(model):
+            exported_form = model(images)
+        assert all(type(block) is HATBlock for block in model.stages[2].blocks)  # the eager classes are back
     assert len(calls) == len(model.stages[2].blocks) and calls[-1].do_propagation
     torch.testing.assert_close(exported_form, eager, rtol=1e-10, atol=1e-10)
 

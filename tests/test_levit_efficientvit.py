@@ -256,6 +256,8 @@ def test_efficientvit_m_export_form_projects_stitched_windows_once_and_equals_ea
     add into that conv and keeps its blocked layout through the convs after it. In float64, on padded windows of a
     non-square map (240 x 176: stage 1 is 15 x 11, windows of 7 padded to 21 x 14), with random statistics, that
     form gives the eager logits."""
+    from vithub.export_forms import export_forms
+
     _, ours = twins("efficientvit_m1")
     ours = ours.double()
     attention = ours.stages[0].blocks[0].mixer.m
@@ -266,8 +268,9 @@ def test_efficientvit_m_export_form_projects_stitched_windows_once_and_equals_ea
         eager = ours(x)
         assert projected[0][0] == 2 * 3 * 2  # eager projects each window (the channels-last speed path)
         projected.clear()
-        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-        exported_form = ours(x)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)  # the ops' export forms too
+        with export_forms(ours):
+            exported_form = ours(x)
     assert projected == [(2, attention.attn.val_dim * attention.attn.num_heads, 15, 11)]
     torch.testing.assert_close(exported_form, eager, rtol=1e-10, atol=1e-10)
 

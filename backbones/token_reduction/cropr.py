@@ -12,9 +12,9 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
-from vithub.kernels import global_attention
+from vithub.kernels import ascending, descending_order, global_attention
 
-from .runner import Reducer, ascending, descending_order, run_step
+from .runner import Reducer, run_step
 
 
 class CroprRouter(nn.Module):

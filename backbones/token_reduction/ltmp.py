@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from vithub.kernels import exporting_onnx
+from vithub.kernels import host_values
 
 from .runner import Reducer, attend, feed_forward, run_step
 
@@ -118,14 +118,17 @@ def compact_tokens(tensors: Sequence[torch.Tensor], alive: torch.Tensor, prefix:
                    ) -> Tuple[List[torch.Tensor], torch.Tensor, int]:
     """Drop what no image of the batch still has: within A and within B, each image's live tokens move to the front
     in their order and both parts shrink to the batch's longest; the rest is padding (``alive`` False). Returns the
-    gathered ``tensors`` (``(B, N, ...)``), ``alive`` and the new size of A."""
-    parts, kept = [], []
-    for start, stop in ((prefix, prefix + a_count), (prefix + a_count, alive.shape[1])):
-        part_alive = alive[:, start:stop]
-        keep = int(part_alive.sum(dim=1).max()) if part_alive.shape[1] else 0
-        parts.append((~part_alive).to(torch.uint8).argsort(dim=1, stable=True)[:, :keep] + start)
-        kept.append(keep)
-    new_a = kept[0]
+    gathered ``tensors`` (``(B, N, ...)``), ``alive`` and the new size of A. Where the live counts cannot be read
+    (an ONNX export has no host side) every token stays: the masks already leave the dropped ones out."""
+    bounds = ((prefix, prefix + a_count), (prefix + a_count, alive.shape[1]))
+    longest = host_values(torch.stack([alive[:, start:stop].sum(dim=1).amax() if stop > start
+                                       else torch.zeros((), dtype=torch.long, device=alive.device)
+                                       for start, stop in bounds]))
+    if longest is None:
+        return list(tensors), alive, a_count
+    parts = [(~alive[:, start:stop]).to(torch.uint8).argsort(dim=1, stable=True)[:, :keep] + start
+             for (start, stop), keep in zip(bounds, longest)]
+    new_a = longest[0]
     index = torch.cat([torch.arange(prefix, device=alive.device).expand(alive.shape[0], -1), *parts], dim=1)
     gathered = [tensor.gather(1, index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(
         -1, -1, *tensor.shape[2:])) for tensor in tensors]
@@ -228,12 +231,12 @@ class LTMP(Reducer):
                                       merge_thresholds[index], prune_thresholds[index], settings["tau"],
                                       settings["proportional_attention"], hard)
             leaving.append(alive.sum(dim=1, dtype=torch.float32))
-            if hard and not exporting_onnx():  # what every image dropped leaves the batch: fewer tokens next
+            if hard:  # what every image dropped leaves the batch: fewer tokens next
                 (x, size), alive, a_count = compact_tokens((x, size), alive, prefix, a_count)
         ratio = ltmp_flops_ratio(entering, leaving, tokens, dim).mean()
-        if not exporting_onnx():  # Python-side statistics; an exported graph has no place for them
-            vit.token_counts = torch.stack(entering).mean(dim=1).tolist()
-            vit.flops_ratio = float(ratio.detach())
+        statistics = host_values(torch.cat([torch.stack(entering).mean(dim=1), ratio[None]]))
+        if statistics is not None:  # Python-side statistics (an exported graph has none)
+            vit.token_counts, vit.flops_ratio = statistics[:-1], statistics[-1]
         vit.token_reduction_losses = (
             {"flops": settings["flops_weight"] * (settings["flops_ratio"] - ratio) ** 2} if vit.training else {})
         return x, size * alive.to(size.dtype), []

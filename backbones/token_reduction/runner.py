@@ -1,6 +1,6 @@
 """What the token-reduction methods share: the check that a timm ``Block`` can be run from its parts, the two halves
 of such a block (attention through :func:`vithub.kernels.global_attention`, then the MLP), gradient checkpointing
-around a block step, ONNX-safe orderings, and :class:`Reducer`, the interface each method implements."""
+around a block step, and :class:`Reducer`, the interface each method implements."""
 
 from __future__ import annotations
 
@@ -13,25 +13,10 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vithub.kernels import exporting_onnx, global_attention
+from vithub.kernels import global_attention
 
 _BLOCK_PARTS = {"norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"}
 _ATTENTION_PARTS = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"}
-
-
-def descending_order(values: torch.Tensor) -> torch.Tensor:
-    """Indices that sort ``values`` along the last dim, largest first, ties in index order. In an ONNX export this
-    is a full-length TopK (ONNX's TopK keeps ties in index order too), as ONNX has no stable sort."""
-    if exporting_onnx():
-        return values.topk(values.shape[-1], dim=-1, largest=True, sorted=True).indices
-    return values.argsort(dim=-1, descending=True, stable=True)
-
-
-def ascending(indices: torch.Tensor) -> torch.Tensor:
-    """``indices`` (distinct ints) sorted along the last dim (a TopK in an ONNX export)."""
-    if exporting_onnx():
-        return indices.topk(indices.shape[-1], dim=-1, largest=False, sorted=True).values
-    return indices.sort(dim=-1).values
 
 
 def check_block(block: nn.Module, index: int) -> None:

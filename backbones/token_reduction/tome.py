@@ -14,7 +14,9 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .runner import Reducer, ascending, attend, descending_order, feed_forward, run_step
+from vithub.kernels import ascending, descending_order
+
+from .runner import Reducer, attend, feed_forward, run_step
 
 RSchedule = Union[int, Sequence[int], Tuple[int, float]]
 

@@ -1,0 +1,33 @@
+"""Token bookkeeping that token reduction needs with a form for every way a model runs: stable orderings (ONNX has
+no stable sort, so an export takes TopK, which keeps ties in index order too) and Python-side values of a tensor
+(an exported graph has no host side)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from .registry import exporting_onnx
+
+
+def descending_order(values: torch.Tensor) -> torch.Tensor:
+    """Indices that sort ``values`` along the last dim, largest first, ties in index order."""
+    if exporting_onnx():
+        return values.topk(values.shape[-1], dim=-1, largest=True, sorted=True).indices
+    return values.argsort(dim=-1, descending=True, stable=True)
+
+
+def ascending(indices: torch.Tensor) -> torch.Tensor:
+    """``indices`` (distinct ints) sorted along the last dim."""
+    if exporting_onnx():
+        return indices.topk(indices.shape[-1], dim=-1, largest=False, sorted=True).values
+    return indices.sort(dim=-1).values
+
+
+def host_values(tensor: torch.Tensor) -> Optional[Any]:
+    """``tensor``'s values as Python numbers (``tolist()``), or ``None`` while ``torch.onnx.export`` traces: what
+    needs them (statistics, data-dependent sizes) has no place in an exported graph and is left out there."""
+    if exporting_onnx():
+        return None
+    return tensor.detach().tolist()
