@@ -184,10 +184,15 @@ class LocalWindowAttention(nn.Module):
                                            kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
+        height, width = x.shape[-2:]
         wh, ww = min(self.window_resolution, height), min(self.window_resolution, width)
         if (height, width) == (wh, ww):
             return self.attn(x)
+        return self._windowed(x, wh, ww)
+
+    def _windowed(self, x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+        """The attention on each ``wh x ww`` window of the zero-padded map, cropped back."""
+        batch, channels, height, width = x.shape
         pad_b, pad_r = (-height) % wh, (-width) % ww
         # Windows are cut and stitched in the channels-last view, so a channels-last map (the model's layout) stays
         # channels-last: its 1x1 convs keep their matmul path and its depthwise convs oneDNN's NHWC kernels.

@@ -95,11 +95,8 @@ class _CascadedHeadsExport(CascadedGroupAttention):
 
 @_export_form_of(LocalWindowAttention)
 class _WindowsExport(LocalWindowAttention):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _windowed(self, x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
         batch, channels, height, width = x.shape
-        wh, ww = min(self.window_resolution, height), min(self.window_resolution, width)
-        if (height, width) == (wh, ww):
-            return self.attn(x)
         pad_b, pad_r = (-height) % wh, (-width) % ww
         x = F.pad(x, (0, pad_r, 0, pad_b))
         rows, cols = (height + pad_b) // wh, (width + pad_r) // ww

@@ -139,49 +139,49 @@ def _run_export(args: argparse.Namespace, output: str) -> None:
 
 # --- detection, segmentation, tokens, data ------------------------------------------------------------------------
 
-def _on_gpu(args: argparse.Namespace) -> bool:
-    return args.device.startswith("cuda")
+def _dense_arguments(parser: argparse.ArgumentParser, backbones: tuple, prefix: str, img_size_help: str,
+                     gpu_batch: int) -> None:
+    """The flags detection and segmentation share (``--det-*``/``--seg-*`` are the older spellings)."""
+    _backbones(parser, backbones)
+    parser.add_argument("--img-size", f"--{prefix}-img-size", type=positive_int("--img-size"), default=None,
+                        help=img_size_help)
+    parser.add_argument("--batch-size", f"--{prefix}-batch-size", type=positive_int("--batch-size"), default=None,
+                        help=f"training batch (default 2 on CPU, {gpu_batch} on CUDA)")
+    _amp(parser)
+
+
+def _dense_settings(args: argparse.Namespace, gpu_batch: int) -> Dict[str, object]:
+    """Batch size and autocast: the given ones, else CPU fp32 at batch 2, CUDA bf16 at ``gpu_batch``."""
+    gpu = args.device.startswith("cuda")
+    return {"batch_size": args.batch_size or (gpu_batch if gpu else 2), "repeats": args.repeats,
+            "device": args.device, "amp": args.amp or ("bfloat16" if gpu else None)}
 
 
 def _detection_arguments(parser: argparse.ArgumentParser) -> None:
     from .detection import DEFAULT_BACKBONES
 
-    _backbones(parser, DEFAULT_BACKBONES)
-    parser.add_argument("--img-size", "--det-img-size", type=positive_int("--img-size"), default=None,
-                        help="short side of the scale (default 320 on CPU, 800 on CUDA)")
-    parser.add_argument("--batch-size", "--det-batch-size", type=positive_int("--batch-size"), default=None,
-                        help="training batch (default 2 on CPU, 8 on CUDA)")
-    _amp(parser)
+    _dense_arguments(parser, DEFAULT_BACKBONES, "det", "short side of the scale (default 320 on CPU, 800 on CUDA)", 8)
 
 
 def _run_detection(args: argparse.Namespace, output: str) -> None:
     from .detection import bench_detection
 
-    gpu = _on_gpu(args)
-    bench_detection(backbones=args.backbones, img_size=args.img_size or (800 if gpu else 320),
-                    batch_size=args.batch_size or (8 if gpu else 2), repeats=args.repeats, device=args.device,
-                    amp=args.amp or ("bfloat16" if gpu else None), output=output)
+    img_size = args.img_size or (800 if args.device.startswith("cuda") else 320)
+    bench_detection(backbones=args.backbones, img_size=img_size, output=output, **_dense_settings(args, 8))
 
 
 def _segmentation_arguments(parser: argparse.ArgumentParser) -> None:
     from .segmentation import DEFAULT_BACKBONES
 
-    _backbones(parser, DEFAULT_BACKBONES)
+    _dense_arguments(parser, DEFAULT_BACKBONES, "seg", "crop side (default 512)", 16)
     parser.add_argument("--head", default="upernet", choices=["upernet", "fpn"])
-    parser.add_argument("--img-size", "--seg-img-size", type=positive_int("--img-size"), default=512,
-                        help="crop side")
-    parser.add_argument("--batch-size", "--seg-batch-size", type=positive_int("--batch-size"), default=None,
-                        help="training batch (default 2 on CPU, 16 on CUDA)")
-    _amp(parser)
 
 
 def _run_segmentation(args: argparse.Namespace, output: str) -> None:
     from .segmentation import bench_segmentation
 
-    gpu = _on_gpu(args)
-    bench_segmentation(backbones=args.backbones, head=args.head, img_size=args.img_size,
-                       batch_size=args.batch_size or (16 if gpu else 2), repeats=args.repeats, device=args.device,
-                       amp=args.amp or ("bfloat16" if gpu else None), output=output)
+    bench_segmentation(backbones=args.backbones, head=args.head, img_size=args.img_size or 512, output=output,
+                       **_dense_settings(args, 16))
 
 
 def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
