@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from vithub.train.config import TrainConfig, option
 from vithub.train.data import DataBundle, DataError, UnreadableLimit
-from vithub.train.tasks import LossFn, Task
+from vithub.train.tasks import LossFn, Task, optimizer_options
 
 from .coco import (
     SYNTHETIC_CLASSES,
@@ -168,7 +168,8 @@ class DetectionTask(Task):
         from timm.optim import create_optimizer_v2
 
         groups = detection_param_groups(model, config.weight_decay, config.layer_decay)
-        return create_optimizer_v2(groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay)
+        return create_optimizer_v2(groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
+                                   **optimizer_options(config))
 
     def batch_groups(self, dataset: Any) -> Optional[Sequence[int]]:
         return dataset.aspect_groups()

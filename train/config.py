@@ -56,9 +56,44 @@ class TrainConfig:
         None, "reduce the tokens of a timm ViT while training and in the saved model: METHOD:key=value,..., e.g. "
         "tome:r=13, tome:r=(16,-1), ltmp:flops_ratio=0.7 (trains the thresholds only) or cropr:rate=8 (adds the "
         "auxiliary losses) (vithub.reduce_tokens)")
-    mixup: float = option(0.0)
-    cutmix: float = option(0.0)
+    mixup: float = option(0.0, "mixup alpha (0: off)")
+    cutmix: float = option(0.0, "cutmix alpha (0: off)")
+    cutmix_minmax: Optional[List[float]] = option(None, "cutmix area ratio MIN MAX (turns cutmix on; overrides its "
+                                                  "alpha)")
+    mixup_prob: float = option(1.0, "probability that a batch is mixed (mixup or cutmix)")
+    mixup_switch_prob: float = option(0.5, "probability of cutmix instead of mixup when both are on")
+    mixup_mode: str = option("batch", "mixup/cutmix drawn per batch, pair or element",
+                             choices=("batch", "pair", "elem"))
     smoothing: float = option(0.1)
+    bce_loss: bool = option(False, "binary cross-entropy instead of cross-entropy (as timm's --bce-loss)")
+    bce_target_thresh: Optional[float] = option(None, "with --bce-loss, targets at or above it become 1")
+    # Training augmentation: timm's create_transform (image folders and dataset specs; the digits keep their own).
+    aa: Optional[str] = option(None, "AutoAugment policy in timm's syntax, e.g. rand-m9-mstd0.5-inc1, augmix-m5, "
+                               "original")
+    reprob: float = option(0.0, "random erasing probability")
+    remode: str = option("pixel", "random erasing fill", choices=("const", "rand", "pixel"))
+    recount: int = option(1, "random erasing count")
+    color_jitter: float = option(0.4, "colour jitter strength (timm leaves it out when --aa is set)")
+    scale: Optional[List[float]] = option(None, "random-resized-crop scale MIN MAX (default 0.08 1.0)")
+    ratio: Optional[List[float]] = option(None, "random-resized-crop aspect ratio MIN MAX (default 0.75 1.333)")
+    hflip: float = option(0.5, "horizontal flip probability")
+    vflip: float = option(0.0, "vertical flip probability")
+    train_interpolation: Optional[str] = option(None, "training resize interpolation (default: the model's)",
+                                                choices=("random", "bilinear", "bicubic", "nearest"))
+    aug_repeats: int = option(0, "repeated augmentation: each image this many times an epoch, its copies on "
+                              "different processes, the epoch as long as without (0: off)")
+    drop: float = option(0.0, "classifier dropout (timm's drop_rate)")
+    lr_base: Optional[float] = option(None, "without --lr: the lr for a global batch of --lr-base-size, scaled to "
+                                      "the run's global batch (batch x processes x accumulation), as timm does")
+    lr_base_size: int = option(256, "the global batch --lr-base is meant for")
+    lr_base_scale: Optional[str] = option(None, "how --lr-base scales (default: sqrt for ada*/lamb optimizers, else "
+                                          "linear)", choices=("linear", "sqrt"))
+    warmup_lr: float = option(1e-5, "lr at the start of the warmup")
+    cooldown_epochs: int = option(0, "epochs at --min-lr after the schedule, added to --epochs")
+    opt_eps: Optional[float] = option(None, "optimizer epsilon (default: the optimizer's)")
+    opt_betas: Optional[List[float]] = option(None, "optimizer betas B1 B2 (default: the optimizer's)")
+    momentum: float = option(0.9, "SGD momentum")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across torchrun processes")
     model_ema: bool = option(False)
     model_ema_decay: float = option(0.998)
     amp: Optional[str] = option(None, "mixed precision (CUDA)", choices=("bfloat16", "float16"))
@@ -101,11 +136,50 @@ class TrainConfig:
             raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}")
         if not 0.0 <= self.max_unreadable <= 1.0:
             raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}")
+        self._check_augmentation()
+
+    @property
+    def total_epochs(self) -> int:
+        """The epochs a run lasts: the schedule's, then the cooldown's."""
+        return self.epochs + self.cooldown_epochs
+
+    def _check_augmentation(self) -> None:
+        for name in ("reprob", "hflip", "vflip", "mixup_prob", "mixup_switch_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        for name, minimum in (("recount", 1), ("aug_repeats", 0), ("lr_base_size", 1), ("cooldown_epochs", 0)):
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        for name in ("scale", "ratio", "cutmix_minmax", "opt_betas"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or (name != "opt_betas" and value[0] > value[1])):
+                raise ValueError(f"{name} takes two numbers" + ("" if name == "opt_betas" else " MIN MAX, MIN <= MAX")
+                                 + f", got {list(value)}")
+        if self.lr_base is not None and self.lr_base <= 0:
+            raise ValueError(f"lr_base must be > 0, got {self.lr_base}")
+        if self.aa:
+            from timm.data import create_transform
+
+            try:  # timm parses the policy string when it builds the transform
+                create_transform(32, is_training=True, auto_augment=self.aa)
+            except Exception as error:
+                raise ValueError(f"aa: {self.aa!r} is not an AutoAugment policy timm knows (e.g. "
+                                 f"rand-m9-mstd0.5-inc1, augmix-m5, original): {error}") from None
+
+
+def scaled_lr(config: TrainConfig, world: int) -> float:
+    """``config.lr_base`` scaled from a global batch of ``lr_base_size`` to the run's (``batch_size * world *
+    grad_accum_steps``): linearly, or by the square root for ada*/lamb optimizers unless ``lr_base_scale`` says,
+    as timm's ``train.py`` does."""
+    ratio = config.batch_size * world * config.grad_accum_steps / config.lr_base_size
+    scale = config.lr_base_scale or ("sqrt" if any(name in config.opt.lower() for name in ("ada", "lamb"))
+                                     else "linear")
+    return config.lr_base * (ratio ** 0.5 if scale == "sqrt" else ratio)
 
 
 # Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
 RESUME_FIXED = ("task", "model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs",
-                "img_size", "task_options", "token_reduction")
+                "img_size", "task_options", "token_reduction", "aug_repeats", "cooldown_epochs")
 # Options whose default (None) means "the task's default" (Task.defaults).
 TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "sched", "min_lr",
                   "decay_rate")

@@ -199,20 +199,37 @@ def dataset_spec_prefix(data: str) -> Optional[str]:
     return None
 
 
+def train_augmentation(config: Any) -> Dict[str, Any]:
+    """The training-transform keywords of timm's ``create_transform`` that a :class:`~vithub.train.TrainConfig`
+    sets, under timm's meanings (``--aa``, ``--reprob``/``--remode``/``--recount``, ``--color-jitter``,
+    ``--scale``/``--ratio``, ``--hflip``/``--vflip``, ``--train-interpolation``)."""
+    options: Dict[str, Any] = {"auto_augment": config.aa, "re_prob": config.reprob, "re_mode": config.remode,
+                               "re_count": config.recount, "color_jitter": config.color_jitter,
+                               "hflip": config.hflip, "vflip": config.vflip}
+    for name in ("scale", "ratio"):
+        if getattr(config, name):
+            options[name] = tuple(getattr(config, name))
+    if config.train_interpolation:
+        options["interpolation"] = config.train_interpolation
+    return options
+
+
 def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any], data_dir: Optional[str] = None,
-               train_split: str = "train", val_split: str = "validation", download: bool = False) -> DataBundle:
+               train_split: str = "train", val_split: str = "validation", download: bool = False,
+               train_augmentation: Optional[Dict[str, Any]] = None) -> DataBundle:
     """``data``: ``None`` or ``"digits"`` for the embedded default; a folder holding ``train/`` and ``val/`` with
     one sub-folder of images per class (the classes of both must match); or a timm dataset spec such as
     ``"torch/cifar10"`` or ``"hfds/<name>"``, read from ``data_dir`` (``download``: let torchvision fetch it there)
-    with ``train_split`` and ``val_split``."""
+    with ``train_split`` and ``val_split``. ``train_augmentation``: timm ``create_transform`` keywords for the training
+    transform only (RandAugment, random erasing, flips, crop ranges: :func:`train_augmentation`)."""
     if data in (None, DIGITS):
         size = image_size or DIGITS_SIZE
         return DataBundle(DigitsDataset("train", size), DigitsDataset("val", size), 10,
                           [str(i) for i in range(10)], DIGITS, (3, size, size))
     from timm.data import create_transform
 
-    transforms = {split: create_transform(**dict(data_config, is_training=split == "train"))
-                  for split in ("train", "val")}
+    transforms = {"train": create_transform(**dict(data_config, is_training=True, **(train_augmentation or {}))),
+                  "val": create_transform(**dict(data_config, is_training=False))}
     input_size = tuple(data_config["input_size"])
     prefix = dataset_spec_prefix(data)
     if prefix is not None:

@@ -17,7 +17,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -42,7 +42,7 @@ from .checkpoint import (
     set_rng_state,
     state_dict_mismatch,
 )
-from .config import RESUME_FIXED, TrainConfig
+from .config import RESUME_FIXED, TrainConfig, scaled_lr
 from .data import DataBundle, DataError, UnreadableLimit
 from .reporting import WandbRun, require_wandb, write_curves
 from .tasks import ClassificationTask, LossFn, Task, TrainingError, get_task
@@ -59,10 +59,15 @@ class EpochBatches(Sampler):
     ``start`` (a resumed epoch skips what it has seen, so the order matches an unbroken run)."""
 
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
-                 world: int = 1, groups: Optional[Sequence[int]] = None) -> None:
+                 world: int = 1, groups: Optional[Sequence[int]] = None, repeats: int = 0) -> None:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(size, generator=generator).tolist()
         step = batch_size * world
+        if repeats > 1:
+            if groups is not None:
+                raise ValueError("aug_repeats: repeated augmentation does not combine with grouped batches")
+            self.batches = repeated_batches(order, repeats, batch_size, rank, world)[start:]
+            return
         global_batches = ([order[i:i + step] for i in range(0, size - step + 1, step)] if groups is None
                           else grouped_batches(order, groups, step))
         self.batches = [batch[rank * batch_size:(rank + 1) * batch_size] for batch in global_batches][start:]
@@ -72,6 +77,19 @@ class EpochBatches(Sampler):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def repeated_batches(order: Sequence[int], repeats: int, batch_size: int, rank: int, world: int
+                     ) -> List[List[int]]:
+    """Repeated augmentation (Hoffer et al.; timm's ``RepeatAugSampler``): each index of ``order`` ``repeats`` times
+    in a row, dealt to the processes in turn, so the copies of one image go to different processes (and get
+    different augmentations); the epoch keeps the length it has without repeats (``len(order) // (batch_size *
+    world)`` global batches), so it covers the first ``1/repeats`` of the order. Returns process ``rank``'s
+    batches."""
+    repeated = [index for index in order for _ in range(repeats)]
+    mine = repeated[rank::world]
+    count = len(order) // (batch_size * world)
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(count)]
 
 
 def grouped_batches(order: Sequence[int], groups: Sequence[int], size: int) -> List[List[int]]:
@@ -159,7 +177,10 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     """Train ``config.model`` on ``config.data`` for ``config.task``; returns the summary also written to
     ``output/summary.json`` (other torchrun ranks return only their rank and whether the ranks agree)."""
     task = get_task(config.task)
+    lr_unset = config.lr is None
     config = task.resolve(config)
+    if lr_unset and config.lr_base is not None:  # timm's rule: lr_base scaled to the run's global batch
+        config = replace(config, lr=scaled_lr(config, int(os.environ.get("WORLD_SIZE", "1"))))
     config.check()
     if config.wandb:
         require_wandb()  # before any data or model work
@@ -181,7 +202,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         start_logging(run)
         try:
             show_progress = run.main and (sys.stderr.isatty() if config.progress is None else config.progress)
-            while run.progress.epoch < config.epochs:
+            while run.progress.epoch < config.total_epochs:
                 train_one_epoch(run, show_progress)
                 end_epoch(run)
             summary = finish(run, resume_path)
@@ -212,15 +233,21 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
         _load_initial(model, config.initial_checkpoint)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if world > 1 and config.sync_bn:  # before the optimizer and EMA see the model (same parameters either way)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = task.build_optimizer(config, model)
     groups = task.batch_groups(data.train)
+    if groups is not None and config.aug_repeats > 1:
+        raise ValueError(f"aug_repeats: the {task.name} task batches by group (aspect ratio), which repeated "
+                         "augmentation does not combine with")
     total_batches = batches_per_epoch(len(data.train), config.batch_size, world, groups)
     if total_batches == 0:
         raise ValueError(f"batch_size {config.batch_size} x {world} processes is larger than the "
                          f"{len(data.train)} training images" + (" (of any one aspect-ratio group)" if groups else ""))
     updates_per_epoch = max(1, total_batches // config.grad_accum_steps)
     scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=config.epochs,
-                                       warmup_epochs=config.warmup_epochs, min_lr=config.min_lr,
+                                       warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                                       cooldown_epochs=config.cooldown_epochs, min_lr=config.min_lr,
                                        decay_rate=config.decay_rate,
                                        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
@@ -276,7 +303,7 @@ def train_one_epoch(run: Run, show_progress: bool = False) -> None:
     config, progress = run.config, run.progress
     run.model.train()
     sampler = EpochBatches(len(run.data.train), config.batch_size, config.seed, progress.epoch,
-                           progress.batch_in_epoch, run.rank, run.world, run.groups)
+                           progress.batch_in_epoch, run.rank, run.world, run.groups, config.aug_repeats)
     if hasattr(run.data.train, "set_epoch"):  # datasets that draw their augmentation from (seed, epoch, index)
         run.data.train.set_epoch(progress.epoch)
     # The loader's own generator seeds its workers; without one it would draw from the global RNG, which a resumed
@@ -284,7 +311,8 @@ def train_one_epoch(run: Run, show_progress: bool = False) -> None:
     loader = DataLoader(run.data.train, batch_sampler=sampler, num_workers=config.workers,
                         collate_fn=run.task.collate_fn,
                         generator=torch.Generator().manual_seed(config.seed * 100_003 + progress.epoch))
-    bar = _progress_bar(run.batches_per_epoch, progress.batch_in_epoch, progress.epoch, config.epochs, show_progress)
+    bar = _progress_bar(run.batches_per_epoch, progress.batch_in_epoch, progress.epoch, config.total_epochs,
+                        show_progress)
     epoch_start = time.time()
     loss_sum, loss_count = progress.epoch_loss
     amp_dtype = getattr(torch, config.amp) if config.amp else torch.float32
@@ -371,7 +399,7 @@ def end_epoch(run: Run) -> None:
     columns = run.task.epoch_columns(metrics)
     shown = " ".join(f"{key} {columns[key]:.3f}" for key in ("val_loss", *run.task.curve_metrics, "flops_ratio")
                      if key in columns)
-    _logger.info("epoch %d/%d: train_loss %.4f %s", progress.epoch, config.epochs, row["train_loss"], shown)
+    _logger.info("epoch %d/%d: train_loss %.4f %s", progress.epoch, config.total_epochs, row["train_loss"], shown)
 
 
 def save_checkpoint(run: Run, tag: str) -> None:
@@ -402,7 +430,7 @@ def finish(run: Run, resume_path: Optional[Path]) -> Dict[str, Any]:
     summary = {
         "world_size": run.world, "ranks_identical": ranks_identical, "task": config.task,
         "model": config.model, "data": data.description, "num_classes": data.num_classes, "classes": data.classes,
-        "epochs": config.epochs, **metrics, "metric_names": list(metrics),
+        "epochs": config.total_epochs, **metrics, "metric_names": list(metrics),
         "best_checkpoint": progress.best[0]["file"] if progress.best else None,
         "seconds": round(time.time() - run.started, 2),
         "images_per_second": round(run.images_seen / run.train_seconds, 2) if run.train_seconds else None,

@@ -36,12 +36,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup, resolve_data_config
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
 from .config import DEFAULT_MODEL, SCHEDULE_DEFAULTS, TASK_DEFAULTED, TrainConfig
-from .data import DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable
+from .data import DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable, train_augmentation
 
 _logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Task(ABC):
         """timm's optimizer (no weight decay on 1-D parameters and the model's ``no_weight_decay`` names; layer
         decay through its ``group_matcher``)."""
         return create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
-                                   layer_decay=config.layer_decay)
+                                   layer_decay=config.layer_decay, **optimizer_options(config))
 
     def batch_groups(self, dataset: Any) -> Optional[Sequence[int]]:
         """A group id per training sample when batches must not mix groups; ``None``: any mix."""
@@ -169,6 +169,40 @@ def auxiliary_loss(model: torch.nn.Module, loss: torch.Tensor, criterion: Option
     return loss
 
 
+def optimizer_options(config: TrainConfig) -> Dict[str, Any]:
+    """The keywords of timm's ``create_optimizer_v2`` beyond lr and weight decay: ``--momentum``, and ``--opt-eps``
+    and ``--opt-betas`` where given (else the optimizer's own)."""
+    options: Dict[str, Any] = {"momentum": config.momentum}
+    if config.opt_eps is not None:
+        options["eps"] = config.opt_eps
+    if config.opt_betas is not None:
+        options["betas"] = tuple(config.opt_betas)
+    return options
+
+
+def mixup_for(config: TrainConfig, num_classes: int) -> Optional[Mixup]:
+    """timm's ``Mixup`` for the run (``--mixup``, ``--cutmix``, ``--cutmix-minmax``, ``--mixup-prob``,
+    ``--mixup-switch-prob``, ``--mixup-mode``; label smoothing goes into its soft targets), or ``None`` when off."""
+    if not (config.mixup > 0 or config.cutmix > 0 or config.cutmix_minmax is not None):
+        return None
+    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
+                 cutmix_minmax=tuple(config.cutmix_minmax) if config.cutmix_minmax else None,
+                 prob=config.mixup_prob, switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
+                 label_smoothing=config.smoothing, num_classes=num_classes)
+
+
+def criterion_for(config: TrainConfig, mixed: bool) -> torch.nn.Module:
+    """The training loss timm's ``train.py`` picks: soft-target cross-entropy (or BCE) after mixup, which carries
+    the smoothing; else label smoothing (or BCE with it); else plain cross-entropy (``--bce-loss`` included)."""
+    if mixed:
+        return (BinaryCrossEntropy(target_threshold=config.bce_target_thresh) if config.bce_loss
+                else SoftTargetCrossEntropy())
+    if config.smoothing > 0:
+        return (BinaryCrossEntropy(smoothing=config.smoothing, target_threshold=config.bce_target_thresh)
+                if config.bce_loss else LabelSmoothingCrossEntropy(config.smoothing))
+    return torch.nn.CrossEntropyLoss()
+
+
 def data_config_for(config: TrainConfig) -> Dict[str, Any]:
     """The preprocessing of a run, as a timm data config: image folders and dataset specs take the model's pretrained
     cfg (read from a model built on the meta device: no weights are made or downloaded for it), with ``img_size``
@@ -194,20 +228,20 @@ class ClassificationTask(Task):
 
     def build_data(self, config: TrainConfig) -> DataBundle:
         return build_data(config.data, config.img_size or 0, data_config_for(config), config.data_dir,
-                          config.train_split, config.val_split, config.dataset_download)
+                          config.train_split, config.val_split, config.dataset_download, train_augmentation(config))
 
     def build_model(self, config: TrainConfig, data: DataBundle) -> torch.nn.Module:
         kwargs: Dict[str, Any] = {"num_classes": data.num_classes}
+        if config.drop:
+            kwargs["drop_rate"] = config.drop
         if config.drop_path is not None:
             kwargs["drop_path_rate"] = config.drop_path
         model = timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
         return apply_model_transform("token_reduction", model, config.token_reduction)
 
     def training_loss(self, config: TrainConfig, data: DataBundle) -> LossFn:
-        mixup = (Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
-                       num_classes=data.num_classes) if config.mixup > 0 or config.cutmix > 0 else None)
-        criterion = SoftTargetCrossEntropy() if mixup else (
-            LabelSmoothingCrossEntropy(config.smoothing) if config.smoothing > 0 else torch.nn.CrossEntropyLoss())
+        mixup = mixup_for(config, data.num_classes)
+        criterion = criterion_for(config, mixup is not None)
 
         def loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             if mixup is not None:

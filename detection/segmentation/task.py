@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from vithub.train.checkpoint import atomic_write
 from vithub.train.config import TrainConfig, option
 from vithub.train.data import DataBundle, DataError, UnreadableLimit
-from vithub.train.tasks import LossFn, Task, TrainingError
+from vithub.train.tasks import LossFn, Task, TrainingError, optimizer_options
 
 from ..detectors import detection_param_groups
 from .data import (
@@ -177,7 +177,8 @@ class SegmentationTask(Task):
         from timm.optim import create_optimizer_v2
 
         groups = detection_param_groups(model, config.weight_decay, config.layer_decay)
-        return create_optimizer_v2(groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay)
+        return create_optimizer_v2(groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
+                                   **optimizer_options(config))
 
     def move_to_device(self, inputs: Any, targets: Any, device: torch.device) -> Any:
         if isinstance(inputs, list):
