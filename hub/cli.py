@@ -134,6 +134,25 @@ def _info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="model name, e.g. vh_nat_tiny or vh_nat_tiny.in1k")
 
 
+def _recipes_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", default=None, help="a recipe to print whole (values and sources)")
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from vithub.train.recipes import RECIPES, get_recipe
+
+    if args.name is not None:
+        try:
+            print(json.dumps(get_recipe(args.name).as_dict(), indent=2))
+        except ValueError as error:
+            print(f"vithub: error: {error}", file=sys.stderr)
+            return 2
+        return 0
+    for name in sorted(RECIPES):
+        print(f"{name:<20}{RECIPES[name].values.get('model', '-'):<22}{RECIPES[name].description}")
+    return 0
+
+
 def _push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a `vithub train` output folder, or a checkpoint (.safetensors, .state.pt)")
     parser.add_argument("repo_id", help="namespace/name (or name, in your namespace)")
@@ -217,6 +236,8 @@ COMMANDS = (
     Command("info", "pretrained cfg and feature_info of one model", _info_arguments, _cmd_info),
     Command("train", "fine-tune a timm model (default: the embedded digits data set)", _train_arguments, _cmd_train),
     Command("validate", "evaluate a model and checkpoint on a validation split", _validate_arguments, _cmd_validate),
+    Command("recipes", "the official ImageNet recipe presets of vithub train --recipe", _recipes_arguments,
+            _cmd_recipes),
     Command("push", "publish a training run's best weights (or a checkpoint) to the Hub", _push_arguments, _cmd_push),
     Command("pull", "download a model repo into the cache and verify its weights", _pull_arguments, _cmd_pull),
     Command("export", "export a model to ONNX, check it and compare ONNX Runtime with eager", _export_arguments,

@@ -6,15 +6,17 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Dict, List, Optional, Sequence, Set
 
-from .config import SCHEDULE_DEFAULTS, TASK_DEFAULTED, TrainConfig, add_config_arguments, config_from_args
+from .config import EXPLICIT, SCHEDULE_DEFAULTS, TASK_DEFAULTED, TrainConfig, add_config_arguments, config_from_args
 from .data import DataError
-from .engine import TrainingError, train, validate
+from .engine import TrainingError, resolve_config, train, validate
 from .reporting import WandbStartError, WandbUnavailableError
 from .tasks import task_classes, task_names
 
+# Flags of the command itself, not options of a run (not TrainConfig fields).
+COMMAND_FLAGS = ("print_config",)
 # The options vithub validate shares with vithub train (same flags, same defaults).
 VALIDATE_OPTIONS = ("task", "model", "data", "data_dir", "val_split", "max_unreadable", "batch_size", "img_size",
                     "device")
@@ -25,6 +27,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     has them)."""
     add_config_arguments(parser, choices={"task": task_names()}, extra_help=task_defaults_help())
     add_task_option_arguments(parser)
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration (recipe, flags, task defaults) as JSON and exit")
 
 
 def task_defaults_help() -> Dict[str, str]:
@@ -63,7 +67,9 @@ def add_task_option_arguments(parser: argparse.ArgumentParser) -> None:
 
 def task_config_from_args(values: dict):
     """A :class:`TrainConfig` from parsed arguments, with the chosen task's own options in ``task_options``."""
-    config = config_from_args(values)
+    from .recipes import apply_recipe
+
+    config = apply_recipe(config_from_args(values), values.get(EXPLICIT) or set())
     chosen = [task_cls for task_cls in task_classes() if task_cls.name == config.task]
     if chosen and chosen[0].options is not None:
         names = {option_field.name for option_field in fields(chosen[0].options)}
@@ -115,7 +121,11 @@ def add_verbosity_arguments(parser: argparse.ArgumentParser, default: object = 0
 
 def run_train(args: argparse.Namespace) -> int:
     try:
-        summary = train(task_config_from_args(vars(args)))
+        config = task_config_from_args(vars(args))
+        if getattr(args, "print_config", False):
+            print(json.dumps(asdict(resolve_config(config)), indent=2))
+            return 0
+        summary = train(config)
     except (DataError, TrainingError, ValueError, WandbUnavailableError, WandbStartError) as error:
         print(f"vithub train: error: {error}", file=sys.stderr)
         return 2

@@ -27,6 +27,9 @@ class TrainConfig:
     """Options of ``vithub train``, named as in timm's ``train.py`` where it has them."""
 
     task: str = option(DEFAULT_TASK, "what to train: a task registered in vithub.train.tasks")
+    recipe: Optional[str] = option(None, "an official ImageNet recipe preset (vithub recipes lists them); options "
+                                   "given explicitly override its values")
+    recipe_applied: Optional[str] = option(None, "the recipe whose values this config holds", cli=False)
     model: Optional[str] = option(None, "any timm model name (ours: vh_*)")
     pretrained: bool = option(False, "start from the model's pretrained weights")
     initial_checkpoint: Optional[str] = option(
@@ -214,6 +217,26 @@ def _argument_kwargs(config_field: Any, hint: Any, absent_when_unset: bool = Fal
     return kwargs
 
 
+EXPLICIT = "explicit_options"  # the parsed namespace's set of the options given on the command line
+
+
+class _Given:
+    """Mixed into an argparse action: records its option in the namespace's :data:`EXPLICIT` set, so that a
+    recipe does not overwrite what was typed (even a value equal to the default)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        super().__call__(parser, namespace, values, option_string)  # type: ignore[misc]
+        setattr(namespace, EXPLICIT, set(getattr(namespace, EXPLICIT, None) or ()) | {self.dest})  # type: ignore
+
+
+class _GivenValue(_Given, argparse._StoreAction):
+    pass
+
+
+class _GivenSwitch(_Given, argparse._StoreTrueAction):
+    pass
+
+
 def add_config_arguments(parser: Any, names: Optional[Iterable[str]] = None,
                          choices: Optional[Dict[str, Sequence[Any]]] = None, config_class: type = None,
                          absent_when_unset: bool = False, extra_help: Optional[Dict[str, str]] = None) -> None:
@@ -234,6 +257,7 @@ def add_config_arguments(parser: Any, names: Optional[Iterable[str]] = None,
         if choices and config_field.name in choices:
             kwargs["choices"] = list(choices[config_field.name])
         flags = ["--" + config_field.name.replace("_", "-"), *config_field.metadata["flags"]]
+        kwargs["action"] = _GivenSwitch if kwargs.get("action") == "store_true" else _GivenValue
         parser.add_argument(*flags, dest=config_field.name, **kwargs)
 
 

@@ -177,11 +177,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     """Train ``config.model`` on ``config.data`` for ``config.task``; returns the summary also written to
     ``output/summary.json`` (other torchrun ranks return only their rank and whether the ranks agree)."""
     task = get_task(config.task)
-    lr_unset = config.lr is None
-    config = task.resolve(config)
-    if lr_unset and config.lr_base is not None:  # timm's rule: lr_base scaled to the run's global batch
-        config = replace(config, lr=scaled_lr(config, int(os.environ.get("WORLD_SIZE", "1"))))
-    config.check()
+    config = resolve_config(config, task)
     if config.wandb:
         require_wandb()  # before any data or model work
     device = _device(config)
@@ -216,6 +212,22 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def resolve_config(config: TrainConfig, task: Optional[Task] = None) -> TrainConfig:
+    """The configuration a run uses: its recipe's values where no option was given, the task's defaults for the
+    options left unset, the lr scaled from ``lr_base`` to the global batch (torchrun's ``WORLD_SIZE`` processes)
+    when no lr was given, checked."""
+    from .recipes import apply_recipe
+
+    config = apply_recipe(config)
+    task = task or get_task(config.task)
+    lr_unset = config.lr is None
+    config = task.resolve(config)
+    if lr_unset and config.lr_base is not None:  # timm's rule: lr_base scaled to the run's global batch
+        config = replace(config, lr=scaled_lr(config, int(os.environ.get("WORLD_SIZE", "1"))))
+    config.check()
+    return config
 
 
 def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, world: int = 1) -> Run:

@@ -1,0 +1,68 @@
+"""vithub train --recipe: the official recipe presets reach the resolved configuration, options given explicitly
+win (even at their default values), --print-config shows the result without training, and every preset names a
+source for each value."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import pytest
+import timm
+
+import vithub  # noqa: F401  (registers the vh_* models)
+from vithub import cli
+from vithub.train import TrainConfig
+from vithub.train.engine import resolve_config
+from vithub.train.recipes import RECIPES, apply_recipe
+
+OPTION_NAMES = {field.name for field in fields(TrainConfig)}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_is_a_valid_configuration_with_a_source_for_each_value(name):
+    recipe = RECIPES[name]
+    assert set(recipe.values) <= OPTION_NAMES, set(recipe.values) - OPTION_NAMES
+    assert all(name in recipe.sources or "*" in recipe.sources for name in recipe.values)
+    assert all(" @ " in source and len(source.rsplit(" @ ", 1)[1]) == 40 for source in recipe.sources.values())
+    assert timm.is_model(recipe.values["model"])
+    config = resolve_config(TrainConfig(recipe=name))  # checked, as a run would be
+    assert all(getattr(config, option) == value for option, value in recipe.values.items())
+    assert config.recipe_applied == name and config.recipe is None
+
+
+def test_nat_tiny_recipe_holds_the_official_values():
+    """The values of SHI-Labs' configs/nat_tiny.yml and train.py defaults (the design notes quote lr 1e-3 at 128
+    per GPU, 300 epochs, warmup 20, cooldown 10, wd 0.05, cosine)."""
+    config = resolve_config(TrainConfig(recipe="nat_tiny_in1k"))
+    assert (config.lr, config.batch_size, config.epochs, config.warmup_epochs, config.cooldown_epochs,
+            config.weight_decay, config.sched, config.opt) == (1e-3, 128, 300, 20, 10, 0.05, "cosine", "adamw")
+    assert (config.aa, config.reprob, config.mixup, config.cutmix, config.smoothing, config.drop_path) == (
+        "rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 0.1, 0.2)
+    assert config.total_epochs == 310
+
+
+def test_options_given_explicitly_override_the_recipe(capsys):
+    # from Python: what differs from the defaults wins
+    config = resolve_config(TrainConfig(recipe="nat_tiny_in1k", mixup=0.5, epochs=30))
+    assert (config.mixup, config.epochs, config.cutmix) == (0.5, 30, 1.0)
+    # on the command line: what was typed wins, even a value equal to the default (mixup off)
+    assert cli.main(["train", "--recipe", "dinat_tiny_in1k", "--mixup", "0", "--lr-base", "5e-4", "--lr",
+                     "2e-4", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["model"], printed["mixup"], printed["cutmix"], printed["lr"], printed["recipe_applied"]) == (
+        "vh_dinat_tiny", 0.0, 1.0, 2e-4, "dinat_tiny_in1k")
+    assert apply_recipe(apply_recipe(TrainConfig(recipe="nat_tiny_in1k", mixup=0.0), {"mixup"})).mixup == 0.0
+
+
+def test_recipes_command_and_bad_names(capsys):
+    assert cli.main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in RECIPES)
+    assert cli.main(["recipes", "nat_tiny_in1k"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["values"]["model"] == "vh_nat_tiny" and "classification/configs/nat_tiny.yml" in shown["sources"]["lr"]
+    assert cli.main(["recipes", "nat_tiny"]) == 2
+    assert "unknown recipe 'nat_tiny'" in capsys.readouterr().err
+    assert cli.main(["train", "--recipe", "nat_tiny", "--print-config"]) == 2
+    assert "recipe: unknown recipe 'nat_tiny'" in capsys.readouterr().err
