@@ -26,9 +26,10 @@ def test_every_recipe_is_a_valid_configuration_with_a_source_for_each_value(name
     assert all(name in recipe.sources or "*" in recipe.sources for name in recipe.values)
     assert all(" @ " in source and len(source.rsplit(" @ ", 1)[1]) == 40 for source in recipe.sources.values())
     assert timm.is_model(recipe.values["model"])
-    config = resolve_config(TrainConfig(recipe=name))  # checked, as a run would be
-    assert all(getattr(config, option) == value for option, value in recipe.values.items())
-    assert config.recipe_applied == name and config.recipe is None
+    applied = apply_recipe(TrainConfig(recipe=name))
+    assert all(getattr(applied, option) == value for option, value in recipe.values.items())
+    assert applied.recipe_applied == name and applied.recipe is None
+    resolve_config(TrainConfig(recipe=name)).check()  # a valid run configuration
 
 
 def test_nat_tiny_recipe_holds_the_official_values():
@@ -66,3 +67,16 @@ def test_recipes_command_and_bad_names(capsys):
     assert "unknown recipe 'nat_tiny'" in capsys.readouterr().err
     assert cli.main(["train", "--recipe", "nat_tiny", "--print-config"]) == 2
     assert "recipe: unknown recipe 'nat_tiny'" in capsys.readouterr().err
+
+
+def test_swin_recipe_scales_lr_warmup_and_min_lr_by_the_global_batch_as_its_main_py(monkeypatch):
+    """Swin's main.py: lr, warmup lr and min lr x (batch x GPUs / 512); at its 8 x 128 that is 1e-3, 1e-6, 1e-5."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    config = resolve_config(TrainConfig(recipe="swin_tiny_in1k"))
+    assert (config.lr, config.warmup_lr, config.min_lr) == pytest.approx((1e-3, 1e-6, 1e-5))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    single = resolve_config(TrainConfig(recipe="swin_tiny_in1k", batch_size=64))
+    assert (single.lr, single.warmup_lr, single.min_lr) == pytest.approx((5e-4 / 8, 5e-7 / 8, 5e-6 / 8))
+    plain = resolve_config(TrainConfig(lr_base=5e-4, lr_base_size=512, lr_base_scale="linear", batch_size=64,
+                                       min_lr=5e-6))
+    assert plain.min_lr == 5e-6  # without lr_base_bounds only the lr scales (timm's rule)

@@ -225,7 +225,9 @@ def resolve_config(config: TrainConfig, task: Optional[Task] = None) -> TrainCon
     lr_unset = config.lr is None
     config = task.resolve(config)
     if lr_unset and config.lr_base is not None:  # timm's rule: lr_base scaled to the run's global batch
-        config = replace(config, lr=scaled_lr(config, int(os.environ.get("WORLD_SIZE", "1"))))
+        lr = scaled_lr(config, int(os.environ.get("WORLD_SIZE", "1")))
+        bounds = lr / config.lr_base if config.lr_base_bounds else 1.0  # Swin's rule scales them all
+        config = replace(config, lr=lr, min_lr=config.min_lr * bounds, warmup_lr=config.warmup_lr * bounds)
     config.check()
     return config
 
