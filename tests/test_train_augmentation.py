@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from PIL import Image
 from timm.data.auto_augment import RandAugment
@@ -173,3 +174,18 @@ def test_cli_takes_the_options_with_timms_names(capsys, tmp_path):
         "rand-m9-mstd0.5-inc1", 0.25, [0.35, 1.0], 0.3, [0.9, 0.99], 5e-4, 10, True, True, 3)
     assert cli.main(["--aa", "nonsense", "--output", str(tmp_path / "run")]) == 2
     assert "aa: 'nonsense' is not an AutoAugment policy" in capsys.readouterr().err
+
+
+def test_clip_mode_takes_timms_clipping(monkeypatch, tmp_path):
+    """--clip-mode reaches timm's dispatch_clip_grad, with the head left out for AGC as timm's train.py does."""
+    from vithub.train import engine, train
+
+    calls = []
+    real = engine.dispatch_clip_grad
+    monkeypatch.setattr(engine, "dispatch_clip_grad",
+                        lambda parameters, value, mode: calls.append((len(list(parameters)), value, mode)))
+    train(TrainConfig(output=str(tmp_path / "run"), epochs=1, batch_size=512, progress=False, img_size=16,
+                      clip_grad=0.02, clip_mode="agc"))
+    model_parameters = len(list(timm.create_model("vh_efficientvit_m0", num_classes=10).parameters()))
+    assert calls and calls[0] == (model_parameters - 2, 0.02, "agc")
+    assert real is not None

@@ -103,7 +103,9 @@ class TrainConfig:
     model_ema_decay: float = option(0.998)
     amp: Optional[str] = option(None, "mixed precision (CUDA)", choices=("bfloat16", "float16"))
     grad_accum_steps: int = option(1)
-    clip_grad: Optional[float] = option(None)
+    clip_grad: Optional[float] = option(None, "clip gradients at this norm (value, or AGC factor: --clip-mode)")
+    clip_mode: str = option("norm", "how --clip-grad clips (timm's: the head is left out of agc)",
+                            choices=("norm", "value", "agc"))
     channels_last: bool = option(False)
     torchcompile: bool = option(False)
     seed: int = option(42)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, dispatch_clip_grad, model_parameters
 from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import (
@@ -372,7 +372,9 @@ def _optimizer_step(run: Run) -> None:
     config, progress = run.config, run.progress
     if config.clip_grad is not None:
         run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.clip_grad)
+        # timm's train.py: adaptive clipping leaves the classifier (the last two parameters) out
+        dispatch_clip_grad(model_parameters(run.model, exclude_head=config.clip_mode == "agc"), config.clip_grad,
+                           mode=config.clip_mode)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
