@@ -24,8 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.models import model_parameters
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, dispatch_clip_grad, model_parameters
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import (
