@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -165,4 +165,4 @@ class _FasterVitStageExport(FasterViTStage):
         return merge_windows(windows, self.window_size)
 
 
-__all__: List[str] = ["EXPORT_FORMS", "export_forms"]
+__all__ = ["EXPORT_FORMS", "export_forms"]

@@ -92,14 +92,16 @@ def test_console_script_and_module_entry_points():
         assert result.returncode == 0, result.stderr
 
 
-def test_model_bench_writes_table_and_json(tmp_path, capsys, monkeypatch):
+def test_model_bench_writes_table_and_json(tmp_path, caplog, monkeypatch):
     from vithub.bench import models as bench_models
+
+    caplog.set_level(logging.INFO, logger="vithub")  # the table goes through vithub's loggers
 
     monkeypatch.setattr(bench_models, "REFERENCE_TRAIN_MAX_BATCH", 0)  # exercise the skip path cheaply
     output = tmp_path / "models.json"
     payload = bench_models.run_model_bench(output=str(output), models=["vh_nat_mini"], batch_sizes=[1],
                                            backends=["torch", "reference"], repeats=1, img_size=32)
-    table = capsys.readouterr().out
+    table = caplog.text
     assert "vh_nat_mini" in table and "skipped" in table
     saved = json.loads(output.read_text())
     assert saved == json.loads(json.dumps(payload))
@@ -194,3 +196,22 @@ def test_bench_writes_into_the_current_directory_by_default(tmp_path, monkeypatc
     for flags in (["-q", "bench", "data"], ["bench", "data", "-q"]):
         assert cli.main([*flags, "--images", "4", "--image-side", "32", "--repeats", "1", "--output", ""]) == 0
         assert "ReadableSamples / timm time" not in capsys.readouterr().out
+
+
+def test_each_bench_target_keeps_its_defaults():
+    """The table's defaults are the ones the flat parser had: repeats per target, batches 1 8 32 where a target
+    times batch sizes, and the dense benches' CPU/GPU sizes."""
+    from vithub.bench.cli import _dense_settings
+
+    parser = cli.build_parser()
+    defaults = {target: parser.parse_args(["bench", target]) for target in
+                ("kernels", "models", "gpu", "data", "detection", "segmentation", "tokens", "export")}
+    assert {target: args.repeats for target, args in defaults.items()} == {
+        "kernels": 7, "models": 3, "gpu": 20, "data": 5, "detection": 3, "segmentation": 3, "tokens": 3, "export": 3}
+    assert all(defaults[target].batch_sizes == [1, 8, 32] for target in ("models", "tokens", "export"))
+    detection = defaults["detection"]
+    assert _dense_settings(detection, (320, 800), 8) == {"img_size": 320, "batch_size": 2, "repeats": 3,
+                                                         "device": "cpu", "amp": None}
+    detection.device = "cuda"
+    assert _dense_settings(detection, (320, 800), 8)["img_size"] == 800
+    assert _dense_settings(detection, (320, 800), 8)["amp"] == "bfloat16"

@@ -425,8 +425,12 @@ def test_weights_as_external_data_land_beside_the_model_and_still_load(tmp_path)
     assert list((tmp_path / "failed").iterdir()) == []
 
 
-def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_compare(tmp_path, capsys, monkeypatch):
+def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_compare(tmp_path, caplog, monkeypatch):
+    import logging
+
     from vithub.bench import export as bench
+
+    caplog.set_level(logging.INFO, logger="vithub")  # the table goes through vithub's loggers
 
     output = tmp_path / "export.json"
     # LeViT-128S: the quickest family with a timm twin and fuse() to export (three exports here)
@@ -444,7 +448,7 @@ def test_export_bench_times_twin_and_fused_exports_and_says_what_it_could_not_co
     for label, key in (("vithub", "speed_vs_twin"), ("fused", "fused_speed_vs_twin"), ("twin_again", "control_ratio")):
         ratios = [round(twin / ours, 3) for twin, ours in zip(runs["twin"], runs[label])]
         assert row[key] == round(statistics.median(ratios), 3) and row[key + "_range"] == [min(ratios), max(ratios)]
-    table = capsys.readouterr().out
+    table = caplog.text
     assert "process 2 of 2" in table and "vh_levit_128s" in table and "fused ratio" in table
     assert "twin vs itself" in table
     # one process: the ratio is that run's

@@ -147,6 +147,8 @@ def test_repeated_augmentation_deals_each_images_copies_to_different_processes()
     full = EpochBatches(24, 3, seed=5, epoch=2, rank=1, world=2, repeats=3)
     assert EpochBatches(24, 3, seed=5, epoch=2, start=2, rank=1, world=2, repeats=3).batches == full.batches[2:]
     assert len(full) == len(EpochBatches(24, 3, seed=5, epoch=2, rank=1, world=2))  # the epoch keeps its length
+    with pytest.raises(ValueError, match="aug_repeats: repeated augmentation does not combine"):
+        EpochBatches(24, 3, seed=5, epoch=2, groups=[0, 1] * 12, repeats=3)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -92,7 +92,7 @@ class TrainConfig:
     lr_base_scale: Optional[str] = option(None, "how --lr-base scales (default: sqrt for ada*/lamb optimizers, else "
                                           "linear)", choices=("linear", "sqrt"))
     lr_base_bounds: bool = option(False, "with --lr-base, scale --min-lr and --warmup-lr by the same factor (the "
-                                  "rule of Swin's and FasterViT's training scripts)")
+                                  "rule of Swin's main.py)")
     warmup_lr: float = option(1e-5, "lr at the start of the warmup")
     cooldown_epochs: int = option(0, "epochs at --min-lr after the schedule, added to --epochs")
     opt_eps: Optional[float] = option(None, "optimizer epsilon (default: the optimizer's)")

@@ -66,7 +66,8 @@ class EpochBatches(Sampler):
         step = batch_size * world
         if repeats > 1:
             if groups is not None:
-                raise ValueError("aug_repeats: repeated augmentation does not combine with grouped batches")
+                raise ValueError("aug_repeats: repeated augmentation does not combine with batches grouped by "
+                                 "aspect ratio (the detection task's)")
             self.batches = repeated_batches(order, repeats, batch_size, rank, world)[start:]
             return
         global_batches = ([order[i:i + step] for i in range(0, size - step + 1, step)] if groups is None
@@ -252,9 +253,6 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = task.build_optimizer(config, model)
     groups = task.batch_groups(data.train)
-    if groups is not None and config.aug_repeats > 1:
-        raise ValueError(f"aug_repeats: the {task.name} task batches by group (aspect ratio), which repeated "
-                         "augmentation does not combine with")
     total_batches = batches_per_epoch(len(data.train), config.batch_size, world, groups)
     if total_batches == 0:
         raise ValueError(f"batch_size {config.batch_size} x {world} processes is larger than the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from .timing import device_slug
 
@@ -120,7 +120,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-models", nargs="+", default=None,
                         help="vh models to export and time against their timm twins (default: Swin-T, NAT-T vs "
                              "Swin-T, FasterViT-0, LeViT-256, EfficientViT-M5, EfficientViT-B1)")
-    _batch_sizes(parser, (1, 32))
+    _batch_sizes(parser, (1, 8, 32))
     parser.add_argument("--img-size", type=positive_int("--img-size"), default=224)
     parser.add_argument("--threads", type=positive_int("--threads"), default=None,
                         help="ONNX Runtime intra-op threads (default: its own)")
@@ -150,11 +150,12 @@ def _dense_arguments(parser: argparse.ArgumentParser, backbones: tuple, prefix: 
     _amp(parser)
 
 
-def _dense_settings(args: argparse.Namespace, gpu_batch: int) -> Dict[str, object]:
-    """Batch size and autocast: the given ones, else CPU fp32 at batch 2, CUDA bf16 at ``gpu_batch``."""
+def _dense_settings(args: argparse.Namespace, img_size: Tuple[int, int], gpu_batch: int) -> Dict[str, object]:
+    """Image size, batch size and autocast: the given ones, else ``img_size[0]`` at batch 2 in fp32 on the CPU,
+    ``img_size[1]`` at ``gpu_batch`` in bf16 on CUDA."""
     gpu = args.device.startswith("cuda")
-    return {"batch_size": args.batch_size or (gpu_batch if gpu else 2), "repeats": args.repeats,
-            "device": args.device, "amp": args.amp or ("bfloat16" if gpu else None)}
+    return {"img_size": args.img_size or img_size[gpu], "batch_size": args.batch_size or (gpu_batch if gpu else 2),
+            "repeats": args.repeats, "device": args.device, "amp": args.amp or ("bfloat16" if gpu else None)}
 
 
 def _detection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,8 +167,7 @@ def _detection_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_detection(args: argparse.Namespace, output: str) -> None:
     from .detection import bench_detection
 
-    img_size = args.img_size or (800 if args.device.startswith("cuda") else 320)
-    bench_detection(backbones=args.backbones, img_size=img_size, output=output, **_dense_settings(args, 8))
+    bench_detection(backbones=args.backbones, output=output, **_dense_settings(args, (320, 800), 8))
 
 
 def _segmentation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,8 +180,8 @@ def _segmentation_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_segmentation(args: argparse.Namespace, output: str) -> None:
     from .segmentation import bench_segmentation
 
-    bench_segmentation(backbones=args.backbones, head=args.head, img_size=args.img_size or 512, output=output,
-                       **_dense_settings(args, 16))
+    bench_segmentation(backbones=args.backbones, head=args.head, output=output,
+                       **_dense_settings(args, (512, 512), 16))
 
 
 def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +193,7 @@ def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Cropr rates (last-layer fusion), one row each; none: --cropr-rates with no value")
     parser.add_argument("--no-ltmp", action="store_true",
                         help="leave out the LTMP row (thresholds that keep every token: the cost of its scoring)")
-    _batch_sizes(parser, (1, 32))
+    _batch_sizes(parser, (1, 8, 32))
     parser.add_argument("--img-size", type=positive_int("--img-size"), default=None)
     _amp(parser)
 
