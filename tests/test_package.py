@@ -84,6 +84,12 @@ def test_wheel_holds_only_the_vithub_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert _foreign_top_level_names(names) == set(), names
     assert "vithub/kernels/_shadowing.py" in names and "vithub/train/__init__.py" in names
+    # every source folder with Python files ships (a subpackage left out of pyproject's list would not)
+    for package in sorted({path.parent for folder in FOLDERS for path in (REPO_ROOT / folder).rglob("*.py")}):
+        relative = package.relative_to(REPO_ROOT)
+        installed = "/".join(["vithub", *relative.parts[1:]]) if relative.parts[0] == "hub" else \
+            "/".join(["vithub", *relative.parts])
+        assert f"{installed}/__init__.py" in names, relative
 
 
 def test_the_test_runner_keeps_the_repository_root_off_sys_path():
