@@ -80,3 +80,28 @@ def test_swin_recipe_scales_lr_warmup_and_min_lr_by_the_global_batch_as_its_main
     plain = resolve_config(TrainConfig(lr_base=5e-4, lr_base_size=512, lr_base_scale="linear", batch_size=64,
                                        min_lr=5e-6))
     assert plain.min_lr == 5e-6  # without lr_base_bounds only the lr scales (timm's rule)
+
+
+def test_issue_recipe_set_is_present():
+    assert {"swin_tiny_in1k", "nat_tiny_in1k", "dinat_tiny_in1k", "fastervit_0_in1k", "efficientvit_b1_in1k",
+            "efficientvit_m5_in1k", "levit_256_in1k", "deit_small_in1k"} <= set(RECIPES)
+
+
+def test_levit_recipe_distils_from_deits_teacher_and_scales_lr_like_its_main_py(monkeypatch):
+    """LeViT's main.py: hard distillation from RegNetY-16GF (alpha 0.5, tau 1), lr 5e-4 x batch x GPUs / 512, agc
+    clipping at 0.01, repeated augmentation; the cooldown its loop never reaches is left out."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    config = resolve_config(TrainConfig(recipe="levit_256_in1k"))
+    assert (config.teacher, config.teacher_pretrained, config.distillation, config.distillation_alpha,
+            config.distillation_tau) == ("regnety_160.deit_in1k", True, "hard", 0.5, 1.0)
+    assert config.lr == pytest.approx(5e-4 * 256 * 8 / 512)
+    assert (config.clip_grad, config.clip_mode, config.aug_repeats, config.total_epochs) == (0.01, "agc", 3, 1000)
+    assert timm.is_model("regnety_160.deit_in1k")
+
+
+def test_efficientvit_b1_lr_is_base_lr_times_processes_and_fastervit_keeps_its_lr(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    b1 = resolve_config(TrainConfig(recipe="efficientvit_b1_in1k"))
+    assert b1.lr == pytest.approx(2.5e-4 * 8) and b1.bce_loss and (b1.mixup, b1.cutmix) == (0.1, 0.1)
+    faster = resolve_config(TrainConfig(recipe="fastervit_0_in1k"))
+    assert (faster.lr, faster.total_epochs, faster.model_ema_decay, faster.drop_path) == (5e-3, 320, 0.9998, 0.2)

@@ -85,6 +85,18 @@ class TrainConfig:
                                                 choices=("random", "bilinear", "bicubic", "nearest"))
     aug_repeats: int = option(0, "repeated augmentation: each image this many times an epoch, its copies on "
                               "different processes, the epoch as long as without (0: off)")
+    # Knowledge distillation (DeiT's losses.py semantics: vithub.train.distillation).
+    teacher: Optional[str] = option(None, "distil from this teacher (any timm model, vh_* included)")
+    teacher_pretrained: bool = option(False, "the teacher's pretrained weights (its classifier must have the data's "
+                                      "classes)")
+    teacher_checkpoint: Optional[str] = option(None, "the teacher's weights (.safetensors or a weights-only torch "
+                                               "file) for a teacher built with the data's classes")
+    distillation: Optional[str] = option(None, "hard (cross-entropy on the teacher's argmax, through the student's "
+                                         "distillation head) or soft (KL on temperature-scaled logits); default: hard "
+                                         "where the student has a distillation head, else soft",
+                                         choices=("hard", "soft"))
+    distillation_alpha: float = option(0.5, "weight of the distillation term (1 - alpha: the label loss)")
+    distillation_tau: float = option(1.0, "soft distillation's temperature")
     drop: float = option(0.0, "classifier dropout (timm's drop_rate)")
     lr_base: Optional[float] = option(None, "without --lr: the lr for a global batch of --lr-base-size, scaled to "
                                       "the run's global batch (batch x processes x accumulation), as timm does")
@@ -162,6 +174,12 @@ class TrainConfig:
             if value is not None and (len(value) != 2 or (name != "opt_betas" and value[0] > value[1])):
                 raise ValueError(f"{name} takes two numbers" + ("" if name == "opt_betas" else " MIN MAX, MIN <= MAX")
                                  + f", got {list(value)}")
+        if (self.distillation or self.teacher_pretrained or self.teacher_checkpoint) and not self.teacher:
+            raise ValueError("distillation, teacher_pretrained and teacher_checkpoint need a teacher (--teacher MODEL)")
+        if not 0.0 <= self.distillation_alpha <= 1.0:
+            raise ValueError(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
+        if self.distillation_tau <= 0:
+            raise ValueError(f"distillation_tau must be > 0, got {self.distillation_tau}")
         if self.lr_base is not None and self.lr_base <= 0:
             raise ValueError(f"lr_base must be > 0, got {self.lr_base}")
         if self.aa:
@@ -186,7 +204,8 @@ def scaled_lr(config: TrainConfig, world: int) -> float:
 
 # Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
 RESUME_FIXED = ("task", "model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs",
-                "img_size", "task_options", "token_reduction", "aug_repeats", "cooldown_epochs")
+                "img_size", "task_options", "token_reduction", "aug_repeats", "cooldown_epochs", "teacher",
+                "distillation", "distillation_alpha", "distillation_tau")
 # Options whose default (None) means "the task's default" (Task.defaults).
 TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "sched", "min_lr",
                   "decay_rate")

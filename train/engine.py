@@ -224,6 +224,9 @@ def resolve_config(config: TrainConfig, task: Optional[Task] = None) -> TrainCon
 
     config = apply_recipe(config)
     task = task or get_task(config.task)
+    if config.teacher and not task.distills:
+        raise ValueError(f"teacher: task {task.name!r} does not distil (knowledge distillation is for "
+                         "classification)")
     lr_unset = config.lr is None
     config = task.resolve(config)
     if lr_unset and config.lr_base is not None:  # timm's rule: lr_base scaled to the run's global batch

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from .config import DEFAULT_MODEL, SCHEDULE_DEFAULTS, TASK_DEFAULTED, TrainConfig
 from .data import DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable, train_augmentation
+from .distillation import build_teacher, distillation_kind, distilling_loss, has_distillation_head
 
 _logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Task(ABC):
     output: Optional[Path] = None  # the run folder, set by the trainer (validation alone has none)
     curve_metrics: ClassVar[Sequence[str]] = ()  # the evaluate() metrics that curves.png plots
     curve_label: ClassVar[str] = ""
+    distills: ClassVar[bool] = False  # whether --teacher works (the loss takes a teacher's term)
 
     def defaults_for(self, config: TrainConfig) -> Dict[str, Any]:
         """Values for the options in :data:`~vithub.train.config.TASK_DEFAULTED` that ``config`` leaves unset (the
@@ -217,12 +219,35 @@ def data_config_for(config: TrainConfig) -> Dict[str, Any]:
     return resolve_data_config(size, model=probe)
 
 
+def teacher_loss_for(config: TrainConfig, num_classes: int, criterion: Callable) -> Optional[Callable]:
+    """With ``--teacher``: ``loss(outputs, targets, images)``, ``criterion`` blended with the teacher's
+    distillation term (:func:`vithub.train.distillation.distilling_loss`), the teacher moved to the batch's device
+    on first use; ``None`` without a teacher."""
+    if not config.teacher:
+        return None
+    with torch.device("meta"):  # which distillation the student can take, read from a weightless probe
+        kind = distillation_kind(config.distillation, timm.create_model(config.model), config.model)
+    teacher = build_teacher(config.teacher, num_classes, data_config_for(config), config.teacher_pretrained,
+                            config.teacher_checkpoint)
+    blended = distilling_loss(criterion, teacher, kind, config.distillation_alpha, config.distillation_tau)
+    placed: List[torch.device] = []
+
+    def loss(outputs: Any, targets: Any, images: torch.Tensor) -> torch.Tensor:
+        if placed != [images.device]:
+            teacher.to(images.device)
+            placed[:] = [images.device]
+        return blended(outputs, targets, images)
+
+    return loss
+
+
 class ClassificationTask(Task):
     """Image classification: class-folder data, the embedded digits or timm dataset specs; cross-entropy (label
-    smoothing, mixup/cutmix); top-1/top-5."""
+    smoothing, mixup/cutmix), knowledge distillation from a teacher; top-1/top-5."""
 
     name = "classification"
     primary_metric = "top1"
+    distills = True
     curve_metrics = ("top1", "top5")
     curve_label = "accuracy (%)"
 
@@ -237,18 +262,23 @@ class ClassificationTask(Task):
         if config.drop_path is not None:
             kwargs["drop_path_rate"] = config.drop_path
         model = timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
+        if config.teacher and has_distillation_head(model):  # train mode returns (class, distillation) logits
+            model.set_distilled_training(True)
         return apply_model_transform("token_reduction", model, config.token_reduction)
 
     def training_loss(self, config: TrainConfig, data: DataBundle) -> LossFn:
         mixup = mixup_for(config, data.num_classes)
         criterion = criterion_for(config, mixup is not None)
+        distilling = teacher_loss_for(config, data.num_classes, criterion)
 
         def loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             if mixup is not None:
                 images, labels = mixup(images, labels)
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            return auxiliary_loss(model, criterion(model(images), labels), criterion, labels)
+            outputs = model(images)
+            value = criterion(outputs, labels) if distilling is None else distilling(outputs, labels, images)
+            return auxiliary_loss(model, value, criterion, labels)
 
         return loss
 
