@@ -187,15 +187,21 @@ def test_kernel_bench_dense_ops(tmp_path):
 def test_bench_writes_into_the_current_directory_by_default(tmp_path, monkeypatch, capsys):
     """Benchmark results land where the user runs the command, never inside the installed source tree."""
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["bench", "data", "--images", "4", "--image-side", "32", "--repeats", "1"]) == 0
-    payload = json.loads((tmp_path / "data_readable_samples_cpu.json").read_text())
-    assert payload["images"] == 4 and set(payload["median_ms"]) == {"timm ImageDataset", "ReadableSamples"}
-    assert payload["time_ratio_ours_over_timm"] > 0
-    assert "ReadableSamples / timm time" in capsys.readouterr().out
+    assert cli.main(["bench", "data", "--images", "8", "--image-side", "32", "--repeats", "1", "--batch-size", "4",
+                     "--workers", "0", "1", "--epoch-model", "vh_efficientvit_m0"]) == 0
+    payload = json.loads((tmp_path / "data_pipeline_cpu.json").read_text())
+    assert payload["images"] == 8 and set(payload["reader"]["median_ms"]) == {"timm ImageDataset", "ReadableSamples"}
+    assert [row["workers"] for row in payload["pipeline"]] == [0, 1]
+    assert all(row["images"] == 8 and row["speed_ratio_vithub_over_timm"] > 0 for row in payload["pipeline"])
+    assert 0 < payload["training_epoch"]["data_wait"] < 1 and payload["training_epoch"]["model"] == "vh_efficientvit_m0"
+    assert "ReadableSamples / timm ImageDataset time" in capsys.readouterr().out
     # -q (before or after the subcommand) leaves the table out: library messages go through vithub's loggers.
     for flags in (["-q", "bench", "data"], ["bench", "data", "-q"]):
-        assert cli.main([*flags, "--images", "4", "--image-side", "32", "--repeats", "1", "--output", ""]) == 0
-        assert "ReadableSamples / timm time" not in capsys.readouterr().out
+        assert cli.main([*flags, "--images", "4", "--image-side", "32", "--repeats", "1", "--output", "",
+                         "--batch-size", "4", "--workers", "0", "--epoch-model", ""]) == 0
+        assert "ReadableSamples / timm" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "data", "--workers", "-1"])
 
 
 def test_each_bench_target_keeps_its_defaults():
@@ -207,7 +213,7 @@ def test_each_bench_target_keeps_its_defaults():
     defaults = {target: parser.parse_args(["bench", target]) for target in
                 ("kernels", "models", "gpu", "data", "detection", "segmentation", "tokens", "export")}
     assert {target: args.repeats for target, args in defaults.items()} == {
-        "kernels": 7, "models": 3, "gpu": 20, "data": 5, "detection": 3, "segmentation": 3, "tokens": 3, "export": 3}
+        "kernels": 7, "models": 3, "gpu": 20, "data": 3, "detection": 3, "segmentation": 3, "tokens": 3, "export": 3}
     assert all(defaults[target].batch_sizes == [1, 8, 32] for target in ("models", "tokens", "export"))
     detection = defaults["detection"]
     assert _dense_settings(detection, (320, 800), 8) == {"img_size": 320, "batch_size": 2, "repeats": 3,

@@ -122,7 +122,10 @@ class TrainConfig:
     torchcompile: bool = option(False)
     seed: int = option(42)
     img_size: Optional[int] = option(None)
-    workers: int = option(0, flags=("-j",))
+    workers: Optional[int] = option(None, "loader worker processes per process (0: load in the training process); "
+                                    "default: the CPUs shared among the node's processes, at most 8 (0 for the "
+                                    "embedded digits)", flags=("-j",))
+    prefetch_factor: int = option(2, "batches each worker loads ahead")
     resume: Optional[str] = option(None, "'auto' (newest complete checkpoint in --output) or a *.state.pt file")
     checkpoint_every: int = option(0, "also checkpoint every N optimizer steps (0: at epoch ends only)")
     keep_best: int = option(3, "best checkpoints kept (by the task's main metric)")
@@ -149,8 +152,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.checkpoint_every < 0 or self.workers < 0:
+        if self.checkpoint_every < 0 or (self.workers is not None and self.workers < 0):
             raise ValueError("checkpoint_every and workers must be >= 0")
+        if self.prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be >= 1, got {self.prefetch_factor}")
         if self.amp not in (None, "bfloat16", "float16"):
             raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}")
         if not 0.0 <= self.max_unreadable <= 1.0:

@@ -5,10 +5,13 @@ through ``timm.data``; unreadable images are skipped and counted, not silently r
 from __future__ import annotations
 
 import logging
+import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -79,16 +82,42 @@ class Unreadable(NamedTuple):
     reason: str
 
 
+@contextmanager
+def sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """Python's, NumPy's and torch's (CPU) global generators seeded from ``(seed, epoch, index)`` alone inside the
+    block, and restored after it. timm's transforms draw from those three, so an augmented sample is the same in
+    any process, worker and order: the exact resume then holds with loader workers (the workers' own generator
+    states are not part of a checkpoint)."""
+    value = int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0])
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(value)
+        random.seed(value)
+        np.random.seed(value % (1 << 32))
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 class ReadableSamples(Dataset):
     """A split whose unreadable images come back as :class:`Unreadable` instead of an image, for
     :func:`collate_readable` to drop and the training loop to count. timm's ``ImageDataset`` would replace a bad file
     by its neighbour without telling the caller, so for it the image is opened here from its reader. Images reach
-    ``transform`` as RGB, as timm's transforms expect."""
+    ``transform`` as RGB, as timm's transforms expect. ``seed``: augment each sample with random draws from
+    ``(seed, epoch, index)`` alone (:func:`sample_rng`; the trainer calls :meth:`set_epoch`); ``None``: from the
+    process's generators."""
 
-    def __init__(self, dataset: Dataset, transform: Optional[Any] = None) -> None:
+    def __init__(self, dataset: Dataset, transform: Optional[Any] = None, seed: Optional[int] = None) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
         self.reads_files = hasattr(dataset, "reader") and hasattr(dataset, "filename")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -123,7 +152,11 @@ class ReadableSamples(Dataset):
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's decode errors
             return Unreadable(index, self.source(index), f"{type(error).__name__}: {error}")
         if self.transform is not None:
-            image = self.transform(image)
+            if self.seed is None:
+                image = self.transform(image)
+            else:
+                with sample_rng(self.seed, self.epoch, index):
+                    image = self.transform(image)
         return image, -1 if target is None else target
 
 
@@ -216,12 +249,13 @@ def train_augmentation(config: Any) -> Dict[str, Any]:
 
 def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any], data_dir: Optional[str] = None,
                train_split: str = "train", val_split: str = "validation", download: bool = False,
-               train_augmentation: Optional[Dict[str, Any]] = None) -> DataBundle:
+               train_augmentation: Optional[Dict[str, Any]] = None, seed: Optional[int] = None) -> DataBundle:
     """``data``: ``None`` or ``"digits"`` for the embedded default; a folder holding ``train/`` and ``val/`` with
     one sub-folder of images per class (the classes of both must match); or a timm dataset spec such as
     ``"torch/cifar10"`` or ``"hfds/<name>"``, read from ``data_dir`` (``download``: let torchvision fetch it there)
     with ``train_split`` and ``val_split``. ``train_augmentation``: timm ``create_transform`` keywords for the training
-    transform only (RandAugment, random erasing, flips, crop ranges: :func:`train_augmentation`)."""
+    transform only (RandAugment, random erasing, flips, crop ranges: :func:`train_augmentation`). ``seed``: the
+    training split's augmentation draws from ``(seed, epoch, index)`` (:class:`ReadableSamples`)."""
     if data in (None, DIGITS):
         size = image_size or DIGITS_SIZE
         return DataBundle(DigitsDataset("train", size), DigitsDataset("val", size), 10,
@@ -234,7 +268,7 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
     prefix = dataset_spec_prefix(data)
     if prefix is not None:
         return _build_spec(data, prefix, data_dir, {"train": train_split, "val": val_split}, download, transforms,
-                           input_size)
+                           input_size, seed)
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"data: {root} is not a directory (expected a folder with train/ and val/, 'digits', or a "
@@ -259,7 +293,7 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
             raise DataError(f"data: {root}/{split} holds no images in its class folders ({error})") from error
         if len(dataset) == 0:
             raise DataError(f"data: {root}/{split} holds no images in its class folders")
-        datasets[split] = ReadableSamples(dataset, transforms[split])
+        datasets[split] = ReadableSamples(dataset, transforms[split], seed if split == "train" else None)
     return DataBundle(datasets["train"], datasets["val"], len(classes), classes, str(root), input_size)
 
 
@@ -275,7 +309,8 @@ def _spec_classes(dataset: Any, spec: str) -> List[str]:
 
 
 def _build_spec(spec: str, prefix: str, data_dir: Optional[str], splits: Dict[str, str], download: bool,
-                transforms: Dict[str, Any], input_size: Tuple[int, int, int]) -> DataBundle:
+                transforms: Dict[str, Any], input_size: Tuple[int, int, int], seed: Optional[int] = None
+                ) -> DataBundle:
     if prefix in STREAMING_PREFIXES:
         raise DataError(f"data: {spec} is a streaming dataset ({prefix}/), which has no length or random access; "
                         "vithub train needs both for its exact resume. Use an image folder, torch/<name> or "
@@ -298,6 +333,6 @@ def _build_spec(spec: str, prefix: str, data_dir: Optional[str], splits: Dict[st
         if classes is not None and split_classes != classes:
             raise DataError(f"data: {spec} has other classes in split {split_name!r} than in {splits['train']!r}")
         classes = split_classes
-        datasets[split] = ReadableSamples(dataset, transforms[split])
+        datasets[split] = ReadableSamples(dataset, transforms[split], seed if split == "train" else None)
     return DataBundle(datasets["train"], datasets["val"], len(classes), classes, spec, input_size)
 

@@ -45,6 +45,7 @@ from .checkpoint import (
 )
 from .config import RESUME_FIXED, TrainConfig, scaled_lr
 from .data import DataBundle, DataError, UnreadableLimit
+from .loader import CurrentEpoch, KeyedByEpoch, data_loader, default_workers
 from .reporting import WandbRun, require_wandb, write_curves
 from .tasks import ClassificationTask, LossFn, Task, TrainingError, get_task
 
@@ -122,6 +123,10 @@ def batches_per_epoch(size: int, batch_size: int, world: int, groups: Optional[S
     return sum(count // step for count in counts.values())
 
 
+# The metrics columns that measure wall-clock time: they differ between a resumed run and an unbroken one.
+WALL_CLOCK_COLUMNS = ("data_wait", "seconds")
+
+
 @dataclass
 class Progress:
     """Where a run stands: everything a checkpoint must carry for a resume to continue the same run."""
@@ -132,6 +137,7 @@ class Progress:
     history: List[Dict[str, Any]] = field(default_factory=list)  # one metrics row per finished epoch
     best: List[Dict[str, Any]] = field(default_factory=list)  # [{primary metric, "epoch", "file"}], best first
     epoch_loss: Tuple[float, int] = (0.0, 0)  # running train loss (sum, batches) of the current epoch
+    epoch_wait: Tuple[float, float] = (0.0, 0.0)  # seconds waiting for batches, seconds in all, of the current epoch
     wandb_id: Optional[str] = None
 
 
@@ -156,6 +162,8 @@ class Run:
     batches_per_epoch: int
     unreadable: UnreadableLimit
     groups: Optional[Sequence[int]] = None  # the task's batch groups of the training samples
+    train_loader: Optional[DataLoader] = None  # one loader for the run (its workers persist across epochs)
+    val_loader: Optional[DataLoader] = None
     progress: Progress = field(default_factory=Progress)
     wandb: Optional[WandbRun] = None
     started: float = field(default_factory=time.time)
@@ -219,7 +227,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 def resolve_config(config: TrainConfig, task: Optional[Task] = None) -> TrainConfig:
     """The configuration a run uses: its recipe's values where no option was given, the task's defaults for the
     options left unset, the lr scaled from ``lr_base`` to the global batch (torchrun's ``WORLD_SIZE`` processes)
-    when no lr was given, checked."""
+    when no lr was given, the loader workers from the CPUs when not given, checked."""
     from .recipes import apply_recipe
 
     config = apply_recipe(config)
@@ -233,6 +241,8 @@ def resolve_config(config: TrainConfig, task: Optional[Task] = None) -> TrainCon
         lr = scaled_lr(config, int(os.environ.get("WORLD_SIZE", "1")))
         bounds = lr / config.lr_base if config.lr_base_bounds else 1.0  # Swin's rule scales them all
         config = replace(config, lr=lr, min_lr=config.min_lr * bounds, warmup_lr=config.warmup_lr * bounds)
+    if config.workers is None:
+        config = replace(config, workers=default_workers(config.data))
     config.check()
     return config
 
@@ -272,8 +282,12 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
     step_model = torch.compile(step_model) if config.torchcompile else step_model
     unreadable = UnreadableLimit({"train": len(data.train), "val": len(data.val)}, config.max_unreadable,
                                  verbose=rank == 0)
+    train_loader = data_loader(KeyedByEpoch(data.train), config, device, task.collate_fn,
+                               batch_sampler=CurrentEpoch())
+    val_loader = data_loader(data.val, config, device, task.collate_fn, batch_size=config.batch_size)
     return Run(config, task, device, rank, world, output, data, model, step_model, optimizer, scheduler, ema, scaler,
-               task.training_loss(config, data), total_batches, unreadable, groups=groups)
+               task.training_loss(config, data), total_batches, unreadable, groups=groups, train_loader=train_loader,
+               val_loader=val_loader)
 
 
 def resume(run: Run, path: Path) -> None:
@@ -294,7 +308,8 @@ def resume(run: Run, path: Path) -> None:
         run.ema.load_state_dict(state["ema"])
     run.scaler.load_state_dict(state["scaler"])
     run.progress = Progress(state["epoch"], state["batch_in_epoch"], state["num_updates"], state["history"],
-                            state["best"], tuple(state["epoch_loss"]), state.get("wandb_id"))
+                            state["best"], epoch_loss=tuple(state["epoch_loss"]), wandb_id=state.get("wandb_id"),
+                            epoch_wait=tuple(state.get("epoch_wait", (0.0, 0.0))))
     for split, items in state.get("unreadable", {}).items():
         run.unreadable.restore(split, items)
     set_rng_state(state["rng"])
@@ -320,20 +335,23 @@ def train_one_epoch(run: Run, show_progress: bool = False) -> None:
     run.model.train()
     sampler = EpochBatches(len(run.data.train), config.batch_size, config.seed, progress.epoch,
                            progress.batch_in_epoch, run.rank, run.world, run.groups, config.aug_repeats)
-    if hasattr(run.data.train, "set_epoch"):  # datasets that draw their augmentation from (seed, epoch, index)
-        run.data.train.set_epoch(progress.epoch)
-    # The loader's own generator seeds its workers; without one it would draw from the global RNG, which a resumed
-    # epoch restores from the checkpoint only after that draw, and the runs would part.
-    loader = DataLoader(run.data.train, batch_sampler=sampler, num_workers=config.workers,
-                        collate_fn=run.task.collate_fn,
-                        generator=torch.Generator().manual_seed(config.seed * 100_003 + progress.epoch))
+    run.train_loader.batch_sampler.set(progress.epoch, sampler.batches)
     bar = _progress_bar(run.batches_per_epoch, progress.batch_in_epoch, progress.epoch, config.total_epochs,
                         show_progress)
     epoch_start = time.time()
     loss_sum, loss_count = progress.epoch_loss
+    wait_before, seconds_before = progress.epoch_wait
+    waited = 0.0
     amp_dtype = getattr(torch, config.amp) if config.amp else torch.float32
     run.optimizer.zero_grad(set_to_none=True)
-    for inputs, targets, bad in loader:
+    batches = iter(run.train_loader)
+    while True:
+        asked = time.perf_counter()
+        try:
+            inputs, targets, bad = next(batches)
+        except StopIteration:
+            break
+        waited += time.perf_counter() - asked
         # A batch that unreadable images left with fewer than two (of a larger batch size) is skipped: BatchNorm
         # cannot train on one image.
         usable = inputs is not None and len(inputs) >= min(2, config.batch_size)
@@ -357,11 +375,13 @@ def train_one_epoch(run: Run, show_progress: bool = False) -> None:
             run.images_seen += len(inputs) * run.world
         progress.batch_in_epoch += 1
         progress.epoch_loss = (loss_sum, loss_count)
+        progress.epoch_wait = (wait_before + waited, seconds_before + time.time() - epoch_start)
         if progress.batch_in_epoch % config.grad_accum_steps == 0:
             _optimizer_step(run)
         if bar is not None and loss_count:
             elapsed = max(run.train_seconds + time.time() - epoch_start, 1e-9)
-            bar.set_postfix(loss=f"{loss_sum / loss_count:.3f}", img_s=f"{run.images_seen / elapsed:.0f}")
+            bar.set_postfix(loss=f"{loss_sum / loss_count:.3f}", img_s=f"{run.images_seen / elapsed:.0f}",
+                            data=f"{progress.epoch_wait[0] / max(progress.epoch_wait[1], 1e-9):.0%}")
             bar.update(1)
     if bar is not None:
         bar.close()
@@ -393,20 +413,20 @@ def end_epoch(run: Run) -> None:
     the metrics row, keep the best checkpoints, rewrite metrics files and curves, checkpoint ``last`` and log."""
     config, progress = run.config, run.progress
     loss_sum, loss_count = progress.epoch_loss
-    progress.epoch_loss = (0.0, 0)
+    waited, seconds = progress.epoch_wait
+    progress.epoch_loss, progress.epoch_wait = (0.0, 0), (0.0, 0.0)
     if run.world > 1:  # each rank saw its slice: every rank merges all, so every rank stops alike
         gathered: List[Any] = [None] * run.world
         dist.all_gather_object(gathered, run.unreadable.state()["train"])
         run.unreadable.restore("train", [item for part in gathered for item in part], check=True)
     if not run.main:
         return
-    val_loader = DataLoader(run.data.val, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
-                            collate_fn=run.task.collate_fn)
-    metrics = run.task.evaluate(run.eval_model(), val_loader, run.device, config.channels_last, run.unreadable)
+    metrics = run.task.evaluate(run.eval_model(), run.val_loader, run.device, config.channels_last, run.unreadable)
     counts = run.unreadable.counts()
     row = {"epoch": progress.epoch, "train_loss": loss_sum / max(loss_count, 1), **run.task.epoch_columns(metrics),
            "lr": run.optimizer.param_groups[0]["lr"], "unreadable_train": counts["train"],
-           "unreadable_val": counts["val"], "seconds": round(time.time() - run.started, 2)}
+           "unreadable_val": counts["val"], "data_wait": round(waited / seconds, 4) if seconds else 0.0,
+           "seconds": round(time.time() - run.started, 2)}
     progress.history.append(row)
     progress.best = _update_best(run, row)
     _write_history(run.output, progress.history)
@@ -432,7 +452,8 @@ def save_checkpoint(run: Run, tag: str) -> None:
         "num_updates": progress.num_updates, "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
         "scaler": run.scaler.state_dict(), "rng": rng_state(), "history": progress.history, "best": progress.best,
-        "config": asdict(run.config), "epoch_loss": list(progress.epoch_loss), "world_size": run.world,
+        "config": asdict(run.config), "epoch_loss": list(progress.epoch_loss),
+        "epoch_wait": list(progress.epoch_wait), "world_size": run.world,
         "unreadable": run.unreadable.state(), "wandb_id": progress.wandb_id,
         "model": run.config.model, "num_classes": run.data.num_classes, "classes": run.data.classes,
     })

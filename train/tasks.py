@@ -93,8 +93,8 @@ class Task(ABC):
         return asdict(self.options(**given))
 
     def move_to_device(self, inputs: Any, targets: Any, device: torch.device) -> Any:
-        """A batch's ``(inputs, targets)`` on ``device``."""
-        return inputs.to(device), targets.to(device)
+        """A batch's ``(inputs, targets)`` on ``device`` (asynchronously from pinned memory on CUDA)."""
+        return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
     def build_optimizer(self, config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
         """timm's optimizer (no weight decay on 1-D parameters and the model's ``no_weight_decay`` names; layer
@@ -253,7 +253,8 @@ class ClassificationTask(Task):
 
     def build_data(self, config: TrainConfig) -> DataBundle:
         return build_data(config.data, config.img_size or 0, data_config_for(config), config.data_dir,
-                          config.train_split, config.val_split, config.dataset_download, train_augmentation(config))
+                          config.train_split, config.val_split, config.dataset_download, train_augmentation(config),
+                          config.seed)
 
     def build_model(self, config: TrainConfig, data: DataBundle) -> torch.nn.Module:
         kwargs: Dict[str, Any] = {"num_classes": data.num_classes}

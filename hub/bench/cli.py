@@ -210,12 +210,20 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=positive_int("--images"), default=256, help="JPEGs to read per timed pass")
     parser.add_argument("--image-side", type=positive_int("--image-side"), default=256,
                         help="side of each random JPEG, in pixels")
+    parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2],
+                        help="loader worker counts to time the training pipelines at")
+    parser.add_argument("--batch-size", type=positive_int("--batch-size"), default=32)
+    parser.add_argument("--epoch-model", default="vh_efficientvit_b1",
+                        help="model of the training epoch whose data-wait fraction is reported ('' skips it)")
 
 
 def _run_data(args: argparse.Namespace, output: str) -> None:
     from .data import run_data_bench
 
-    run_data_bench(output=output, images=args.images, size=args.image_side, repeats=args.repeats)
+    if any(count < 0 for count in args.workers):
+        raise SystemExit(f"vithub bench data: error: --workers must all be >= 0 (got {args.workers})")
+    run_data_bench(output=output, images=args.images, size=args.image_side, repeats=args.repeats,
+                   workers=args.workers, batch_size=args.batch_size, epoch_model=args.epoch_model or None)
 
 
 BENCH_TARGETS: Dict[str, BenchTarget] = {target.name: target for target in (
@@ -225,7 +233,8 @@ BENCH_TARGETS: Dict[str, BenchTarget] = {target.name: target for target in (
                 "models_{device}.json", 3, _models_arguments, _run_models),
     BenchTarget("gpu", "Triton kernels against torch, FlexAttention and timm's Swin attention on CUDA",
                 "gpu_kernels_{device}.json", 20, _gpu_arguments, _run_gpu),
-    BenchTarget("data", "vithub train's image reader against timm's", "data_readable_samples_cpu.json", 5,
+    BenchTarget("data", "vithub train's input pipeline (per worker count) and image reader against timm's, and "
+                "a training epoch's data-wait fraction", "data_pipeline_{device}.json", 3,
                 _data_arguments, _run_data),
     BenchTarget("detection", "Mask R-CNN train img/s and latency per backbone, vs timm's Swin-T and torchvision's "
                 "R50-FPN v2", "detection_{device}.json", 3, _detection_arguments, _run_detection),
