@@ -209,6 +209,35 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return run_validate(args)
 
 
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pack = actions.add_parser("pack", help="write an ImageNet-style folder (train/, val/, a sub-folder per class) as "
+                              "WebDataset-style tar shards that vithub train reads (--data OUT_DIR)",
+                              description="Images are stored byte for byte; each shard and _info.json is written "
+                                          "atomically.")
+    pack.add_argument("image_folder", help="folder with train/ and val/ (val/ optional), one sub-folder per class")
+    pack.add_argument("out_dir", help="where the shards and _info.json go")
+    pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from vithub.train.data import DataError
+    from vithub.train.shards import pack_image_folder
+
+    if args.shard_size < 1:
+        print(f"vithub data pack: error: --shard-size must be >= 1, got {args.shard_size}", file=sys.stderr)
+        return 2
+    try:
+        info = pack_image_folder(args.image_folder, args.out_dir, args.shard_size)
+    except DataError as error:
+        print(f"vithub data pack: error: {error}", file=sys.stderr)
+        return 2
+    for name, split in info["splits"].items():
+        print(f"{name}: {split['num_samples']} images, {len(split['filenames'])} shards")
+    print(f"{len(info['classes'])} classes; train with: vithub train --data {args.out_dir}")
+    return 0
+
+
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     from vithub.bench.cli import add_bench_arguments
 
@@ -238,6 +267,8 @@ COMMANDS = (
     Command("validate", "evaluate a model and checkpoint on a validation split", _validate_arguments, _cmd_validate),
     Command("recipes", "the official ImageNet recipe presets of vithub train --recipe", _recipes_arguments,
             _cmd_recipes),
+    Command("data", "prepare training data: vithub data pack IMAGE_FOLDER OUT_DIR writes tar shards",
+            _data_arguments, _cmd_data),
     Command("push", "publish a training run's best weights (or a checkpoint) to the Hub", _push_arguments, _cmd_push),
     Command("pull", "download a model repo into the cache and verify its weights", _pull_arguments, _cmd_pull),
     Command("export", "export a model to ONNX, check it and compare ONNX Runtime with eager", _export_arguments,

@@ -60,7 +60,7 @@ SLOW_GROUPS = {
         "test_kernels_triton.py", r"hopper|model_like|test_neighborhood_kernels_match|test_window_kernels_match"),
     "NATTEN cross-check at the benchmark shape": ("test_kernels_natten.py", r"test_forward_equals_natten"),
     "embedded trainings, kill-and-resume and torchrun": (
-        "test_(train|train_tasks|train_distillation|train_loader|detection|segmentation).py",
+        "test_(train|train_tasks|train_distillation|train_loader|train_shards|detection|segmentation).py",
         r"embedded_default|kill_and_resume|killed_and_resumed|torchrun|resume_at_an_epoch|pushes_and_loads"),
     "torchrun, W&B offline run and curves (full trainings)": (
         "test_train_data_logging.py", r"torchrun|wandb_offline|curves_png"),

@@ -158,7 +158,9 @@ def test_timm_dataset_spec_trains_and_validates(tmp_path):
 @pytest.mark.parametrize("spec,data_dir,message", [
     ("torch/mnist", None, "needs --data-dir"),
     ("torch/mnist", "empty", "cannot open torch/mnist"),
-    ("wds/some-shards", "empty", "streaming dataset"),
+    ("hfids/some-data", "empty", "streaming dataset"),
+    ("wds/some-shards", "empty", "have no split 'train'"),
+    ("wds/some-shards", None, "needs --data-dir"),
 ])
 def test_bad_dataset_specs_are_named(tmp_path, spec, data_dir, message):
     (tmp_path / "empty").mkdir()

@@ -71,7 +71,8 @@ class DataBundle:
 # Prefixes of timm's create_dataset specs. The streaming ones have no length and no random access, which the exact
 # resume (a permutation of indices per epoch) needs.
 MAP_STYLE_PREFIXES = ("torch", "hfds")
-STREAMING_PREFIXES = ("hfids", "tfds", "wds")
+STREAMING_PREFIXES = ("hfids", "tfds")
+SHARD_PREFIX = "wds"  # tar shards, read by vithub's own random-access reader (vithub.train.shards)
 
 
 class Unreadable(NamedTuple):
@@ -149,6 +150,8 @@ class ReadableSamples(Dataset):
     def __getitem__(self, index: int) -> Any:
         try:
             image, target = self._load(index)
+        except DataError:  # malformed data (a shard's label), not an unreadable image: stop with its message
+            raise
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's decode errors
             return Unreadable(index, self.source(index), f"{type(error).__name__}: {error}")
         if self.transform is not None:
@@ -227,7 +230,8 @@ def dataset_spec_prefix(data: str) -> Optional[str]:
     """The timm ``create_dataset`` prefix of ``data`` (``"torch"`` for ``"torch/cifar10"``), or ``None`` for a
     folder path."""
     prefix, sep, rest = data.partition("/")
-    if sep and rest and prefix.lower() in MAP_STYLE_PREFIXES + STREAMING_PREFIXES and not Path(data).is_dir():
+    if sep and rest and prefix.lower() in MAP_STYLE_PREFIXES + STREAMING_PREFIXES + (SHARD_PREFIX,) and \
+            not Path(data).is_dir():
         return prefix.lower()
     return None
 
@@ -266,6 +270,11 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
                   "val": create_transform(**dict(data_config, is_training=False))}
     input_size = tuple(data_config["input_size"])
     prefix = dataset_spec_prefix(data)
+    if prefix == SHARD_PREFIX or (prefix is None and _is_shard_folder(data)):
+        root = Path(data_dir) if prefix else Path(data)
+        if prefix and not data_dir:
+            raise DataError(f"data: {data} needs --data-dir, the folder that holds its tar shards and _info.json")
+        return _build_shards(root, data, {"train": train_split, "val": val_split}, transforms, input_size, seed)
     if prefix is not None:
         return _build_spec(data, prefix, data_dir, {"train": train_split, "val": val_split}, download, transforms,
                            input_size, seed)
@@ -295,6 +304,32 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
             raise DataError(f"data: {root}/{split} holds no images in its class folders")
         datasets[split] = ReadableSamples(dataset, transforms[split], seed if split == "train" else None)
     return DataBundle(datasets["train"], datasets["val"], len(classes), classes, str(root), input_size)
+
+
+def _is_shard_folder(data: str) -> bool:
+    from .shards import is_shard_folder
+
+    return is_shard_folder(Path(data))
+
+
+def _build_shards(root: Path, description: str, splits: Dict[str, str], transforms: Dict[str, Any],
+                  input_size: Tuple[int, int, int], seed: Optional[int]) -> DataBundle:
+    """The splits of a tar-shard folder (:mod:`vithub.train.shards`); ``"validation"`` falls back to ``"val"``."""
+    from .shards import ShardSplit, read_info
+
+    if not root.is_dir():
+        raise DataError(f"data: {root} is not a directory of tar shards")
+    info = read_info(root)
+    datasets: Dict[str, ReadableSamples] = {}
+    for split, name in splits.items():
+        if split == "val" and name not in info.get("splits", {}) and name == "validation":
+            name = "val"
+        shards = ShardSplit(root, name, info)
+        datasets[split] = ReadableSamples(shards, transforms[split], seed if split == "train" else None)
+    classes = datasets["train"].dataset.classes
+    if datasets["val"].dataset.classes != classes:
+        raise DataError(f"data: the shards' {splits['val']!r} split has other classes than {splits['train']!r}")
+    return DataBundle(datasets["train"], datasets["val"], len(classes), classes, description, input_size)
 
 
 def _spec_classes(dataset: Any, spec: str) -> List[str]:

@@ -51,8 +51,8 @@ from .tasks import ClassificationTask, LossFn, Task, TrainingError, get_task
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["EpochBatches", "Progress", "Run", "end_epoch", "evaluate", "finish", "resume", "save_checkpoint", "setup",
-           "start_logging", "train", "train_one_epoch", "validate"]
+__all__ = ["EpochBatches", "Progress", "Run", "end_epoch", "evaluate", "finish", "prepare_epoch", "resume",
+           "save_checkpoint", "setup", "start_logging", "train", "train_one_epoch", "validate"]
 
 
 class EpochBatches(Sampler):
@@ -328,14 +328,21 @@ def start_logging(run: Run) -> None:
     run.progress.wandb_id = run.wandb.id
 
 
+def prepare_epoch(run: Run) -> None:
+    """Hand the training loader this process's batches of epoch ``run.progress.epoch``, from the batch a resumed
+    epoch stopped at (:class:`EpochBatches`)."""
+    config, progress = run.config, run.progress
+    sampler = EpochBatches(len(run.data.train), config.batch_size, config.seed, progress.epoch,
+                           progress.batch_in_epoch, run.rank, run.world, run.groups, config.aug_repeats)
+    run.train_loader.batch_sampler.set(progress.epoch, sampler.batches)
+
+
 def train_one_epoch(run: Run, show_progress: bool = False) -> None:
     """The batches of one epoch (from where a resumed epoch stopped): loss through the task, gradient accumulation,
     clipping, AMP, optimizer and scheduler steps, EMA, step checkpoints."""
     config, progress = run.config, run.progress
     run.model.train()
-    sampler = EpochBatches(len(run.data.train), config.batch_size, config.seed, progress.epoch,
-                           progress.batch_in_epoch, run.rank, run.world, run.groups, config.aug_repeats)
-    run.train_loader.batch_sampler.set(progress.epoch, sampler.batches)
+    prepare_epoch(run)
     bar = _progress_bar(run.batches_per_epoch, progress.batch_in_epoch, progress.epoch, config.total_epochs,
                         show_progress)
     epoch_start = time.time()
