@@ -271,9 +271,9 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
     input_size = tuple(data_config["input_size"])
     prefix = dataset_spec_prefix(data)
     if prefix == SHARD_PREFIX or (prefix is None and _is_shard_folder(data)):
-        root = Path(data_dir) if prefix else Path(data)
         if prefix and not data_dir:
             raise DataError(f"data: {data} needs --data-dir, the folder that holds its tar shards and _info.json")
+        root = Path(data_dir) if prefix else Path(data)
         return _build_shards(root, data, {"train": train_split, "val": val_split}, transforms, input_size, seed)
     if prefix is not None:
         return _build_spec(data, prefix, data_dir, {"train": train_split, "val": val_split}, download, transforms,
