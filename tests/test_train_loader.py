@@ -127,3 +127,26 @@ def test_folder_run_with_workers_killed_and_resumed_equals_an_unbroken_one(tmp_p
 
     data = _folder(tmp_path / "data", classes=2, per_class=24)
     kill_and_resume(_folder_command(data), tmp_path / "unbroken", tmp_path / "broken", total_updates=2 * (48 // 4))
+
+
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "v0", "augmix-m5"])
+def test_posterize_at_zero_bits_gives_a_black_image_instead_of_stopping_the_run(tmp_path, policy):
+    """timm passes 0 bits to Pillow's posterize at full RandAugment magnitude (and low v0 levels), which Pillow 13
+    refuses; the training transform keeps older Pillow's result, a black image."""
+    from PIL import ImageOps
+    from timm.data import auto_augment
+
+    data = build_data(str(_folder(tmp_path)), 0, {"input_size": (3, 16, 16), "interpolation": "bilinear",
+                                                  "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0},
+                      train_augmentation={"auto_augment": policy}, seed=0)
+    steps = data.train.transform.transforms
+    augment = next(step for step in steps if hasattr(step, "ops") or hasattr(step, "policy"))
+    ops = list(getattr(augment, "ops", [])) + [op for sub in getattr(augment, "policy", []) for op in sub]
+    posterizing = [op for op in ops if "Posterize" in op.name]
+    assert posterizing and all(op.aug_fn is not auto_augment.posterize for op in posterizing)
+    image = Image.fromarray(torch.randint(1, 256, (8, 8, 3), dtype=torch.uint8).numpy())
+    assert np.asarray(posterizing[0].aug_fn(image, 0)).max() == 0
+    assert np.array_equal(np.asarray(posterizing[0].aug_fn(image, 3)), np.asarray(ImageOps.posterize(image, 3)))
+    if tuple(int(part) for part in Image.__version__.split(".")[:1]) >= (13,):  # why the fix exists
+        with pytest.raises(ValueError):
+            auto_augment.posterize(image, 0)

@@ -251,6 +251,33 @@ def train_augmentation(config: Any) -> Dict[str, Any]:
     return options
 
 
+def posterize(image: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's RandAugment/AutoAugment posterize for current Pillow: Pillow 13 refuses 0 bits (timm passes 0 at full
+    magnitude, e.g. ``rand-m9-mstd0.5-inc1`` whenever the drawn magnitude reaches 10, and at low levels of the v0
+    policies), which would stop a run on about one image in 300. 0 bits gives the black image older Pillow gave."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return image.point([0] * (256 * len(image.getbands())))
+    from PIL import ImageOps
+
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def pillow_safe(transform: Any) -> Any:
+    """``transform`` (a timm transform, or a ``Compose`` of them) with the posterize of its AutoAugment, RandAugment
+    and AugMix ops replaced by :func:`posterize`; everything else unchanged. Returns the same object."""
+    from timm.data import auto_augment
+
+    for step in getattr(transform, "transforms", [transform]):
+        ops = list(getattr(step, "ops", None) or [])
+        ops += [op for sub_policy in getattr(step, "policy", None) or [] for op in sub_policy]
+        for op in ops:
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = posterize
+    return transform
+
+
 def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any], data_dir: Optional[str] = None,
                train_split: str = "train", val_split: str = "validation", download: bool = False,
                train_augmentation: Optional[Dict[str, Any]] = None, seed: Optional[int] = None) -> DataBundle:
@@ -266,7 +293,8 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
                           [str(i) for i in range(10)], DIGITS, (3, size, size))
     from timm.data import create_transform
 
-    transforms = {"train": create_transform(**dict(data_config, is_training=True, **(train_augmentation or {}))),
+    transforms = {"train": pillow_safe(create_transform(**dict(data_config, is_training=True,
+                                                              **(train_augmentation or {})))),
                   "val": create_transform(**dict(data_config, is_training=False))}
     input_size = tuple(data_config["input_size"])
     prefix = dataset_spec_prefix(data)

@@ -23,7 +23,7 @@ from PIL import Image
 from timm.data import create_dataset, create_loader, create_transform
 
 from vithub.train.config import TrainConfig
-from vithub.train.data import ReadableSamples, collate_readable, train_augmentation
+from vithub.train.data import ReadableSamples, collate_readable, pillow_safe, train_augmentation
 from vithub.train.loader import CurrentEpoch, KeyedByEpoch, data_loader, default_workers
 
 from .timing import device_name, measure, report
@@ -61,7 +61,7 @@ def _pipeline_loaders(root: Path, workers: int, batch_size: int) -> Dict[str, ob
     and worker count (both persistent), each reading every full batch of the folder once per pass."""
     config = TrainConfig(workers=workers, seed=0, **AUGMENTATION)
     options = dict(input_size=(3, 224, 224), interpolation="bicubic", mean=MEAN, std=STD, crop_pct=0.875)
-    transform = create_transform(**options, is_training=True, **train_augmentation(config))
+    transform = pillow_safe(create_transform(**options, is_training=True, **train_augmentation(config)))
     ours = ReadableSamples(create_dataset("", root=str(root)), transform, seed=0)
     batches = CurrentEpoch()
     count = len(ours) // batch_size
@@ -72,6 +72,7 @@ def _pipeline_loaders(root: Path, workers: int, batch_size: int) -> Dict[str, ob
                                 batch_size=batch_size, use_prefetcher=False, num_workers=workers,
                                 persistent_workers=workers > 0, auto_augment=config.aa, re_prob=config.reprob,
                                 re_mode=config.remode, color_jitter=config.color_jitter, **options)
+    pillow_safe(timm_loader.dataset.transform)  # timm's posterize stops at 0 bits under Pillow 13: same fix both
     first_ours, first_timm = next(iter(vithub_loader))[0], next(iter(timm_loader))[0]
     if first_ours.shape != first_timm.shape:  # the same work, or the comparison means nothing
         raise RuntimeError(f"the loaders disagree on the batch: {tuple(first_ours.shape)} vs {tuple(first_timm.shape)}")
