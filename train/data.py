@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 _logger = logging.getLogger(__name__)
 
@@ -86,20 +86,29 @@ class Unreadable(NamedTuple):
 @contextmanager
 def sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
     """Python's, NumPy's and torch's (CPU) global generators seeded from ``(seed, epoch, index)`` alone inside the
-    block, and restored after it. timm's transforms draw from those three, so an augmented sample is the same in
-    any process, worker and order: the exact resume then holds with loader workers (the workers' own generator
-    states are not part of a checkpoint)."""
+    block. timm's transforms draw from those three, so an augmented sample is the same in any process, worker and
+    order: the exact resume then holds with loader workers (the workers' own generator states are not part of a
+    checkpoint). In the training process the generators are restored after the block (mixup and dropout draw from
+    them); a loader worker's are its own and are left seeded."""
     value = int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0])
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(value)
+
+    def reseed() -> None:
+        torch.default_generator.manual_seed(value)  # CPU only: torch.manual_seed would queue CUDA seeding too
         random.seed(value)
         np.random.seed(value % (1 << 32))
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+
+    if get_worker_info() is not None:
+        reseed()
+        yield
+        return
+    states = torch.default_generator.get_state(), random.getstate(), np.random.get_state()
+    reseed()
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
 
 
 class ReadableSamples(Dataset):
