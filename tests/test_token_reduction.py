@@ -116,27 +116,30 @@ def test_global_attention_backends_agree_and_soft_masks_have_finite_gradients():
 
 
 def _loop_merge(x, sizes, metric, r, prefix):
-    """ToMe written per token: A = even, B = odd positions after the prefix; each A token's best B by cosine
-    similarity; the r A tokens with the highest best similarity (ties: lower index first) merge into their best B
-    by size-weighted average. Returns tokens, sizes and, per original token, the index of the token it ended in,
-    in the order prefix, kept A (ascending), B."""
+    """ToMe written per token, the official way: A = even, B = odd positions of the whole sequence; A positions below
+    the prefix never merge, B positions below it never receive; each A token's best B by cosine similarity; the r A
+    tokens with the highest best similarity (ties: lower index first) merge into their best B by size-weighted
+    average. Output: the prefix, the kept A tokens (ascending with a prefix, by descending best similarity without
+    one), the non-prefix B tokens. Returns tokens, sizes and, per original token, the index of the token it ended in."""
     batch, tokens, _ = x.shape
     out_x, out_size, out_origin = [], [], []
     for image in range(batch):
-        rest = list(range(prefix, tokens))
-        a_set, b_set = rest[::2], rest[1::2]
+        a_set, b_set = list(range(0, tokens, 2)), list(range(1, tokens, 2))
+        receivers = [j for j in b_set if j >= prefix]
         best = {}
         for i in a_set:
+            if i < prefix:
+                continue
             sims = [torch.nn.functional.cosine_similarity(metric[image, i], metric[image, j], dim=0).item()
-                    for j in b_set]
-            top = max(range(len(b_set)), key=lambda n: (sims[n], -n))
-            best[i] = (sims[top], b_set[top])
-        ranked = sorted(a_set, key=lambda i: (-best[i][0], a_set.index(i)))
+                    for j in receivers]
+            top = max(range(len(receivers)), key=lambda n: (sims[n], -n))
+            best[i] = (sims[top], receivers[top])
+        ranked = sorted(best, key=lambda i: (-best[i][0], i))
         merging = set(ranked[:r])
-        kept = [i for i in a_set if i not in merging]
-        groups = [[i] for i in range(prefix)] + [[i] for i in kept] + [[j] for j in b_set]
+        kept = sorted(i for i in best if i not in merging) if prefix else [i for i in ranked[r:]]
+        groups = [[i] for i in range(prefix)] + [[i] for i in kept] + [[j] for j in receivers]
         for i in merging:
-            groups[prefix + len(kept) + b_set.index(best[i][1])].append(i)
+            groups[prefix + len(kept) + receivers.index(best[i][1])].append(i)
         weight = lambda group: sum(sizes[image, g] for g in group)  # noqa: E731
         out_x.append(torch.stack([sum(x[image, g] * sizes[image, g] for g in group) / weight(group)
                                   for group in groups]))
@@ -148,10 +151,10 @@ def _loop_merge(x, sizes, metric, r, prefix):
     return torch.stack(out_x), torch.stack(out_size), torch.stack(out_origin)
 
 
-@pytest.mark.parametrize("prefix", [0, 1, 2])
-def test_bipartite_merging_matches_a_per_token_loop(prefix):
-    torch.manual_seed(prefix)
-    tokens = 2 * 9 + 1 + prefix  # an odd number of non-prefix tokens: A is one larger than B
+@pytest.mark.parametrize("prefix, tokens", [(0, 19), (0, 20), (1, 20), (1, 21), (2, 21), (2, 22), (5, 24)])
+def test_bipartite_merging_matches_a_per_token_loop(prefix, tokens):
+    """Class token (1), class + distillation (2), register tokens (5), none (0); odd and even counts."""
+    torch.manual_seed(prefix * 100 + tokens)
     x = torch.randn(2, tokens, 6, dtype=torch.float64)
     metric = torch.randn(2, tokens, 4, dtype=torch.float64)
     sizes = torch.randint(1, 4, (2, tokens)).double()
@@ -176,12 +179,14 @@ def test_r_is_capped_at_half_the_non_prefix_tokens_and_reported():
 
 
 def test_merge_schedules():
+    """The official parse_r: constant, a list padded with zeros, and (r, inflection) starting at int(r (1 - i))."""
     assert merge_schedule(13, 3) == [13, 13, 13]
-    assert merge_schedule([1, 0, 2], 3) == [1, 0, 2]
+    assert merge_schedule([1, 0, 2], 3) == [1, 0, 2] and merge_schedule([4], 3) == [4, 0, 0]
     expected = [int(32 + (0 - 32) / 11 * index) for index in range(12)]
     assert merge_schedule((16, -1), 12) == expected and expected[0] == 32 and expected[-1] == 0
     assert merge_schedule((10, 0.5), 5) == [int(5 + 2.5 * index) for index in range(5)]
-    for bad, message in ((-1, "r must be >= 0"), ([1, 2], r"one int >= 0 per block \(3 blocks\)"),
+    assert merge_schedule((13, -0.5), 12) == [int(19 + (7 - 19) / 11 * index) for index in range(12)]
+    for bad, message in ((-1, "r must be >= 0"), ([1, 2, 3, 4], r"at most one int >= 0 per block \(3 blocks\)"),
                          ((4, 2.0), r"inflection in \[-1, 1\]"), (True, "r must be an int"), (1.5, "r must be")):
         with pytest.raises(ValueError, match=message):
             merge_schedule(bad, 3)
@@ -201,15 +206,15 @@ def test_merged_model_gives_full_grids_and_keeps_its_merged_tokens_together():
     assert len(distinct) <= 16 - 8
 
 
-def test_average_pooling_weights_merged_tokens_by_size():
+def test_average_pooling_is_timms_plain_mean_as_in_the_official_code():
+    """The official ToMe leaves timm's head alone: average pooling counts each merged token once."""
     model = _vit("qk_norm_no_cls_avg")
     vithub.reduce_tokens(model, "tome", r=6)
     with torch.no_grad():
         features = model.forward_features(torch.randn(1, 3, 64, 64))
-        sizes = model._token_sizes
         pooled = model.pool(features)
-    torch.testing.assert_close(pooled, (features * sizes[..., None]).sum(1) / sizes.sum(1, keepdim=True))
-    assert not torch.allclose(pooled, features.mean(1))
+    assert model._token_sizes.max() > 1
+    torch.testing.assert_close(pooled, features.mean(1))
 
 
 def test_bad_input_is_refused_naming_the_argument():

@@ -209,6 +209,11 @@ class LTMP(Reducer):
             for name, parameter in vit.named_parameters():
                 parameter.requires_grad_(frozen[name])
 
+    def pool_weights(self, size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The live tokens, each once: a batched forward keeps the tokens an image dropped as size 0, and the mean
+        must be the one that image alone would take over the tokens it kept."""
+        return None if size is None else (size > 0)
+
     def dense_refusal(self, settings: Dict[str, Any]) -> Optional[str]:
         return ("forward_intermediates / features_only: LTMP drops tokens for good, so there is no full grid to give "
                 "back; use ToMe (unmerged through its source map) or Cropr with last_layer_fusion=True for dense "

@@ -20,13 +20,15 @@ from .tome import ToMe
 REDUCERS: Dict[str, Reducer] = {reducer.name: reducer for reducer in (ToMe(), LTMP(), Cropr())}
 METHODS = tuple(REDUCERS)
 _DERIVED = ("schedule",)  # settings computed from the options, not options themselves
-_STATE = ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "_token_sizes", "flops_ratio",
-          "token_reduction_losses", "token_reduction_aux_logits")
+_STATE = ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "token_origin", "_token_sizes",
+          "flops_ratio", "token_reduction_losses", "token_reduction_aux_logits")
 
 
 class TokenReduced:
     """Mixed into a timm ``VisionTransformer`` subclass by :func:`reduce_tokens`: the forward paths with the
-    method's blocks, size-weighted average pooling, and dense outputs put back on the full grid."""
+    method's blocks and dense outputs put back on the full grid. Average pooling is timm's plain mean over the tokens
+    left, as in the official ToMe code (a merged token counts once, whatever its size), over the live ones where a
+    method masks tokens in a batch (:meth:`Reducer.pool_weights`)."""
 
     token_reduction: Dict[str, Any]
     token_counts: List[float]  # tokens entering each block in the last forward (LTMP: the mean over the batch)
@@ -57,11 +59,10 @@ class TokenReduced:
 
     def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
         pool_type = self.global_pool if pool_type is None else pool_type
-        size = getattr(self, "_token_sizes", None)
-        if pool_type == "avg" and size is not None and size.shape[:2] == x.shape[:2]:
-            # a merged token stands for `size` tokens: the mean over the original tokens
+        weights = self.token_reducer.pool_weights(getattr(self, "_token_sizes", None))
+        if pool_type == "avg" and weights is not None and weights.shape[:2] == x.shape[:2]:
             start = 0 if self.pool_include_prefix else self.num_prefix_tokens
-            weights = size[:, start:, None].to(x.dtype)
+            weights = weights[:, start:, None].to(x.dtype)
             return (x[:, start:] * weights).sum(dim=1) / weights.sum(dim=1)
         return super().pool(x, pool_type)
 

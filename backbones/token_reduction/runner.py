@@ -119,5 +119,10 @@ class Reducer(ABC):
         """The blocks (up to ``last``) on the embedded tokens ``x``: the tokens out, each one's size (``None``: all
         1) and, for the blocks in ``take``, their tokens on the full grid."""
 
+    def pool_weights(self, size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Per-token weights of average pooling given the tokens' sizes from :meth:`run` (``None``: timm's plain
+        mean over the tokens)."""
+        return None
+
     def reset_classifier(self, vit: nn.Module, num_classes: int) -> None:
         """Follow the ViT's new classifier (Cropr's auxiliary heads)."""

@@ -1,10 +1,18 @@
-"""ToMe (Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023), written from the paper: in every block,
-between attention and MLP, bipartite soft matching on the keys averaged over heads. The tokens after the prefix
-(class, distillation, register tokens, which never merge and never receive a merge) alternate into sets A and B;
-each A token's most cosine-similar B token is its edge; the ``r`` A tokens with the most similar edges merge into
-their B tokens by a size-weighted average; sizes add up. With proportional attention, ``log(size)`` is added to every
-key's logits, so a merged token acts as ``size`` copies of itself. ``r`` is capped per block at half the non-prefix
-tokens (``(N - prefix) // 2``), as in the paper."""
+"""ToMe (Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023), with the partition and token order of the
+official code (facebookresearch/ToMe ``tome/merge.py`` and ``tome/patch/timm.py``): in every block, between attention
+and MLP, bipartite soft matching on the keys averaged over heads. The **whole** sequence alternates into A (even
+positions) and B (odd positions); the prefix tokens (class, distillation, register tokens) take part in the split but
+are protected: an A prefix token never merges (the official code's class-token row of scores set to minus infinity),
+a B prefix token never receives a merge (its distillation-token column). Each A token's most cosine-similar B token is
+its edge; the ``r`` A tokens with the most similar edges merge into their B tokens by a size-weighted average; sizes
+add up. Output order: the prefix tokens (unchanged, in their order), the unmerged A tokens, then B. The unmerged A
+tokens keep their original order when there is a prefix, and are in order of descending best similarity without one
+(the official code sorts them only when there is a class token). Since every later block partitions by position,
+that order decides all later merges. With proportional attention, ``log(size)`` is added to every key's logits, so a
+merged token acts as ``size`` copies of itself. ``r`` is capped per block at ``(N - prefix) // 2``.
+
+The official code protects a class token and a distillation token; register tokens are protected by the same rule
+(a generalisation of ours, which the official code does not handle)."""
 
 from __future__ import annotations
 
@@ -22,10 +30,11 @@ RSchedule = Union[int, Sequence[int], Tuple[int, float]]
 
 
 def merge_schedule(r: RSchedule, depth: int) -> List[int]:
-    """Tokens to merge in each of ``depth`` blocks: an int (the same in every block), a list of one int per block, or
-    a pair ``(r, inflection)``, ToMe's schedule: linear from ``r·(1 − inflection)`` in the first block to ``r·(1 +
-    inflection)`` in the last (``(r, -1)``: 2r down to 0, the same total as a constant r), truncated to ints."""
-    shape = f"an int >= 0, a list of {depth} ints >= 0, or a pair (r, inflection)"
+    """Tokens to merge in each of ``depth`` blocks, as the official ``parse_r``: an int (the same in every block), a
+    list of at most one int per block (padded with zeros), or a pair ``(r, inflection)``: from ``int(r·(1 −
+    inflection))`` in the first block linearly to ``2r`` minus that in the last (``(r, -1)``: 2r down to 0, the same
+    total as a constant r), truncated to ints."""
+    shape = f"an int >= 0, a list of at most {depth} ints >= 0, or a pair (r, inflection)"
     if isinstance(r, bool):
         raise ValueError(f"r must be {shape}, got {r!r}")
     if isinstance(r, int):
@@ -37,38 +46,48 @@ def merge_schedule(r: RSchedule, depth: int) -> List[int]:
         if (isinstance(base, bool) or not isinstance(base, int) or base < 0 or isinstance(inflection, bool)
                 or not isinstance(inflection, (int, float)) or not -1.0 <= inflection <= 1.0):
             raise ValueError(f"r as (r, inflection) needs an int r >= 0 and an inflection in [-1, 1], got {r!r}")
-        start, end = base * (1.0 - inflection), base * (1.0 + inflection)
-        step = (end - start) / max(depth - 1, 1)
+        start = int(base * (1.0 - inflection))
+        step = (2 * base - 2 * start) / max(depth - 1, 1)
         return [int(start + step * index) for index in range(depth)]
     if isinstance(r, (list, tuple)):
         values = list(r)
-        if len(values) != depth or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
-            raise ValueError(f"r as a list needs one int >= 0 per block ({depth} blocks), got {values!r}")
-        return values
+        if len(values) > depth or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+            raise ValueError(f"r as a list needs at most one int >= 0 per block ({depth} blocks), got {values!r}")
+        return values + [0] * (depth - len(values))
     raise ValueError(f"r must be {shape}, got {r!r}")
+
+
+def protected_counts(prefix: int) -> Tuple[int, int]:
+    """How many of the ``prefix`` leading tokens fall into A (even positions) and into B (odd positions)."""
+    return (prefix + 1) // 2, prefix // 2
 
 
 def bipartite_matching(metric: torch.Tensor, r: int, prefix: int
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ToMe's bipartite soft matching over the tokens after ``prefix``.
+    """ToMe's bipartite soft matching over the whole sequence, the official way.
 
     Args:
         metric: ``(B, N, C)`` (keys averaged over heads).
         r: tokens to merge (already capped at ``(N - prefix) // 2``).
-        prefix: leading tokens that take no part.
+        prefix: leading tokens that neither merge (in A) nor receive a merge (in B).
 
     Returns:
-        ``(unmerged, sources, destinations, a_count)``: A-set indices (within A, ascending) of the tokens that stay,
-        of the ``r`` that merge (most similar first), their B-set destinations, and the size of A.
+        ``(unmerged, sources, destinations, a_count)``: A-set indices of the tokens that stay (the protected ones
+        first, then ascending with a prefix; in order of descending best similarity without one), of the ``r`` that
+        merge (most similar first), their B-set destinations, and the size of A.
     """
-    tokens = metric[:, prefix:]
-    tokens = tokens / tokens.norm(dim=-1, keepdim=True)
+    tokens = metric / metric.norm(dim=-1, keepdim=True)
     a, b = tokens[:, ::2], tokens[:, 1::2]
     scores = a @ b.transpose(-1, -2)
+    a_protected, b_protected = protected_counts(prefix)
+    if prefix:
+        rows = torch.arange(a.shape[1], device=metric.device)[:, None] < a_protected
+        columns = torch.arange(b.shape[1], device=metric.device)[None, :] < b_protected
+        scores = scores.masked_fill(rows | columns, float("-inf"))
     best, best_index = scores.max(dim=-1)
     order = descending_order(best)
     sources = order[:, :r]
-    unmerged = ascending(order[:, r:])
+    unmerged = ascending(order[:, r:]) if prefix else order[:, r:]
     destinations = best_index.gather(1, sources)
     return unmerged, sources, destinations, a.shape[1]
 
@@ -77,13 +96,15 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, origin: torch.Tensor, r: i
                  metric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge ``r`` tokens of ``x`` ``(B, N, C)`` by size-weighted average; returns the new ``x``, ``size`` ``(B, N-r)``
     and ``origin`` ``(B, N0)``: where each original token now is. Output order: the prefix, the unmerged A tokens,
-    then B (merged into)."""
+    then B (merged into), as in the official code."""
     unmerged, sources, destinations, a_count = bipartite_matching(metric, r, prefix)
+    a_protected, b_protected = protected_counts(prefix)
     batch, _, channels = x.shape
-    a_x, b_x = x[:, prefix::2], x[:, prefix + 1::2]
-    a_size, b_size = size[:, prefix::2], size[:, prefix + 1::2]
-    kept_x = a_x.gather(1, unmerged[..., None].expand(-1, -1, channels))
-    kept_size = a_size.gather(1, unmerged)
+    a_x, b_x = x[:, ::2], x[:, 1::2]
+    a_size, b_size = size[:, ::2], size[:, 1::2]
+    kept = unmerged[:, a_protected:]  # the protected A tokens are the first unmerged ones (prefix > 0 sorts)
+    kept_x = a_x.gather(1, kept[..., None].expand(-1, -1, channels))
+    kept_size = a_size.gather(1, kept)
     moved_size = a_size.gather(1, sources)
     moved_x = a_x.gather(1, sources[..., None].expand(-1, -1, channels)) * moved_size[..., None].to(x.dtype)
     target_index = destinations[..., None].expand(-1, -1, channels)
@@ -92,19 +113,21 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, origin: torch.Tensor, r: i
     received = torch.zeros_like(b_size).scatter_add(1, destinations, torch.ones_like(moved_size)) > 0
     # tokens that took no merge are copied, not divided back (x * s / s is not always x in floating point)
     new_b = torch.where(received[..., None], summed / summed_size[..., None].to(x.dtype), b_x)
-    new_x = torch.cat([x[:, :prefix], kept_x, new_b], dim=1)
-    new_size = torch.cat([size[:, :prefix], kept_size, summed_size], dim=1)
-    # Where each current token goes: prefix stays; A tokens to their kept slot or their destination; B after.
-    kept_count = unmerged.shape[1]
+    # the prefix tokens neither merge nor receive: they are the input's, unchanged
+    new_x = torch.cat([x[:, :prefix], kept_x, new_b[:, b_protected:]], dim=1)
+    new_size = torch.cat([size[:, :prefix], kept_size, summed_size[:, b_protected:]], dim=1)
+    # Where each current token goes: kept A tokens after the prefix, merged A tokens to their destination, B after.
+    kept_count = kept.shape[1]
+    b_start = prefix + kept_count - b_protected  # new position of B token j is b_start + j (j >= b_protected)
     a_target = torch.empty(batch, a_count, dtype=torch.long, device=x.device)
-    a_target.scatter_(1, unmerged, torch.arange(kept_count, device=x.device).expand(batch, -1) + prefix)
-    a_target.scatter_(1, sources, destinations + prefix + kept_count)
-    b_count = b_x.shape[1]
-    b_target = torch.arange(b_count, device=x.device).expand(batch, -1) + prefix + kept_count
+    a_target.scatter_(1, unmerged, torch.arange(unmerged.shape[1], device=x.device).expand(batch, -1)
+                      + (prefix - a_protected))
+    a_target.scatter_(1, sources, destinations + b_start)
+    b_target = torch.arange(b_x.shape[1], device=x.device).expand(batch, -1) + b_start
     target = torch.empty(batch, x.shape[1], dtype=torch.long, device=x.device)
+    target[:, ::2] = a_target
+    target[:, 1::2] = b_target
     target[:, :prefix] = torch.arange(prefix, device=x.device)
-    target[:, prefix::2] = a_target
-    target[:, prefix + 1::2] = b_target
     return new_x, new_size, target.gather(1, origin)
 
 
@@ -122,7 +145,8 @@ def block_forward(block: Block, x: torch.Tensor, size: Optional[torch.Tensor], o
 
 class ToMe(Reducer):
     """``reduce_tokens(model, "tome", r=..., proportional_attention=True)``. ``model.token_merges`` reports the
-    tokens each block merged in the last forward (``r`` after the cap)."""
+    tokens each block merged in the last forward (``r`` after the cap), ``model.token_origin`` ``(B, N)`` the output
+    token each input token ended in (the official ``trace_source`` matrix is its one-hot form)."""
 
     name = "tome"
     options = ("r", "proportional_attention")
@@ -152,5 +176,6 @@ class ToMe(Reducer):
                                        settings["proportional_attention"])
             if index in take:
                 taken.append(x.gather(1, origin[..., None].expand(-1, -1, x.shape[-1])))  # back on the full grid
-        vit.token_counts, vit.token_merges = counts, merges
+        # where each input token ended: the official trace_source, as an index per token
+        vit.token_counts, vit.token_merges, vit.token_origin = counts, merges, origin
         return x, size, taken
