@@ -18,7 +18,7 @@ if __name__ != "vithub.kernels":  # imported as a top-level `kernels` from a clo
 else:
     from . import backends  # noqa: F401  (importing it registers the backends)
     from ._validation import pair
-    from .ordering import ascending, descending_order, host_values
+    from .ordering import ascending, ascending_order, descending_order, host_values
     from .backends.reference import window_bias
     from .backends.torch_tiled import gather_table_bias
     from .backends.triton_fused import triton_available, triton_refusal
@@ -53,6 +53,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "ascending",
+    "ascending_order",
     "available_backends",
     "backend_refusals",
     "carrier_window_attention",

@@ -264,3 +264,15 @@ def test_unpadded_size_is_validated():
     q, k, v = _qkv(1, 8, 8, 2, 4)
     with pytest.raises(ValueError, match="unpadded_size must fit"):
         window_attention(q, k, v, 4, 2, unpadded_size=(9, 8))
+
+
+def test_orderings_keep_ties_in_index_order():
+    """Token reduction's orderings (vithub.kernels.ordering), eager form: ties in index order. (Under an ONNX export
+    they take TopK, whose ties are in index order by the ONNX spec; the token-reduction export tests compare ONNX
+    Runtime with eager.)"""
+    from vithub.kernels import ordering
+
+    values = torch.tensor([[3.0, 1.0, 3.0, -float("inf"), 1.0, 7.0], [0.0, 0.0, 2.0, 2.0, -1.0, 0.0]])
+    assert ordering.ascending_order(values).tolist() == [[3, 1, 4, 0, 2, 5], [4, 0, 1, 5, 2, 3]]
+    assert ordering.descending_order(values).tolist() == [[5, 0, 2, 1, 4, 3], [2, 3, 0, 1, 5, 4]]
+    assert ordering.ascending(torch.tensor([[5, 2, 9, 0], [1, 8, 3, 4]])).tolist() == [[0, 2, 5, 9], [1, 3, 4, 8]]

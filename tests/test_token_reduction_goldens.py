@@ -76,3 +76,52 @@ def test_the_goldens_tell_the_old_partition_apart():
     finally:
         tome.merge_tokens = original
     assert (logits - TOME_TENSORS["cls_r6.logits"]).abs().max() > 1e-4  # ten times the tolerance
+
+
+# --- LTMP -------------------------------------------------------------------------------------------------------
+
+LTMP = GOLDEN / "ltmp_official.safetensors"
+
+
+def _ltmp_model():
+    with safe_open(str(LTMP), "pt") as handle:
+        config = json.loads(handle.metadata()["config"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    model = VisionTransformer(**config["model"]["kwargs"])
+    model.load_state_dict({key[len("state_dict."):]: value for key, value in tensors.items()
+                           if key.startswith("state_dict.")})
+    vithub.reduce_tokens(model, "ltmp", flops_ratio=0.5, tau=config["tau"])
+    with torch.no_grad():
+        model.ltmp_merge_thresholds.copy_(torch.tensor(config["merge_thresholds"]))
+        model.ltmp_prune_thresholds.copy_(torch.tensor(config["prune_thresholds"]))
+    return model, config, tensors
+
+
+def test_ltmp_inference_equals_the_official_code_image_by_image():
+    """The official inference model runs one image at a time; vithub's batched run (each image keeps a different
+    number of tokens) gives each image's official logits, and alone each image keeps the official token counts."""
+    model, config, tensors = _ltmp_model()
+    model.eval()
+    with torch.no_grad():
+        logits = model(tensors["images"])
+    torch.testing.assert_close(logits, tensors["inference.logits"], rtol=0, atol=1e-5)
+    counts = config["inference_token_counts"]
+    assert len({tuple(count) for count in counts}) == len(counts), "every image should reduce differently"
+    for index, expected in enumerate(counts):
+        with torch.no_grad():
+            model(tensors["images"][index:index + 1])
+        assert model.token_counts == [float(count) for count in expected[:-1]]
+
+
+def test_ltmp_training_forward_equals_the_official_code():
+    """The training forward (every token kept, straight-through masks): logits, and the gradients of the thresholds
+    that the logits' sum sends back."""
+    model, _, tensors = _ltmp_model()
+    model.train()
+    logits = model(tensors["images"])
+    torch.testing.assert_close(logits, tensors["training.logits"], rtol=0, atol=1e-5)
+    logits.sum().backward()
+    torch.testing.assert_close(model.ltmp_merge_thresholds.grad, tensors["training.merge_threshold_grad"],
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model.ltmp_prune_thresholds.grad, tensors["training.prune_threshold_grad"],
+                               rtol=1e-4, atol=1e-6)

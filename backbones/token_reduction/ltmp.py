@@ -1,9 +1,19 @@
 """LTMP (Bonnaerens & Dambre, "Learned Thresholds Token Merging and Pruning for Vision Transformers", TMLR 2023),
-written from the paper: per block, a learned merge threshold (on ToMe's similarity) and prune threshold (on the
-attention a token receives, averaged over heads and live queries). Training keeps every token and masks the dropped
-ones out of attention with straight-through masks, so only the thresholds learn (loss: task + λ·(target − FLOPs
-ratio)², the paper's FLOPs ratio); inference removes tokens for real and runs batched (padding with key and query
-masks), each image's result equal to running it alone. ``model.flops_ratio`` reports the last forward."""
+with the semantics of the official code (Mxbonn/ltmp ``ltmp/timm/lt_mergeprune.py`` for training and
+``lt_mergeprune_inference.py`` for inference): per block, between attention and MLP, ToMe's split of the current
+sequence into A (even positions) and B (odd positions); every A token whose best cosine match in B (keys averaged over
+heads) is above the block's learned merge threshold merges into it (size-weighted, proportional attention); then every
+token whose importance (the attention it receives, averaged over heads and queries; a B token that took merges keeps
+the largest importance among them) is not above the learned prune threshold drops. The class token (the prefix, by the
+same rule for distillation and register tokens) never merges, receives or drops. ``model.flops_ratio`` reports the
+last forward.
+
+Inference removes tokens: the sequence becomes ``[prefix, unmerged A, B]`` minus the pruned ones. The official code
+runs one image at a time; vithub runs the batch padded and masked, each image's result equal to running it alone.
+Training keeps every token in the order ``[prefix, A, B]`` (merged and pruned ones masked out of attention with
+straight-through masks, so the thresholds learn; loss: task + λ·(target − FLOPs ratio)², the paper's FLOPs ratio). As
+in the official code, the two paths partition differently after the first block (training keeps the merged A tokens
+in place), so a training forward is not the inference forward with masks."""
 
 from __future__ import annotations
 
@@ -15,9 +25,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from vithub.kernels import host_values
+from vithub.kernels import ascending_order, host_values
 
 from .runner import Reducer, attend, feed_forward, run_step
+from .tome import protected_counts
 
 LTMP_DEFAULTS: Dict[str, Any] = {"merge_threshold": 0.9, "prune_threshold": 0.0, "tau": 0.1, "flops_weight": 10.0,
                                  "proportional_attention": True, "train_backbone": False}
@@ -30,109 +41,129 @@ def threshold_mask(score: torch.Tensor, threshold: torch.Tensor, tau: float) -> 
     return (score > threshold).to(soft.dtype) + (soft - soft.detach())
 
 
-def ltmp_layout(x: torch.Tensor, prefix: int) -> Tuple[torch.Tensor, int]:
-    """Reorder the tokens after ``prefix`` as ``[even | odd]`` (ToMe's sets A and B, kept for the whole forward, so
-    the training and inference paths match the same pairs); returns ``x`` and the size of A."""
-    count = x.shape[1] - prefix
-    order = torch.cat([torch.arange(prefix), prefix + torch.arange(0, count, 2), prefix + torch.arange(1, count, 2)])
-    return x[:, order.to(x.device)], (count + 1) // 2
+def _protected(prefix: int, length: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(length, device=device) < prefix
 
 
-def _threshold_merge(x: torch.Tensor, size: torch.Tensor, alive: torch.Tensor, live: torch.Tensor,
-                     importance: torch.Tensor, k: torch.Tensor, prefix: int, split: int, threshold: torch.Tensor,
-                     tau: float, hard: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LTMP's merging step: each live A token whose best cosine match among the live B tokens is above
-    ``threshold`` merges into it (size-weighted). Returns ``x``, ``size``, the importance of the tokens after the
-    prefix (a B token that took merges is as important as the most important token it stands for) and their
-    liveness after merging (merged A tokens leave)."""
-    a_live, b_live = live[:, prefix:split], live[:, split:]
-    metric = F.normalize(k.mean(dim=2)[:, prefix:].float(), dim=-1)
-    a_count = split - prefix
-    scores = metric[:, :a_count] @ metric[:, a_count:].transpose(-1, -2)
-    scores = scores.masked_fill(~b_live[:, None, :], -2.0)  # below any cosine: a dropped B token takes nothing
-    best, destination = scores.max(dim=-1)
-    can_merge = a_live & b_live.any(dim=1, keepdim=True)
-    best = best.masked_fill(~can_merge, -2.0)
-    if hard:
-        merged = (best > threshold) & can_merge
-        merge_weight = merged.to(size.dtype)
-        unmerged = torch.cat([a_live & ~merged, b_live], dim=1)
-    else:
-        merged_soft = threshold_mask(best, threshold, tau) * can_merge.to(best.dtype)
-        merge_weight = merged_soft.detach().to(size.dtype)
-        unmerged = torch.cat([alive[:, prefix:split] * (1 - merged_soft), alive[:, split:]], dim=1)
+def _best_matches(k: torch.Tensor, prefix: int, a_blocked: Optional[torch.Tensor] = None,
+                  b_blocked: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each A token's best cosine similarity to a B token and that token (keys averaged over heads, normalised, times
+    ``weight`` where given: the training path's live mask). Protected (prefix) and ``*_blocked`` A rows and B columns
+    are minus infinity."""
+    metric = k.mean(dim=2)
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    if weight is not None:
+        metric = metric * weight[..., None]
+    a, b = metric[:, ::2], metric[:, 1::2]
+    if b.shape[1] == 0:  # a single token left: nothing to merge into
+        return (a.new_full(a.shape[:2], float("-inf")),
+                torch.zeros(a.shape[:2], dtype=torch.long, device=a.device))
+    a_protected, b_protected = protected_counts(prefix)
+    rows = _protected(a_protected, a.shape[1], k.device)[None, :]
+    columns = _protected(b_protected, b.shape[1], k.device)[None, :]
+    if a_blocked is not None:
+        rows = rows | a_blocked
+    if b_blocked is not None:
+        columns = columns | b_blocked
+    scores = (a @ b.transpose(-1, -2)).masked_fill(rows[..., None] | columns[:, None, :], float("-inf"))
+    return scores.max(dim=-1)
+
+
+def _merge_into_b(x: torch.Tensor, size: torch.Tensor, importance: torch.Tensor, destination: torch.Tensor,
+                  weight: torch.Tensor, prefix: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tokens merged into B with ``weight`` (1: merged, 0: not), on ``x`` already multiplied by ``size``, in the
+    layout ``[A | B]``; a B token's importance becomes the largest among it and what it took (protected A rows do
+    not count, as the official code's class-token score)."""
+    if x.shape[1] < 2:  # a single token: nothing merges
+        return x, size, importance
     channels = x.shape[-1]
-    a_x, b_x = x[:, prefix:split], x[:, split:]
-    a_size, b_size = size[:, prefix:split], size[:, split:]
-    moved_size = a_size * merge_weight
-    summed = (b_x * b_size[..., None].to(x.dtype)).scatter_add(
-        1, destination[..., None].expand(-1, -1, channels), a_x * moved_size[..., None].to(x.dtype))
-    summed_size = b_size.scatter_add(1, destination, moved_size)
-    received = torch.zeros_like(b_size).scatter_add(1, destination, merge_weight) > 0
-    # tokens that took no merge are copied, not divided back (x * s / s is not always x in floating point)
-    new_b = torch.where(received[..., None], summed / summed_size[..., None].to(x.dtype), b_x)
-    x = torch.cat([x[:, :split], new_b], dim=1)
-    size = torch.cat([size[:, :split], torch.where(received, summed_size, b_size)], dim=1)
-    a_importance, b_importance = importance[:, :a_count], importance[:, a_count:]
-    b_importance = b_importance.scatter_reduce(1, destination, a_importance * merge_weight.to(importance.dtype),
-                                               reduce="amax", include_self=True)
-    return x, size, torch.cat([a_importance, b_importance], dim=1), unmerged
+    a_x, b_x = x[:, ::2], x[:, 1::2]
+    a_size, b_size = size[:, ::2], size[:, 1::2]
+    a_importance, b_importance = importance[:, ::2], importance[:, 1::2]
+    b_x = b_x.scatter_add(1, destination[..., None].expand(-1, -1, channels), a_x * weight[..., None].to(x.dtype))
+    b_size = b_size.scatter_add(1, destination, a_size * weight.to(size.dtype))
+    taken = a_importance * weight.to(importance.dtype)
+    taken = taken.masked_fill(_protected(protected_counts(prefix)[0], taken.shape[1], x.device), 0.0)
+    b_importance = b_importance.scatter_reduce(1, destination, taken, reduce="amax", include_self=True)
+    return (torch.cat([a_x, b_x], dim=1), torch.cat([a_size, b_size], dim=1),
+            torch.cat([a_importance, b_importance], dim=1))
 
 
-def ltmp_block_forward(block: Block, x: torch.Tensor, size: torch.Tensor, alive: torch.Tensor, a_count: int,
-                       prefix: int, merge_threshold: torch.Tensor, prune_threshold: torch.Tensor, tau: float,
-                       proportional: bool, hard: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One timm ``Block`` with LTMP between attention and MLP, on tokens laid out ``[prefix | A | B]``.
+def _sequence_keys(length: int, prefix: int, device: torch.device) -> torch.Tensor:
+    """For each position of the ``[A | B]`` layout, a key whose ascending order is the sequence ``[prefix, A, B]``:
+    prefix tokens back at the front in their order, then A, then B (with a class token only, the official
+    ``[A, B]``)."""
+    positions = torch.cat([torch.arange(0, length, 2, device=device), torch.arange(1, length, 2, device=device)])
+    return torch.where(positions < prefix, positions - prefix, torch.arange(length, device=device))
 
-    ``alive`` is the tokens still in the sequence: bool with ``hard`` (inference; False also marks padding), else
-    a 0/1 float carrying the straight-through gradients (training: nothing is removed, dropped tokens are masked
-    out of every later attention). A tokens whose best cosine match in B (keys averaged over heads) exceeds the merge
-    threshold merge into it (size-weighted); then tokens whose importance (attention received, averaged over heads
-    and the live queries) is not above the prune threshold drop. The prefix never merges or drops.
-    """
+
+def _keep_one_without_prefix(rest: torch.Tensor, live: torch.Tensor, importance: torch.Tensor,
+                             prefix: int) -> torch.Tensor:
+    """Without a class token nothing stops an image from dropping every token: each image keeps its most important
+    live token (vithub's rule; the official code assumes a class token)."""
+    if prefix or not rest.shape[1]:
+        return rest
+    top = importance.float().masked_fill(~live, -1.0).argmax(dim=1)
+    return torch.where(F.one_hot(top, rest.shape[1]).bool() & live, torch.ones_like(rest), rest)
+
+
+def ltmp_block_forward(block: Block, x: torch.Tensor, size: torch.Tensor, alive: torch.Tensor, prefix: int,
+                       merge_threshold: torch.Tensor, prune_threshold: torch.Tensor, tau: float, proportional: bool,
+                       hard: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One timm ``Block`` with LTMP between attention and MLP.
+
+    ``hard`` (inference): ``alive`` is bool, each image's live tokens first in sequence order, padding after; the
+    result is re-ordered the same way (``[prefix, unmerged A, B]`` minus the pruned, then padding), not yet trimmed
+    (:func:`compact_tokens`). Otherwise (training) ``alive`` is the 0/1 float mask with straight-through gradients and
+    the result keeps every token in the order ``[prefix, A, B]``. Returns ``x``, ``size`` and ``alive``."""
     tokens = x.shape[1]
     live = alive if hard else alive.detach() > 0.5
-    x, k, importance = attend(block, x, size if proportional else None, key_mask=alive, query_mask=live,
-                              return_importance=True)
-    split = prefix + a_count
-    importance = importance[:, prefix:]
-    if a_count and tokens - split:
-        x, size, importance, unmerged = _threshold_merge(x, size, alive, live, importance, k, prefix, split,
-                                                         merge_threshold, tau, hard)
-    else:  # A or B is empty (inference dropped it all): nothing can merge
-        unmerged = alive[:, prefix:]
+    x, k, importance = attend(block, x, size if proportional else None, key_mask=alive,
+                              query_mask=alive if hard else None, return_importance=True)
+    importance = importance.masked_fill(_protected(prefix, tokens, x.device), float("inf"))
+    keys = _sequence_keys(tokens, prefix, x.device)
     if hard:
-        rest = unmerged & (importance > prune_threshold)
-    else:
-        rest = unmerged * threshold_mask(importance.float(), prune_threshold, tau)
-    if prefix == 0 and rest.shape[1]:  # no class token to fall back on: each image keeps its most important token
-        still_live = unmerged if hard else unmerged.detach() > 0.5
-        top = importance.float().masked_fill(~still_live, -1.0).argmax(dim=1)
-        rest = torch.where(F.one_hot(top, rest.shape[1]).bool() & still_live, unmerged, rest)
-    alive = torch.cat([alive[:, :prefix], rest], dim=1)
-    return feed_forward(block, x), size, alive
+        best, destination = _best_matches(k, prefix, a_blocked=~live[:, ::2], b_blocked=~live[:, 1::2])
+        merged = best > merge_threshold
+        x, size, importance = _merge_into_b(x * size[..., None].to(x.dtype), size, importance, destination,
+                                            merged.to(size.dtype), prefix)
+        unmerged = torch.cat([live[:, ::2] & ~merged, live[:, 1::2]], dim=1)
+        rest = _keep_one_without_prefix(unmerged & (importance > prune_threshold), unmerged, importance, prefix)
+        # the live tokens first, in [prefix, A, B] order; the dropped ones and the padding after them
+        gather = ascending_order(torch.where(rest, keys[None, :], tokens))
+        x, size, alive = (tensor.gather(1, gather.view(*gather.shape, *([1] * (tensor.dim() - 2))).expand(
+            -1, -1, *tensor.shape[2:])) for tensor in (x, size, rest))
+        x = x / size[..., None].to(x.dtype)
+        return feed_forward(block, x), size, alive
+    order = ascending_order(keys)
+    best, destination = _best_matches(k, prefix, weight=alive.detach().to(k.dtype))
+    merge = threshold_mask(best, merge_threshold, tau)
+    a_alive = alive[:, ::2]
+    unmerged = torch.where(a_alive == 0, a_alive, 1 - merge)  # an A token masked before stays masked
+    x, size, importance = _merge_into_b(x * size[..., None].to(x.dtype), size, importance, destination,
+                                        merge.detach(), prefix)
+    x, size, importance = x[:, order], size[:, order], importance[:, order]
+    merged_mask = torch.cat([unmerged, alive[:, 1::2]], dim=1)[:, order]
+    x = x / size[..., None].to(x.dtype)
+    prune = threshold_mask(importance.float(), prune_threshold, tau).to(merged_mask.dtype)
+    mask = torch.where(merged_mask != 0, prune, merged_mask)  # the official mask[mask.bool()] = prune[mask.bool()]
+    if prefix == 0:
+        kept, before = mask.detach() > 0.5, merged_mask.detach() > 0.5
+        mask = torch.where(_keep_one_without_prefix(kept, before, importance, 0) & ~kept, torch.ones_like(mask), mask)
+    return feed_forward(block, x), size, mask
 
 
 @torch.compiler.disable  # data-dependent sizes: runs eagerly, the blocks around it compile (with graph breaks)
-def compact_tokens(tensors: Sequence[torch.Tensor], alive: torch.Tensor, prefix: int, a_count: int
-                   ) -> Tuple[List[torch.Tensor], torch.Tensor, int]:
-    """Drop what no image of the batch still has: within A and within B, each image's live tokens move to the front
-    in their order and both parts shrink to the batch's longest; the rest is padding (``alive`` False). Returns the
-    gathered ``tensors`` (``(B, N, ...)``), ``alive`` and the new size of A. Where the live counts cannot be read
-    (an ONNX export has no host side) every token stays: the masks already leave the dropped ones out."""
-    bounds = ((prefix, prefix + a_count), (prefix + a_count, alive.shape[1]))
-    longest = host_values(torch.stack([alive[:, start:stop].sum(dim=1).amax() if stop > start
-                                       else torch.zeros((), dtype=torch.long, device=alive.device)
-                                       for start, stop in bounds]))
+def compact_tokens(tensors: Sequence[torch.Tensor], alive: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Trim what no image of the batch still has (each image's live tokens are already first): the sequence
+    shrinks to the batch's longest. Where the live counts cannot be read (an ONNX export has no host side) every
+    token stays: the masks already leave the dropped ones out."""
+    longest = host_values(alive.sum(dim=1).amax()[None])
     if longest is None:
-        return list(tensors), alive, a_count
-    parts = [(~alive[:, start:stop]).to(torch.uint8).argsort(dim=1, stable=True)[:, :keep] + start
-             for (start, stop), keep in zip(bounds, longest)]
-    new_a = longest[0]
-    index = torch.cat([torch.arange(prefix, device=alive.device).expand(alive.shape[0], -1), *parts], dim=1)
-    gathered = [tensor.gather(1, index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(
-        -1, -1, *tensor.shape[2:])) for tensor in tensors]
-    return gathered, alive.gather(1, index), new_a
+        return list(tensors), alive
+    keep = max(int(longest[0]), 1)
+    return [tensor[:, :keep] for tensor in tensors], alive[:, :keep]
 
 
 def ltmp_flops_ratio(entering: Sequence[torch.Tensor], leaving: Sequence[torch.Tensor], tokens: int, dim: int
@@ -224,7 +255,6 @@ class LTMP(Reducer):
         settings = vit.token_reduction
         prefix = vit.num_prefix_tokens
         tokens, dim = x.shape[1], x.shape[2]
-        x, a_count = ltmp_layout(x, prefix)
         hard = not vit.training
         size = torch.ones(x.shape[:2], dtype=torch.float32, device=x.device)
         alive = torch.ones(x.shape[:2], dtype=torch.bool if hard else torch.float32, device=x.device)
@@ -232,12 +262,12 @@ class LTMP(Reducer):
         merge_thresholds, prune_thresholds = vit.ltmp_merge_thresholds, vit.ltmp_prune_thresholds
         for index, block in enumerate(list(vit.blocks)[: None if last is None else last + 1]):
             entering.append(alive.sum(dim=1, dtype=torch.float32))
-            x, size, alive = run_step(vit, ltmp_block_forward, block, x, size, alive, a_count, prefix,
+            x, size, alive = run_step(vit, ltmp_block_forward, block, x, size, alive, prefix,
                                       merge_thresholds[index], prune_thresholds[index], settings["tau"],
                                       settings["proportional_attention"], hard)
             leaving.append(alive.sum(dim=1, dtype=torch.float32))
             if hard:  # what every image dropped leaves the batch: fewer tokens next
-                (x, size), alive, a_count = compact_tokens((x, size), alive, prefix, a_count)
+                (x, size), alive = compact_tokens((x, size), alive)
         ratio = ltmp_flops_ratio(entering, leaving, tokens, dim).mean()
         statistics = host_values(torch.cat([torch.stack(entering).mean(dim=1), ratio[None]]))
         if statistics is not None:  # Python-side statistics (an exported graph has none)
