@@ -125,3 +125,79 @@ def test_ltmp_training_forward_equals_the_official_code():
                                rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(model.ltmp_prune_thresholds.grad, tensors["training.prune_threshold_grad"],
                                rtol=1e-4, atol=1e-6)
+
+
+# --- Token Cropr --------------------------------------------------------------------------------------------------
+
+CROPR = GOLDEN / "cropr_official.safetensors"
+
+
+def _cropr_golden():
+    with safe_open(str(CROPR), "pt") as handle:
+        return json.loads(handle.metadata()["config"]), {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+CROPR_CONFIG, CROPR_TENSORS = _cropr_golden()
+
+
+def _cropr_model(case: str):
+    from vithub.backbones.token_reduction import official_state_dict
+
+    spec = CROPR_CONFIG[case]
+    cfg, kwargs = spec["cropr_cfg"], dict(spec["vit_kwargs"])
+    kwargs.pop("drop_path_rate")
+    model = VisionTransformer(**kwargs, qkv_bias=True)
+    vithub.reduce_tokens(model, "cropr", rate=cfg["pruning_rate"], last_layer_fusion=cfg["llf"],
+                         num_queries=cfg["num_queries"], router_heads=cfg["num_heads"],
+                         mlp_ratio=float(cfg["mlp_ratio"]), pre_attn_norm=cfg["pre_attn_norm"], q_proj=cfg["q_proj"],
+                         k_proj=cfg["k_proj"], v_proj=cfg["v_proj"], mlp=cfg["mlp"])
+    prefix = f"{case}.state_dict."
+    official = {key[len(prefix):]: value for key, value in CROPR_TENSORS.items() if key.startswith(prefix)}
+    model.load_state_dict(official_state_dict(official))  # strict: every official key has its place
+    return model, spec
+
+
+@pytest.mark.parametrize("case", sorted(CROPR_CONFIG))
+def test_cropr_inference_equals_the_official_code(case):
+    """Router scores of every token, the tokens each module keeps (as sets of grid positions: the official code
+    keeps them in score order, vithub in grid order), the logits, and with last-layer fusion every output token."""
+    model, spec = _cropr_model(case)
+    model.eval()
+    images = CROPR_TENSORS["images"]
+    scores = []
+    for router in model.cropr_routers:  # the scores each router gives, in the order of the tokens it sees
+        original = router.scores
+        router.scores = lambda tokens, original=original: scores.append(original(tokens)) or scores[-1]
+    with torch.no_grad():
+        logits = model(images)
+    torch.testing.assert_close(logits, CROPR_TENSORS[f"{case}.eval.logits"], rtol=0, atol=1e-5)
+    assert len(model.token_kept) == spec["modules"]
+    seen = torch.arange(model.patch_embed.num_patches).expand(images.shape[0], -1)
+    for module, kept in enumerate(model.token_kept):
+        official_scores = CROPR_TENSORS[f"{case}.eval.scores.{module}"]
+        official_positions = CROPR_TENSORS[f"{case}.eval.positions.{module}"]  # 0: the class token
+        # the official scores re-ordered to grid positions, against ours in the order vithub's tokens have
+        by_grid = torch.zeros(images.shape[0], model.patch_embed.num_patches).scatter(
+            1, official_positions[:, 1:] - 1, official_scores[:, 1:])
+        torch.testing.assert_close(scores[module], by_grid.gather(1, seen), rtol=1e-5, atol=1e-5)
+        official_kept = CROPR_TENSORS[f"{case}.eval.kept.{module}"]
+        assert torch.equal(official_kept[:, 0], torch.zeros_like(official_kept[:, 0]))  # the class token stays
+        assert torch.equal(kept, (official_kept[:, 1:] - 1).sort(dim=1).values)
+        seen = kept
+    if spec["cropr_cfg"]["llf"]:
+        with torch.no_grad():
+            features = model.forward_features(images)  # grid order after fusion
+        tokens, positions = CROPR_TENSORS[f"{case}.eval.final_tokens"], CROPR_TENSORS[f"{case}.eval.final_positions"]
+        official_grid = torch.zeros_like(tokens).scatter(1, positions[..., None].expand_as(tokens), tokens)
+        torch.testing.assert_close(features, official_grid, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(CROPR_CONFIG))
+def test_cropr_training_forward_equals_the_official_code(case):
+    """Training mode: the logits and every auxiliary head's predictions."""
+    model, _ = _cropr_model(case)
+    model.train()
+    logits = model(CROPR_TENSORS["images"])
+    torch.testing.assert_close(logits, CROPR_TENSORS[f"{case}.train.logits"], rtol=0, atol=1e-5)
+    auxiliary = torch.stack(model.token_reduction_aux_logits, 1)
+    torch.testing.assert_close(auxiliary, CROPR_TENSORS[f"{case}.train.aux_logits"], rtol=0, atol=1e-5)

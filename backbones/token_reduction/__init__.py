@@ -1,5 +1,6 @@
-"""Token reduction on timm's ``VisionTransformer`` family, each method written from its paper: ToMe (Bolya et al.,
-ICLR 2023), LTMP (Bonnaerens & Dambre, TMLR 2023) and Token Cropr (Bergner et al., CVPR 2025).
+"""Token reduction on timm's ``VisionTransformer`` family, each method equal to its official code on committed goldens
+(``tests/golden/``): ToMe (Bolya et al., ICLR 2023), LTMP (Bonnaerens & Dambre, TMLR 2023) and Token Cropr (Bergner
+et al., CVPR 2025).
 
 :func:`reduce_tokens` turns a timm ViT (DeiT, DeiT-3, ViT AugReg/MAE/CLIP, with or without class, distillation or
 register tokens, LayerScale, qk-norm) into a token-reduced one in place, and ``reduce_tokens(model, None)`` gives the
@@ -14,7 +15,7 @@ forward paths) and ``models.py`` (the registered ``vh_*_{tome,ltmp,cropr}`` memb
 """
 
 from . import models  # noqa: F401  (registers the vh_*_{tome,ltmp,cropr} members)
-from .cropr import Cropr, CroprRouter, cropr_schedule
+from .cropr import Cropr, CroprRouter, cropr_schedule, official_state_dict
 from .ltmp import LTMP, ltmp_block_forward
 from .reduce import (METHODS, REDUCERS, TokenReduced, parse_spec, reduce_tokens, reduce_tokens_from_spec,
                      reduction_config)
@@ -22,5 +23,6 @@ from .runner import Reducer, check_block
 from .tome import ToMe, block_forward, merge_schedule, merge_tokens
 
 __all__ = ["METHODS", "REDUCERS", "Cropr", "CroprRouter", "LTMP", "Reducer", "ToMe", "TokenReduced", "block_forward",
-           "check_block", "cropr_schedule", "ltmp_block_forward", "merge_schedule", "merge_tokens", "parse_spec",
+           "check_block", "cropr_schedule", "ltmp_block_forward", "merge_schedule", "merge_tokens", "official_state_dict",
+           "parse_spec",
            "reduce_tokens", "reduce_tokens_from_spec", "reduction_config"]

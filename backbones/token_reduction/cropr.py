@@ -1,15 +1,22 @@
-"""Token Cropr (Bergner et al., "Token Cropr: Faster ViTs for Quite a Few Tasks", CVPR 2025), written from the
-paper: a router after each block but the last one or two keeps the top-scoring tokens (``rate`` pruned per block,
-the first one ``rate + 1``); its scorer is a learned-query dot product, cheap at inference, and in training an
-auxiliary cross-attention head per router learns the scores from the task loss. Last-layer fusion brings every pruned
-token back for the last block, so dense outputs keep the full grid."""
+"""Token Cropr (Bergner et al., "Token Cropr: Faster ViTs for Quite a Few Tasks", CVPR 2025), with the semantics
+of the official code (benbergner/cropr ``cls/cropr.py`` and ``cls/vision_transformer.py``): a router after each block
+but the last one (with last-layer fusion: the last two) keeps the top-scoring tokens (``rate`` pruned per block, the
+first one ``rate + 1``); its score is the sum over heads and queries of the learned queries' dot products with the
+keys (unscaled logits), cheap at inference; in training the same cross-attention (on the tokens with gradients
+stopped) feeds an auxiliary classifier whose loss teaches the queries (and projections) which tokens the task needs.
+Last-layer fusion brings every pruned token back for the last block, so dense outputs keep the full grid.
+
+Where vithub differs from the official code: the kept tokens stay in grid order (the official code keeps them in
+descending score order, which changes no output: the blocks treat tokens alike whatever their order), the class token
+and any other prefix token (distillation, registers) are always kept, and average pooling is timm's (over the patch
+tokens; the official classification model's own head averages the class token in too)."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from timm.layers import Mlp
+from timm.layers import Mlp, trunc_normal_tf_
 from torch import nn
 
 from vithub.kernels import ascending, descending_order, global_attention
@@ -18,40 +25,45 @@ from .runner import Reducer, run_step
 
 
 class CroprRouter(nn.Module):
-    """One Cropr pruning module (Bergner et al., "Token Cropr", CVPR 2025), written from the paper.
+    """One Cropr pruning module, as the official ``Cropr`` (its ``CrossAttention`` and ``ClassificationHead``).
 
-    Learned queries cross-attend to the tokens. At inference only the scorer runs: each token's score is its
-    attention logit summed over heads and queries, which folds into one dot product with ``W_k^T sum_m q_m`` after a
-    LayerNorm. In training the same cross-attention (on the tokens with gradients stopped, so the backbone is not
-    pulled towards the router) aggregates the tokens through an MLP into an auxiliary classifier: its loss teaches
-    the queries and keys which tokens the task needs.
+    Learned queries cross-attend to the tokens (optionally after a LayerNorm, ``pre_attn_norm``, and through query,
+    key and value projections without bias, ``q_proj``/``k_proj``/``v_proj``; all off by default, as in the official
+    code). At inference only the scorer runs: each token's score is its attention logit summed over heads and queries,
+    one dot product with ``sum_m q_m`` (folded through ``W_k``). In training the cross-attention, an output
+    projection (with more than one head), a residual MLP (``mlp``) and a LayerNorm + linear head make the auxiliary
+    prediction.
     """
 
-    def __init__(self, dim: int, num_heads: int, num_queries: int, num_classes: int, mlp_ratio: float = 4.0
-                 ) -> None:
+    def __init__(self, dim: int, num_heads: int = 1, num_queries: int = 1, num_classes: int = 1000,
+                 mlp_ratio: float = 4.0, pre_attn_norm: bool = False, q_proj: bool = False, k_proj: bool = False,
+                 v_proj: bool = False, mlp: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"cropr: router_heads {num_heads} must divide the width {dim}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.queries = nn.Parameter(torch.empty(1, num_queries, dim))
-        nn.init.trunc_normal_(self.queries, std=dim ** -0.5)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        trunc_normal_tf_(self.queries, std=dim ** -0.5)
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if pre_attn_norm else nn.Identity()
+        self.q = nn.Linear(dim, dim, bias=False) if q_proj else nn.Identity()
+        self.k = nn.Linear(dim, dim, bias=False) if k_proj else nn.Identity()
+        self.v = nn.Linear(dim, dim, bias=False) if v_proj else nn.Identity()
         self.proj = nn.Linear(dim, dim) if num_heads > 1 else nn.Identity()
-        self.mlp_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.head_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp_norm = nn.LayerNorm(dim, eps=1e-6) if mlp else None
+        self.mlp = Mlp(dim, int(dim * mlp_ratio)) if mlp else None
+        self.head_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` → ``(B, N)``: sum over heads and queries of ``q_m · k_j`` (unscaled logits)."""
         query = self.q(self.queries[0]).sum(dim=0)  # (C,): the queries summed, as the score sums over them
-        weight = self.k.weight.t() @ query.to(self.k.weight.dtype)
-        bias = self.k.bias @ query.to(self.k.bias.dtype)
-        return self.norm(x) @ weight.to(x.dtype) + bias.to(x.dtype)
+        if isinstance(self.k, nn.Linear):  # q . (W x) = (W^T q) . x
+            query = self.k.weight.t() @ query.to(self.k.weight.dtype)
+        return self.norm(x) @ query.to(x.dtype)
 
     def auxiliary_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The auxiliary head's logits ``(B, classes)`` from the cross-attention over ``x`` (gradients stopped)."""
+        """The auxiliary head's logits ``(B, classes)`` from the cross-attention over ``x`` (gradients stopped; with
+        several queries, their outputs are averaged)."""
         x = self.norm(x.detach())
         batch, tokens, dim = x.shape
         queries = self.q(self.queries).expand(batch, -1, -1)
@@ -59,7 +71,8 @@ class CroprRouter(nn.Module):
         k = self.k(x).reshape(batch, tokens, self.num_heads, self.head_dim)
         v = self.v(x).reshape(batch, tokens, self.num_heads, self.head_dim)
         pooled = self.proj(global_attention(q, k, v).reshape(batch, -1, dim)).mean(dim=1)
-        pooled = pooled + self.mlp(self.mlp_norm(pooled))
+        if self.mlp is not None:
+            pooled = pooled + self.mlp(self.mlp_norm(pooled))
         return self.head(self.head_norm(pooled))
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -67,6 +80,23 @@ class CroprRouter(nn.Module):
         reference = self.queries
         self.head = (nn.Linear(dim, num_classes, device=reference.device, dtype=reference.dtype)
                      if num_classes > 0 else nn.Identity())
+
+
+def official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """An official Cropr classification checkpoint's keys (``cropr.{i}.cross_attn.*``, ``cropr.{i}.head.*``) as
+    vithub's (``cropr_routers.{i}.*``); the ViT's own keys are timm's and stay."""
+    renamed = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if parts[0] == "cropr" and len(parts) > 3:
+            rest = ".".join(parts[3:])
+            if parts[2] == "cross_attn":
+                rest = "norm." + rest[len("attn_norm."):] if rest.startswith("attn_norm.") else rest
+            elif parts[2] == "head":
+                rest = {"norm": "head_norm", "head": "head"}[parts[3]] + "." + ".".join(parts[4:])
+            key = f"cropr_routers.{parts[1]}.{rest}"
+        renamed[key] = value
+    return renamed
 
 
 def cropr_schedule(rate: int, modules: int) -> List[int]:
@@ -102,8 +132,13 @@ def _cropr_settings(vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
     fusion = options.get("last_layer_fusion", True)
     if not isinstance(fusion, bool):
         raise ValueError(f"cropr: last_layer_fusion must be True or False, got {fusion!r}")
-    heads = _int_at_least("cropr", "router_heads", options.get("router_heads", vit.blocks[0].attn.num_heads), 1)
+    heads = _int_at_least("cropr", "router_heads", options.get("router_heads", 1), 1)
     queries = _int_at_least("cropr", "num_queries", options.get("num_queries", 1), 1)
+    switches = {name: options.get(name, name == "mlp") for name in ("pre_attn_norm", "q_proj", "k_proj", "v_proj",
+                                                                      "mlp")}
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"cropr: {name} must be True or False, got {value!r}")
     mlp_ratio = options.get("mlp_ratio", 4.0)
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
         raise ValueError(f"cropr: mlp_ratio must be a number > 0, got {mlp_ratio!r}")
@@ -115,16 +150,18 @@ def _cropr_settings(vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"cropr: rate {rate} prunes {sum(schedule)} tokens over {modules} blocks, but the model has "
                          f"only {grid} patch tokens")
     return {"method": "cropr", "rate": rate, "last_layer_fusion": fusion, "num_queries": queries,
-            "router_heads": heads, "mlp_ratio": float(mlp_ratio), "schedule": schedule}
+            "router_heads": heads, "mlp_ratio": float(mlp_ratio), **switches, "schedule": schedule}
 
 
 class Cropr(Reducer):
     """``reduce_tokens(model, "cropr", rate=8, last_layer_fusion=True, ...)``: adds ``cropr_routers`` (one
     :class:`CroprRouter` per pruning block); ``model.token_reduction_aux_logits`` holds the auxiliary heads' logits of
-    the last training forward."""
+    the last training forward, ``model.token_kept`` the patch positions ``(B, kept)`` each pruning block kept in the
+    last forward (grid order)."""
 
     name = "cropr"
-    options = ("rate", "last_layer_fusion", "num_queries", "router_heads", "mlp_ratio")
+    options = ("rate", "last_layer_fusion", "num_queries", "router_heads", "mlp_ratio", "pre_attn_norm", "q_proj",
+               "k_proj", "v_proj", "mlp")
 
     def settings(self, vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
         return _cropr_settings(vit, options)
@@ -133,7 +170,9 @@ class Cropr(Reducer):
         reference = next(vit.parameters())  # the routers live on the model's device and dtype
         vit.cropr_routers = nn.ModuleList([
             CroprRouter(vit.embed_dim, settings["router_heads"], settings["num_queries"], vit.num_classes,
-                        settings["mlp_ratio"]) for _ in settings["schedule"]]).to(reference.device, reference.dtype)
+                        settings["mlp_ratio"], **{name: settings.get(name, name == "mlp") for name in (
+                            "pre_attn_norm", "q_proj", "k_proj", "v_proj", "mlp")})
+            for _ in settings["schedule"]]).to(reference.device, reference.dtype)
 
     def detach(self, vit: nn.Module) -> None:
         vit._modules.pop("cropr_routers", None)
@@ -161,7 +200,7 @@ class Cropr(Reducer):
         index = torch.arange(patches, device=x.device).expand(x.shape[0], -1)
         pruned: List[torch.Tensor] = []
         pruned_index: List[torch.Tensor] = []
-        counts, taken, auxiliary = [], [], []
+        counts, taken, auxiliary, kept_positions = [], [], [], []
         fused = False
         for block_index, block in enumerate(list(vit.blocks)[: None if last is None else last + 1]):
             if settings["last_layer_fusion"] and block_index == depth - 1 and pruned:
@@ -185,8 +224,9 @@ class Cropr(Reducer):
                 pruned_index.append(index.gather(1, dropped))
                 x = torch.cat([x[:, :prefix], tokens.gather(1, kept[..., None].expand(-1, -1, channels))], dim=1)
                 index = index.gather(1, kept)
+                kept_positions.append(index)
         if fused:  # every token went through the last block: give them back in grid order
             x = grid_tokens(x, index, [], [], prefix, patches)
-        vit.token_counts = counts
+        vit.token_counts, vit.token_kept = counts, kept_positions
         vit.token_reduction_aux_logits = auxiliary
         return x, None, taken

@@ -20,8 +20,8 @@ from .tome import ToMe
 REDUCERS: Dict[str, Reducer] = {reducer.name: reducer for reducer in (ToMe(), LTMP(), Cropr())}
 METHODS = tuple(REDUCERS)
 _DERIVED = ("schedule",)  # settings computed from the options, not options themselves
-_STATE = ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "token_origin", "_token_sizes",
-          "flops_ratio", "token_reduction_losses", "token_reduction_aux_logits")
+_STATE = ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "token_origin", "token_kept",
+          "_token_sizes", "flops_ratio", "token_reduction_losses", "token_reduction_aux_logits")
 
 
 class TokenReduced:
@@ -145,8 +145,9 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
             towards, required), the thresholds' starting values ``merge_threshold`` (0.9) and ``prune_threshold``
             (0.0), the straight-through temperature ``tau`` (0.1), the weight of the FLOPs loss ``flops_weight``
             (10), ``proportional_attention`` (True) and ``train_backbone`` (False: every other parameter is frozen).
-            For Cropr, ``rate`` (8), ``last_layer_fusion`` (True), ``num_queries`` (1), ``router_heads`` (the
-            ViT's heads) and ``mlp_ratio`` (4.0).
+            For Cropr, ``rate`` (8), ``last_layer_fusion`` (True), and the router's ``num_queries`` (1),
+            ``router_heads`` (1), ``mlp_ratio`` (4.0), ``pre_attn_norm``, ``q_proj``, ``k_proj``, ``v_proj`` (False)
+            and ``mlp`` (True), the official code's defaults.
 
     Raises ``ValueError`` naming the argument for an unknown method or option, a bad value, a model that is not a
     timm ViT, or a block layout this module does not run exactly.
