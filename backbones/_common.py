@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Set, Tuple, Union
 
@@ -9,9 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq, register_notrace_function, register_notrace_module
 
-from vithub.kernels import gather_table_bias
+from vithub.kernels import constant_tensors, gather_table_bias
 
 
 def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
@@ -37,6 +38,13 @@ def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] =
     return taken, max(taken)
 
 
+def placed_like(module: nn.Module, model: nn.Module) -> nn.Module:
+    """``module`` (a new head) on the device and floating dtype of ``model``'s parameters and in its train/eval mode,
+    so ``reset_classifier`` after ``model.to(...)`` or ``model.eval()`` leaves one consistent model."""
+    reference = next(model.parameters())
+    return module.to(device=reference.device, dtype=reference.dtype).train(model.training)
+
+
 def inplace_activation(act_layer: Callable[..., nn.Module]) -> nn.Module:
     """``act_layer(inplace=True)`` where the class takes ``inplace``, else ``act_layer()``.
 
@@ -52,6 +60,7 @@ def inplace_activation(act_layer: Callable[..., nn.Module]) -> nn.Module:
     return act_layer(inplace=True) if takes_inplace else act_layer()
 
 
+@register_notrace_module
 class GELU(nn.GELU):
     """``nn.GELU`` that runs on a channels-last map's memory order: PyTorch's CPU GELU takes 1.8-2.8x longer on a
     channels-last NCHW tensor than on the same memory viewed as a contiguous NHWC one (8 x 64 x 56 x 56, measured
@@ -64,6 +73,7 @@ class GELU(nn.GELU):
         return super().forward(x)
 
 
+@register_notrace_function
 def add_residual_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """``shortcut + branch``, written into ``branch`` (a fresh output of the residual branch that nothing saved for
     backward: a conv, linear, norm or drop-path output), as timm's and torchvision's ResNets add their shortcuts: one
@@ -172,10 +182,12 @@ class BiasTableMixin:
         bias = self._gathered_cache.get(key)
         if bias is None:
             self._gathered_cache.clear()  # one grid at a time: a stale version is never looked up again
-            bias = self._gathered_cache[key] = gather_table_bias(self.bias_table(key_size), query_size, stride)
+            with constant_tensors():  # normal tensors even under inference_mode: training may read them later
+                bias = self._gathered_cache[key] = gather_table_bias(self.bias_table(key_size), query_size, stride)
         return bias
 
 
+@register_notrace_module
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1, stride-1, ungrouped ``nn.Conv2d`` (same parameters and state dict); on a channels-last map, or a
     channel slice of one, it runs as one ``linear`` over the channel-last view.
@@ -404,7 +416,9 @@ class StageHooks:
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
+        reference = next(self.parameters())  # a new classifier joins the model's device and dtype
+        self.head.reset(num_classes, pool_type=global_pool, device=reference.device, dtype=reference.dtype)
+        self.head.train(self.training)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -429,13 +443,22 @@ def build_hierarchical(model_cls: type, variant: str, pretrained: bool,
                        filter_fn: Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]],
                        **kwargs: Any) -> nn.Module:
     """timm's ``build_model_with_cfg`` for a four-stage family: checkpoints through ``filter_fn``, and
-    ``features_only`` through ``forward_intermediates`` (NCHW maps of stages ``out_indices``, default all)."""
+    ``features_only`` through ``forward_intermediates`` (NCHW maps of stages ``out_indices``, default all).
+
+    timm's factory arguments ``device`` and ``dtype`` (``create_model(..., device="meta")``) place every parameter
+    and buffer: the model is built under that default device, then floating tensors are cast to ``dtype``."""
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained,
-        pretrained_filter_fn=filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
+    device = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained,
+            pretrained_filter_fn=filter_fn,
+            feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+            **kwargs,
+        )
+    return model if dtype is None else model.to(dtype)

@@ -16,11 +16,12 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, GELUTanh, SelectAdaptivePool2d
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
 
 from vithub.kernels import relu_linear_attention
 
 from ._common import (
+    placed_like,
     SequentialStage,
     add_residual_,
     MapLayout,
@@ -136,6 +137,7 @@ class FusedMBConv(nn.Module):
         return self.point_conv(self.spatial_conv(x))
 
 
+@register_notrace_module
 class LiteMLA(nn.Module):
     """Multi-scale ReLU linear attention: q/k/v from a 1x1 conv, extra scales from depthwise + grouped 1x1 convs on
     them, every (scale, head) group attends over the whole map, then a 1x1 projection with BatchNorm."""
@@ -330,6 +332,7 @@ class EfficientVitMit(StageHooks, nn.Module):
             raise ValueError(f"head_widths needs 2 entries (head conv, hidden linear), got {head_widths}")
         self.large = large
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         act_layer = act_layer or (GELUTanh if large else nn.Hardswish)
@@ -389,7 +392,6 @@ class EfficientVitMit(StageHooks, nn.Module):
         """New classifier with ``num_classes`` outputs (0: pre-logits features). ``global_pool=""`` (timm's "no
         pooling", used when pruning for features) drops the whole head: ``forward_head`` then returns the map."""
         self.num_classes = num_classes
-        device = next(self.parameters()).device
         if global_pool == "":
             self.global_pool = ""
             self.head = nn.Identity()
@@ -398,12 +400,12 @@ class EfficientVitMit(StageHooks, nn.Module):
         if global_pool is not None:
             self.global_pool = global_pool
         if isinstance(self.head, ClassifierHead):
-            self.head.classifier[-1] = (nn.Linear(self.head_widths[1], num_classes) if num_classes > 0
-                                        else nn.Identity()).to(device)
+            self.head.classifier[-1] = placed_like(nn.Linear(self.head_widths[1], num_classes) if num_classes > 0
+                                                   else nn.Identity(), self)
             if global_pool is not None:
-                self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+                self.head.global_pool = placed_like(SelectAdaptivePool2d(pool_type=global_pool, flatten=True), self)
         else:
-            self.head = self._make_head(num_classes, self.global_pool).to(device).train(self.training)
+            self.head = placed_like(self._make_head(num_classes, self.global_pool), self)
         self.head_hidden_size = self.head.num_features
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -25,11 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d, SqueezeExcite, to_2tuple
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
 
 from vithub.kernels import table_bias_attention
 
 from ._common import (
+    placed_like,
     BiasTableMixin,
     FusableConvNorm,
     NormLinear,
@@ -168,6 +169,7 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
         return torch.cat(list(outputs), dim=-1).permute(0, 3, 1, 2)
 
 
+@register_notrace_module
 class LocalWindowAttention(nn.Module):
     """Cascaded group attention inside non-overlapping windows of ``min(window, H) x min(window, W)``; a map that is
     not a window multiple is zero-padded at the bottom/right (the padding takes part as keys, as in timm and the
@@ -298,6 +300,7 @@ class EfficientVitMsra(StageHooks, nn.Module):
         if not global_pool and num_classes > 0:
             raise ValueError("global_pool must be set when there is a classifier (num_classes > 0)")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.patch_embed = PatchEmbedding(in_chans, embed_dim[0])
         resolution = min(to_2tuple(img_size)) // 16
@@ -353,8 +356,7 @@ class EfficientVitMsra(StageHooks, nn.Module):
         if num_classes > 0 and not self.global_pool.pool_type:
             raise ValueError("global_pool must be set when there is a classifier (num_classes > 0)")
         self.num_classes = num_classes
-        device = next(self.parameters()).device
-        self.head = self._make_head(num_classes).to(device).train(self.training)
+        self.head = placed_like(self._make_head(num_classes), self)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)

@@ -45,10 +45,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
 
 from vithub.kernels import (
+    built_as_constants,
     carrier_window_attention,
+    constant_tensors,
     pair,
     window_attention,
 )
@@ -92,7 +94,7 @@ def _build_coordinates(kind: str, size: Size, device: torch.device, dtype: torch
     return torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1).to(dtype)
 
 
-_cached_coordinates = functools.lru_cache(maxsize=128)(_build_coordinates)
+_cached_coordinates = functools.lru_cache(maxsize=128)(built_as_constants(_build_coordinates))
 
 
 def _coordinates(kind: str, size: Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -118,7 +120,8 @@ def _eval_cached(module: nn.Module, size: Size, compute: Callable[[Size], torch.
     value = cache.get(key)
     if value is None:
         cache.clear()  # one size at a time: a stale version is never looked up again
-        value = cache[key] = compute(size)
+        with constant_tensors():  # normal tensors even under inference_mode: training may read them later
+            value = cache[key] = compute(size)
     return value
 
 
@@ -396,6 +399,7 @@ class PatchEmbed(nn.Module):
         return self.conv_down(x)
 
 
+@register_notrace_module
 class FasterViTStage(nn.Module):
     """Optional downsampling, then conv blocks or HAT blocks (NCHW in and out)."""
 
@@ -505,6 +509,7 @@ class FasterViT(StageHooks, nn.Module):
             raise ValueError(f"hat needs one flag per stage ({num_stages}), got {hat!r}")
         res_h, res_w = pair(resolution, "resolution")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = int(dim * 2 ** (num_stages - 1))
         self.patch_embed = PatchEmbed(in_chans=in_chans, in_dim=in_dim, dim=dim)

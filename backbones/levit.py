@@ -23,11 +23,12 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, get_act_layer, to_2tuple, to_ntuple
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
 
 from vithub.kernels import table_bias_attention
 
 from ._common import (
+    placed_like,
     BiasTableMixin,
     FusableConvNorm,
     NormLinear,
@@ -62,6 +63,7 @@ class ConvNorm(FusableConvNorm):
         return self.bn(self.linear(x))
 
 
+@register_notrace_module
 class LinearNorm(nn.Module):
     """Linear (no bias) on the last dim + BatchNorm over channels (all leading dims are samples)."""
 
@@ -83,6 +85,7 @@ class LinearNorm(nn.Module):
         return flat
 
 
+@register_notrace_module
 class SampleLinear(nn.Linear):
     """``nn.Linear`` on the last dim that treats every leading dim as samples: one 2-D matmul.
 
@@ -110,6 +113,7 @@ class Stem16(nn.Sequential):
                 self.add_module(f"act{index + 1}", inplace_activation(act_layer))
 
 
+@register_notrace_module
 class LevitAttention(BiasTableMixin, nn.Module):
     """Multi-head self-attention over the whole map with a ``(|dy|, |dx|)`` bias table; ``qkv`` packs each head's
     ``[q, k, v]`` together (timm/official order)."""
@@ -147,6 +151,7 @@ class Subsample(nn.Module):
         return x[:, ::self.stride, ::self.stride]
 
 
+@register_notrace_module
 class LevitAttentionDownsample(BiasTableMixin, nn.Module):
     """Attention whose queries come from every ``stride``-th token (output ``ceil(H/s) x ceil(W/s)``); keys and values
     from the whole map."""
@@ -289,6 +294,9 @@ class Levit(StageHooks, nn.Module):
         num_heads, attn_ratio, mlp_ratio = (to_ntuple(num_stages)(value) for value in (num_heads, attn_ratio,
                                                                                         mlp_ratio))
         self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.output_fmt = self.map_layout  # forward_features gives an NHWC map (timm's LeViT gives tokens)
+        self.feature_dim = -1  # the channel axis of that map, for timm's non-standard model checks
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         self.distilled = distilled
@@ -343,10 +351,9 @@ class Levit(StageHooks, nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device = next(self.parameters()).device
-        self.head = self._make_head(num_classes).to(device).train(self.training)
+        self.head = placed_like(self._make_head(num_classes), self)
         if self.distilled:
-            self.head_dist = self._make_head(num_classes).to(device).train(self.training)
+            self.head_dist = placed_like(self._make_head(num_classes), self)
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True) -> None:

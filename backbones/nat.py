@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerScale, Mlp, resize_rel_pos_bias_table_simple, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
 
 from vithub.kernels import neighborhood_attention, pair
 
@@ -68,6 +68,7 @@ class ConvDownsample(nn.Module):
         return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
+@register_notrace_module
 class NeighborhoodAttention2d(nn.Module):
     """Multi-head 2-D neighborhood attention over an NHWC map: fused qkv, the shared op, output projection.
 
@@ -256,6 +257,8 @@ class NAT(StageHooks, nn.Module):
                 "drop attention probabilities; the official NAT/DiNAT configs use 0"
             )
         self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.output_fmt = self.map_layout  # NHWC maps out of forward_features, as timm's Swin declares
         self.global_pool = global_pool
         dims = [int(embed_dim * 2 ** i) for i in range(len(depths))]
         self.num_features = self.head_hidden_size = dims[-1]

@@ -34,7 +34,7 @@ from timm.layers import (
     resize_rel_pos_bias_table,
     trunc_normal_,
 )
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
 
 from vithub.kernels import pair, rpb_from_swin_table, window_attention
 
@@ -71,6 +71,7 @@ def resize_table(rpb: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tenso
     return resize_rel_pos_bias_table(rpb, new_window_size=tuple(window_size), new_bias_shape=new_shape)
 
 
+@register_notrace_module
 class WindowAttention2d(nn.Module):
     """Multi-head (shifted) window attention over an NHWC map: fused qkv, the shared op, output projection.
 
@@ -282,6 +283,7 @@ class Swin(StageHooks, nn.Module):
         else:
             windows = [pair(window_size, "window_size")] * num_stages  # type: ignore[arg-type]
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
         self.output_fmt = "NHWC"
         self.embed_dim = embed_dim

@@ -18,6 +18,7 @@ if __name__ != "vithub.kernels":  # imported as a top-level `kernels` from a clo
 else:
     from . import backends  # noqa: F401  (importing it registers the backends)
     from ._validation import pair
+    from .caching import built_as_constants, constant_tensors
     from .ordering import ascending, ascending_order, descending_order, host_values
     from .backends.reference import window_bias
     from .backends.torch_tiled import gather_table_bias
@@ -56,7 +57,9 @@ __all__ = [
     "ascending_order",
     "available_backends",
     "backend_refusals",
+    "built_as_constants",
     "carrier_window_attention",
+    "constant_tensors",
     "current_backend",
     "descending_order",
     "exporting_onnx",

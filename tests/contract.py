@@ -269,3 +269,75 @@ def check_torch_compile(model: torch.nn.Module, size: Tuple[int, int], fullgraph
         expected = model(x)
         compiled = torch.compile(model, fullgraph=fullgraph)
         torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-4)
+
+
+# --- what timm's own model tests (tests/timm_models) ask beyond the above ------------------------------------------
+
+# Models whose forward is not symbolically traceable yet (open on issue 39): data-dependent token merging in Python.
+FX_OPEN_SUFFIXES = ("_tome", "_ltmp", "_cropr")
+
+
+def check_created_trainable(model: torch.nn.Module) -> None:
+    """A created model trains every parameter (freezing is a training choice: ``vithub train``'s, not creation's)."""
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert not frozen, f"created with frozen parameters: {frozen[:10]}"
+
+
+def check_output_format(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """``forward_features``' channel axis is where ``output_fmt`` (timm's declaration, default NCHW) or
+    ``feature_dim`` says, and holds ``num_features`` channels."""
+    from timm.layers import get_channel_dim
+
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(random_images(1, size))
+    if features.ndim == 4:
+        axis = getattr(model, "feature_dim", None)
+        axis = get_channel_dim(getattr(model, "output_fmt", "NCHW")) if axis is None else axis
+    else:
+        axis = -1  # (B, N, C) tokens
+    assert features.shape[axis] == model.num_features, (
+        f"forward_features {tuple(features.shape)}: axis {axis} (output_fmt "
+        f"{getattr(model, 'output_fmt', 'NCHW')!r}) is not the {model.num_features} channels")
+
+
+def check_factory_device(name: str) -> None:
+    """``create_model(..., device=, dtype=)`` (timm's factory arguments) places every parameter and buffer, and
+    ``reset_classifier`` afterwards keeps the model's device and dtype."""
+    model = timm.create_model(name, pretrained=False, device="meta", dtype=torch.float64, **contract_kwargs(name))
+    misplaced = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                 if t.device.type != "meta" or (t.is_floating_point() and t.dtype != torch.float64)]
+    assert not misplaced, f"not created on meta/float64: {misplaced[:5]}"
+    model.reset_classifier(3)
+    classifier = model.get_classifier()
+    heads = classifier if isinstance(classifier, (tuple, list)) else (classifier,)  # LeViT: (head, head_dist)
+    head = [p for module in heads for p in module.parameters()]
+    assert head and all(p.device.type == "meta" and p.dtype == torch.float64 for p in head), "new head misplaced"
+
+
+def _fx_traced(model: torch.nn.Module, train: bool) -> torch.nn.Module:
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                         param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    return create_feature_extractor(model, train_return_nodes=[train_nodes[-1]],
+                                    eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+
+
+def check_fx(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """torchvision's ``create_feature_extractor`` traces the model with timm's notrace lists (what timm's FX tests
+    and FX quantisation do): the traced model gives eager's logits, and its training graph trains every
+    parameter."""
+    model.eval()
+    x = random_images(1, size)
+    with torch.no_grad():
+        expected = model(x)
+        traced = _fx_traced(model, train=False).eval()
+        torch.testing.assert_close(next(iter(traced(x).values())), expected, rtol=1e-4, atol=1e-5)
+    traced = _fx_traced(model, train=True).train()
+    out = next(iter(traced(random_images(2, size)).values()))
+    out.float().pow(2).mean().backward()
+    missing = [n for n, p in traced.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient through the traced graph: {missing[:10]}"

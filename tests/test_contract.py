@@ -125,3 +125,73 @@ def test_contract_catches_a_stage_that_is_not_checkpointed():
     model.set_grad_checkpointing = partial
     with pytest.raises(AssertionError, match=r"stages\.2\.blocks\.0"):
         contract.check_grad_checkpointing(model, (64, 64))
+
+
+# --- timm's own model tests, as contract checks (tests/timm_models runs timm's file itself) -------------------------
+
+def test_created_trainable(vh_name):
+    contract.check_created_trainable(contract.make_model(vh_name))
+
+
+def test_output_format(vh_name):
+    contract.check_output_format(contract.make_model(vh_name), contract.contract_input(vh_name))
+
+
+def test_factory_device_and_dtype(vh_name):
+    contract.check_factory_device(vh_name)
+
+
+@pytest.mark.parametrize("name", [n for n in VH_MODELS if not n.endswith(contract.FX_OPEN_SUFFIXES)])
+def test_fx_symbolic_trace(name):
+    contract.check_fx(contract.make_model(name, drop_path_rate=0.0), contract.contract_input(name))
+
+
+@pytest.mark.parametrize("name", [n for n in VH_MODELS if n.endswith(contract.FX_OPEN_SUFFIXES)][:3])
+def test_fx_symbolic_trace_still_open_for_token_reduction(name):
+    """Open on issue 39; this goes red the day it works, so the exclusion above is taken out."""
+    with pytest.raises(Exception):
+        contract.check_fx(contract.make_model(name, drop_path_rate=0.0), contract.contract_input(name))
+
+
+def test_contract_catches_shape_dependent_python_in_a_traced_model():
+    """A module that branches on a traced shape breaks FX unless it is a registered notrace module."""
+    from timm.layers import _fx
+
+    model = contract.make_model("vh_nat_mini")
+    cls = type(model.stages[0].blocks[0].attn)
+    assert cls in _fx._leaf_modules
+    _fx._leaf_modules.discard(cls)
+    try:
+        with pytest.raises(Exception, match="control flow"):
+            contract.check_fx(model, (64, 64))
+    finally:
+        _fx._leaf_modules.add(cls)
+
+
+def test_contract_catches_a_frozen_creation_and_a_wrong_output_format():
+    model = contract.make_model("vh_nat_mini")
+    model.output_fmt = "NCHW"  # NAT's maps are NHWC
+    with pytest.raises(AssertionError, match="output_fmt 'NCHW'"):
+        contract.check_output_format(model, (64, 64))
+    model.stem.requires_grad_(False)
+    with pytest.raises(AssertionError, match="created with frozen parameters"):
+        contract.check_created_trainable(model)
+
+
+@pytest.mark.parametrize("name", ["vh_efficientvit_m0", "vh_levit_128s", "vh_fastervit_0_224", "vh_nat_mini",
+                                  "vh_swin_tiny_patch4_window7_224"])
+def test_training_after_an_inference_mode_evaluation(name):
+    """Cached index plans, coordinates and eval biases made under torch.inference_mode() must not be inference
+    tensors: a later training step saves them for backward (timm's suite runs inference tests first)."""
+    model = contract.make_model(name, drop_path_rate=0.0)
+    size = contract.contract_input(name)
+    with torch.inference_mode():
+        model.eval()(contract.random_images(1, size))
+    contract.check_forward_backward(model, size)
+    model.eval()
+    frozen = contract.make_model(name).eval().requires_grad_(False)
+    with torch.inference_mode():
+        frozen(contract.random_images(1, size))
+    x = contract.random_images(1, size).requires_grad_(True)  # eval, grad wanted for the input only
+    frozen(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

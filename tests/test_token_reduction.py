@@ -391,6 +391,7 @@ def test_ltmp_keeping_everything_is_the_unreduced_model_and_none_undoes_it(varia
     with torch.no_grad():
         expected = model(images)
         vithub.reduce_tokens(model, "ltmp", flops_ratio=0.7, **KEEP_ALL)
+        model.freeze_for_training()  # removing the reduction also gives back the flags training froze
         torch.testing.assert_close(model(images), expected, rtol=0, atol=1e-6)
         assert model.flops_ratio == 1.0 and model.token_counts == [16.0 + model.num_prefix_tokens] * 3
         model.train()
@@ -447,8 +448,10 @@ def test_ltmp_training_and_inference_agree_while_only_the_first_block_reduces(va
     assert model.token_counts == pytest.approx(hard_counts) and hard_counts[1] < hard_counts[0]
 
 
-def test_ltmp_only_the_thresholds_receive_gradients():
+def test_ltmp_created_trainable_and_frozen_for_training_only_the_thresholds_receive_gradients():
     model = _ltmp_model("deit")
+    assert all(p.requires_grad for p in model.parameters())  # creation freezes nothing (timm's contract)
+    model.freeze_for_training()  # what vithub train calls: the official recipe trains the thresholds only
     model.train()
     logits = model(torch.randn(4, 3, 64, 64))
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])) + sum(
@@ -459,6 +462,7 @@ def test_ltmp_only_the_thresholds_receive_gradients():
     assert {name for name, p in model.named_parameters() if p.requires_grad} == with_grad
     assert model.ltmp_prune_thresholds.grad.abs().sum() > 0 and model.ltmp_merge_thresholds.grad.abs().sum() > 0
     unfrozen = vithub.reduce_tokens(_vit("deit"), "ltmp", flops_ratio=0.5, train_backbone=True)
+    unfrozen.freeze_for_training()
     unfrozen.train()(torch.randn(2, 3, 64, 64)).sum().backward()
     assert unfrozen.blocks[0].attn.qkv.weight.grad is not None
 
@@ -477,6 +481,7 @@ def test_ltmp_flops_ratio_follows_the_paper_and_its_loss_moves_the_thresholds():
     # the FLOPs loss alone (λ(target - r)²) pushes the thresholds towards dropping more tokens
     model = _vit("deit")
     vithub.reduce_tokens(model, "ltmp", flops_ratio=0.4, **KEEP_ALL | {"prune_threshold": 0.0})
+    model.freeze_for_training()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
     model.train()
     images = torch.randn(4, 3, 64, 64)
@@ -673,3 +678,22 @@ def test_catalog_counts_cropr_and_leaves_ltmp_uncounted():
     cropr = summarize("vh_deit_tiny_patch16_224_cropr").gmacs
     tome = summarize("vh_deit_tiny_patch16_224_tome").gmacs
     assert tome < cropr < 0.9 * unreduced
+
+
+def test_vithub_train_trains_only_ltmps_thresholds_while_created_models_are_fully_trainable():
+    """timm's contract: a created model trains every parameter. The official LTMP recipe trains the thresholds
+    only, so ``vithub train`` freezes the rest (unless ``train_backbone=True``)."""
+    from types import SimpleNamespace
+
+    from vithub.train import TrainConfig
+    from vithub.train.tasks import ClassificationTask
+
+    created = timm.create_model("vh_deit_tiny_patch16_224_ltmp", num_classes=3)
+    assert all(p.requires_grad for p in created.parameters())
+    data = SimpleNamespace(num_classes=3)
+    model = ClassificationTask().build_model(TrainConfig(model="vh_deit_tiny_patch16_224_ltmp", data="unused"), data)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"ltmp_merge_thresholds",
+                                                                          "ltmp_prune_thresholds"}
+    config = TrainConfig(model="deit_tiny_patch16_224", data="unused",
+                         token_reduction="ltmp:flops_ratio=0.5,train_backbone=True")
+    assert all(p.requires_grad for p in ClassificationTask().build_model(config, data).parameters())

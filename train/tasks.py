@@ -265,7 +265,11 @@ class ClassificationTask(Task):
         model = timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
         if config.teacher and has_distillation_head(model):  # train mode returns (class, distillation) logits
             model.set_distilled_training(True)
-        return apply_model_transform("token_reduction", model, config.token_reduction)
+        model = apply_model_transform("token_reduction", model, config.token_reduction)
+        freeze = getattr(model, "freeze_for_training", None)  # what the model's recipe leaves untrained (LTMP)
+        if callable(freeze):
+            freeze()
+        return model
 
     def training_loss(self, config: TrainConfig, data: DataBundle) -> LossFn:
         mixup = mixup_for(config, data.num_classes)

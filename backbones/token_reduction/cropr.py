@@ -79,7 +79,7 @@ class CroprRouter(nn.Module):
         dim = self.head_norm.normalized_shape[0]
         reference = self.queries
         self.head = (nn.Linear(dim, num_classes, device=reference.device, dtype=reference.dtype)
-                     if num_classes > 0 else nn.Identity())
+                     if num_classes > 0 else nn.Identity()).train(self.training)
 
 
 def official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -206,7 +206,8 @@ def _ltmp_settings(options: Dict[str, Any]) -> Dict[str, Any]:
 
 class LTMP(Reducer):
     """``reduce_tokens(model, "ltmp", flops_ratio=..., ...)``: adds ``ltmp_merge_thresholds`` and
-    ``ltmp_prune_thresholds`` (one per block) and, unless ``train_backbone``, freezes every other parameter."""
+    ``ltmp_prune_thresholds`` (one per block); for training (:meth:`freeze_for_training`), unless
+    ``train_backbone``, every other parameter is frozen, as in the official recipe."""
 
     name = "ltmp"
     options = ("flops_ratio", "merge_threshold", "prune_threshold", "tau", "flops_weight", "proportional_attention",
@@ -222,15 +223,21 @@ class LTMP(Reducer):
                              "'avg'")
 
     def attach(self, vit: nn.Module, settings: Dict[str, Any]) -> None:
-        reference = next(vit.parameters())  # the thresholds live on the model's device
+        reference = next(vit.parameters())  # the thresholds take the model's device and dtype
         depth = len(vit.blocks)
-        if not settings["train_backbone"]:
-            vit._requires_grad_before = {name: p.requires_grad for name, p in vit.named_parameters()}
-            vit.requires_grad_(False)
         vit.ltmp_merge_thresholds = nn.Parameter(torch.full((depth,), settings["merge_threshold"],
-                                                            device=reference.device))
+                                                            device=reference.device, dtype=reference.dtype))
         vit.ltmp_prune_thresholds = nn.Parameter(torch.full((depth,), settings["prune_threshold"],
-                                                            device=reference.device))
+                                                            device=reference.device, dtype=reference.dtype))
+
+    def freeze_for_training(self, vit: nn.Module, settings: Dict[str, Any]) -> None:
+        if settings["train_backbone"]:
+            return
+        thresholds = ("ltmp_merge_thresholds", "ltmp_prune_thresholds")
+        before = {name: p.requires_grad for name, p in vit.named_parameters() if name not in thresholds}
+        vit.__dict__.setdefault("_requires_grad_before", before)  # what removing the reduction restores
+        for name, parameter in vit.named_parameters():
+            parameter.requires_grad_(name in thresholds)
 
     def detach(self, vit: nn.Module) -> None:
         for name in ("ltmp_merge_thresholds", "ltmp_prune_thresholds"):
@@ -238,7 +245,7 @@ class LTMP(Reducer):
         frozen = vit.__dict__.pop("_requires_grad_before", None)
         if frozen is not None:
             for name, parameter in vit.named_parameters():
-                parameter.requires_grad_(frozen[name])
+                parameter.requires_grad_(frozen.get(name, parameter.requires_grad))
 
     def pool_weights(self, size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The live tokens, each once: a batched forward keeps the tokens an image dropped as size 0, and the mean

@@ -45,6 +45,11 @@ class TokenReduced:
         """True for LTMP: how many tokens its thresholds keep, so what a forward costs, depends on the image."""
         return self.token_reducer.input_dependent_macs
 
+    def freeze_for_training(self) -> None:
+        """Freeze what the method's published recipe leaves untrained (LTMP without ``train_backbone``: all but the
+        thresholds); ``vithub train`` calls it. A created model is fully trainable until then."""
+        self.token_reducer.freeze_for_training(self, self.token_reduction)
+
     def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
         super().reset_classifier(num_classes, *args, **kwargs)
         self.token_reducer.reset_classifier(self, num_classes)
@@ -144,7 +149,8 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
             ``proportional_attention`` (default True). For LTMP, ``flops_ratio`` (the target its thresholds train
             towards, required), the thresholds' starting values ``merge_threshold`` (0.9) and ``prune_threshold``
             (0.0), the straight-through temperature ``tau`` (0.1), the weight of the FLOPs loss ``flops_weight``
-            (10), ``proportional_attention`` (True) and ``train_backbone`` (False: every other parameter is frozen).
+            (10), ``proportional_attention`` (True) and ``train_backbone`` (False: ``vithub train`` trains the
+            thresholds only, through ``model.freeze_for_training()``; model creation freezes nothing).
             For Cropr, ``rate`` (8), ``last_layer_fusion`` (True), and the router's ``num_queries`` (1),
             ``router_heads`` (1), ``mlp_ratio`` (4.0), ``pre_attn_norm``, ``q_proj``, ``k_proj``, ``v_proj`` (False)
             and ``mlp`` (True), the official code's defaults.

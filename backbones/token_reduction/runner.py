@@ -124,5 +124,9 @@ class Reducer(ABC):
         mean over the tokens)."""
         return None
 
+    def freeze_for_training(self, vit: nn.Module, settings: Dict[str, Any]) -> None:
+        """Freeze what the method's published recipe does not train (LTMP: all but its thresholds). Model creation
+        freezes nothing; ``vithub train`` calls this through the model's ``freeze_for_training``."""
+
     def reset_classifier(self, vit: nn.Module, num_classes: int) -> None:
         """Follow the ViT's new classifier (Cropr's auxiliary heads)."""

@@ -21,6 +21,8 @@ bias, and ReLU linear attention (EfficientViT-B/L) in fp32 at least.
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -28,6 +30,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..caching import built_as_constants, constant_tensors
 from ..registry import Backend
 from .reference import neighborhood_starts, rolled_positions, swin_region_labels, window_bias
 
@@ -175,6 +178,7 @@ def combine(plan_y: AxisPlan, plan_x: AxisPlan, height: int, width: int, kernel:
 
 
 @functools.lru_cache(maxsize=64)
+@built_as_constants
 def _neighborhood_plan_cpu(height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int], tile: int) -> Plan2d:
     plan_y = neighborhood_axis_plan(height, kernel[0], dilation[0], tile)
     plan_x = neighborhood_axis_plan(width, kernel[1], dilation[1], tile)
@@ -182,6 +186,7 @@ def _neighborhood_plan_cpu(height: int, width: int, kernel: Tuple[int, int], dil
 
 
 @functools.lru_cache(maxsize=64)
+@built_as_constants
 def _window_plan_cpu(height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int],
                      unpadded: Tuple[int, int]) -> Plan2d:
     plan_y = window_axis_plan(height, window[0], shift[0], unpadded[0])
@@ -200,6 +205,7 @@ def _to_device(plan: Plan2d, device: torch.device) -> Plan2d:
 # Plans are built eagerly and cached; torch.compile must not trace (and re-run) their Python index arithmetic.
 @torch.compiler.disable
 @functools.lru_cache(maxsize=64)
+@built_as_constants
 def neighborhood_plan(
     height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int], device: torch.device,
     tile: int = DEFAULT_NA_TILE,
@@ -210,6 +216,7 @@ def neighborhood_plan(
 
 @torch.compiler.disable
 @functools.lru_cache(maxsize=64)
+@built_as_constants
 def window_plan(
     height: int, width: int, window: Tuple[int, int], shift: Tuple[int, int], device: torch.device,
     unpadded: Optional[Tuple[int, int]] = None,
@@ -418,7 +425,8 @@ def table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: 
     if index is None:
         if len(_INDEX_CACHE) >= _INDEX_CACHE_LIMIT:
             _INDEX_CACHE.clear()
-        index = _INDEX_CACHE[key] = _table_index(query_size, key_size, stride, device)
+        with constant_tensors():  # a normal tensor even under inference_mode: training may read it later
+            index = _INDEX_CACHE[key] = _table_index(query_size, key_size, stride, device)
     return index
 
 
@@ -474,7 +482,10 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
     """
     batch, heads, head_dim, value_dim = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
     compute = torch.promote_types(q.dtype, torch.float32)
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    # autocast off where the device has autocast at all (meta tensors, which only carry shapes, have none)
+    no_autocast = (torch.autocast(device_type=q.device.type, enabled=False)
+                   if torch.amp.is_autocast_available(q.device.type) else contextlib.nullcontext())
+    with no_autocast:
         flat_q = F.relu(q.reshape(batch, -1, heads, head_dim).transpose(1, 2).to(compute))  # (B, h, N, d)
         flat_k = F.relu(k.reshape(batch, -1, heads, head_dim).transpose(1, 2).to(compute))
         flat_v = F.pad(v.reshape(batch, -1, heads, value_dim).transpose(1, 2).to(compute), (0, 1), value=1.0)
