@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from vithub import backbones as backbones  # noqa: F401  (registers the vh_* models with timm)
 from vithub import kernels as kernels
 from vithub.backbones.token_reduction import reduce_tokens
-from vithub.export import ExportError, export_onnx
+from vithub.export import ExportError, export_onnx, export_program
 from vithub.publishing import HubError, WeightsMismatchError, load, pull, push_to_hub, save_pretrained
 
 try:
@@ -23,4 +23,4 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = ["__version__", "backbones", "kernels", "reduce_tokens", "save_pretrained", "push_to_hub", "pull", "load",
-           "export_onnx", "ExportError", "HubError", "WeightsMismatchError"]
+           "export_onnx", "export_program", "ExportError", "HubError", "WeightsMismatchError"]

@@ -111,9 +111,20 @@ def _export_model(source: str, pretrained: bool):
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from vithub.export import export_onnx
+    from vithub.export import export_onnx, export_program
 
     model = _export_model(args.source, pretrained=not args.no_pretrained)
+    if args.format != "onnx":
+        program = export_program(model, args.output, format=args.format, img_size=args.img_size,
+                                 dynamic_batch=args.dynamic_batch, batch_size=args.batch_size, strict=args.strict,
+                                 fuse=args.fuse, atol=args.atol)
+        print(f"wrote {program.path} ({args.format}, {program.input_size[1]}x{program.input_size[2]}, "
+              f"{'dynamic batch' if program.dynamic_batch else f'batch {args.batch_size}'}, "
+              f"{'strict' if program.strict else 'non-strict'}): loaded file vs eager max abs diff "
+              f"{program.max_abs_diff:.2e} at batch {', '.join(map(str, program.validated_batch_sizes))}",
+              file=sys.stderr)
+        print(json.dumps(program.as_dict()))
+        return 0
     result = export_onnx(model, args.output, img_size=args.img_size, dynamic_batch=args.dynamic_batch,
                          batch_size=args.batch_size, opset=args.opset, fuse=args.fuse, atol=args.atol)
     print(f"wrote {result.path} ({result.input_size[1]}x{result.input_size[2]}, "
@@ -173,8 +184,10 @@ def _pull_arguments(parser: argparse.ArgumentParser) -> None:
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a registered name (vh_*, timm's), a run folder, a checkpoint, a saved folder "
                                        "or a Hub repo")
-    parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    parser.add_argument("--output", required=True, help="the .onnx file (written atomically)")
+    parser.add_argument("--format", default="onnx", choices=["onnx", "torch-export", "aoti"],
+                        help="onnx; torch-export (a torch.export program, .pt2); aoti (an AOTInductor package, .pt2)")
+    parser.add_argument("--output", required=True, help="the .onnx or .pt2 file (written atomically)")
+    parser.add_argument("--strict", action="store_true", help="torch-export/aoti: trace with TorchDynamo (strict)")
     parser.add_argument("--img-size", nargs="+", type=int, default=None, metavar="SIZE",
                         help="H W, or one side (default: the model's pretrained input size)")
     parser.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
@@ -271,7 +284,8 @@ COMMANDS = (
             _data_arguments, _cmd_data),
     Command("push", "publish a training run's best weights (or a checkpoint) to the Hub", _push_arguments, _cmd_push),
     Command("pull", "download a model repo into the cache and verify its weights", _pull_arguments, _cmd_pull),
-    Command("export", "export a model to ONNX, check it and compare ONNX Runtime with eager", _export_arguments,
+    Command("export", "export a model (ONNX, torch.export, AOTInductor), check it and compare it with eager",
+            _export_arguments,
             _cmd_export),
     Command("bench", "benchmarks: kernels, models, gpu, data, detection, segmentation, tokens, export",
             _bench_arguments, _cmd_bench),

@@ -1,5 +1,7 @@
 """ONNX export: :func:`export_onnx` (and ``vithub export``) writes a model as an ONNX file, checks it with
 ``onnx.checker``, runs it once in ONNX Runtime against eager PyTorch and reports the largest difference.
+:func:`export_program` (``vithub export --format torch-export|aoti``) writes a ``torch.export`` program or an
+AOTInductor package instead, checked the same way against eager.
 
 The exporter is PyTorch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``). While it traces, every vithub
 attention op runs in its standard-operator form (the kernel layer's ``onnx`` backend), so the file holds no
@@ -238,4 +240,118 @@ def _validate_against_eager(onnx_path: Path, model: torch.nn.Module, input_size:
         max_diff = max(max_diff, float((got - expected.float()).abs().max()))
     if not max_diff <= atol:
         raise ExportError(f"ONNX Runtime outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
+    return max_diff
+
+
+PROGRAM_FORMATS = ("torch-export", "aoti")
+
+
+@dataclass(frozen=True)
+class ProgramExportResult:
+    """What :func:`export_program` wrote and how it validated."""
+
+    path: str
+    format: str  # "torch-export" (torch.export.save) or "aoti" (an AOTInductor package)
+    input_size: Tuple[int, int, int]  # (C, H, W)
+    dynamic_batch: bool
+    strict: bool
+    max_abs_diff: float  # the loaded file vs eager, on random batches
+    validated_batch_sizes: Tuple[int, ...]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def export_program(model: torch.nn.Module, path: Union[str, Path], format: str = "torch-export",
+                   img_size: Optional[Union[int, Sequence[int]]] = None, dynamic_batch: bool = True,
+                   batch_size: int = 1, strict: bool = False, fuse: bool = False, atol: float = 1e-4,
+                   validate: bool = True, seed: int = 0) -> ProgramExportResult:
+    """Export ``model`` (eval mode, on the CPU) with ``torch.export`` and write it at ``path`` (a ``.pt2`` file,
+    written atomically), then load the file back and compare it with eager.
+
+    The graph holds vithub's attention ops as ``vithub::`` custom ops (one node per call, as under
+    ``torch.compile``), so the file loads in a process that has imported vithub, which registers them.
+
+    Args:
+        model: a timm or vithub model whose forward takes one image batch ``(B, C, H, W)``.
+        path: the ``.pt2`` file.
+        format: ``"torch-export"`` (the ``ExportedProgram``, ``torch.export.save``; load with
+            ``torch.export.load``) or ``"aoti"`` (compiled by AOTInductor into a package; load with
+            ``torch._inductor.aoti_load_package``).
+        img_size: an int or ``(H, W)``; default the model's pretrained cfg input size.
+        dynamic_batch: a symbolic batch dimension; otherwise the program is fixed at ``batch_size``.
+        strict: trace with TorchDynamo (``strict=True``) instead of the default non-strict tracing.
+        fuse: fold BatchNorms first (``model.fuse()``: LeViT, EfficientViT); a no-op elsewhere.
+        atol: largest accepted absolute difference between the loaded file and eager.
+        validate: load the file and compare with eager (at batch 1 and 3 with ``dynamic_batch``).
+
+    Raises:
+        ExportError: a bad argument, an input size the model cannot take, a failed export or compile, or outputs
+            further than ``atol`` from eager; nothing is left at ``path`` then.
+    """
+    if format not in PROGRAM_FORMATS:
+        raise ExportError(f"format must be one of {PROGRAM_FORMATS}, got {format!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    target = Path(path)
+    if target.suffix != ".pt2":
+        raise ExportError(f"output must be a .pt2 file for --format {format}, got {str(target)!r}")
+    if fuse and hasattr(model, "fuse"):
+        model = model.fuse()
+    model = model.eval().cpu()
+    input_size = model_input_size(model, img_size)
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, *input_size, generator=generator)
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as error:
+        raise ExportError(f"the model cannot take input size {input_size[1]}x{input_size[2]}: "
+                          f"{type(error).__name__}: {error}") from error
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging_dir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    staging = staging_dir / target.name
+    try:
+        try:
+            with torch.no_grad():
+                program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes, strict=strict)
+            if format == "aoti":
+                torch._inductor.aoti_compile_and_package(program, package_path=str(staging))
+            else:
+                torch.export.save(program, str(staging))
+        except Exception as error:
+            raise ExportError(f"torch.export ({'strict' if strict else 'non-strict'}) or its {format} output "
+                              f"failed: {type(error).__name__}: {str(error).strip().splitlines()[0]}") from error
+        max_diff, sizes = float("nan"), ()
+        if validate:
+            sizes = (1, 3) if dynamic_batch else (batch_size,)
+            max_diff = _validate_program(staging, format, model, input_size, sizes, generator, atol)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    return ProgramExportResult(str(target), format, input_size, dynamic_batch, strict, max_diff, tuple(sizes))
+
+
+def _validate_program(path: Path, format: str, model: torch.nn.Module, input_size: Tuple[int, int, int],
+                      sizes: Sequence[int], generator: torch.Generator, atol: float) -> float:
+    """The written file, loaded back, against eager at each batch size; the largest difference."""
+    if format == "aoti":
+        run = torch._inductor.aoti_load_package(str(path))
+    else:
+        run = torch.export.load(str(path)).module()
+    max_diff = 0.0
+    for size in sizes:
+        images = torch.randn(size, *input_size, generator=generator)
+        with torch.no_grad():
+            expected, got = model(images), run(images)
+        if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
+            raise ExportError("validation compares one output tensor, and the model's forward does not return one; "
+                              "pass validate=False")
+        if got.shape != expected.shape:
+            raise ExportError(f"the {format} file gave shape {tuple(got.shape)} at batch {size}, eager "
+                              f"{tuple(expected.shape)}")
+        max_diff = max(max_diff, float((got.float() - expected.float()).abs().max()))
+    if not max_diff <= atol:
+        raise ExportError(f"the {format} file's outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
     return max_diff

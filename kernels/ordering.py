@@ -33,9 +33,10 @@ def ascending(indices: torch.Tensor) -> torch.Tensor:
 
 
 def host_values(tensor: torch.Tensor) -> Optional[Any]:
-    """``tensor``'s values as Python numbers (``tolist()``), or ``None`` while ``torch.onnx.export`` traces or for a
-    meta tensor: what needs them (statistics, data-dependent sizes) has no place in an exported graph, and a meta
-    tensor (a shape-only model, ``create_model(..., device="meta")``) has no values; callers leave it out there."""
-    if exporting_onnx() or tensor.is_meta:
+    """``tensor``'s values as Python numbers (``tolist()``), or ``None`` while ``torch.onnx.export`` or
+    ``torch.export`` traces, or for a meta tensor: what needs them (statistics, data-dependent sizes) has no place in
+    an exported graph, and a meta tensor (a shape-only model, ``create_model(..., device="meta")``) has no values;
+    callers leave it out there."""
+    if exporting_onnx() or torch.compiler.is_exporting() or tensor.is_meta:
         return None
     return tensor.detach().tolist()

@@ -66,6 +66,8 @@ SLOW_GROUPS = {
         "test_train_data_logging.py", r"torchrun|wandb_offline|curves_png"),
     "detection and segmentation benchmarks run end to end": ("test_(detection|segmentation).py", r"bench_writes"),
     "console scripts and benchmarks in fresh processes": ("test_cli.py", r"console_script|separate_processes"),
+    "AOTInductor compiles (a C++ build per model) and strict torch.export traces (one model of each stays fast)": (
+        "test_torch_export.py", r"aoti_package|(?<!vh_nat_mini)-strict\]"),
 }
 
 

@@ -349,16 +349,6 @@ def test_fastervit_export_has_the_official_graph_shape(tmp_path):
     assert 0 < ops.count("Concat") <= carrier_blocks, ops.count("Concat")
 
 
-@pytest.mark.parametrize("name", ["vh_swin_tiny_patch4_window7_224", "vh_nat_mini", "vh_fastervit_0_224"])
-def test_torch_export_with_a_dynamic_batch_keeps_working(name):
-    model = contract.make_model(name).eval()
-    images = contract.random_images(2, contract.contract_input(name))
-    program = torch.export.export(model, (images,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    other = contract.random_images(3, contract.contract_input(name), seed=1)
-    with torch.no_grad():
-        torch.testing.assert_close(program.module()(other), model(other), rtol=1e-5, atol=1e-5)
-
-
 def test_vithub_export_command_and_its_bad_inputs(tmp_path, capsys, monkeypatch):
     from vithub import cli
 

@@ -154,11 +154,11 @@ def ltmp_block_forward(block: Block, x: torch.Tensor, size: torch.Tensor, alive:
     return feed_forward(block, x), size, mask
 
 
-@torch.compiler.disable  # data-dependent sizes: runs eagerly, the blocks around it compile (with graph breaks)
 def compact_tokens(tensors: Sequence[torch.Tensor], alive: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Trim what no image of the batch still has (each image's live tokens are already first): the sequence
-    shrinks to the batch's longest. Where the live counts cannot be read (an ONNX export has no host side) every
-    token stays: the masks already leave the dropped ones out."""
+    shrinks to the batch's longest. Where the live counts cannot be read (an ONNX export or ``torch.export`` graph has
+    no host side: :func:`~vithub.kernels.host_values`) every token stays: the masks already leave the dropped ones
+    out. Under ``torch.compile`` reading the counts is a graph break; the blocks around it compile."""
     longest = host_values(alive.sum(dim=1).amax()[None])
     if longest is None:
         return list(tensors), alive
