@@ -1,7 +1,5 @@
 """Small helpers shared by the vithub model families."""
 
-from __future__ import annotations
-
 import contextlib
 import inspect
 from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Set, Tuple, Union
@@ -69,8 +67,8 @@ class GELU(nn.GELU):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return super().forward(x)
+            return F.gelu(x.permute(0, 2, 3, 1), approximate=self.approximate).permute(0, 3, 1, 2)
+        return F.gelu(x, approximate=self.approximate)  # (nn.GELU's forward; TorchScript has no super().forward)
 
 
 @register_notrace_function
@@ -159,8 +157,8 @@ class BiasTableMixin:
     timm caches it; the cache is keyed on the table's version, so loading weights or any in-place update refreshes it.
     """
 
-    attention_biases: nn.Parameter
-    resolution: Tuple[int, int]
+    # Sets ``attention_biases`` (an ``nn.Parameter``) and ``resolution`` (``(h, w)``) in ``_init_table``. No class-level
+    # annotations: TorchScript would read them as attribute types and cannot resolve them.
 
     def _init_table(self, heads: int, resolution: Tuple[int, int]) -> None:
         self.resolution = tuple(resolution)
@@ -205,7 +203,7 @@ class PointwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Channels innermost (a channels-last map, or a channel slice of one): the matmul path.
         if x.dim() != 4 or x.stride(1) != 1 or x.is_contiguous():
-            return super().forward(x)
+            return self._conv_forward(x, self.weight, self.bias)  # nn.Conv2d's forward, scriptable
         out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
         return out.permute(0, 3, 1, 2)
 
@@ -282,8 +280,8 @@ class SequentialStage(nn.Module):
     """A stage: ``downsample`` (or ``nn.Identity``) then ``blocks`` (an ``nn.Sequential``), with timm's per-stage
     gradient checkpointing of the blocks (``grad_checkpointing``, set through the model)."""
 
-    downsample: nn.Module
-    blocks: nn.Sequential
+    # Subclasses set ``downsample`` (an ``nn.Module``) and ``blocks`` (an ``nn.Sequential``); no class-level
+    # annotations, which TorchScript would read as attribute types.
 
     def __init__(self) -> None:
         super().__init__()
@@ -358,10 +356,8 @@ class StageHooks:
     """
 
     map_layout: ClassVar[MapLayout] = "NHWC"
-    stages: nn.Sequential
-    norm: nn.Module
-    head: nn.Module
-    feature_info: List[Dict[str, Any]]
+    # The family sets ``stages`` (``nn.Sequential``), ``norm``, ``head`` and ``feature_info`` (a list of dicts); they
+    # are not annotated here because TorchScript reads class annotations as attribute types.
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define embed(x): image to its first feature map")

@@ -292,7 +292,9 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(self.in_conv(x))
-        return self.classifier[:4](x) if pre_logits else self.classifier(x)
+        # linear, norm, activation, dropout (written out: TorchScript cannot call a slice of a Sequential)
+        x = self.classifier[3](self.classifier[2](self.classifier[1](self.classifier[0](x))))
+        return x if pre_logits else self.classifier[4](x)
 
 
 class EfficientVitMit(StageHooks, nn.Module):

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, get_act_layer, to_2tuple, to_ntuple
 from timm.models import generate_default_cfgs, register_model, register_notrace_module
@@ -74,8 +75,7 @@ class LinearNorm(nn.Module):
         nn.init.constant_(self.bn.weight, bn_weight_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn(self.linear(x.flatten(0, -2)))
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return self.bn(self.linear(x.flatten(0, -2))).unflatten(0, x.shape[:-1])
 
     def fused(self) -> nn.Module:
         fused = torch.nn.utils.fusion.fuse_linear_bn_eval(self.linear, self.bn)
@@ -95,8 +95,7 @@ class SampleLinear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x.flatten(0, -2))
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return F.linear(x.flatten(0, -2), self.weight, self.bias).unflatten(0, x.shape[:-1])
 
 
 # --- blocks -------------------------------------------------------------------------------------------------------

@@ -319,8 +319,12 @@ class Swin(StageHooks, nn.Module):
         """Image to the first NHWC map (patch embedding)."""
         return self.patch_embed(x)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # The shared hooks' body, through ``layers`` itself: TorchScript cannot call a module a property returns.
+        return self.norm(self.layers(self.embed(x)))
+
     @property
-    def stages(self) -> nn.Sequential:
+    def stages(self):  # no annotation: TorchScript would compare it with the scripted Sequential's own type
         """The stages under the shared hooks' name; timm's Swin (and so every checkpoint) calls them ``layers``."""
         return self.layers
 

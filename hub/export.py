@@ -152,18 +152,7 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
     """
     require_export_packages()
     target = _check_export_arguments(path, opset, batch_size)
-    if fuse and hasattr(model, "fuse"):
-        model = model.fuse()
-    model = model.eval().cpu()
-    input_size = model_input_size(model, img_size)
-    generator = torch.Generator().manual_seed(seed)
-    example = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, *input_size, generator=generator)
-    try:
-        with torch.no_grad():
-            model(example)
-    except Exception as error:  # the model's own message says what it needs
-        raise ExportError(f"the model cannot take input size {input_size[1]}x{input_size[2]}: "
-                          f"{type(error).__name__}: {error}") from error
+    model, input_size, generator, example = _prepared(model, img_size, dynamic_batch, batch_size, fuse, seed)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     target.parent.mkdir(parents=True, exist_ok=True)
     # The model is staged under its final name in a private folder: an external-data file is named after the model
@@ -185,14 +174,39 @@ def export_onnx(model: torch.nn.Module, path: Union[str, Path], img_size: Option
     return ExportResult(str(target), input_size, dynamic_batch, opset, max_diff, tuple(sizes))
 
 
+def _prepared(model: torch.nn.Module, img_size: Optional[Union[int, Sequence[int]]], dynamic_batch: bool,
+              batch_size: int, fuse: bool, seed: int
+              ) -> Tuple[torch.nn.Module, Tuple[int, int, int], torch.Generator, torch.Tensor]:
+    """The model to export (fused when asked, eval, CPU), its input size, the seeded generator and an example batch
+    the model has been seen to take (two images with a dynamic batch)."""
+    if fuse and hasattr(model, "fuse"):
+        model = model.fuse()
+    model = model.eval().cpu()
+    input_size = model_input_size(model, img_size)
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, *input_size, generator=generator)
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as error:  # the model's own message says what it needs
+        raise ExportError(f"the model cannot take input size {input_size[1]}x{input_size[2]}: "
+                          f"{type(error).__name__}: {error}") from error
+    return model, input_size, generator, example
+
+
 def _check_export_arguments(path: Union[str, Path], opset: int, batch_size: int) -> Path:
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ExportError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    return _checked_target(path, batch_size, ".onnx")
+
+
+def _checked_target(path: Union[str, Path], batch_size: int, suffix: str, format: str = "onnx") -> Path:
+    """``path`` as a Path once it ends in ``suffix`` and ``batch_size`` is a positive int."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"batch_size must be an int >= 1, got {batch_size!r}")
     target = Path(path)
-    if target.suffix != ".onnx":
-        raise ExportError(f"output must be a .onnx file, got {str(target)!r}")
+    if target.suffix != suffix:
+        raise ExportError(f"output must be a {suffix} file for --format {format}, got {str(target)!r}")
     return target
 
 
@@ -291,23 +305,8 @@ def export_program(model: torch.nn.Module, path: Union[str, Path], format: str =
     """
     if format not in PROGRAM_FORMATS:
         raise ExportError(f"format must be one of {PROGRAM_FORMATS}, got {format!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ExportError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    target = Path(path)
-    if target.suffix != ".pt2":
-        raise ExportError(f"output must be a .pt2 file for --format {format}, got {str(target)!r}")
-    if fuse and hasattr(model, "fuse"):
-        model = model.fuse()
-    model = model.eval().cpu()
-    input_size = model_input_size(model, img_size)
-    generator = torch.Generator().manual_seed(seed)
-    example = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, *input_size, generator=generator)
-    try:
-        with torch.no_grad():
-            model(example)
-    except Exception as error:
-        raise ExportError(f"the model cannot take input size {input_size[1]}x{input_size[2]}: "
-                          f"{type(error).__name__}: {error}") from error
+    target = _checked_target(path, batch_size, ".pt2", format)
+    model, input_size, generator, example = _prepared(model, img_size, dynamic_batch, batch_size, fuse, seed)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging_dir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))

@@ -6,11 +6,12 @@ maps, a kernel larger than the map or an rpb table from another convention learn
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-Size2d = Union[int, Sequence[int]]
+# An int or a (height, width) pair. Spelled with the types TorchScript knows, so a scripted model can call the ops.
+Size2d = Union[int, Tuple[int, int], List[int]]
 
 
 def pair(value: Size2d, name: str, *, minimum: int = 1) -> Tuple[int, int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -22,7 +22,27 @@ from ._validation import (
     check_window,
     pair,
 )
+from .backends.torch_tiled import relu_linear_arithmetic
 from .registry import as_custom_op, get_backend, select_backend
+
+
+# --- TorchScript: a scripted model reaches the ops through their registered torch.ops. The Python wrappers below do
+# argument checks and backend selection that TorchScript cannot compile, so a scripted call skips the checks. --------
+
+def _script_pair(value: Size2d) -> List[int]:
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, List[int]):
+        return [value[0], value[1]]
+    return [value[0], value[1]]  # Tuple[int, int]
+
+
+def _script_scale(scale: Optional[float], q: torch.Tensor) -> float:
+    return scale if scale is not None else q.shape[-1] ** -0.5
+
+
+def _script_backend(backend: Optional[str]) -> str:
+    return backend if backend is not None else "torch"
 
 
 def neighborhood_attention(
@@ -48,6 +68,10 @@ def neighborhood_attention(
     Returns:
         ``(B, H, W, heads, head_dim)``. Requires ``H >= Kh*dh`` and ``W >= Kw*dw``.
     """
+    if torch.jit.is_scripting():  # TorchScript calls the registered op (compiled away in eager Python)
+        return torch.ops.vithub.neighborhood_attention(q, k, v, rpb, _script_pair(kernel_size),
+                                                       _script_pair(dilation), _script_scale(scale, q),
+                                                       _script_backend(backend))
     check_qkv(q, k, v)
     kernel = pair(kernel_size, "kernel_size")
     dil = pair(dilation, "dilation")
@@ -87,6 +111,10 @@ def window_attention(
             is rolled and the padding stays at the bottom/right, which is timm's Swin order (roll, then pad).
             Default: the whole map rolls.
     """
+    if torch.jit.is_scripting():
+        unpadded_list = [q.shape[1], q.shape[2]] if unpadded_size is None else _script_pair(unpadded_size)
+        return torch.ops.vithub.window_attention(q, k, v, rpb, _script_pair(window_size), _script_pair(shift_size),
+                                                 _script_scale(scale, q), _script_backend(backend), unpadded_list)
     check_qkv(q, k, v)
     window = pair(window_size, "window_size")
     shift = pair(shift_size, "shift_size", minimum=0)
@@ -217,6 +245,8 @@ def relu_linear_attention(
     Returns:
         ``(B, *tokens, heads, value_dim)`` in ``v``'s dtype.
     """
+    if torch.jit.is_scripting():  # the torch backend's arithmetic, which TorchScript compiles as it is
+        return relu_linear_arithmetic(q, k, v, eps)
     check_linear_attention(q, k, v, eps)
     name = select_backend("relu_linear_attention", backend, q)
     return get_backend(name).relu_linear_attention(q, k, v, float(eps))

@@ -195,3 +195,32 @@ def test_training_after_an_inference_mode_evaluation(name):
     x = contract.random_images(1, size).requires_grad_(True)  # eval, grad wanted for the input only
     frozen(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", [n for n in VH_MODELS if not n.startswith(contract.TORCHSCRIPT_OPEN_PREFIXES)])
+def test_torchscript(name):
+    contract.check_torchscript(contract.make_model(name, drop_path_rate=0.0), contract.contract_input(name))
+
+
+@pytest.mark.parametrize("name", ["vh_levit_128s", "vh_efficientvit_m0", "vh_fastervit_0_224",
+                                  "vh_deit_tiny_patch16_224_tome"])
+def test_torchscript_still_open(name):
+    """Open on issue 39; this goes red the day the family scripts, so its exclusion above is taken out."""
+    with pytest.raises(Exception):
+        contract.check_torchscript(contract.make_model(name), contract.contract_input(name))
+
+
+def test_contract_catches_a_scripted_model_that_differs_from_eager(monkeypatch):
+    real_script = torch.jit.script
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) + 1e-3
+
+    monkeypatch.setattr(torch.jit, "script", lambda model: real_script(Shifted(model)))
+    with pytest.raises(AssertionError, match="not close"):
+        contract.check_torchscript(contract.make_model("vh_nat_mini", drop_path_rate=0.0), (64, 64))

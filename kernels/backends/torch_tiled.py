@@ -475,23 +475,29 @@ def table_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
 
 
 def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
-    """``relu(q) (relu(k)^T [v, 1])`` in at least fp32: two matmuls per (batch, head), O(tokens) memory.
+    """``relu(q) (relu(k)^T [v, 1])`` in at least fp32 with autocast off: :func:`relu_linear_arithmetic`."""
+    # autocast off where the device has autocast at all (meta tensors, which only carry shapes, have none)
+    no_autocast = (torch.autocast(device_type=q.device.type, enabled=False)
+                   if torch.amp.is_autocast_available(q.device.type) else contextlib.nullcontext())
+    with no_autocast:
+        return relu_linear_arithmetic(q, k, v, eps)
+
+
+def relu_linear_arithmetic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """``relu(q) (relu(k)^T [v, 1])`` in at least fp32: two matmuls per (batch, head), O(tokens) memory (also what a
+    scripted model runs: plain tensor code TorchScript compiles).
 
     The ones column appended to ``v`` makes the normaliser ``relu(q) . sum_j relu(k_j)`` come out of the same two
     matmuls as the numerator (the padded copy is also the contiguous layout the matmuls want).
     """
     batch, heads, head_dim, value_dim = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
     compute = torch.promote_types(q.dtype, torch.float32)
-    # autocast off where the device has autocast at all (meta tensors, which only carry shapes, have none)
-    no_autocast = (torch.autocast(device_type=q.device.type, enabled=False)
-                   if torch.amp.is_autocast_available(q.device.type) else contextlib.nullcontext())
-    with no_autocast:
-        flat_q = F.relu(q.reshape(batch, -1, heads, head_dim).transpose(1, 2).to(compute))  # (B, h, N, d)
-        flat_k = F.relu(k.reshape(batch, -1, heads, head_dim).transpose(1, 2).to(compute))
-        flat_v = F.pad(v.reshape(batch, -1, heads, value_dim).transpose(1, 2).to(compute), (0, 1), value=1.0)
-        out = flat_q @ (flat_k.transpose(-1, -2) @ flat_v)  # (B, h, N, dv + 1)
-        out = out[..., :-1] / (out[..., -1:] + eps)
-    return out.transpose(1, 2).reshape(*q.shape[:-1], value_dim).to(v.dtype)
+    flat_q = F.relu(q.reshape(batch, -1, heads, head_dim).transpose(1, 2).to(compute))  # (B, h, N, d)
+    flat_k = F.relu(k.reshape(batch, -1, heads, head_dim).transpose(1, 2).to(compute))
+    flat_v = F.pad(v.reshape(batch, -1, heads, value_dim).transpose(1, 2).to(compute), (0, 1), value=1.0)
+    out = flat_q @ (flat_k.transpose(-1, -2) @ flat_v)  # (B, h, N, dv + 1)
+    out = out[..., :-1] / (out[..., -1:] + eps)
+    return out.transpose(1, 2).reshape(q.shape[:-1] + (value_dim,)).to(v.dtype)
 
 
 def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor],
