@@ -96,34 +96,40 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _cubic(x: float) -> float:
+    """ATen's cubic convolution kernel with ``a = -0.5``."""
+    x = abs(x)
+    if x < 1.0:
+        return ((1.5 * x - 2.5) * x) * x + 1.0
+    if x < 2.0:
+        return ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0
+    return 0.0
+
+
 def antialiased_bicubic_weights(in_size: int, out_size: int) -> List[List[float]]:
     """The ``(out_size, in_size)`` matrix of ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)``
     along one axis (the resize is separable: ``A @ X @ B.T``), computed in Python floats by ATen's rule: a cubic
-    filter (a = -0.5) stretched by the scale when shrinking, sampled around each output centre and normalised."""
+    filter (a = -0.5) stretched by the scale when shrinking, sampled around each output centre and normalised.
+    (Written in the Python TorchScript compiles, so scripted LeViT and EfficientViT-M resize their tables too.)"""
     if in_size < 1 or out_size < 1:
-        raise ValueError(f"sizes must be >= 1, got in_size={in_size}, out_size={out_size}")
-
-    def cubic(x: float) -> float:
-        x = abs(x)
-        if x < 1.0:
-            return ((1.5 * x - 2.5) * x) * x + 1.0
-        if x < 2.0:
-            return ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0
-        return 0.0
-
+        raise ValueError("sizes must be >= 1, got in_size=" + str(in_size) + ", out_size=" + str(out_size))
     scale = in_size / out_size
     support = 2.0 * scale if scale >= 1.0 else 2.0
     inverse = 1.0 / scale if scale >= 1.0 else 1.0
-    matrix = []
+    matrix: List[List[float]] = []
     for index in range(out_size):
         centre = scale * (index + 0.5)
         first = max(int(centre - support + 0.5), 0)
         last = min(int(centre + support + 0.5), in_size)
-        taps = [cubic((source - centre + 0.5) * inverse) for source in range(first, last)]
-        total = sum(taps)
+        taps: List[float] = []
+        total = 0.0
+        for source in range(first, last):
+            tap = _cubic((source - centre + 0.5) * inverse)
+            taps.append(tap)
+            total += tap
         row = [0.0] * in_size
-        for source, tap in zip(range(first, last), taps):
-            row[source] = tap / total if total != 0.0 else 0.0
+        for offset in range(len(taps)):
+            row[first + offset] = taps[offset] / total if total != 0.0 else 0.0
         matrix.append(row)
     return matrix
 
@@ -141,7 +147,7 @@ def resize_bias_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Tenso
     and ONNX Runtime's ``Resize`` computes those grids correctly, so an export would not match eager. Elsewhere the
     products equal ``F.interpolate`` (within 1e-12 in float64, tested).
     """
-    if tuple(table.shape[-2:]) == tuple(size):
+    if table.shape[-2] == size[0] and table.shape[-1] == size[1]:
         return table
     work_dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
     rows = torch.tensor(antialiased_bicubic_weights(table.shape[-2], size[0]), dtype=work_dtype, device=table.device)
@@ -167,10 +173,12 @@ class BiasTableMixin:
 
     def bias_table(self, size: Tuple[int, int]) -> torch.Tensor:
         """The ``(heads, H, W)`` table for a key map of ``size`` (the trained table resized when it differs)."""
-        return resize_bias_table(self.attention_biases.view(-1, *self.resolution), size)
+        return resize_bias_table(self.attention_biases.view(-1, self.resolution[0], self.resolution[1]), size)
 
     def gathered_bias(self, query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int) -> torch.Tensor:
         """Dense ``(heads, Hq*Wq, H*W)`` bias for :func:`vithub.kernels.table_bias_attention`."""
+        if torch.jit.is_scripting():  # a scripted model gathers on every call (the cache below is Python state)
+            return gather_table_bias(self.bias_table(key_size), query_size, stride)
         table = self.attention_biases
         cacheable = (not self.training and not torch.compiler.is_compiling()
                      and not (torch.is_grad_enabled() and table.requires_grad))

@@ -113,7 +113,7 @@ def heads_last(x: torch.Tensor) -> torch.Tensor:
     A view and one permute, no unsqueeze: in an ONNX export the permute meets its inverse in the op's export form
     and both go, and the view merges with the form's reshape.
     """
-    return x.view(x.shape[0], 1, *x.shape[1:]).permute(0, 3, 4, 1, 2)
+    return x.unflatten(0, [x.shape[0], 1]).permute(0, 3, 4, 1, 2)
 
 
 class CascadedGroupAttention(BiasTableMixin, nn.Module):
@@ -163,7 +163,7 @@ class CascadedGroupAttention(BiasTableMixin, nn.Module):
         kept = out.reshape(batch, height, width, -1)
         return kept.permute(0, 3, 1, 2), kept
 
-    def _concat_heads(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _concat_heads(self, outputs: List[torch.Tensor]) -> torch.Tensor:
         """Concatenated channels-last, since a channel concat of the NCHW views makes an NCHW map at batch 1 and
         everything after it would leave the channels-last kernels."""
         return torch.cat(list(outputs), dim=-1).permute(0, 3, 1, 2)

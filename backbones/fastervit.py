@@ -81,17 +81,17 @@ _CPB_HIDDEN = 512  # hidden width of every continuous position MLP in the offici
 
 
 def _build_coordinates(kind: str, size: Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    axes = []
+    axes: List[torch.Tensor] = []
     for length in size:
         if kind == "log_relative":
             # The official table is indexed by query minus key; the ops index by key minus query, so it is negated.
             offsets = -torch.arange(-(length - 1), length, device=device, dtype=torch.float32)
             offsets = offsets / max(length - 1, 1) * 8
-            axes.append(torch.sign(offsets) * torch.log2(offsets.abs() + 1.0) / math.log2(8))
+            axes.append(torch.sign(offsets) * torch.log2(offsets.abs() + 1.0) / 3.0)  # 3 = log2(8)
         else:
             work = torch.promote_types(dtype, torch.float32)
             axes.append((torch.arange(length, device=device, dtype=work) - length // 2) / max(length // 2, 1))
-    return torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1).to(dtype)
+    return torch.stack(torch.meshgrid([axes[0], axes[1]], indexing="ij"), dim=-1).to(dtype)
 
 
 _cached_coordinates = functools.lru_cache(maxsize=128)(built_as_constants(_build_coordinates))
@@ -100,6 +100,8 @@ _cached_coordinates = functools.lru_cache(maxsize=128)(built_as_constants(_build
 def _coordinates(kind: str, size: Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``(h, w, 2)`` MLP inputs: ``"log_relative"`` offsets of a ``size`` window (``2h-1 x 2w-1`` of them) or
     ``"centred"`` positions of a ``size`` grid. Cached per shape in eager mode; traced as plain ops under compile."""
+    if torch.jit.is_scripting():
+        return _build_coordinates(kind, size, device, dtype)
     if torch.compiler.is_compiling():
         return _build_coordinates(kind, size, device, dtype)
     return _cached_coordinates(kind, size, device, dtype)
@@ -125,12 +127,23 @@ def _eval_cached(module: nn.Module, size: Size, compute: Callable[[Size], torch.
     return value
 
 
-def tokenwise(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """A token-wise ``layer`` (a linear, an MLP) over the last dim of ``x``, run on the 2-D token matrix: each linear
+def token_matrix(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the 2-D token matrix ``(tokens, channels)``, for a token-wise layer (a linear, an MLP): each linear
     is then one matmul with its bias fused (``addmm``; one Gemm in an ONNX export), where a 4-D or 5-D input takes a
-    matmul and a separate bias add (and a 3-D or higher one exports as MatMul plus Add). Same values."""
-    out = layer(x.reshape(-1, x.shape[-1]))
-    return out.view(*x.shape[:-1], out.shape[-1])
+    matmul and a separate bias add (and a 3-D or higher one exports as MatMul plus Add). Same values. The layer's
+    output goes back with :func:`shaped_like`: ``shaped_like(layer(token_matrix(x)), x)`` (spelled out, since a
+    scripted model cannot pass a module to a function)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def shaped_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The token matrix ``out`` with ``x``'s leading dims (its own channel count)."""
+    return out.unflatten(0, x.shape[:-1])
+
+
+def tokenwise(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``layer`` on ``x``'s token matrix, back in ``x``'s shape (for code that is never scripted: the export forms)."""
+    return shaped_like(layer(token_matrix(x)), x)
 
 
 class ContinuousPositionBias(nn.Module):
@@ -148,6 +161,8 @@ class ContinuousPositionBias(nn.Module):
                                      nn.Linear(_CPB_HIDDEN, num_heads, bias=False))
 
     def forward(self, window: Size) -> torch.Tensor:
+        if torch.jit.is_scripting():  # the eval cache is Python state: a scripted model computes it each call
+            return self._compute(window)
         return _eval_cached(self, tuple(window), self._compute)
 
     def _compute(self, window: Size) -> torch.Tensor:
@@ -166,6 +181,8 @@ class GridPositionEmbedding(nn.Module):
 
     def forward(self, grid: Size) -> torch.Tensor:
         """``(h, w, dim)`` embedding for a grid of ``grid = (h, w)`` tokens."""
+        if torch.jit.is_scripting():
+            return self._compute(grid)
         return _eval_cached(self, tuple(grid), self._compute)
 
     def _compute(self, grid: Size) -> torch.Tensor:
@@ -189,11 +206,13 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.pos_emb_funct = ContinuousPositionBias(num_heads)
 
-    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        return tokenwise(self.qkv, x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+    def _qkv(self, x: torch.Tensor) -> List[torch.Tensor]:
+        qkv = shaped_like(self.qkv(token_matrix(x)), x)
+        return qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_drop(tokenwise(self.proj, x.flatten(-2)))
+        x = x.flatten(-2)
+        return self.proj_drop(shaped_like(self.proj(token_matrix(x)), x))
 
     def forward(self, x: torch.Tensor, window: Size) -> torch.Tensor:
         """``x``: ``(B, H, W, C)`` with ``H``, ``W`` multiples of ``window``."""
@@ -210,16 +229,16 @@ class WindowAttention(nn.Module):
         """
         batch, _, channels = tokens.shape
         height, width = map_size
-        qkv = tokenwise(self.qkv, tokens)
+        qkv = shaped_like(self.qkv(token_matrix(tokens)), tokens)
         map_tokens = height * width
         q, k, v = qkv[:, :map_tokens].view(batch, height, width, 3, self.num_heads, self.head_dim).unbind(3)
         carrier_q, carrier_k, carrier_v = qkv[:, map_tokens:].view(
-            batch, *carrier_shape, 3, self.num_heads, self.head_dim).unbind(4)
+            batch, carrier_shape[0], carrier_shape[1], carrier_shape[2], 3, self.num_heads, self.head_dim).unbind(4)
         rpb = self.pos_emb_funct(window).to(q.dtype)
         out, carrier_out = carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, window, rpb=rpb,
                                                     scale=self.scale)
         out = torch.cat([out.reshape(batch, map_tokens, channels), carrier_out.reshape(batch, -1, channels)], dim=1)
-        return self.proj_drop(tokenwise(self.proj, out))
+        return self.proj_drop(shaped_like(self.proj(token_matrix(out)), out))
 
 
 def _layer_scale(value: Optional[float], dim: int) -> Optional[nn.Parameter]:
@@ -269,6 +288,8 @@ def split_windows(grid: torch.Tensor, size: int) -> torch.Tensor:
 class HATBlock(nn.Module):
     """Hierarchical attention block over an NHWC map (a window multiple) and, when given, its carrier tokens."""
 
+    __constants__ = ["hierarchical"]  # TorchScript compiles the carrier path only for blocks that have its modules
+
     def __init__(self, dim: int, num_heads: int, window_size: int, ct_size: int = 1, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, qk_scale: Optional[float] = None, drop: float = 0.0, drop_path: float = 0.0,
                  layer_scale: Optional[float] = None, hierarchical: bool = False, last: bool = False,
@@ -308,21 +329,24 @@ class HATBlock(nn.Module):
         x = x + self.pos_embed(window).repeat(rows, cols, 1)
         if carriers is None:
             x = x + self.drop_path(_scaled(self.gamma3, self.attn(self.norm1(x), window)))
-            return x + self.drop_path(_scaled(self.gamma4, tokenwise(self.mlp, self.norm2(x)))), None
+            normed = self.norm2(x)
+            return x + self.drop_path(_scaled(self.gamma4, shaped_like(self.mlp(token_matrix(normed)), normed))), None
         if not self.hierarchical:
             raise RuntimeError("carriers were given to a HAT block built without carrier-token modules")
 
         carriers = self._carrier_attention(carriers)
-        carrier_shape = tuple(carriers.shape[1:4])
+        carrier_shape = (carriers.shape[1], carriers.shape[2], carriers.shape[3])
 
         # Each window over its tokens plus its carriers. Map tokens and carriers share every token-wise layer, so
         # they travel as one token matrix: map tokens in raster order, then the carriers window by window.
         tokens = torch.cat([x.reshape(batch, height * width, channels), carriers.reshape(batch, -1, channels)], dim=1)
         attended = self.attn.forward_with_carriers(self.norm1(tokens), (height, width), carrier_shape, window)
         tokens = tokens + self.drop_path(_scaled(self.gamma3, attended))
-        tokens = tokens + self.drop_path(_scaled(self.gamma4, tokenwise(self.mlp, self.norm2(tokens))))
+        normed = self.norm2(tokens)
+        tokens = tokens + self.drop_path(_scaled(self.gamma4, shaped_like(self.mlp(token_matrix(normed)), normed)))
         x = tokens[:, :height * width].reshape(batch, height, width, channels)
-        carriers = tokens[:, height * width:].reshape(batch, *carrier_shape, channels)
+        carriers = tokens[:, height * width:].reshape(batch, carrier_shape[0], carrier_shape[1], carrier_shape[2],
+                                                      channels)
         if self.last and self.do_propagation:
             upsampled = self._propagated(carriers).permute(0, 1, 3, 2, 4, 5)
             x = x + _scaled(self.gamma1, upsampled.reshape(x.shape))
@@ -334,7 +358,8 @@ class HATBlock(nn.Module):
         grid_size = (grid.shape[1], grid.shape[2])
         grid = grid + self.hat_pos_embed(grid_size)
         grid = grid + self.drop_path(_scaled(self.gamma1, self.hat_attn(self.hat_norm1(grid), grid_size)))
-        grid = grid + self.drop_path(_scaled(self.gamma2, tokenwise(self.hat_mlp, self.hat_norm2(grid))))
+        normed = self.hat_norm2(grid)
+        grid = grid + self.drop_path(_scaled(self.gamma2, shaped_like(self.hat_mlp(token_matrix(normed)), normed)))
         return split_windows(grid, self.ct_size)
 
     def _propagated(self, carriers: torch.Tensor) -> torch.Tensor:
@@ -359,13 +384,14 @@ class TokenInitializer(nn.Module):
 
     def forward(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
         """``x``: ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``window_size``; returns ``(B, H/w, W/w, ct^2, C)``."""
-        kernel, stride = [], []
+        kernel: List[int] = []
+        stride: List[int] = []
         for size in x.shape[-2:]:
             outputs = int(self.ct_size * size / window_size)
             step = int(size / outputs)
             kernel.append(size - (outputs - 1) * step)
             stride.append(step)
-        pooled = F.avg_pool2d(self.pos_embed(x), kernel_size=tuple(kernel), stride=tuple(stride))
+        pooled = F.avg_pool2d(self.pos_embed(x), kernel_size=kernel, stride=stride)
         return split_windows(pooled.permute(0, 2, 3, 1), self.ct_size)
 
 
@@ -403,6 +429,8 @@ class PatchEmbed(nn.Module):
 class FasterViTStage(nn.Module):
     """Optional downsampling, then conv blocks or HAT blocks (NCHW in and out)."""
 
+    __constants__ = ["conv"]
+
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, ct_size: int, conv: bool,
                  downsample: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: Optional[float] = None,
                  drop: float = 0.0, drop_path: Sequence[float] = (), layer_scale: Optional[float] = None,
@@ -424,23 +452,21 @@ class FasterViTStage(nn.Module):
             ])
         self.global_tokenizer = TokenInitializer(dim, ct_size) if hierarchical and not conv else None
 
-    def _run(self, block: nn.Module, *inputs: Any) -> Any:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return torch.utils.checkpoint.checkpoint(block, *inputs, use_reentrant=False)
-        return block(*inputs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.conv:
+        if self.conv:  # a constant (__constants__), so TorchScript compiles only the branch of this stage's blocks
             for block in self.blocks:
-                x = self._run(block, x)
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
             return x
         height, width = x.shape[-2:]
         w = self.window_size
         x = F.pad(x, (0, (-width) % w, 0, (-height) % w))
         rows, cols = x.shape[-2] // w, x.shape[-1] // w
         # As in the official code, carriers exist only where the (padded) map holds more than one window.
-        carriers = None
+        carriers: Optional[torch.Tensor] = None
         if self.global_tokenizer is not None and rows * cols > 1:
             carriers = self.global_tokenizer(x, w)
         x = self._attention_blocks(x.permute(0, 2, 3, 1), carriers)
@@ -451,7 +477,10 @@ class FasterViTStage(nn.Module):
         the map as per-window sequences across the blocks instead, as the official code does:
         :mod:`vithub.export_forms`."""
         for block in self.blocks:
-            x, carriers = self._run(block, x, carriers)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, carriers = torch.utils.checkpoint.checkpoint(block, x, carriers, use_reentrant=False)
+            else:
+                x, carriers = block(x, carriers)
         return x
 
 

@@ -359,7 +359,8 @@ class Levit(StageHooks, nn.Module):
         """Train with the distillation head: in training mode ``forward`` then returns ``(logits, dist_logits)``."""
         self.distilled_training = enable
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Any:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):  # a tensor, or (class, distillation) logits
+        # (no annotation: TorchScript infers a tensor, the tuple branch being Python-only)
         if self.global_pool == "avg":
             x = x.mean(dim=(1, 2))
         if pre_logits:

@@ -171,6 +171,8 @@ def check_table_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
                           stride: int) -> None:
     """Shapes of :func:`vithub.kernels.table_bias_attention`: k ``(B, H, W, heads, d)``, v ``(B, H, W, heads, dv)``,
     q ``(B, ceil(H/stride), ceil(W/stride), heads, d)``, table ``(heads, H, W)``."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"query_stride must be an int >= 1, got {stride!r}")
     if bias_table is None and _table_call_is_well_formed(q, k, v, stride):
         return  # the common call, checked in a few comparisons; anything else gets the full checks and messages
     form = "(B, H, W, heads, head_dim)"

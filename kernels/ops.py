@@ -22,7 +22,8 @@ from ._validation import (
     check_window,
     pair,
 )
-from .backends.torch_tiled import relu_linear_arithmetic
+from .backends.torch_tiled import gather_table_bias, relu_linear_arithmetic
+from .backends.torch_tiled import table_bias_attention as torch_table_bias_attention
 from .registry import as_custom_op, get_backend, select_backend
 
 
@@ -160,6 +161,10 @@ def carrier_window_attention(
     Returns:
         ``(out, carrier_out)`` shaped like ``q`` and ``carrier_q``.
     """
+    if torch.jit.is_scripting():
+        return torch.ops.vithub.carrier_window_attention(q, k, v, carrier_q, carrier_k, carrier_v, rpb,
+                                                         _script_pair(window_size), _script_scale(scale, q),
+                                                         _script_backend(backend))
     check_qkv(q, k, v)
     window = pair(window_size, "window_size")
     check_window(q, window, (0, 0))
@@ -182,8 +187,7 @@ def table_bias_attention(
     query_stride: int = 1,
     scale: Optional[float] = None,
     backend: Optional[str] = None,
-    *,
-    gathered_bias: Optional[torch.Tensor] = None,
+    gathered_bias: Optional[torch.Tensor] = None,  # not keyword-only: TorchScript compiles no keyword-only argument
 ) -> torch.Tensor:
     """Dense attention over a 2-D map with an additive bias gathered from a table indexed by ``(|dy|, |dx|)``
     (LeViT attention and attention-subsample; EfficientViT-M cascaded group attention inside a window).
@@ -209,8 +213,10 @@ def table_bias_attention(
     Returns:
         ``(B, ceil(H/s), ceil(W/s), heads, value_dim)``.
     """
-    if isinstance(query_stride, bool) or not isinstance(query_stride, int) or query_stride < 1:
-        raise ValueError(f"query_stride must be an int >= 1, got {query_stride!r}")
+    if torch.jit.is_scripting():  # the torch backend's arithmetic, which TorchScript compiles as it is
+        if gathered_bias is None and bias_table is not None:
+            gathered_bias = gather_table_bias(bias_table, (q.shape[1], q.shape[2]), query_stride)
+        return torch_table_bias_attention(q, k, v, gathered_bias, _script_scale(scale, q))
     check_table_attention(q, k, v, bias_table, query_stride)
     if gathered_bias is not None:
         if bias_table is not None:

@@ -417,7 +417,10 @@ _INDEX_CACHE_LIMIT = 256  # distinct (grid, stride, device) entries kept; any-si
 def table_index(query_size: Tuple[int, int], key_size: Tuple[int, int], stride: int,
                 device: torch.device) -> torch.Tensor:
     """Flat ``(Hq*Wq*H*W,)`` index into a ``(H*W)`` table row: ``|qy*stride - ky| * W + |qx*stride - kx|``, cached
-    per shape and device (under ``torch.compile`` it is traced into the graph instead)."""
+    per shape and device (under ``torch.compile`` it is traced into the graph instead, and a scripted model builds it
+    on each call)."""
+    if torch.jit.is_scripting():
+        return _table_index(query_size, key_size, stride, device)
     if torch.compiler.is_compiling():
         return _table_index(query_size, key_size, stride, device)
     key = (query_size, key_size, stride, str(device))
