@@ -146,9 +146,9 @@ def _our_early_pooling_twins(request: pytest.FixtureRequest) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    """Tests of timm's file that take no vh model go, as do those that need the network; those of other vh models
-    than the representatives are marked ``timm_all`` and run only under ``-m timm_all``; exemptions and known
-    failures become strict xfails with their reasons."""
+    """Tests of timm's file that take no vh model go, as do those that need the network; every vh model's items are
+    marked ``timm_all``, and those of other models than the representatives run only under ``-m timm_all``;
+    exemptions and known failures become strict xfails with their reasons."""
     run_all = ALL_MARK in (config.getoption("markexpr") or "")
     kept, dropped = [], []
     for item in items:
@@ -163,10 +163,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         reason = _expected_failure(test, model)
         if reason is not None:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+        item.add_marker(pytest.mark.timm_all)  # every vh model's items, so -m timm_all takes the representatives too
         if model in REPRESENTATIVES:
             kept.append(item)
         else:
-            item.add_marker(pytest.mark.timm_all)
             (kept if run_all else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
