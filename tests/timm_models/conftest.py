@@ -11,8 +11,8 @@ test file is imported. While that file collects (and only then), this file wraps
 * a module filter (timm's list of modules with ``forward_intermediates``) maps timm's modules to ours: ``levit``,
   ``efficientvit_mit`` and ``efficientvit_msra`` to themselves, ``vision_transformer`` and ``deit`` to the
   token-reduction members, ``swin_transformer`` to our hierarchical families (Swin, NAT/DiNAT, FasterViT);
-* by default one representative per family runs (:data:`REPRESENTATIVES`); ``-m timm_all`` runs every vh model (about
-  16 minutes on two cores).
+* by default one representative per family runs (:data:`REPRESENTATIVES`); ``-m timm_all`` runs every vh model but the
+  two largest FasterViTs (about 23 minutes on two cores).
 """
 
 from __future__ import annotations
@@ -87,6 +87,11 @@ def _model_of(item: pytest.Item) -> str:
     return name.split(".")[0] if isinstance(name, str) else ""
 
 
+# The two largest FasterViTs (957M and 1.36B parameters) stay out, as in the issue's own run of this file: timm's prune
+# contract deep-copies a model per feature index, which took the whole 24 GiB of the test machine (a worker killed);
+# timm's own CI leaves its largest models out the same way (EXCLUDE_FILTERS under GITHUB_ACTIONS).
+TOO_LARGE = ("vh_fastervit_5_*", "vh_fastervit_6_*")
+
 # Tests that download pretrained weights: CI has no network (timm's own CI leaves them out too, under
 # GITHUB_ACTIONS). Our loading code is tested on files the tests write (tests/test_hub*.py, tests/test_weights*.py).
 NETWORK_TESTS = ("test_model_load_pretrained", "test_model_features_pretrained")
@@ -157,7 +162,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             continue
         model = _model_of(item)
         test = getattr(item, "originalname", item.name)
-        if not model.startswith("vh_") or test in NETWORK_TESTS:
+        if not model.startswith("vh_") or test in NETWORK_TESTS or any(fnmatch.fnmatch(model, p) for p in TOO_LARGE):
             dropped.append(item)
             continue
         reason = _expected_failure(test, model)
