@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -238,22 +238,35 @@ def _validate_against_eager(onnx_path: Path, model: torch.nn.Module, input_size:
     import onnx
 
     onnx.checker.check_model(str(onnx_path), full_check=True)
-    max_diff = 0.0
     session = _onnx_runtime_session(onnx_path)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
+
+    return _compare_with_eager(run, "ONNX Runtime", model, input_size, sizes, generator, atol)
+
+
+def _compare_with_eager(run: Callable[[torch.Tensor], Any], name: str, model: torch.nn.Module,
+                        input_size: Tuple[int, int, int], sizes: Sequence[int], generator: torch.Generator,
+                        atol: float) -> float:
+    """``run`` (an exported form of ``model``) against eager on fresh random batches of each size: the largest
+    absolute difference, or :class:`ExportError` for a non-tensor output, another shape or a difference above
+    ``atol``."""
+    max_diff = 0.0
     for size in sizes:
         images = torch.randn(size, *input_size, generator=generator)
         with torch.no_grad():
             expected = model(images)
-        if not isinstance(expected, torch.Tensor):
-            raise ExportError("validation compares the first output, and the model's forward does not "
-                              f"return a tensor ({type(expected).__name__}); pass validate=False")
-        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
-        if got.shape != expected.shape:
-            raise ExportError(f"ONNX Runtime gave shape {tuple(got.shape)} at batch {size}, eager "
-                              f"{tuple(expected.shape)}")
-        max_diff = max(max_diff, float((got - expected.float()).abs().max()))
+            if not isinstance(expected, torch.Tensor):
+                raise ExportError("validation compares the first output, and the model's forward does not "
+                                  f"return a tensor ({type(expected).__name__}); pass validate=False")
+            got = run(images)
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ExportError(f"{name} gave shape {shape} at batch {size}, eager {tuple(expected.shape)}")
+        max_diff = max(max_diff, float((got.float() - expected.float()).abs().max()))
     if not max_diff <= atol:
-        raise ExportError(f"ONNX Runtime outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
+        raise ExportError(f"{name} outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
     return max_diff
 
 
@@ -339,18 +352,4 @@ def _validate_program(path: Path, format: str, model: torch.nn.Module, input_siz
         run = torch._inductor.aoti_load_package(str(path))
     else:
         run = torch.export.load(str(path)).module()
-    max_diff = 0.0
-    for size in sizes:
-        images = torch.randn(size, *input_size, generator=generator)
-        with torch.no_grad():
-            expected, got = model(images), run(images)
-        if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
-            raise ExportError("validation compares one output tensor, and the model's forward does not return one; "
-                              "pass validate=False")
-        if got.shape != expected.shape:
-            raise ExportError(f"the {format} file gave shape {tuple(got.shape)} at batch {size}, eager "
-                              f"{tuple(expected.shape)}")
-        max_diff = max(max_diff, float((got.float() - expected.float()).abs().max()))
-    if not max_diff <= atol:
-        raise ExportError(f"the {format} file's outputs differ from eager by {max_diff:.3g} (> atol {atol:g})")
-    return max_diff
+    return _compare_with_eager(run, f"the {format} file", model, input_size, sizes, generator, atol)
