@@ -26,6 +26,7 @@ else:
     from .ops import (
         carrier_window_attention,
         global_attention,
+        global_attention_and_importance,
         neighborhood_attention,
         relu_linear_attention,
         rpb_from_swin_table,
@@ -67,6 +68,7 @@ __all__ = [
     "get_backend",
     "pair",
     "global_attention",
+    "global_attention_and_importance",
     "host_values",
     "neighborhood_attention",
     "relu_linear_attention",

@@ -23,6 +23,7 @@ from ._validation import (
     pair,
 )
 from .backends.torch_tiled import gather_table_bias, relu_linear_arithmetic
+from .backends.torch_tiled import global_attention as torch_global_attention
 from .backends.torch_tiled import table_bias_attention as torch_table_bias_attention
 from .registry import as_custom_op, get_backend, select_backend
 
@@ -293,14 +294,37 @@ def global_attention(
     Returns:
         ``(B, query_tokens, heads, value_dim)``, and with ``return_importance`` the importance as well.
     """
+    out, importance = global_attention_and_importance(q, k, v, key_bias, key_mask, scale, backend, return_importance,
+                                                      query_mask)
+    if return_importance:
+        assert importance is not None
+        return out, importance
+    return out
+
+
+def global_attention_and_importance(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: Optional[torch.Tensor] = None,
+    key_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    backend: Optional[str] = None,
+    return_importance: bool = False,
+    query_mask: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """:func:`global_attention` with one return type, ``(out, importance)``, the importance ``None`` unless asked
+    for: the form TorchScript compiles (scripted, the torch backend's arithmetic runs, without the checks)."""
+    if torch.jit.is_scripting():  # the torch backend's arithmetic, which TorchScript compiles as it is
+        return torch_global_attention(q, k, v, key_bias, key_mask, _script_scale(scale, q), return_importance,
+                                      query_mask)
     check_global_attention(q, k, v, key_bias, key_mask, query_mask)
     if query_mask is not None and not return_importance:
         raise ValueError("query_mask only weights the importance; pass it with return_importance=True")
     softmax_scale = check_scale(scale, q.shape[-1])
     name = select_backend("global_attention", backend, q)
-    out, importance = get_backend(name).global_attention(q, k, v, key_bias, key_mask, softmax_scale,
-                                                         return_importance, query_mask)
-    return (out, importance) if return_importance else out
+    return get_backend(name).global_attention(q, k, v, key_bias, key_mask, softmax_scale, return_importance,
+                                              query_mask)
 
 
 def rpb_from_swin_table(table: torch.Tensor, window_size: Size2d) -> torch.Tensor:

@@ -13,22 +13,25 @@ from .registry import exporting_onnx
 
 def descending_order(values: torch.Tensor) -> torch.Tensor:
     """Indices that sort ``values`` along the last dim, largest first, ties in index order."""
-    if exporting_onnx():
-        return values.topk(values.shape[-1], dim=-1, largest=True, sorted=True).indices
+    if not torch.jit.is_scripting():
+        if exporting_onnx():
+            return values.topk(values.shape[-1], dim=-1, largest=True, sorted=True).indices
     return values.argsort(dim=-1, descending=True, stable=True)
 
 
 def ascending_order(values: torch.Tensor) -> torch.Tensor:
     """Indices that sort ``values`` along the last dim, smallest first, ties in index order."""
-    if exporting_onnx():
-        return values.topk(values.shape[-1], dim=-1, largest=False, sorted=True).indices
+    if not torch.jit.is_scripting():
+        if exporting_onnx():
+            return values.topk(values.shape[-1], dim=-1, largest=False, sorted=True).indices
     return values.argsort(dim=-1, stable=True)
 
 
 def ascending(indices: torch.Tensor) -> torch.Tensor:
     """``indices`` (distinct ints) sorted along the last dim."""
-    if exporting_onnx():
-        return indices.topk(indices.shape[-1], dim=-1, largest=False, sorted=True).values
+    if not torch.jit.is_scripting():
+        if exporting_onnx():
+            return indices.topk(indices.shape[-1], dim=-1, largest=False, sorted=True).values
     return indices.sort(dim=-1).values
 
 

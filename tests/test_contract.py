@@ -141,16 +141,9 @@ def test_factory_device_and_dtype(vh_name):
     contract.check_factory_device(vh_name)
 
 
-@pytest.mark.parametrize("name", [n for n in VH_MODELS if not n.endswith(contract.FX_OPEN_SUFFIXES)])
+@pytest.mark.parametrize("name", VH_MODELS)
 def test_fx_symbolic_trace(name):
     contract.check_fx(contract.make_model(name, drop_path_rate=0.0), contract.contract_input(name))
-
-
-@pytest.mark.parametrize("name", [n for n in VH_MODELS if n.endswith(contract.FX_OPEN_SUFFIXES)][:3])
-def test_fx_symbolic_trace_still_open_for_token_reduction(name):
-    """Open on issue 39; this goes red the day it works, so the exclusion above is taken out."""
-    with pytest.raises(Exception):
-        contract.check_fx(contract.make_model(name, drop_path_rate=0.0), contract.contract_input(name))
 
 
 def test_contract_catches_shape_dependent_python_in_a_traced_model():
@@ -197,17 +190,9 @@ def test_training_after_an_inference_mode_evaluation(name):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("name", [n for n in VH_MODELS if not n.startswith(contract.TORCHSCRIPT_OPEN_PREFIXES)])
+@pytest.mark.parametrize("name", VH_MODELS)
 def test_torchscript(name):
     contract.check_torchscript(contract.make_model(name, drop_path_rate=0.0), contract.contract_input(name))
-
-
-@pytest.mark.parametrize("name", ["vh_deit_tiny_patch16_224_tome", "vh_deit_tiny_patch16_224_ltmp",
-                                  "vh_deit_tiny_patch16_224_cropr"])
-def test_torchscript_still_open(name):
-    """Open on issue 39; this goes red the day the method scripts, so its exclusion above is taken out."""
-    with pytest.raises(Exception):
-        contract.check_torchscript(contract.make_model(name), contract.contract_input(name))
 
 
 def test_contract_catches_a_scripted_model_that_differs_from_eager(monkeypatch):

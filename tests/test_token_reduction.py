@@ -323,17 +323,16 @@ def test_training_applies_the_spec_and_publishing_keeps_it(tmp_path):
 def test_a_block_with_token_sizes_acts_as_the_timm_block_on_duplicated_tokens():
     """Proportional attention through a whole block: tokens of sizes s under ToMe's block give what timm's own block
     gives when each token appears s times (read at each token's first copy); without it they do not."""
-    from vithub.backbones.token_reduction import block_forward
-
     model = _vit("deit3_layerscale")
+    vithub.reduce_tokens(model, "tome", r=0)
     block = model.blocks[1]
     torch.manual_seed(4)
     x = torch.randn(2, 9, 48)
     sizes = torch.randint(1, 4, (2, 9)).float()
     origin = torch.arange(9).expand(2, -1)
     with torch.no_grad():
-        ours, _, _ = block_forward(block, x, sizes, origin, 0, 1, proportional=True)
-        plain, _, _ = block_forward(block, x, sizes, origin, 0, 1, proportional=False)
+        ours, _, _ = block.tome_step(x, sizes, origin, 0, 1, proportional=True)
+        plain, _, _ = block.tome_step(x, sizes, origin, 0, 1, proportional=False)
         for image in range(2):
             counts = sizes[image].long()
             duplicated = x[image].repeat_interleave(counts, dim=0)[None]

@@ -13,17 +13,24 @@ tokens; the official classification model's own head averages the class token in
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import torch.fx
 from timm.layers import Mlp, trunc_normal_tf_
+from timm.models import register_notrace_module
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from vithub.kernels import ascending, descending_order, global_attention
+from vithub.kernels import ascending, descending_order
 
-from .runner import Reducer, run_step
+from .runner import Reducer, TokenReduced, checkpointing, records_statistics, token_attention
+
+torch.fx.wrap("token_attention")  # FX keeps it one node here too (it patches this module's name)
 
 
+@register_notrace_module  # torchvision's FX node names clash on mlp.norm / mlp_norm inside it
 class CroprRouter(nn.Module):
     """One Cropr pruning module, as the official ``Cropr`` (its ``CrossAttention`` and ``ClassificationHead``).
 
@@ -52,12 +59,21 @@ class CroprRouter(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim, eps=1e-6) if mlp else None
         self.mlp = Mlp(dim, int(dim * mlp_ratio)) if mlp else None
         self.head_norm = nn.LayerNorm(dim)
+        self.num_classes = num_classes
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, prefix: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The scores of ``x``'s patch tokens (after the ``prefix`` ones) and, in training with a classifier, the
+        auxiliary logits (else ``None``). One FX node (a timm notrace module)."""
+        logits: Optional[torch.Tensor] = None
+        if self.training and self.num_classes > 0:
+            logits = self.auxiliary_logits(x)
+        return self.scores(x[:, prefix:]), logits
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` → ``(B, N)``: sum over heads and queries of ``q_m · k_j`` (unscaled logits)."""
         query = self.q(self.queries[0]).sum(dim=0)  # (C,): the queries summed, as the score sums over them
-        if isinstance(self.k, nn.Linear):  # q . (W x) = (W^T q) . x
+        if hasattr(self.k, "weight"):  # a key projection: q . (W x) = (W^T q) . x
             query = self.k.weight.t() @ query.to(self.k.weight.dtype)
         return self.norm(x) @ query.to(x.dtype)
 
@@ -70,7 +86,8 @@ class CroprRouter(nn.Module):
         q = queries.reshape(batch, -1, self.num_heads, self.head_dim)
         k = self.k(x).reshape(batch, tokens, self.num_heads, self.head_dim)
         v = self.v(x).reshape(batch, tokens, self.num_heads, self.head_dim)
-        pooled = self.proj(global_attention(q, k, v).reshape(batch, -1, dim)).mean(dim=1)
+        attended, _ = token_attention(q, k, v, self.head_dim ** -0.5, None, None, None, False)
+        pooled = self.proj(attended.reshape(batch, -1, dim)).mean(dim=1)
         if self.mlp is not None:
             pooled = pooled + self.mlp(self.mlp_norm(pooled))
         return self.head(self.head_norm(pooled))
@@ -78,6 +95,7 @@ class CroprRouter(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         dim = self.head_norm.normalized_shape[0]
         reference = self.queries
+        self.num_classes = num_classes
         self.head = (nn.Linear(dim, num_classes, device=reference.device, dtype=reference.dtype)
                      if num_classes > 0 else nn.Identity()).train(self.training)
 
@@ -107,15 +125,41 @@ def cropr_schedule(rate: int, modules: int) -> List[int]:
     return [rate + 1] + [rate] * (modules - 1)
 
 
-def grid_tokens(x: torch.Tensor, index: torch.Tensor, pruned: Sequence[torch.Tensor],
-                pruned_index: Sequence[torch.Tensor], prefix: int, patches: int) -> torch.Tensor:
+def grid_tokens(x: torch.Tensor, index: torch.Tensor, pruned: List[torch.Tensor], pruned_index: List[torch.Tensor],
+                prefix: int, patches: int) -> torch.Tensor:
     """``x`` ``(B, prefix + kept, C)`` (kept tokens at grid positions ``index``) and the pruned tokens as they left,
     put back in grid order: ``(B, prefix + patches, C)``."""
     channels = x.shape[-1]
     grid = x.new_empty(x.shape[0], patches, channels)
-    for tokens, positions in ((x[:, prefix:], index), *zip(pruned, pruned_index)):
+    grid.scatter_(1, index[..., None].expand(-1, -1, channels), x[:, prefix:])
+    for tokens, positions in zip(pruned, pruned_index):
         grid.scatter_(1, positions[..., None].expand(-1, -1, channels), tokens)
     return torch.cat([x[:, :prefix], grid], dim=1)
+
+
+def prune_tokens(x: torch.Tensor, scores: torch.Tensor, index: torch.Tensor, count: int, prefix: int
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop the ``count`` lowest-scoring patch tokens of ``x`` (``scores`` ``(B, patches)``); the kept ones stay in
+    grid order. Returns the kept sequence (prefix first), their grid positions, the dropped tokens and theirs."""
+    tokens = x[:, prefix:]
+    channels = x.shape[-1]
+    order = descending_order(scores)
+    kept, dropped = ascending(order[:, :tokens.shape[1] - count]), order[:, tokens.shape[1] - count:]
+    kept_x = torch.cat([x[:, :prefix], tokens.gather(1, kept[..., None].expand(-1, -1, channels))], dim=1)
+    return (kept_x, index.gather(1, kept), tokens.gather(1, dropped[..., None].expand(-1, -1, channels)),
+            index.gather(1, dropped))
+
+
+class RouterInterface(nn.Module):
+    """A Cropr router as the block loop calls it (TorchScript reaches a router picked by block index through this)."""
+
+    def forward(self, x: torch.Tensor, prefix: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        pass
+
+
+with warnings.catch_warnings():  # TorchScript's deprecation notice, once per import, is for TorchScript users
+    warnings.simplefilter("ignore", FutureWarning)
+    RouterInterface = torch.jit.interface(RouterInterface)
 
 
 def _int_at_least(method: str, name: str, value: Any, minimum: int) -> int:
@@ -153,6 +197,65 @@ def _cropr_settings(vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
             "router_heads": heads, "mlp_ratio": float(mlp_ratio), **switches, "schedule": schedule}
 
 
+class CroprTransformer(TokenReduced):
+    """The ViT under Token Cropr: ``token_schedule`` (tokens each router prunes), ``last_layer_fusion`` and
+    ``cropr_rate`` are its typed settings, the routers its ``cropr_routers``."""
+
+    def run_blocks(self, x: torch.Tensor, last: Optional[int] = None, take: Optional[List[int]] = None
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
+        prefix, depth = self.num_prefix_tokens, len(self.blocks)
+        patches = x.shape[1] - prefix
+        schedule = self.token_schedule
+        if isinstance(patches, int) and sum(schedule) >= patches:  # (traced by FX, the count is known only later)
+            raise ValueError(f"cropr: rate {self.cropr_rate} prunes {sum(schedule)} tokens over {len(schedule)} "
+                             f"blocks, but the input has only {patches} patch tokens (lower the rate or enlarge the "
+                             "image)")
+        index = torch.arange(patches, device=x.device).expand(x.shape[0], -1)
+        pruned: List[torch.Tensor] = []
+        pruned_index: List[torch.Tensor] = []
+        counts: List[int] = []
+        taken: List[torch.Tensor] = []
+        auxiliary: List[torch.Tensor] = []
+        kept_positions: List[torch.Tensor] = []
+        fused = False
+        for block_index, block in enumerate(self.blocks):
+            if last is None or block_index <= last:
+                if self.last_layer_fusion and block_index == depth - 1 and len(pruned) > 0:
+                    x = torch.cat([x] + pruned, dim=1)  # last-layer fusion: every pruned token rejoins the last block
+                    index = torch.cat([index] + pruned_index, dim=1)
+                    pruned, pruned_index, fused = [], [], True
+                if not torch.jit.is_scripting():
+                    if records_statistics(x):
+                        counts.append(x.shape[1])
+                if torch.jit.is_scripting():
+                    x = block(x)
+                elif checkpointing(self):
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+                if take is not None and block_index in take:
+                    taken.append(grid_tokens(x, index, pruned, pruned_index, prefix, patches))
+                if block_index < len(schedule) and schedule[block_index] > 0:
+                    if torch.jit.is_scripting():  # TorchScript indexes a module list through an interface
+                        router: RouterInterface = self.cropr_routers[block_index]
+                        scores, logits = router.forward(x, prefix)
+                    else:  # called, so FX keeps the router one node
+                        scores, logits = self.cropr_routers[block_index](x, prefix)
+                    if logits is not None:
+                        auxiliary.append(logits)
+                    x, index, dropped, dropped_index = prune_tokens(x, scores, index, schedule[block_index], prefix)
+                    pruned.append(dropped)
+                    pruned_index.append(dropped_index)
+                    kept_positions.append(index)
+        if fused:  # every token went through the last block: give them back in grid order
+            x = grid_tokens(x, index, [], [], prefix, patches)
+        if not torch.jit.is_scripting():
+            if records_statistics(x):
+                self.token_counts, self.token_kept = counts, kept_positions
+                self.token_reduction_aux_logits = auxiliary
+        return x, None, taken
+
+
 class Cropr(Reducer):
     """``reduce_tokens(model, "cropr", rate=8, last_layer_fusion=True, ...)``: adds ``cropr_routers`` (one
     :class:`CroprRouter` per pruning block); ``model.token_reduction_aux_logits`` holds the auxiliary heads' logits of
@@ -162,6 +265,7 @@ class Cropr(Reducer):
     name = "cropr"
     options = ("rate", "last_layer_fusion", "num_queries", "router_heads", "mlp_ratio", "pre_attn_norm", "q_proj",
                "k_proj", "v_proj", "mlp")
+    model_mixin = CroprTransformer
 
     def settings(self, vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
         return _cropr_settings(vit, options)
@@ -187,46 +291,6 @@ class Cropr(Reducer):
         for router in vit.cropr_routers:  # the auxiliary heads predict the same classes
             router.reset_classifier(num_classes)
 
-    def run(self, vit: nn.Module, x: torch.Tensor, last: Optional[int] = None, take: Sequence[int] = ()
-            ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
-        settings = vit.token_reduction
-        prefix, depth = vit.num_prefix_tokens, len(vit.blocks)
-        patches = x.shape[1] - prefix
-        schedule = settings["schedule"]
-        if sum(schedule) >= patches:
-            raise ValueError(f"cropr: rate {settings['rate']} prunes {sum(schedule)} tokens over {len(schedule)} "
-                             f"blocks, but the input has only {patches} patch tokens (lower rate or enlarge the "
-                             "image)")
-        index = torch.arange(patches, device=x.device).expand(x.shape[0], -1)
-        pruned: List[torch.Tensor] = []
-        pruned_index: List[torch.Tensor] = []
-        counts, taken, auxiliary, kept_positions = [], [], [], []
-        fused = False
-        for block_index, block in enumerate(list(vit.blocks)[: None if last is None else last + 1]):
-            if settings["last_layer_fusion"] and block_index == depth - 1 and pruned:
-                x = torch.cat([x, *pruned], dim=1)  # last-layer fusion: every pruned token rejoins for the last block
-                index = torch.cat([index, *pruned_index], dim=1)
-                pruned, pruned_index, fused = [], [], True
-            counts.append(x.shape[1])
-            x = run_step(vit, block, x)
-            if block_index in take:
-                taken.append(grid_tokens(x, index, pruned, pruned_index, prefix, patches))
-            if block_index < len(schedule) and schedule[block_index]:
-                router = vit.cropr_routers[block_index]
-                tokens = x[:, prefix:]
-                if vit.training and vit.num_classes > 0:
-                    auxiliary.append(router.auxiliary_logits(x))
-                keep = tokens.shape[1] - schedule[block_index]
-                order = descending_order(router.scores(tokens))
-                kept, dropped = ascending(order[:, :keep]), order[:, keep:]
-                channels = x.shape[-1]
-                pruned.append(tokens.gather(1, dropped[..., None].expand(-1, -1, channels)))
-                pruned_index.append(index.gather(1, dropped))
-                x = torch.cat([x[:, :prefix], tokens.gather(1, kept[..., None].expand(-1, -1, channels))], dim=1)
-                index = index.gather(1, kept)
-                kept_positions.append(index)
-        if fused:  # every token went through the last block: give them back in grid order
-            x = grid_tokens(x, index, [], [], prefix, patches)
-        vit.token_counts, vit.token_kept = counts, kept_positions
-        vit.token_reduction_aux_logits = auxiliary
-        return x, None, taken
+    def scripted_settings(self, vit: nn.Module, settings: Dict[str, Any]) -> Dict[str, Any]:
+        return {"token_schedule": list(settings["schedule"]), "last_layer_fusion": settings["last_layer_fusion"],
+                "cropr_rate": settings["rate"]}

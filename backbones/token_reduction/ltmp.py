@@ -21,13 +21,15 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vithub.kernels import ascending_order, host_values
 
-from .runner import Reducer, attend, feed_forward, run_step
+from .runner import Reducer, ReducibleBlock, TokenReduced, checkpointing, records_statistics
 from .tome import protected_counts
 
 LTMP_DEFAULTS: Dict[str, Any] = {"merge_threshold": 0.9, "prune_threshold": 0.0, "tau": 0.1, "flops_weight": 10.0,
@@ -52,7 +54,7 @@ def _best_matches(k: torch.Tensor, prefix: int, a_blocked: Optional[torch.Tensor
     ``weight`` where given: the training path's live mask). Protected (prefix) and ``*_blocked`` A rows and B columns
     are minus infinity."""
     metric = k.mean(dim=2)
-    metric = metric / metric.norm(dim=-1, keepdim=True)
+    metric = metric / metric.norm(p=2, dim=-1, keepdim=True)
     if weight is not None:
         metric = metric * weight[..., None]
     a, b = metric[:, ::2], metric[:, 1::2]
@@ -102,25 +104,21 @@ def _keep_one_without_prefix(rest: torch.Tensor, live: torch.Tensor, importance:
                              prefix: int) -> torch.Tensor:
     """Without a class token nothing stops an image from dropping every token: each image keeps its most important
     live token (vithub's rule; the official code assumes a class token)."""
-    if prefix or not rest.shape[1]:
+    if prefix > 0 or rest.shape[1] == 0:
         return rest
     top = importance.float().masked_fill(~live, -1.0).argmax(dim=1)
-    return torch.where(F.one_hot(top, rest.shape[1]).bool() & live, torch.ones_like(rest), rest)
+    return torch.where(F.one_hot(top, rest.shape[1]).to(torch.bool) & live, torch.ones_like(rest), rest)
 
 
-def ltmp_block_forward(block: Block, x: torch.Tensor, size: torch.Tensor, alive: torch.Tensor, prefix: int,
-                       merge_threshold: torch.Tensor, prune_threshold: torch.Tensor, tau: float, proportional: bool,
-                       hard: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One timm ``Block`` with LTMP between attention and MLP.
-
-    ``hard`` (inference): ``alive`` is bool, each image's live tokens first in sequence order, padding after; the
-    result is re-ordered the same way (``[prefix, unmerged A, B]`` minus the pruned, then padding), not yet trimmed
-    (:func:`compact_tokens`). Otherwise (training) ``alive`` is the 0/1 float mask with straight-through gradients and
-    the result keeps every token in the order ``[prefix, A, B]``. Returns ``x``, ``size`` and ``alive``."""
+def ltmp_reduce(x: torch.Tensor, k: torch.Tensor, importance: Optional[torch.Tensor], size: torch.Tensor,
+                alive: torch.Tensor, prefix: int, merge_threshold: torch.Tensor, prune_threshold: torch.Tensor,
+                tau: float, hard: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LTMP between attention and MLP on the tokens ``x`` after attention, with the keys ``k`` and the importance
+    from it (see :meth:`LTMPBlock.ltmp_step`); returns ``x``, ``size`` and ``alive``. One FX node: what it keeps
+    depends on the values."""
+    assert importance is not None, "ltmp_reduce needs the attention's importance"
     tokens = x.shape[1]
     live = alive if hard else alive.detach() > 0.5
-    x, k, importance = attend(block, x, size if proportional else None, key_mask=alive,
-                              query_mask=alive if hard else None, return_importance=True)
     importance = importance.masked_fill(_protected(prefix, tokens, x.device), float("inf"))
     keys = _sequence_keys(tokens, prefix, x.device)
     if hard:
@@ -132,10 +130,9 @@ def ltmp_block_forward(block: Block, x: torch.Tensor, size: torch.Tensor, alive:
         rest = _keep_one_without_prefix(unmerged & (importance > prune_threshold), unmerged, importance, prefix)
         # the live tokens first, in [prefix, A, B] order; the dropped ones and the padding after them
         gather = ascending_order(torch.where(rest, keys[None, :], tokens))
-        x, size, alive = (tensor.gather(1, gather.view(*gather.shape, *([1] * (tensor.dim() - 2))).expand(
-            -1, -1, *tensor.shape[2:])) for tensor in (x, size, rest))
-        x = x / size[..., None].to(x.dtype)
-        return feed_forward(block, x), size, alive
+        x = x.gather(1, gather[..., None].expand(-1, -1, x.shape[-1]))
+        size, alive = size.gather(1, gather), rest.gather(1, gather)
+        return x / size[..., None].to(x.dtype), size, alive
     order = ascending_order(keys)
     best, destination = _best_matches(k, prefix, weight=alive.detach().to(k.dtype))
     merge = threshold_mask(best, merge_threshold, tau)
@@ -151,19 +148,47 @@ def ltmp_block_forward(block: Block, x: torch.Tensor, size: torch.Tensor, alive:
     if prefix == 0:
         kept, before = mask.detach() > 0.5, merged_mask.detach() > 0.5
         mask = torch.where(_keep_one_without_prefix(kept, before, importance, 0) & ~kept, torch.ones_like(mask), mask)
-    return feed_forward(block, x), size, mask
+    return x, size, mask
 
 
-def compact_tokens(tensors: Sequence[torch.Tensor], alive: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+torch.fx.wrap("ltmp_reduce")
+
+
+class LTMPBlock(ReducibleBlock):
+    """A timm ``Block`` under LTMP."""
+
+    def ltmp_step(self, x: torch.Tensor, size: torch.Tensor, alive: torch.Tensor, prefix: int,
+                  merge_threshold: torch.Tensor, prune_threshold: torch.Tensor, tau: float, proportional: bool,
+                  hard: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block with LTMP between attention and MLP.
+
+        ``hard`` (inference): ``alive`` is bool, each image's live tokens first in sequence order, padding after; the
+        result is re-ordered the same way (``[prefix, unmerged A, B]`` minus the pruned, then padding), not yet
+        trimmed (:func:`compact_tokens`). Otherwise (training) ``alive`` is the 0/1 float mask with straight-through
+        gradients and the result keeps every token in the order ``[prefix, A, B]``. Returns ``x``, ``size`` and
+        ``alive``."""
+        x, k, importance = self.attend(x, size if proportional else None, alive, alive if hard else None, True)
+        x, size, alive = ltmp_reduce(x, k, importance, size, alive, prefix, merge_threshold, prune_threshold, tau,
+                                     hard)
+        return self.feed_forward(x), size, alive
+
+
+def compact_tokens(tensors: List[torch.Tensor], alive: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Trim what no image of the batch still has (each image's live tokens are already first): the sequence
     shrinks to the batch's longest. Where the live counts cannot be read (an ONNX export or ``torch.export`` graph has
     no host side: :func:`~vithub.kernels.host_values`) every token stays: the masks already leave the dropped ones
-    out. Under ``torch.compile`` reading the counts is a graph break; the blocks around it compile."""
-    longest = host_values(alive.sum(dim=1).amax()[None])
-    if longest is None:
-        return list(tensors), alive
-    keep = max(int(longest[0]), 1)
+    out. Under ``torch.compile`` reading the counts is a graph break; the blocks around it compile. One FX node."""
+    if torch.jit.is_scripting():
+        keep = max(int(alive.sum(dim=1).amax().item()), 1)
+    else:
+        longest = host_values(alive.sum(dim=1).amax()[None])
+        if longest is None:
+            return list(tensors), alive
+        keep = max(int(longest[0]), 1)
     return [tensor[:, :keep] for tensor in tensors], alive[:, :keep]
+
+
+torch.fx.wrap("compact_tokens")
 
 
 def ltmp_flops_ratio(entering: Sequence[torch.Tensor], leaving: Sequence[torch.Tensor], tokens: int, dim: int
@@ -204,6 +229,62 @@ def _ltmp_settings(options: Dict[str, Any]) -> Dict[str, Any]:
     return {"method": "ltmp", **settings}
 
 
+class LTMPTransformer(TokenReduced):
+    """The ViT under LTMP: ``ltmp_tau`` and ``proportional_attention`` are its typed settings, the thresholds its
+    parameters ``ltmp_merge_thresholds`` and ``ltmp_prune_thresholds``."""
+
+    def pool_weights(self, size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The live tokens, each once: a batched forward keeps the tokens an image dropped as size 0, and the mean
+        must be the one that image alone would take over the tokens it kept."""
+        if size is None:
+            return None
+        return size > 0
+
+    def run_blocks(self, x: torch.Tensor, last: Optional[int] = None, take: Optional[List[int]] = None
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
+        prefix = self.num_prefix_tokens
+        tokens, dim = x.shape[1], x.shape[2]
+        hard = not self.training
+        size = torch.ones(x.shape[:2], dtype=torch.float32, device=x.device)
+        alive = torch.ones(x.shape[:2], dtype=torch.bool if hard else torch.float32, device=x.device)
+        entering: List[torch.Tensor] = []
+        leaving: List[torch.Tensor] = []
+        for index, block in enumerate(self.blocks):
+            if last is None or index <= last:
+                entering.append(alive.sum(dim=1, dtype=torch.float32))
+                merge_threshold = self.ltmp_merge_thresholds[index]
+                prune_threshold = self.ltmp_prune_thresholds[index]
+                if torch.jit.is_scripting():
+                    x, size, alive = block.ltmp_step(x, size, alive, prefix, merge_threshold, prune_threshold,
+                                                     self.ltmp_tau, self.proportional_attention, hard)
+                elif checkpointing(self):
+                    x, size, alive = checkpoint(block.ltmp_step, x, size, alive, prefix, merge_threshold,
+                                                prune_threshold, self.ltmp_tau, self.proportional_attention, hard,
+                                                use_reentrant=False)
+                else:
+                    x, size, alive = block.ltmp_step(x, size, alive, prefix, merge_threshold, prune_threshold,
+                                                     self.ltmp_tau, self.proportional_attention, hard)
+                leaving.append(alive.sum(dim=1, dtype=torch.float32))
+                if hard:  # what every image dropped leaves the batch: fewer tokens next
+                    compacted, alive = compact_tokens([x, size], alive)
+                    x, size = compacted[0], compacted[1]
+        if not torch.jit.is_scripting():
+            if records_statistics(x):
+                self._keep_statistics(entering, leaving, tokens, dim)
+        return x, size * alive.to(size.dtype), []
+
+    def _keep_statistics(self, entering: List[torch.Tensor], leaving: List[torch.Tensor], tokens: int,
+                         dim: int) -> None:
+        """``token_counts`` and ``flops_ratio`` of this forward, and in training the FLOPs loss term."""
+        settings = self.token_reduction
+        ratio = ltmp_flops_ratio(entering, leaving, tokens, dim).mean()
+        statistics = host_values(torch.cat([torch.stack(entering).mean(dim=1), ratio[None]]))
+        if statistics is not None:  # Python-side statistics (an exported graph has none)
+            self.token_counts, self.flops_ratio = statistics[:-1], statistics[-1]
+        self.token_reduction_losses = (
+            {"flops": settings["flops_weight"] * (settings["flops_ratio"] - ratio) ** 2} if self.training else {})
+
+
 class LTMP(Reducer):
     """``reduce_tokens(model, "ltmp", flops_ratio=..., ...)``: adds ``ltmp_merge_thresholds`` and
     ``ltmp_prune_thresholds`` (one per block); for training (:meth:`freeze_for_training`), unless
@@ -213,6 +294,8 @@ class LTMP(Reducer):
     options = ("flops_ratio", "merge_threshold", "prune_threshold", "tau", "flops_weight", "proportional_attention",
                "train_backbone")
     input_dependent_macs = True  # how many tokens its thresholds keep depends on the image
+    model_mixin = LTMPTransformer
+    block_mixin = LTMPBlock
 
     def settings(self, vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
         return _ltmp_settings(options)
@@ -247,38 +330,10 @@ class LTMP(Reducer):
             for name, parameter in vit.named_parameters():
                 parameter.requires_grad_(frozen.get(name, parameter.requires_grad))
 
-    def pool_weights(self, size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """The live tokens, each once: a batched forward keeps the tokens an image dropped as size 0, and the mean
-        must be the one that image alone would take over the tokens it kept."""
-        return None if size is None else (size > 0)
-
     def dense_refusal(self, settings: Dict[str, Any]) -> Optional[str]:
         return ("forward_intermediates / features_only: LTMP drops tokens for good, so there is no full grid to give "
                 "back; use ToMe (unmerged through its source map) or Cropr with last_layer_fusion=True for dense "
                 "outputs")
 
-    def run(self, vit: nn.Module, x: torch.Tensor, last: Optional[int] = None, take: Sequence[int] = ()
-            ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
-        settings = vit.token_reduction
-        prefix = vit.num_prefix_tokens
-        tokens, dim = x.shape[1], x.shape[2]
-        hard = not vit.training
-        size = torch.ones(x.shape[:2], dtype=torch.float32, device=x.device)
-        alive = torch.ones(x.shape[:2], dtype=torch.bool if hard else torch.float32, device=x.device)
-        entering, leaving = [], []
-        merge_thresholds, prune_thresholds = vit.ltmp_merge_thresholds, vit.ltmp_prune_thresholds
-        for index, block in enumerate(list(vit.blocks)[: None if last is None else last + 1]):
-            entering.append(alive.sum(dim=1, dtype=torch.float32))
-            x, size, alive = run_step(vit, ltmp_block_forward, block, x, size, alive, prefix,
-                                      merge_thresholds[index], prune_thresholds[index], settings["tau"],
-                                      settings["proportional_attention"], hard)
-            leaving.append(alive.sum(dim=1, dtype=torch.float32))
-            if hard:  # what every image dropped leaves the batch: fewer tokens next
-                (x, size), alive = compact_tokens((x, size), alive)
-        ratio = ltmp_flops_ratio(entering, leaving, tokens, dim).mean()
-        statistics = host_values(torch.cat([torch.stack(entering).mean(dim=1), ratio[None]]))
-        if statistics is not None:  # Python-side statistics (an exported graph has none)
-            vit.token_counts, vit.flops_ratio = statistics[:-1], statistics[-1]
-        vit.token_reduction_losses = (
-            {"flops": settings["flops_weight"] * (settings["flops_ratio"] - ratio) ** 2} if vit.training else {})
-        return x, size * alive.to(size.dtype), []
+    def scripted_settings(self, vit: nn.Module, settings: Dict[str, Any]) -> Dict[str, Any]:
+        return {"ltmp_tau": settings["tau"], "proportional_attention": settings["proportional_attention"]}

@@ -1,7 +1,7 @@
 """How a method attaches to a timm ``VisionTransformer``: :func:`reduce_tokens` checks the model and the options,
-swaps the model's class for one that mixes in :class:`TokenReduced` (whose forward runs the method's
-:class:`~vithub.backbones.token_reduction.runner.Reducer`) and lets the method add what it learns; ``method=None``
-undoes all of it, bit for bit."""
+swaps the model's class for one that mixes in the method's :class:`~.runner.TokenReduced` (its block loop) and each
+block's for one that mixes in the method's :class:`~.runner.ReducibleBlock` (its step), sets the typed settings the
+loop reads and lets the method add what it learns; ``method=None`` undoes all of it, bit for bit."""
 
 from __future__ import annotations
 
@@ -21,103 +21,18 @@ REDUCERS: Dict[str, Reducer] = {reducer.name: reducer for reducer in (ToMe(), LT
 METHODS = tuple(REDUCERS)
 _DERIVED = ("schedule",)  # settings computed from the options, not options themselves
 _STATE = ("_unreduced_class", "token_reduction", "token_counts", "token_merges", "token_origin", "token_kept",
-          "_token_sizes", "flops_ratio", "token_reduction_losses", "token_reduction_aux_logits")
+          "_token_sizes", "flops_ratio", "token_reduction_losses", "token_reduction_aux_logits", "pool_by_weights")
 
 
-class TokenReduced:
-    """Mixed into a timm ``VisionTransformer`` subclass by :func:`reduce_tokens`: the forward paths with the
-    method's blocks and dense outputs put back on the full grid. Average pooling is timm's plain mean over the tokens
-    left, as in the official ToMe code (a merged token counts once, whatever its size), over the live ones where a
-    method masks tokens in a batch (:meth:`Reducer.pool_weights`)."""
-
-    token_reduction: Dict[str, Any]
-    token_counts: List[float]  # tokens entering each block in the last forward (LTMP: the mean over the batch)
-    token_merges: List[int]  # ToMe: tokens merged in each block in the last forward (r after the cap)
-    token_reduction_losses: Dict[str, torch.Tensor]  # terms a training step adds to its loss (LTMP: "flops")
-    flops_ratio: float  # LTMP: the FLOPs ratio of the last forward, mean over the batch
-
-    @property
-    def token_reducer(self) -> Reducer:
-        return REDUCERS[self.token_reduction["method"]]
-
-    @property
-    def input_dependent_macs(self) -> bool:
-        """True for LTMP: how many tokens its thresholds keep, so what a forward costs, depends on the image."""
-        return self.token_reducer.input_dependent_macs
-
-    def freeze_for_training(self) -> None:
-        """Freeze what the method's published recipe leaves untrained (LTMP without ``train_backbone``: all but the
-        thresholds); ``vithub train`` calls it. A created model is fully trainable until then."""
-        self.token_reducer.freeze_for_training(self, self.token_reduction)
-
-    def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
-        super().reset_classifier(num_classes, *args, **kwargs)
-        self.token_reducer.reset_classifier(self, num_classes)
-
-    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                         is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError("attn_mask / is_causal: a token-reduced ViT takes neither (merging changes the tokens)")
-        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
-        x, self._token_sizes, _ = self.token_reducer.run(self, x)
-        return self.norm(x)
-
-    def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
-        pool_type = self.global_pool if pool_type is None else pool_type
-        weights = self.token_reducer.pool_weights(getattr(self, "_token_sizes", None))
-        if pool_type == "avg" and weights is not None and weights.shape[:2] == x.shape[:2]:
-            start = 0 if self.pool_include_prefix else self.num_prefix_tokens
-            weights = weights[:, start:, None].to(x.dtype)
-            return (x[:, start:] * weights).sum(dim=1) / weights.sum(dim=1)
-        return super().pool(x, pool_type)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False,
-                              output_dict: bool = False, attn_mask: Optional[torch.Tensor] = None,
-                              is_causal: bool = False):
-        """timm's ``forward_intermediates``, with each taken block's tokens put back on the full grid (a merged
-        token is copied to every position it stands for), so dense outputs keep their shape."""
-        refusal = self.token_reducer.dense_refusal(self.token_reduction)
-        if refusal:
-            raise ValueError(refusal)
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        if attn_mask is not None or is_causal:
-            raise ValueError("attn_mask / is_causal: a token-reduced ViT takes neither (merging changes the tokens)")
-        take, max_index = take_indices(len(self.blocks), indices)
-        batch, _, height, width = x.shape
-        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
-        x, self._token_sizes, taken = self.token_reducer.run(self, x, max_index if stop_early else None, take)
-        intermediates = [self.norm(y) if norm else y for y in taken]
-        prefix = self.num_prefix_tokens
-        prefix_tokens = [y[:, :prefix] for y in intermediates] if prefix else None
-        intermediates = [y[:, prefix:] for y in intermediates]
-        if output_fmt == "NCHW":
-            grid_h, grid_w = self.patch_embed.dynamic_feat_size((height, width))
-            intermediates = [y.reshape(batch, grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
-                             for y in intermediates]
-        if output_dict:
-            result: Dict[str, Any] = {"image_intermediates": intermediates}
-            if prefix_tokens is not None and return_prefix_tokens:
-                result["image_intermediates_prefix"] = prefix_tokens
-            if not intermediates_only:
-                result["image_features"] = self.norm(x)
-            return result
-        if return_prefix_tokens and prefix_tokens is not None:
-            intermediates = list(zip(intermediates, prefix_tokens))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+_MIXED_CLASSES: Dict[Tuple[type, type], type] = {}
 
 
-_REDUCED_CLASSES: Dict[type, type] = {}
-
-
-def _reduced_class(base: type) -> type:
-    if base not in _REDUCED_CLASSES:
-        _REDUCED_CLASSES[base] = type(f"TokenReduced{base.__name__}", (TokenReduced, base), {"__module__": __name__})
-    return _REDUCED_CLASSES[base]
+def _mixed_class(mixin: type, base: type) -> type:
+    """``base`` with ``mixin`` in front (one class per pair, so TorchScript and pickling see the same class)."""
+    key = (mixin, base)
+    if key not in _MIXED_CLASSES:
+        _MIXED_CLASSES[key] = type(f"{mixin.__name__}{base.__name__}", (mixin, base), {"__module__": __name__})
+    return _MIXED_CLASSES[key]
 
 
 def _find_vit(model: nn.Module) -> nn.Module:
@@ -132,7 +47,14 @@ def _remove_reduction(vit: nn.Module) -> None:
     original = getattr(vit, "_unreduced_class", None)
     if original is None:
         return
-    REDUCERS[vit.token_reduction["method"]].detach(vit)
+    reducer = REDUCERS[vit.token_reduction["method"]]
+    reducer.detach(vit)
+    for name in reducer.scripted_settings(vit, vit.token_reduction):
+        vit.__dict__.pop(name, None)
+    for block in vit.blocks:
+        block_class = block.__dict__.pop("_unreduced_class", None)
+        if block_class is not None:
+            block.__class__ = block_class
     vit.__class__ = original
     for name in _STATE:
         vit.__dict__.pop(name, None)
@@ -182,8 +104,16 @@ def reduce_tokens(model: nn.Module, method: Optional[str], **options: Any) -> nn
         check_block(block, index)
     _remove_reduction(vit)
     vit._unreduced_class = base
-    vit.__class__ = _reduced_class(base)
+    vit.__class__ = _mixed_class(reducer.model_mixin, base)
+    if reducer.block_mixin is not None:
+        for block in vit.blocks:
+            block._unreduced_class = type(block)
+            block.__class__ = _mixed_class(reducer.block_mixin, type(block))
     vit.token_reduction = settings
+    for name, value in reducer.scripted_settings(vit, settings).items():
+        setattr(vit, name, value)
+    # TorchScript and FX pool by the weights in forward itself where timm's forward_head would call pool()
+    vit.pool_by_weights = base.forward_head is VisionTransformer.forward_head
     vit.token_counts, vit.token_merges, vit.token_reduction_losses = [], [], {}
     reducer.attach(vit, settings)
     return model

@@ -19,12 +19,14 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vithub.kernels import ascending, descending_order
 
-from .runner import Reducer, attend, feed_forward, run_step
+from .runner import Reducer, ReducibleBlock, TokenReduced, checkpointing, records_statistics
 
 RSchedule = Union[int, Sequence[int], Tuple[int, float]]
 
@@ -63,7 +65,7 @@ def protected_counts(prefix: int) -> Tuple[int, int]:
 
 
 def bipartite_matching(metric: torch.Tensor, r: int, prefix: int
-                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """ToMe's bipartite soft matching over the whole sequence, the official way.
 
     Args:
@@ -76,18 +78,18 @@ def bipartite_matching(metric: torch.Tensor, r: int, prefix: int
         first, then ascending with a prefix; in order of descending best similarity without one), of the ``r`` that
         merge (most similar first), their B-set destinations, and the size of A.
     """
-    tokens = metric / metric.norm(dim=-1, keepdim=True)
+    tokens = metric / metric.norm(p=2, dim=-1, keepdim=True)
     a, b = tokens[:, ::2], tokens[:, 1::2]
     scores = a @ b.transpose(-1, -2)
     a_protected, b_protected = protected_counts(prefix)
-    if prefix:
+    if prefix > 0:
         rows = torch.arange(a.shape[1], device=metric.device)[:, None] < a_protected
         columns = torch.arange(b.shape[1], device=metric.device)[None, :] < b_protected
         scores = scores.masked_fill(rows | columns, float("-inf"))
     best, best_index = scores.max(dim=-1)
     order = descending_order(best)
     sources = order[:, :r]
-    unmerged = ascending(order[:, r:]) if prefix else order[:, r:]
+    unmerged = ascending(order[:, r:]) if prefix > 0 else order[:, r:]
     destinations = best_index.gather(1, sources)
     return unmerged, sources, destinations, a.shape[1]
 
@@ -131,16 +133,66 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, origin: torch.Tensor, r: i
     return new_x, new_size, target.gather(1, origin)
 
 
-def block_forward(block: Block, x: torch.Tensor, size: Optional[torch.Tensor], origin: torch.Tensor, r: int,
-                  prefix: int, proportional: bool
-                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-    """One timm ``Block`` with ToMe between attention and MLP; ``size`` ``None`` means every token has size 1."""
-    x, k, _ = attend(block, x, size if proportional else None)
-    if r > 0:
-        batch, tokens, _ = x.shape
-        ones = size if size is not None else torch.ones(batch, tokens, dtype=x.dtype, device=x.device)
-        x, size, origin = merge_tokens(x, ones, origin, r, prefix, k.mean(dim=2))
-    return feed_forward(block, x), size, origin
+def merge_step(x: torch.Tensor, size: Optional[torch.Tensor], origin: torch.Tensor, r: int, prefix: int,
+               keys: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """ToMe between attention and MLP: ``r`` capped at half the non-prefix tokens, then :func:`merge_tokens` on the
+    keys averaged over heads (nothing when the cap leaves none; ``size`` ``None`` means every token has size 1).
+    One FX node: the cap depends on the run-time token count."""
+    r = min(r, (x.shape[1] - prefix) // 2)
+    if r <= 0:
+        return x, size, origin
+    sizes = size if size is not None else torch.ones(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+    merged, merged_size, merged_origin = merge_tokens(x, sizes, origin, r, prefix, keys.mean(dim=2))
+    return merged, merged_size, merged_origin
+
+
+torch.fx.wrap("merge_step")
+
+
+class ToMeBlock(ReducibleBlock):
+    """A timm ``Block`` under ToMe."""
+
+    def tome_step(self, x: torch.Tensor, size: Optional[torch.Tensor], origin: torch.Tensor, r: int, prefix: int,
+                  proportional: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """The block with ToMe between attention and MLP: tokens, sizes and each original token's position out."""
+        x, k, _ = self.attend(x, size if proportional else None)
+        x, size, origin = merge_step(x, size, origin, r, prefix, k)
+        return self.feed_forward(x), size, origin
+
+
+class ToMeTransformer(TokenReduced):
+    """The ViT under ToMe: ``token_schedule`` (``r`` per block) and ``proportional_attention`` are its typed
+    settings."""
+
+    def run_blocks(self, x: torch.Tensor, last: Optional[int] = None, take: Optional[List[int]] = None
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
+        prefix = self.num_prefix_tokens
+        origin = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        size: Optional[torch.Tensor] = None
+        counts: List[int] = []
+        merges: List[int] = []
+        taken: List[torch.Tensor] = []
+        for index, block in enumerate(self.blocks):
+            if last is None or index <= last:
+                r = self.token_schedule[index]
+                if not torch.jit.is_scripting():
+                    if records_statistics(x):
+                        counts.append(x.shape[1])
+                        merges.append(min(r, (x.shape[1] - prefix) // 2))  # at most half the non-prefix tokens
+                if torch.jit.is_scripting():
+                    x, size, origin = block.tome_step(x, size, origin, r, prefix, self.proportional_attention)
+                elif checkpointing(self):
+                    x, size, origin = checkpoint(block.tome_step, x, size, origin, r, prefix,
+                                                 self.proportional_attention, use_reentrant=False)
+                else:
+                    x, size, origin = block.tome_step(x, size, origin, r, prefix, self.proportional_attention)
+                if take is not None and index in take:
+                    taken.append(x.gather(1, origin[..., None].expand(-1, -1, x.shape[-1])))  # on the full grid
+        if not torch.jit.is_scripting():
+            if records_statistics(x):
+                # where each input token ended: the official trace_source, as an index per token
+                self.token_counts, self.token_merges, self.token_origin = counts, merges, origin
+        return x, size, taken
 
 
 class ToMe(Reducer):
@@ -150,6 +202,8 @@ class ToMe(Reducer):
 
     name = "tome"
     options = ("r", "proportional_attention")
+    model_mixin = ToMeTransformer
+    block_mixin = ToMeBlock
 
     def settings(self, vit: nn.Module, options: Dict[str, Any]) -> Dict[str, Any]:
         unknown = sorted(set(options) - set(self.options))
@@ -161,21 +215,5 @@ class ToMe(Reducer):
         return {"method": "tome", "r": merge_schedule(options.get("r", 0), len(vit.blocks)),
                 "proportional_attention": proportional}
 
-    def run(self, vit: nn.Module, x: torch.Tensor, last: Optional[int] = None, take: Sequence[int] = ()
-            ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
-        settings = vit.token_reduction
-        prefix = vit.num_prefix_tokens
-        origin = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        size: Optional[torch.Tensor] = None
-        counts, merges, taken = [], [], []
-        for index, block in enumerate(list(vit.blocks)[: None if last is None else last + 1]):
-            counts.append(x.shape[1])
-            r = min(settings["r"][index], (x.shape[1] - prefix) // 2)  # at most half the non-prefix tokens
-            merges.append(r)
-            x, size, origin = run_step(vit, block_forward, block, x, size, origin, r, prefix,
-                                       settings["proportional_attention"])
-            if index in take:
-                taken.append(x.gather(1, origin[..., None].expand(-1, -1, x.shape[-1])))  # back on the full grid
-        # where each input token ended: the official trace_source, as an index per token
-        vit.token_counts, vit.token_merges, vit.token_origin = counts, merges, origin
-        return x, size, taken
+    def scripted_settings(self, vit: nn.Module, settings: Dict[str, Any]) -> Dict[str, Any]:
+        return {"token_schedule": list(settings["r"]), "proportional_attention": settings["proportional_attention"]}

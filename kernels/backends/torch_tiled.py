@@ -512,7 +512,7 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias
     the attention map gives each key's importance (its mean over heads and queries)."""
     seq_q, seq_k, seq_v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, N, d)
     if not importance and (key_mask is None or key_mask.dtype == torch.bool):
-        additive = None
+        additive: Optional[torch.Tensor] = None
         if key_bias is not None:
             additive = key_bias[:, None, None, :]
         if key_mask is not None:

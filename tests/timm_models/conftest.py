@@ -115,21 +115,8 @@ EXEMPTIONS: Dict[Tuple[str, str], str] = {
     ("test_prune_intermediate_layers_contract", "vh_*_ltmp"): _LTMP,
     ("test_prune_intermediate_layers_contract", "vh_fastervit_*"): _FASTERVIT,
 }
-# Failures still open on issue 39 (not exemptions: work to do), also strict xfails so a fix shows.
-_TORCHSCRIPT = "open (issue 39): the token-reduced ViTs do not script yet (their reducer is a Python object)"
-_REDUCED_FX = ("open (issue 39): the token-reduced ViTs' forward is not symbolically traceable yet (shape-dependent "
-               "merging in Python)")
-KNOWN_FAILURES: Dict[Tuple[str, str], str] = {
-    ("test_model_forward_torchscript", "vh_deit_*"): _TORCHSCRIPT,
-    ("test_model_forward_torchscript", "vh_vit_*"): _TORCHSCRIPT,
-    ("test_model_forward_fx_torchscript", "vh_deit_*"): _TORCHSCRIPT,
-    ("test_model_forward_fx_torchscript", "vh_vit_*"): _TORCHSCRIPT,
-    ("test_model_forward_fx", "vh_*_tome"): _REDUCED_FX,
-    ("test_model_forward_fx", "vh_*_ltmp"): _REDUCED_FX,
-    ("test_model_forward_fx", "vh_*_cropr"): _REDUCED_FX,
-    ("test_model_backward_fx", "vh_*_tome"): _REDUCED_FX,
-    ("test_model_backward_fx", "vh_*_ltmp"): _REDUCED_FX,
-}
+# Failures still open (not exemptions: work to do), also strict xfails so a fix shows. None at present.
+KNOWN_FAILURES: Dict[Tuple[str, str], str] = {}
 
 
 def _expected_failure(test: str, model: str) -> Optional[str]:
