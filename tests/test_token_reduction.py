@@ -696,3 +696,51 @@ def test_vithub_train_trains_only_ltmps_thresholds_while_created_models_are_full
     config = TrainConfig(model="deit_tiny_patch16_224", data="unused",
                          token_reduction="ltmp:flops_ratio=0.5,train_backbone=True")
     assert all(p.requires_grad for p in ClassificationTask().build_model(config, data).parameters())
+
+
+def _reduced_for_graphs(method, variant):
+    if method == "ltmp":
+        return _ltmp_model(variant)  # images keep different token counts: the trimming is data-dependent
+    return vithub.reduce_tokens(_vit(variant), method, **({"r": 3} if method == "tome" else {"rate": 2}))
+
+
+@pytest.mark.parametrize("method", ["tome", "ltmp", "cropr"])
+@pytest.mark.parametrize("variant", ["deit", "deit_distilled", "registers_avg", "gated_scale_norm"])
+def test_fx_and_torchscript_run_the_eager_forward(method, variant):
+    """A plain torch.fx.symbolic_trace and torch.jit.script of a token-reduced ViT give eager's logits on images
+    that are not the ones traced (LTMP: a batch whose images keep different token counts), in eval and, scripted,
+    in train mode (LTMP's straight-through masks, ToMe's merges with gradients)."""
+    model = _reduced_for_graphs(method, variant)
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(11))
+    traced = torch.fx.symbolic_trace(model)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        expected = model(images)
+        torch.testing.assert_close(traced(images), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scripted(images), expected, rtol=1e-5, atol=1e-5)
+    if method == "ltmp":
+        assert len(set(map(tuple, (_counts_alone(model, image) for image in images)))) > 1, "same counts: untested"
+    model.train()
+    scripted.train()
+    torch.testing.assert_close(scripted(images), model(images), rtol=1e-5, atol=1e-5)
+
+
+def _counts_alone(model, image):
+    with torch.no_grad():
+        model(image[None])
+    return model.token_counts
+
+
+def test_graphs_keep_no_python_state_and_eager_runs_still_do():
+    """Tracing and scripting leave the model's statistics as the last eager forward set them (a traced graph keeps
+    no Python state), and an eager forward after them records again."""
+    model = _reduced_for_graphs("tome", "deit")
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    counts, origin = list(model.token_counts), model.token_origin
+    torch.fx.symbolic_trace(model)
+    torch.jit.script(model)
+    assert model.token_counts == counts and model.token_origin is origin
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert model.token_origin.shape[0] == 1
