@@ -4,7 +4,9 @@ Ops (heads-last ``(B, H, W, heads, head_dim)``): :func:`neighborhood_attention`,
 :func:`carrier_window_attention` (windows plus per-window carrier tokens, FasterViT), :func:`table_bias_attention` (dense
 attention with a ``(|dy|, |dx|)`` bias table, LeViT and EfficientViT-M) and :func:`relu_linear_attention`
 (EfficientViT-B/L) and :func:`global_attention` (a ViT's attention with a per-key bias and mask: token reduction,
-``(B, tokens, heads, head_dim)``); these four have no Triton kernel yet.
+``(B, tokens, heads, head_dim)``); these four have no Triton kernel yet. Unfused neighborhood attention, 1-D and 2-D
+(:func:`neighborhood_attention_qk`, :func:`neighborhood_attention_av`; ``unfused.py``): the logits and the weighted sum
+as two ops, for code written against NATTEN's old unfused API.
 Backends (``backends/``, one module each, behind :mod:`vithub.kernels.registry`): ``reference`` (naive,
 float64-capable ground truth), ``torch`` (fast tiled SDPA path, CPU and fallback), ``triton`` (fused kernels for
 CUDA, forward and backward; on CPU only under ``TRITON_INTERPRET=1``). :func:`backend_refusals` says, per backend,
@@ -33,6 +35,7 @@ else:
         table_bias_attention,
         window_attention,
     )
+    from .unfused import neighborhood_attention_av, neighborhood_attention_qk
     from .registry import (
         OPS,
         Backend,
@@ -71,6 +74,8 @@ __all__ = [
     "global_attention_and_importance",
     "host_values",
     "neighborhood_attention",
+    "neighborhood_attention_av",
+    "neighborhood_attention_qk",
     "relu_linear_attention",
     "rpb_from_swin_table",
     "select_backend",

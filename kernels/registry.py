@@ -17,7 +17,8 @@ import torch
 Tensor = torch.Tensor
 
 OPS: Tuple[str, ...] = ("neighborhood_attention", "window_attention", "carrier_window_attention",
-                        "table_bias_attention", "relu_linear_attention", "global_attention")
+                        "table_bias_attention", "relu_linear_attention", "global_attention", "neighborhood_qk",
+                        "neighborhood_av")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -85,6 +86,13 @@ class Backend:
                          key_mask: Optional[Tensor], scale: float, importance: bool,
                          query_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         raise NotImplementedError(f"the {self.name} backend has no global_attention")
+
+    def neighborhood_qk(self, q: Tensor, k: Tensor, rpb: Optional[Tensor], kernel: Tuple[int, ...],
+                        dilation: Tuple[int, ...]) -> Tensor:
+        raise NotImplementedError(f"the {self.name} backend has no neighborhood_qk")
+
+    def neighborhood_av(self, attn: Tensor, v: Tensor, kernel: Tuple[int, ...], dilation: Tuple[int, ...]) -> Tensor:
+        raise NotImplementedError(f"the {self.name} backend has no neighborhood_av")
 
     # Gradients for the registered custom ops' backward ops, which must recompute what they need (a custom op keeps
     # no saved state). ``None`` (the default) lets ``custom_ops`` differentiate the backend's forward instead.

@@ -65,6 +65,53 @@ def neighborhood_attention(
     return torch.einsum("byxhij,byxijhc->byxhc", probs, values)
 
 
+def _neighbourhoods(x: torch.Tensor, kernel: Tuple[int, ...], dilation: Tuple[int, ...]) -> torch.Tensor:
+    """``(B, *spatial, heads, d)`` → ``(B, *spatial, *kernel, heads, d)``: each position's neighbourhood."""
+    index = [neighborhood_indices(length, size, step).to(x.device)
+             for length, size, step in zip(x.shape[1:-2], kernel, dilation)]
+    if len(index) == 1:
+        return x[:, index[0]]
+    return x[:, index[0][:, None, :, None], index[1][None, :, None, :]]
+
+
+def neighborhood_bias(rpb: torch.Tensor, spatial: Tuple[int, ...], kernel: Tuple[int, ...],
+                      dilation: Tuple[int, ...]) -> torch.Tensor:
+    """``(heads, *spatial, *kernel)``: the rpb entry of every (query, neighbour) pair, at ``(key - query) /
+    dilation + K - 1`` per axis."""
+    relative = []
+    for length, size, step in zip(spatial, kernel, dilation):
+        keys = neighborhood_indices(length, size, step).to(rpb.device)
+        relative.append((keys - torch.arange(length, device=rpb.device)[:, None]) // step + size - 1)
+    if len(relative) == 1:
+        return rpb[:, relative[0]]
+    return rpb[:, relative[0][:, None, :, None], relative[1][None, :, None, :]]
+
+
+def neighborhood_qk(q: torch.Tensor, k: torch.Tensor, rpb: Optional[torch.Tensor], kernel: Tuple[int, ...],
+                    dilation: Tuple[int, ...]) -> torch.Tensor:
+    """Unfused logits: ``q . k`` over each query's gathered neighbourhood (unscaled), plus rpb; ``(B, *spatial, heads,
+    prod(kernel))``, neighbours in row-major order from the window start (NATTEN's)."""
+    keys = _neighbourhoods(k, kernel, dilation)
+    if len(kernel) == 1:
+        logits = torch.einsum("blhc,blihc->blhi", q, keys)
+    else:
+        logits = torch.einsum("byxhc,byxijhc->byxhij", q, keys)
+    if rpb is not None:
+        logits = logits + neighborhood_bias(rpb, tuple(q.shape[1:-2]), kernel, dilation).movedim(0, len(kernel))
+    return logits.flatten(-len(kernel))
+
+
+def neighborhood_av(attn: torch.Tensor, v: torch.Tensor, kernel: Tuple[int, ...], dilation: Tuple[int, ...]
+                    ) -> torch.Tensor:
+    """Unfused output: each query's weights ``(B, *spatial, heads, prod(kernel))`` times its gathered neighbourhood's
+    values; ``(B, *spatial, heads, value_dim)``."""
+    values = _neighbourhoods(v, kernel, dilation)
+    weights = attn.unflatten(-1, kernel)
+    if len(kernel) == 1:
+        return torch.einsum("blhi,blihc->blhc", weights, values)
+    return torch.einsum("byxhij,byxijhc->byxhc", weights, values)
+
+
 def swin_region_labels(length: int, window: int, shift: int) -> torch.Tensor:
     """Region id of each position of the rolled map along one axis, as Swin's shifted-window mask defines it."""
     labels = torch.zeros(length, dtype=torch.long)
@@ -251,6 +298,12 @@ class ReferenceBackend(Backend):
 
     def relu_linear_attention(self, q, k, v, eps):
         return relu_linear_attention(q, k, v, eps)
+
+    def neighborhood_qk(self, q, k, rpb, kernel, dilation):
+        return neighborhood_qk(q, k, rpb, kernel, dilation)
+
+    def neighborhood_av(self, attn, v, kernel, dilation):
+        return neighborhood_av(attn, v, kernel, dilation)
 
     def global_attention(self, q, k, v, key_bias, key_mask, scale, importance, query_mask):
         out, key_importance = global_attention(q, k, v, key_bias, key_mask, scale, query_mask)

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from ..caching import built_as_constants, constant_tensors
 from ..registry import Backend
-from .reference import neighborhood_starts, rolled_positions, swin_region_labels, window_bias
+from .reference import (neighborhood_bias, neighborhood_indices, neighborhood_starts, rolled_positions,
+                        swin_region_labels, window_bias)
 
 # Query tile side for neighborhood attention; the key region side is tile + kernel - 1. Smaller tiles waste fewer
 # FLOPs on masked keys, larger ones make fewer, bigger SDPA blocks; in a one-off CPU sweep of 4..10 at B=8, 56x56,
@@ -537,6 +538,49 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias
     return out.transpose(1, 2), received / (probs.shape[1] * query_weights.sum(dim=1, keepdim=True))
 
 
+@functools.lru_cache(maxsize=256)
+def neighbour_positions(length: int, kernel: int, dilation: int) -> Tuple[Tuple[int, ...], ...]:
+    """Per kernel offset, the position of every query's neighbour along one axis (Python ints, so an export holds
+    them as constants)."""
+    index = neighborhood_indices(length, kernel, dilation)
+    return tuple(tuple(index[:, offset].tolist()) for offset in range(kernel))
+
+
+def _neighbour_selections(x: torch.Tensor, kernel: Tuple[int, ...], dilation: Tuple[int, ...]):
+    """Yield ``(offset, x at every query's neighbour of that offset)`` over the kernel's offsets in row-major order:
+    one shifted copy of ``x`` at a time, so memory stays that of ``x`` (forward)."""
+    index = [[torch.tensor(positions, device=x.device) for positions in neighbour_positions(length, size, step)]
+             for length, size, step in zip(x.shape[1:-2], kernel, dilation)]
+    if len(kernel) == 1:
+        for offset in range(kernel[0]):
+            yield offset, x.index_select(1, index[0][offset])
+        return
+    for row in range(kernel[0]):
+        rows = x.index_select(1, index[0][row])
+        for column in range(kernel[1]):
+            yield row * kernel[1] + column, rows.index_select(2, index[1][column])
+
+
+def unfused_neighborhood_qk(q: torch.Tensor, k: torch.Tensor, rpb: Optional[torch.Tensor], kernel: Tuple[int, ...],
+                            dilation: Tuple[int, ...]) -> torch.Tensor:
+    """Unfused logits, one kernel offset at a time (a product and a sum over ``head_dim`` per offset), then rpb."""
+    logits = torch.stack([(q * keys).sum(dim=-1) for _, keys in _neighbour_selections(k, kernel, dilation)], dim=-1)
+    if rpb is not None:
+        bias = neighborhood_bias(rpb, tuple(q.shape[1:-2]), kernel, dilation).flatten(-len(kernel))
+        logits = logits + bias.movedim(0, -2)
+    return logits
+
+
+def unfused_neighborhood_av(attn: torch.Tensor, v: torch.Tensor, kernel: Tuple[int, ...],
+                            dilation: Tuple[int, ...]) -> torch.Tensor:
+    """Unfused output, one kernel offset at a time: the sum of each offset's weight times its shifted values."""
+    out: Optional[torch.Tensor] = None
+    for offset, values in _neighbour_selections(v, kernel, dilation):
+        term = attn[..., offset, None] * values
+        out = term if out is None else out + term
+    return out
+
+
 class TorchBackend(Backend):
     """Every op in plain PyTorch (SDPA and batched matmuls): the automatic choice wherever Triton is not."""
 
@@ -569,3 +613,9 @@ class TorchBackend(Backend):
 
     def global_attention(self, q, k, v, key_bias, key_mask, scale, importance, query_mask):
         return global_attention(q, k, v, key_bias, key_mask, scale, importance, query_mask)
+
+    def neighborhood_qk(self, q, k, rpb, kernel, dilation):
+        return unfused_neighborhood_qk(q, k, rpb, kernel, dilation)
+
+    def neighborhood_av(self, attn, v, kernel, dilation):
+        return unfused_neighborhood_av(attn, v, kernel, dilation)
