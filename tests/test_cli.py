@@ -184,6 +184,17 @@ def test_kernel_bench_dense_ops(tmp_path):
     assert all(value > 0 for row in payload["rows"] for value in row["ms"].values())
 
 
+def test_kernel_bench_unfused_ops(tmp_path):
+    shapes = [("tiny_2d", 1, (9, 8), 2, 8, 3, 2), ("tiny_1d", 1, (20,), 2, 8, 5, 1)]
+    payload = run_kernel_bench(output=str(tmp_path / "unfused.json"), repeats=1, ops=["unfused"],
+                               unfused_shapes=shapes)
+    rows = {(row["shape"], row["mode"]): row for row in payload["rows"]}
+    assert set(rows) == {(shape, mode) for shape in ("tiny_2d", "tiny_1d") for mode in ("fwd", "fwd+bwd")}
+    assert set(rows[("tiny_2d", "fwd")]["ms"]) == {"torch", "fused", "reference"}
+    assert set(rows[("tiny_1d", "fwd+bwd")]["ms"]) == {"torch", "reference"}  # the fused op is 2-D only
+    assert all(row["op"] == "unfused_na" and row["rpb"] for row in payload["rows"])
+
+
 def test_bench_writes_into_the_current_directory_by_default(tmp_path, monkeypatch, capsys):
     """Benchmark results land where the user runs the command, never inside the installed source tree."""
     monkeypatch.chdir(tmp_path)

@@ -215,3 +215,33 @@ def test_dinat_runs_with_natten_installed_or_absent(natten_state):
         print("OK", tuple(logits.shape), bool(torch.isfinite(logits).all()))
     """)
     assert "OK (1, 3) True" in out
+
+
+def test_oneformer_dinat_trains_on_vithub_ops():
+    """OneFormer with a DiNAT backbone (the shi-labs/oneformer_*_dinat_large architecture, tiny): a training forward
+    with its losses, and the backward reaches the backbone's relative position biases."""
+    import vithub.compat.transformers  # noqa: F401
+    from transformers import DinatConfig, OneFormerConfig, OneFormerForUniversalSegmentation
+
+    torch.manual_seed(0)
+    backbone = DinatConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], kernel_size=3,
+                           dilations=[[2], [1], [1], [1]], drop_path_rate=0.0,
+                           out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = OneFormerConfig(backbone_config=backbone, num_labels=3, num_queries=6, hidden_dim=64, conv_dim=32,
+                             mask_dim=32, encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1,
+                             decoder_layers=2, num_attention_heads=2, text_encoder_width=64,
+                             text_encoder_num_layers=1, text_encoder_context_length=8, text_encoder_vocab_size=50,
+                             text_encoder_proj_layers=1, text_encoder_n_ctx=2, task_seq_len=8, is_training=True,
+                             use_auxiliary_loss=False, train_num_points=64)
+    model = OneFormerForUniversalSegmentation(config).train()
+    generator = torch.Generator().manual_seed(14)
+    out = model(pixel_values=torch.randn(2, 3, 64, 64, generator=generator),
+                task_inputs=torch.randint(0, 50, (2, 8), generator=generator),
+                text_inputs=torch.randint(0, 50, (2, 4, 8), generator=generator),
+                mask_labels=[torch.randint(0, 2, (2, 64, 64), generator=generator).float() for _ in range(2)],
+                class_labels=[torch.tensor([0, 2]), torch.tensor([1, 2])])
+    assert torch.isfinite(out.loss).all()
+    out.loss.sum().backward()
+    biases = [p for name, p in model.named_parameters() if name.endswith(".rpb")]
+    assert len(biases) == 4
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in biases)

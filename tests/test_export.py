@@ -523,3 +523,21 @@ def test_a_plain_torch_onnx_export_runs_the_eager_layouts(name, size, tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, dilation, size", [(3, 2, (9, 8)), ((5, 3), (1, 2), (7, 10)), (5, 3, (17,))])
+def test_unfused_neighborhood_ops_export_to_onnx(kernel, dilation, size, tmp_path):
+    """qk -> softmax -> av exports with standard operators (1-D and 2-D, rpb included) and ONNX Runtime gives the
+    reference's result."""
+    from vithub.kernels import neighborhood_attention_av, neighborhood_attention_qk
+
+    torch.manual_seed(2)
+    sizes = (kernel,) * len(size) if isinstance(kernel, int) else kernel
+    q, k, v = (torch.randn(2, *size, 2, 8) for _ in range(3))
+    table = torch.randn(2, *(2 * s - 1 for s in sizes))
+
+    def op(q, k, v, table):
+        weights = neighborhood_attention_qk(q, k, kernel, dilation, table).softmax(-1)
+        return neighborhood_attention_av(weights, v, kernel, dilation)
+
+    _onnx_matches_reference(op, [q, k, v, table], tmp_path)

@@ -62,9 +62,10 @@ def _kernels_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--quick", action="store_true", help="first shapes only (smoke run)")
     parser.add_argument("--ops", nargs="+", default=["neighborhood", "window"],
-                        choices=["neighborhood", "window", "table", "linear"],
+                        choices=["neighborhood", "window", "table", "linear", "unfused"],
                         help="table: table_bias_attention (LeViT/EfficientViT-M shapes); linear: "
-                             "relu_linear_attention (EfficientViT-B shapes)")
+                             "relu_linear_attention (EfficientViT-B shapes); unfused: neighborhood_attention_qk + "
+                             "softmax + neighborhood_attention_av (DiNAT and 1-D shapes) against the fused op")
 
 
 def _run_kernels(args: argparse.Namespace, output: str) -> None:

@@ -4,6 +4,9 @@ Every candidate of a row is timed round-robin by :func:`vithub.bench.timing.meas
 kept. Columns:
 
 * ``torch``: our fast backend; ``reference``: our naive backend (small shapes only);
+* ``fused``: for the unfused rows (qk, softmax, av as ``vithub.kernels.neighborhood_attention_qk``/``_av``, the torch
+  backend's offset-by-offset form), our fused :func:`neighborhood_attention` on the same tensors; ``reference`` there
+  is the naive form (every neighbourhood gathered, then einsums);
 * ``floor``: SDPA over the same number of disjoint ``K*K``-token blocks, already partitioned: the same FLOPs with no
   gather and no waste, the practical floor for any local-attention kernel;
 * ``natten``: NATTEN's ``na2d`` (only when NATTEN is installed; its CPU path takes no rpb, so NA rows compare rpb=None);
@@ -28,6 +31,8 @@ import torch.nn.functional as F
 from vithub.kernels import (
     gather_table_bias,
     neighborhood_attention,
+    neighborhood_attention_av,
+    neighborhood_attention_qk,
     relu_linear_attention,
     rpb_from_swin_table,
     table_bias_attention,
@@ -65,6 +70,13 @@ TABLE_SHAPES = [
 LINEAR_SHAPES = [
     ("effvit_b1_s3", 32, 14, 14, 16, 16),
     ("effvit_b1_s4", 32, 7, 7, 32, 16),
+]
+# (name, B, spatial, heads, head_dim, kernel, dilation): the unfused ops at DiNAT-T's shapes (224 px; stage 1 with
+# its most dilated block, stage 2 plain) and a 1-D sequence (natten1d users: audio frames).
+UNFUSED_SHAPES = [
+    ("dinat_tiny_s1_d8", 4, (56, 56), 2, 32, 7, 8),
+    ("dinat_tiny_s2", 4, (28, 28), 4, 32, 7, 1),
+    ("seq_1d_2048", 4, (2048,), 4, 32, 7, 1),
 ]
 REFERENCE_MAX_ELEMENTS = 60_000_000  # gathered (B, H, W, K, K, heads, d) elements the reference may build
 
@@ -247,6 +259,34 @@ def bench_linear(repeats: int, device: torch.device, dtype: torch.dtype, shapes:
     return rows
 
 
+def bench_unfused(repeats: int, device: torch.device, dtype: torch.dtype, shapes: Sequence[tuple]) -> List[Row]:
+    """Unfused qk + softmax + av (with rpb, as DiNAT calls them) against our fused op and the naive gather."""
+    rows: List[Row] = []
+    for name, b, spatial, heads, d, kernel, dilation in shapes:
+        for mode in ("fwd", "fwd+bwd"):
+            grad = mode == "fwd+bwd"
+            q, k, v = (torch.randn(b, *spatial, heads, d, dtype=dtype, device=device, requires_grad=grad)
+                       for _ in range(3))
+            rpb = torch.randn(heads, *(2 * kernel - 1 for _ in spatial), dtype=dtype, device=device,
+                              requires_grad=grad)
+            scale = d ** -0.5
+
+            def unfused(backend: str) -> torch.Tensor:
+                logits = neighborhood_attention_qk(q * scale, k, kernel, dilation, rpb, backend=backend)
+                return neighborhood_attention_av(logits.softmax(-1), v, kernel, dilation, backend=backend)
+
+            fns: Dict[str, Callable[[], torch.Tensor]] = {"torch": lambda: unfused("torch")}
+            if len(spatial) == 2:
+                fns["fused"] = lambda: neighborhood_attention(q, k, v, kernel, dilation, rpb, backend="torch")
+            elements = b * heads * d * kernel ** len(spatial)
+            for size in spatial:
+                elements *= size
+            if elements <= REFERENCE_MAX_ELEMENTS:
+                fns["reference"] = lambda: unfused("reference")
+            rows.append(_run(fns, [q, k, v, rpb], [], grad, repeats, "unfused_na", name, mode, True))
+    return rows
+
+
 def _run(fns, leaves, floor_leaves, grad, repeats, op, name, mode, with_rpb) -> Row:
     device = leaves[0].device
     if grad:
@@ -259,7 +299,7 @@ def _run(fns, leaves, floor_leaves, grad, repeats, op, name, mode, with_rpb) -> 
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    columns = ["torch", "floor", "natten", "sdpa", "timm_core", "timm_block", "reference"]
+    columns = ["torch", "fused", "floor", "natten", "sdpa", "timm_core", "timm_block", "reference"]
     header = f"{'op':<13}{'shape':<20}{'mode':<9}{'rpb':<5}" + "".join(f"{c + ' ms':>14}" for c in columns)
     header += f"{'vs floor':>10}{'vs natten':>11}{'timm/torch':>12}"
     lines = [header, "-" * len(header)]
@@ -279,11 +319,13 @@ def run_kernel_bench(
     output: Optional[str] = None, repeats: int = 7, device: str = "cpu", dtype: str = "float32",
     quick: bool = False, ops: Sequence[str] = ("neighborhood", "window"),
     na_shapes: Optional[Sequence[tuple]] = None, window_shapes: Optional[Sequence[tuple]] = None,
+    unfused_shapes: Optional[Sequence[tuple]] = None,
 ) -> dict:
     """Run the kernel benchmark, print the table, write JSON to ``output`` (if given) and return the payload.
 
-    ``quick`` keeps the first NA shape and the first two window shapes; ``na_shapes``/``window_shapes`` override the
-    shape lists (rows as in :data:`NA_SHAPES` and :data:`WINDOW_SHAPES`).
+    ``quick`` keeps the first NA shape and the first two window shapes; ``na_shapes``/``window_shapes``/
+    ``unfused_shapes`` override the shape lists (rows as in :data:`NA_SHAPES`, :data:`WINDOW_SHAPES` and
+    :data:`UNFUSED_SHAPES`).
     """
     torch_device = torch.device(device)
     torch_dtype = getattr(torch, dtype)
@@ -301,6 +343,10 @@ def run_kernel_bench(
         rows += bench_table(repeats, torch_device, torch_dtype, TABLE_SHAPES[:1] if quick else TABLE_SHAPES)
     if "linear" in ops:
         rows += bench_linear(repeats, torch_device, torch_dtype, LINEAR_SHAPES[:1] if quick else LINEAR_SHAPES)
+    if "unfused" in ops:
+        if unfused_shapes is None:
+            unfused_shapes = UNFUSED_SHAPES[:1] if quick else UNFUSED_SHAPES
+        rows += bench_unfused(repeats, torch_device, torch_dtype, unfused_shapes)
     _logger.info("%s", format_table(rows))
     payload = {
         "benchmark": "kernels",
