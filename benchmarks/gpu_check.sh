@@ -9,6 +9,7 @@
 #   environment.json   versions, GPU, driver
 #   cuda_tests.json    tests/test_kernels_triton.py on the GPU (CUDA tests, Hopper compile), junit XML beside it
 #   kernels_gpu.json   vithub bench gpu: Triton vs torch, FlexAttention and timm's Swin attention, bf16
+#   kernels_unfused_gpu.json vithub bench kernels --ops unfused: unfused NA (qk, softmax, av) vs the fused op, fp32
 #   models_*.json      vithub bench models: bf16 autocast, batch 128, eval and a train step, per backend, against
 #                      the timm twin with the same weights where timm has one (Swin, LeViT, EfficientViT-B)
 #   detection_gpu.json vithub bench detection: Mask R-CNN train step (batch 8) and latency at 800/1333, bf16, with
@@ -17,7 +18,7 @@
 #                      with vh_swin_tiny and vh_nat_tiny against timm's Swin-T features
 #   token_reduction_gpu.json vithub bench tokens: ToMe r in {0, 13} vs the same timm DeiT-S/ViT-B, bf16, batch 256
 #   summary.json       every step's exit code, seconds and files
-# The step limits add up to 530 s. A step that fails or runs out of time is recorded and the next one runs. Without a GPU it is a dry run: the same
+# The step limits add up to 555 s. A step that fails or runs out of time is recorded and the next one runs. Without a GPU it is a dry run: the same
 # steps, the CUDA tests skip (and say so), `bench gpu` refuses, and the model rows run on the CPU at batch 2.
 set -uo pipefail
 
@@ -105,6 +106,10 @@ print(counts)
 PY
 
 run bench_gpu 160 "$python" -m vithub bench gpu --repeats 20 --output "$out/kernels_gpu.json"
+if [ "$has_gpu" = 1 ]; then
+    run bench_unfused 25 "$python" -m vithub bench kernels --ops unfused --device cuda --repeats 10 \
+        --output "$out/kernels_unfused_gpu.json"
+fi
 
 if [ "$has_gpu" = 1 ]; then
     models_args=(--device cuda --amp bfloat16 --batch-sizes 128 --repeats 5)

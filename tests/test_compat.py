@@ -144,10 +144,16 @@ def test_dinat_backbone_feature_maps_equal_vh_dinat():
                               if key.startswith("dinat.") and "pooler" not in key}, strict=False)
     ours = _ours_from(hf_classifier)
     images = _random(1, 3, 64, 64, seed=12, dtype=torch.float32)
-    maps = backbone(pixel_values=images).feature_maps
-    for index, feature in enumerate(ours.forward_intermediates(images, intermediates_only=True)):
-        assert maps[index].shape == feature.shape
-    assert all(torch.isfinite(feature).all() for feature in maps)
+    with torch.no_grad():
+        for parameter in backbone.hidden_states_norms.parameters():  # the backbone's own per-stage norms, random
+            parameter.normal_(0.0, 0.5)
+        maps = backbone(pixel_values=images).feature_maps
+        stages = ours.forward_intermediates(images, intermediates_only=True)  # NCHW stage outputs
+    assert len(maps) == len(stages) == 4
+    for index, (got, stage) in enumerate(zip(maps, stages)):
+        norm = backbone.hidden_states_norms[f"stage{index + 1}"]
+        expected = norm(stage.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_transformers_own_forward_swaps_axes_that_vithub_forward_does_not():
