@@ -251,3 +251,26 @@ def test_oneformer_dinat_trains_on_vithub_ops():
     biases = [p for name, p in model.named_parameters() if name.endswith(".rpb")]
     assert len(biases) == 4
     assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in biases)
+
+
+def test_mask2former_dinat_trains_on_vithub_ops():
+    """Mask2Former over DinatBackbone (tiny): a training step with its losses reaches the backbone's biases."""
+    import vithub.compat.transformers  # noqa: F401
+    from transformers import DinatConfig, Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+
+    torch.manual_seed(0)
+    backbone = DinatConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], kernel_size=3,
+                           dilations=[[2], [1], [1], [1]], drop_path_rate=0.0,
+                           out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = Mask2FormerConfig(backbone_config=backbone, num_labels=3, num_queries=6, hidden_dim=32,
+                               mask_feature_size=32, feature_size=32, encoder_feedforward_dim=64, dim_feedforward=64,
+                               encoder_layers=1, decoder_layers=2, num_attention_heads=2, train_num_points=64)
+    model = Mask2FormerForUniversalSegmentation(config).train()
+    generator = torch.Generator().manual_seed(15)
+    out = model(pixel_values=torch.randn(2, 3, 64, 64, generator=generator),
+                mask_labels=[torch.randint(0, 2, (2, 64, 64), generator=generator).float() for _ in range(2)],
+                class_labels=[torch.tensor([0, 2]), torch.tensor([1, 2])])
+    assert torch.isfinite(out.loss).all()
+    out.loss.backward()
+    biases = [p for name, p in model.named_parameters() if name.endswith(".rpb")]
+    assert len(biases) == 4 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in biases)
