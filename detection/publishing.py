@@ -96,7 +96,8 @@ def save_dense_model(model: torch.nn.Module, path: Union[str, Path], *, label_na
     body = getattr(model.backbone.body, "model", model.backbone.body)
     licence = license or getattr(body, "pretrained_cfg", {}).get("license") or "apache-2.0"
     config = {"format": kind.format, kind.settings: settings, "label_names": list(label_names or []),
-              "license": licence, "metrics": dict(metrics or {}), "datasets": list(datasets or [])}
+              "license": licence, "metrics": dict(metrics or {}), "datasets": list(datasets or []),
+              "loading": LOADING_NOTE}
     if kind is DETECTOR:
         config["category_ids"] = list(category_ids or range(1, settings["num_classes"] + 1))
     target = Path(path)
@@ -114,6 +115,12 @@ def save_dense_model(model: torch.nn.Module, path: Union[str, Path], *, label_na
 
 def _kind_of_config(config: Mapping[str, Any]) -> DenseKind:
     return next(kind for kind in KINDS if kind.format == config.get("format"))
+
+
+# What a dense repo's config.json and card say about loading it (transformers has no class for these models).
+LOADING_NOTE = ("loads with vithub.load (or vithub.detection.publishing.load_dense_model), not with Hugging Face "
+                "transformers' Auto classes: it is a torchvision-style detector or segmentor over a timm backbone, "
+                "with no transformers architecture")
 
 
 def model_card(config: Mapping[str, Any], repo_id: Optional[str] = None, dataset_name: Optional[str] = None,
@@ -155,7 +162,8 @@ def model_card(config: Mapping[str, Any], repo_id: Optional[str] = None, dataset
                   "|---|---|"]
         lines += [f"| {key} | {value:.4f} |" for key, value in metrics.items()]
     source = f"hf-hub:{repo_id}" if repo_id else "/path/to/this/folder"
-    lines += ["", "## Usage", "", "```python", "import torch",
+    lines += ["", "## Usage", "", f"This repo {LOADING_NOTE}.", "", "```python", "import torch",
+              "import vithub", "", f'model = vithub.load("{source}").eval()  # or, the same:',
               *(line.replace("{source}", source) for line in usage), "```", ""]
     return "\n".join(lines)
 

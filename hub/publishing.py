@@ -69,13 +69,38 @@ def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: 
     with tempfile.TemporaryDirectory(dir=target, prefix=".saving-") as staging:
         timm.models.save_for_hf(model, staging, model_config=model_config, safe_serialization=True,
                                 data_config=dict(data_config) if data_config else None)
-        config = json.loads((Path(staging) / CONFIG_NAME).read_text())
+        config = portable_config(json.loads((Path(staging) / CONFIG_NAME).read_text()))
+        (Path(staging) / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
         card = model_card(model, config, repo_id=repo_id, license=licence, datasets=datasets, metrics=metrics,
                           dataset_name=dataset_name, tags=tags, description=description)
         (Path(staging) / CARD_NAME).write_text(card, encoding="utf-8")
         for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):  # weights first: a config never names absent weights
             replace_durably(Path(staging) / name, target / name)
     return target
+
+
+def portable_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """timm's ``config.json`` made loadable by transformers' ``TimmWrapper`` classes too: no argument both in
+    ``model_args`` and at the top level (transformers passes ``num_classes`` itself, so ``model_args`` repeating it
+    is a ``TypeError`` there; the top-level ``global_pool`` is informational in timm), and a registered token-reduced
+    member's reduction options in ``model_args`` (so any loader that calls ``create_model`` rebuilds the same
+    reduction). timm and :func:`load` read the result as before."""
+    config = dict(config)
+    model_args = dict(config.get("model_args") or {})
+    if "num_classes" in model_args:
+        if model_args.pop("num_classes") != config.get("num_classes"):
+            raise HubError(f"config.json: model_args num_classes differs from num_classes {config.get('num_classes')}")
+    if "global_pool" in model_args:
+        config.pop("global_pool", None)
+    reduction = config.get("token_reduction")
+    architecture = config.get("architecture", "")
+    if reduction and architecture.endswith(f"_{reduction.get('method')}") and architecture.startswith("vh_"):
+        model_args.update({key: value for key, value in reduction.items() if key != "method"})
+    if model_args:
+        config["model_args"] = model_args
+    else:
+        config.pop("model_args", None)
+    return config
 
 
 def model_card(model: torch.nn.Module, config: Mapping[str, Any], *, repo_id: Optional[str] = None,
@@ -119,10 +144,18 @@ def model_card(model: torch.nn.Module, config: Mapping[str, Any], *, repo_id: Op
     if results:
         lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
         lines += [f"| {result.metric_name} ({result.dataset_name}) | {result.metric_value:.2f} |" for result in results]
-    lines += ["", "## Usage", "", "```python", "import timm", "import vithub  # registers the vh_* architectures",
+    hf_source = repo_id or "/path/to/this/folder"
+    lines += ["", "## Usage", "", "With timm:", "", "```python", "import timm",
+              "import vithub  # registers the vh_* architectures",
               "", f'model = timm.create_model("{source}", pretrained=True).eval()',
               "config = timm.data.resolve_data_config({}, model=model)",
-              "transform = timm.data.create_transform(**config)", "```", ""]
+              "transform = timm.data.create_transform(**config)", "```", "",
+              "With Hugging Face transformers (its TimmWrapper classes run timm models):", "", "```python",
+              "import vithub  # registers the vh_* architectures with timm, which transformers builds them through",
+              "from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline", "",
+              f'model = AutoModelForImageClassification.from_pretrained("{hf_source}")',
+              f'processor = AutoImageProcessor.from_pretrained("{hf_source}")',
+              f'classify = pipeline("image-classification", model="{hf_source}")', "```", ""]
     if repo_id:
         lines += ["Or from a shell: `vithub pull " + repo_id + "`.", ""]
     return "\n".join(lines)

@@ -678,6 +678,10 @@ def test_detection_run_pushes_and_loads_back_with_its_config(coco_dir, tmp_path,
         torch.testing.assert_close(value, best[key], rtol=0, atol=0, msg=key)
     images = [torch.rand(3, 80, 112)]
     folder = save_dense_model(model, tmp_path / "saved", label_names=["a", "b", "c"])
+    card = (folder / "README.md").read_text()
+    assert "vithub.load(" in card and "not with Hugging Face transformers' Auto classes" in card
+    loading = json.loads((folder / "config.json").read_text())["loading"]
+    assert "not with Hugging Face transformers' Auto classes" in loading
     again = load_dense_model(folder).eval()
     with torch.no_grad():
         first, second = model(images)[0], again(images)[0]

@@ -255,7 +255,8 @@ class TokenReduced:
 class Reducer(ABC):
     """One token-reduction method's Python side: its options, how it checks them and attaches to a ViT (and detaches
     again); how it runs the blocks is its ``model_mixin`` (a :class:`TokenReduced`) with its ``block_mixin`` (a
-    :class:`ReducibleBlock`, or ``None`` where timm's block runs as it is). :func:`~vithub.backbones.token_reduction.reduce_tokens` picks one by ``name``."""
+    :class:`ReducibleBlock`, or ``None`` where timm's block runs as it is).
+    :func:`~vithub.backbones.token_reduction.reduce_tokens` picks one by ``name``."""
 
     name: ClassVar[str] = ""
     options: ClassVar[Tuple[str, ...]] = ()
