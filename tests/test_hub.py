@@ -4,6 +4,7 @@ runs), revisions, private repos, HF_HUB_OFFLINE, a crafted pickle that must not 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -136,6 +137,15 @@ def test_training_run_push_pull_private_offline(tmp_path, test_hub, token, capsy
     card = ModelCard.load(folder / "README.md")
     assert card.data.license == "mit" and card.data.eval_results[0].metric_value == pytest.approx(
         summary["best_top1"])
+    if importlib.util.find_spec("transformers") is not None:  # the pushed repo in transformers, with its labels
+        from transformers import AutoModelForImageClassification
+
+        hf_model = AutoModelForImageClassification.from_pretrained(folder).eval()
+        assert hf_model.config.id2label == {i: str(i) for i in range(10)}
+        images = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(hf_model(pixel_values=images).logits, vithub.load(folder).eval()(images),
+                                       rtol=1e-5, atol=1e-5)
 
     assert cli.main(["push", str(run / "last.state.pt"), "tester/digits-last"]) == 0  # a checkpoint, not a run
     capsys.readouterr()
