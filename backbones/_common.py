@@ -12,6 +12,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, register_notrace_f
 
 from vithub.kernels import constant_tensors, gather_table_bias
 
+from ._cpu_paths import pointwise_path
+
 
 def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
     """Absolute stage indices for ``forward_intermediates`` and the largest of them.
@@ -196,7 +198,8 @@ class BiasTableMixin:
 @register_notrace_module
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1, stride-1, ungrouped ``nn.Conv2d`` (same parameters and state dict); on a channels-last map, or a
-    channel slice of one, it runs as one ``linear`` over the channel-last view.
+    channel slice of one, it runs as one ``linear`` over the channel-last view where that measures faster on the
+    running CPU (:func:`vithub.backbones._cpu_paths.choose_path`, kind ``pointwise``), else as the conv.
 
     On CPU, a channels-last 1x1 conv goes through oneDNN's conv path, which a plain matmul beats by 1.3-1.8x at
     batch 32 on EfficientViT's maps (measured here); an NCHW map keeps the regular conv, which is the faster of the
@@ -209,9 +212,17 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Channels innermost (a channels-last map, or a channel slice of one): the matmul path.
+        # Channels innermost (a channels-last map, or a channel slice of one): the matmul path, where it measures
+        # faster on this machine than the conv (vithub.backbones._cpu_paths; always on GPU and in graphs).
         if x.dim() != 4 or x.stride(1) != 1 or x.is_contiguous():
             return self._conv_forward(x, self.weight, self.bias)  # nn.Conv2d's forward, scriptable
+        if not torch.jit.is_scripting():
+            if pointwise_path(self, x) == "conv":
+                return self._conv_forward(x, self.weight, self.bias)
+        return self.as_linear(x)
+
+    def as_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv as one ``linear`` over the channel-last view of ``x``."""
         out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
         return out.permute(0, 3, 1, 2)
 

@@ -31,6 +31,7 @@ from ._common import (
     fuse_batchnorms,
     stage_group_matcher,
 )
+from ._cpu_paths import input_format
 
 __all__ = ["EfficientVitMit", "LiteMLA", "checkpoint_filter_fn"]
 
@@ -374,7 +375,10 @@ class EfficientVitMit(StageHooks, nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last maps take oneDNN's faster NHWC conv kernels on CPU; the attention's heads-last view is free.
-        return self.stem(x.contiguous(memory_format=torch.channels_last))
+        memory_format = torch.channels_last
+        if not torch.jit.is_scripting():  # NCHW (the twin's layout) where it measures faster on this CPU
+            memory_format = input_format(self, x, self.forward_features)
+        return self.stem(x.contiguous(memory_format=memory_format))
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

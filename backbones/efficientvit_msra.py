@@ -45,6 +45,7 @@ from ._common import (
     parameter_names,
     stage_group_matcher,
 )
+from ._cpu_paths import input_format
 
 __all__ = ["CascadedGroupAttention", "EfficientVitMsra", "LocalWindowAttention", "checkpoint_filter_fn"]
 
@@ -333,7 +334,10 @@ class EfficientVitMsra(StageHooks, nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last maps run the many small convs through oneDNN's faster NHWC kernels on CPU; every layer keeps
         # the format, and the window attention's NCHW-to-heads-last permutes become nearly free.
-        return self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+        memory_format = torch.channels_last
+        if not torch.jit.is_scripting():  # NCHW (the twin's layout) where it measures faster on this CPU
+            memory_format = input_format(self, x, self.forward_features)
+        return self.patch_embed(x.contiguous(memory_format=memory_format))
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import timm
 import torch
 
+from vithub.backbones._cpu_paths import chosen_paths
 from vithub.catalog import check_model_name
 from vithub.kernels import use_backend
 
@@ -179,6 +180,7 @@ def run_model_bench(output: Optional[str] = None, models: Sequence[str] = DEFAUL
         for name in models for batch in batch_sizes for mode in modes
     ]
     _logger.info("%s", format_table(rows))
+    _logger.info("CPU paths chosen (per kind, shapes per path): %s", chosen_paths() or "none")
     payload = {
         "benchmark": "models",
         "device": device_name(torch_device),
@@ -192,6 +194,8 @@ def run_model_bench(output: Optional[str] = None, models: Sequence[str] = DEFAUL
         "compare_imports": imported_versions,
         "same_weights_as_twin": twin,
         "processes": 1,
+        # what vithub.backbones._cpu_paths chose on this machine (per kind: how many shapes took each path)
+        "cpu_paths": chosen_paths(),
         "rows": [_with_ratios(dict(row.__dict__, images_per_second=row.images_per_second()), twin, [row.ms])
                  for row in rows],
     }
@@ -259,7 +263,7 @@ def _run_in_processes(processes: int, output: Optional[str], arguments: Dict[str
         row = dict(first, ms=ms, ms_runs={name: [run["ms"][name] for run in per_run] for name in first["ms"]},
                    images_per_second={name: round(first["batch"] * 1e3 / value, 2) for name, value in ms.items()})
         rows.append(_with_ratios(row, arguments["twin"], [run["ms"] for run in per_run]))
-    payload = dict(runs[0], processes=processes, rows=rows)
+    payload = dict(runs[0], processes=processes, rows=rows, cpu_paths=[run.get("cpu_paths") for run in runs])
     _logger.info(f"-- median of {processes} processes")
     _logger.info("%s", format_table([ModelRow(row["model"], row["batch"], row["mode"], row["ms"], row["skipped"])
                                      for row in rows]))

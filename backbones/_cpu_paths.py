@@ -1,0 +1,154 @@
+"""CPU paths chosen by measurement on the machine that runs them.
+
+Where a vh model computes the same math as its timm twin by another CPU path (a 1x1 convolution as a matrix product,
+a channels-last network), which one is faster depends on the CPU (Intel or AMD), the thread count and the shape.
+:func:`choose_path` times the candidates on first use, per kind, key (shape, dtype, ...) and thread count, keeps the
+faster and caches the choice for the process. The twin's path is the baseline: another path is taken only when it
+measured faster by a margin, so a choice is never the slower of the two by more than timing noise.
+
+``VITHUB_CPU_PATHS`` pins paths: ``"pointwise=conv,input_format=contiguous"`` (per kind), ``"twin"`` (every kind
+takes its baseline, the twin's path) or ``"vithub"`` (every kind takes vithub's path without timing); tests and
+reproducible benchmarks use it. :func:`chosen_paths` says what each kind chose (``vithub bench models`` records it).
+Outside eager CPU runs (CUDA, ``torch.compile``, export, FX, TorchScript) callers take their static path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import threading
+import time
+from typing import Any, Callable, Dict, Hashable, Mapping, Optional, Tuple
+
+import torch
+import torch.fx
+
+_LOG = logging.getLogger(__name__)
+
+PIN_ENV = "VITHUB_CPU_PATHS"
+MARGIN = 0.03  # another path must beat the baseline's median by this fraction
+ROUNDS = 5  # timed rounds per candidate, interleaved, after one warm-up call each
+
+_choices: Dict[Tuple[str, Hashable, int], str] = {}
+_lock = threading.RLock()  # re-entrant: a whole-forward candidate makes its layers' choices inside the timing
+_measuring = threading.local()
+
+
+def pinned(kind: str, names: Tuple[str, ...], baseline: str, ours: str) -> Optional[str]:
+    """The path ``VITHUB_CPU_PATHS`` pins for ``kind`` (``None``: not pinned); an unknown path name is an error."""
+    spec = os.environ.get(PIN_ENV, "").strip()
+    if not spec:
+        return None
+    if spec == "twin":
+        return baseline
+    if spec == "vithub":
+        return ours
+    for item in spec.split(","):
+        key, equals, value = item.strip().partition("=")
+        if not equals:
+            raise ValueError(f"{PIN_ENV} must be 'twin', 'vithub' or KIND=PATH,... (e.g. pointwise=conv), got {spec!r}")
+        if key.strip() == kind:
+            value = value.strip()
+            if value not in names:
+                raise ValueError(f"{PIN_ENV}: {kind} takes one of {list(names)}, got {value!r}")
+            return value
+    return None
+
+
+def _time(candidates: Mapping[str, Callable[[], Any]]) -> Dict[str, float]:
+    """Median seconds per call of each candidate over :data:`ROUNDS` interleaved rounds (after a warm-up call)."""
+    samples: Dict[str, list] = {name: [] for name in candidates}
+    with torch.no_grad():
+        for run in candidates.values():
+            run()
+        for _ in range(ROUNDS):
+            for name, run in candidates.items():
+                start = time.perf_counter()
+                run()
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def choose_path(kind: str, key: Hashable, candidates: Mapping[str, Callable[[], Any]], baseline: str,
+                ours: str) -> str:
+    """The path to run for ``kind`` at ``key`` on this machine and thread count: pinned by :data:`PIN_ENV`, else
+    the cached choice, else timed now (``candidates`` map path names to calls that run it once on the real input).
+    ``baseline`` is the twin's path, ``ours`` vithub's other path; ``ours`` wins only if faster by :data:`MARGIN`."""
+    names = tuple(candidates)
+    choice = pinned(kind, names, baseline, ours)
+    if choice is not None:
+        return choice
+    cache_key = (kind, key, torch.get_num_threads())
+    choice = _choices.get(cache_key)
+    if choice is not None:
+        return choice
+    with _lock:
+        choice = _choices.get(cache_key)
+        if choice is None:
+            seconds = _time(candidates)
+            choice = ours if seconds[ours] < seconds[baseline] * (1.0 - MARGIN) else baseline
+            _choices[cache_key] = choice
+            _LOG.debug("%s %s: %s (%s)", kind, key, choice,
+                       ", ".join(f"{name} {value * 1e3:.3f} ms" for name, value in seconds.items()))
+    return choice
+
+
+def measuring_allowed(x: torch.Tensor) -> bool:
+    """Whether a call on ``x`` may time its candidates: an eager CPU run (not compiled, exported or traced)."""
+    return (x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not torch.onnx.is_in_onnx_export() and not isinstance(x, torch.fx.Proxy))
+
+
+def pointwise_path(conv: torch.nn.Conv2d, x: torch.Tensor) -> str:
+    """``"linear"`` or ``"conv"`` for a 1x1 conv (:class:`~vithub.backbones._common.PointwiseConv2d`) on the
+    channels-last map ``x``: timed per shape on eager CPU runs, ``"linear"`` elsewhere (GPU, graphs)."""
+    if not measuring_allowed(x):
+        return pinned("pointwise", ("conv", "linear"), "conv", "linear") or "linear"
+    key = (tuple(x.shape), tuple(x.stride()), x.dtype, conv.out_channels)
+    candidates = {"conv": lambda: conv._conv_forward(x, conv.weight, conv.bias), "linear": lambda: conv.as_linear(x)}
+    return choose_path("pointwise", key, candidates, baseline="conv", ours="linear")
+
+
+def input_format(model: torch.nn.Module, x: torch.Tensor, body: Callable[[torch.Tensor], Any]
+                 ) -> torch.memory_format:
+    """The memory format to run ``body`` (the network after its input) in: ``channels_last`` (vithub's path) or
+    ``contiguous`` (NCHW, the twin's), timed as whole forwards on first use per model architecture, input shape and
+    thread count, in eval mode on eager CPU runs. Training and other runs keep ``channels_last`` unless pinned."""
+    names = ("channels_last", "contiguous")
+    choice = pinned("input_format", names, "contiguous", "channels_last")
+    if choice is None and measuring_allowed(x) and not model.training and x.dim() == 4:
+        if getattr(_measuring, "active", False):  # a candidate being timed: keep the format it was given
+            return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        size = sum(parameter.numel() for parameter in model.parameters())
+        key = (type(model).__name__, size, tuple(x.shape), x.dtype)
+        formats = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+        candidates = {name: (lambda fmt=fmt: body(x.contiguous(memory_format=fmt))) for name, fmt in formats.items()}
+        _measuring.active = True
+        try:
+            choice = choose_path("input_format", key, candidates, baseline="contiguous", ours="channels_last")
+        finally:
+            _measuring.active = False
+    return torch.contiguous_format if choice == "contiguous" else torch.channels_last
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def chosen_paths() -> Dict[str, Dict[str, int]]:
+    """Per kind, how many keys (shapes, ...) chose each path so far in this process, and the pin if one is set."""
+    summary: Dict[str, Dict[str, int]] = {}
+    for (kind, _, _), choice in list(_choices.items()):
+        counts = summary.setdefault(kind, {})
+        counts[choice] = counts.get(choice, 0) + 1
+    spec = os.environ.get(PIN_ENV, "").strip()
+    if spec:
+        summary["pinned"] = {spec: 1}
+    return summary
+
+
+def clear_choices() -> None:
+    """Forget every choice (they are timed again on next use)."""
+    with _lock:
+        _choices.clear()
