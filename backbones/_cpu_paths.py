@@ -14,12 +14,13 @@ Outside eager CPU runs (CUDA, ``torch.compile``, export, FX, TorchScript) caller
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import statistics
 import threading
 import time
-from typing import Any, Callable, Dict, Hashable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.fx
@@ -35,6 +36,17 @@ _lock = threading.RLock()  # re-entrant: a whole-forward candidate makes its lay
 _measuring = threading.local()
 
 
+@functools.lru_cache(maxsize=32)
+def _parse_pins(spec: str) -> Dict[str, str]:
+    pins: Dict[str, str] = {}
+    for item in spec.split(","):
+        key, equals, value = item.strip().partition("=")
+        if not equals:
+            raise ValueError(f"{PIN_ENV} must be 'twin', 'vithub' or KIND=PATH,... (e.g. pointwise=conv), got {spec!r}")
+        pins[key.strip()] = value.strip()
+    return pins
+
+
 def pinned(kind: str, names: Tuple[str, ...], baseline: str, ours: str) -> Optional[str]:
     """The path ``VITHUB_CPU_PATHS`` pins for ``kind`` (``None``: not pinned); an unknown path name is an error."""
     spec = os.environ.get(PIN_ENV, "").strip()
@@ -44,16 +56,10 @@ def pinned(kind: str, names: Tuple[str, ...], baseline: str, ours: str) -> Optio
         return baseline
     if spec == "vithub":
         return ours
-    for item in spec.split(","):
-        key, equals, value = item.strip().partition("=")
-        if not equals:
-            raise ValueError(f"{PIN_ENV} must be 'twin', 'vithub' or KIND=PATH,... (e.g. pointwise=conv), got {spec!r}")
-        if key.strip() == kind:
-            value = value.strip()
-            if value not in names:
-                raise ValueError(f"{PIN_ENV}: {kind} takes one of {list(names)}, got {value!r}")
-            return value
-    return None
+    value = _parse_pins(spec).get(kind)
+    if value is not None and value not in names:
+        raise ValueError(f"{PIN_ENV}: {kind} takes one of {list(names)}, got {value!r}")
+    return value
 
 
 def _time(candidates: Mapping[str, Callable[[], Any]]) -> Dict[str, float]:
@@ -70,13 +76,14 @@ def _time(candidates: Mapping[str, Callable[[], Any]]) -> Dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def choose_path(kind: str, key: Hashable, candidates: Mapping[str, Callable[[], Any]], baseline: str,
-                ours: str) -> str:
+def choose_path(kind: str, key: Hashable,
+                candidates: Union[Mapping[str, Callable[[], Any]], Callable[[], Mapping[str, Callable[[], Any]]]],
+                baseline: str, ours: str) -> str:
     """The path to run for ``kind`` at ``key`` on this machine and thread count: pinned by :data:`PIN_ENV`, else
-    the cached choice, else timed now (``candidates`` map path names to calls that run it once on the real input).
-    ``baseline`` is the twin's path, ``ours`` vithub's other path; ``ours`` wins only if faster by :data:`MARGIN`."""
-    names = tuple(candidates)
-    choice = pinned(kind, names, baseline, ours)
+    the cached choice, else timed now. ``candidates`` maps path names (``baseline``, the twin's path, and ``ours``)
+    to calls that run the path once on the real input, or is a function making that map (only called to time);
+    ``ours`` wins only if faster by :data:`MARGIN`."""
+    choice = pinned(kind, (baseline, ours), baseline, ours)
     if choice is not None:
         return choice
     cache_key = (kind, key, torch.get_num_threads())
@@ -86,7 +93,7 @@ def choose_path(kind: str, key: Hashable, candidates: Mapping[str, Callable[[], 
     with _lock:
         choice = _choices.get(cache_key)
         if choice is None:
-            seconds = _time(candidates)
+            seconds = _time(candidates() if callable(candidates) else candidates)
             choice = ours if seconds[ours] < seconds[baseline] * (1.0 - MARGIN) else baseline
             _choices[cache_key] = choice
             _LOG.debug("%s %s: %s (%s)", kind, key, choice,
@@ -96,8 +103,10 @@ def choose_path(kind: str, key: Hashable, candidates: Mapping[str, Callable[[], 
 
 def measuring_allowed(x: torch.Tensor) -> bool:
     """Whether a call on ``x`` may time its candidates: an eager CPU run (not compiled, exported or traced)."""
-    return (x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and not torch.onnx.is_in_onnx_export() and not isinstance(x, torch.fx.Proxy))
+    # cheap checks only (this runs on every 1x1 conv call): an ONNX export traces through torch.export (exporting)
+    # or TorchScript's tracer (tracing)
+    return (not isinstance(x, torch.fx.Proxy) and x.is_cpu and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting() and not torch.jit.is_tracing())
 
 
 def pointwise_path(conv: torch.nn.Conv2d, x: torch.Tensor) -> str:
@@ -105,9 +114,9 @@ def pointwise_path(conv: torch.nn.Conv2d, x: torch.Tensor) -> str:
     channels-last map ``x``: timed per shape on eager CPU runs, ``"linear"`` elsewhere (GPU, graphs)."""
     if not measuring_allowed(x):
         return pinned("pointwise", ("conv", "linear"), "conv", "linear") or "linear"
-    key = (tuple(x.shape), tuple(x.stride()), x.dtype, conv.out_channels)
-    candidates = {"conv": lambda: conv._conv_forward(x, conv.weight, conv.bias), "linear": lambda: conv.as_linear(x)}
-    return choose_path("pointwise", key, candidates, baseline="conv", ours="linear")
+    key = (x.shape, x.stride(), x.dtype, conv.out_channels)
+    return choose_path("pointwise", key, lambda: {"conv": lambda: conv._conv_forward(x, conv.weight, conv.bias),
+                                                  "linear": lambda: conv.as_linear(x)}, baseline="conv", ours="linear")
 
 
 def input_format(model: torch.nn.Module, x: torch.Tensor, body: Callable[[torch.Tensor], Any]
@@ -120,8 +129,8 @@ def input_format(model: torch.nn.Module, x: torch.Tensor, body: Callable[[torch.
     if choice is None and measuring_allowed(x) and not model.training and x.dim() == 4:
         if getattr(_measuring, "active", False):  # a candidate being timed: keep the format it was given
             return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        size = sum(parameter.numel() for parameter in model.parameters())
-        key = (type(model).__name__, size, tuple(x.shape), x.dtype)
+        key = (type(model).__name__, id(model), tuple(x.shape), x.dtype)  # a model built at the same id anew
+        # reuses the choice: only its speed could differ, never its output
         formats = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
         candidates = {name: (lambda fmt=fmt: body(x.contiguous(memory_format=fmt))) for name, fmt in formats.items()}
         _measuring.active = True
