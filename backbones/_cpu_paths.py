@@ -103,10 +103,10 @@ def choose_path(kind: str, key: Hashable,
 
 def measuring_allowed(x: torch.Tensor) -> bool:
     """Whether a call on ``x`` may time its candidates: an eager CPU run (not compiled, exported or traced)."""
-    # cheap checks only (this runs on every 1x1 conv call): an ONNX export traces through torch.export (exporting)
-    # or TorchScript's tracer (tracing)
+    # cheap checks only (this runs on every 1x1 conv call): torch.compile and torch.export (an ONNX export's route
+    # too) count as compiling; the older ONNX exporter traces with TorchScript's tracer
     return (not isinstance(x, torch.fx.Proxy) and x.is_cpu and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting() and not torch.jit.is_tracing())
+            and not torch.jit.is_tracing())
 
 
 def pointwise_path(conv: torch.nn.Conv2d, x: torch.Tensor) -> str:

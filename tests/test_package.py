@@ -167,10 +167,10 @@ def test_version_is_exposed():
 
 
 def test_dependencies_point_one_way():
-    """backbones import only vithub.kernels and their own _common (no family imports another's file); train imports
-    no other vithub package (it reaches models through timm, and token reduction through an entry point); detection
-    and its segmentation package import only vithub.train (models come through timm, so they work for any timm
-    model)."""
+    """backbones import only vithub.kernels and their own shared modules (_common, _cpu_paths; no family imports
+    another's file); train imports no other vithub package (it reaches models through timm, and token reduction
+    through an entry point); detection and its segmentation package import only vithub.train (models come through
+    timm, so they work for any timm model)."""
     import re
 
     for path in (REPO_ROOT / "backbones").rglob("*.py"):
@@ -181,7 +181,7 @@ def test_dependencies_point_one_way():
         if path.parent.name == "token_reduction":  # the token-reduction package: its own modules and _common
             allowed = {"..", ".._common"} | {f".{module.stem}" for module in path.parent.glob("*.py")} | {"."}
         else:
-            allowed = {"._common"} | ({".efficientvit_mit", ".efficientvit_msra", ".fastervit", ".levit", ".nat",
+            allowed = {"._common", "._cpu_paths"} | ({".efficientvit_mit", ".efficientvit_msra", ".fastervit", ".levit", ".nat",
                                        ".swin", ".token_reduction", "."} if path.name == "__init__.py" else set())
         assert relative <= allowed, f"{path.name} imports {relative - allowed}"
     for path in (REPO_ROOT / "train").glob("*.py"):
