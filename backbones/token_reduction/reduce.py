@@ -5,13 +5,11 @@ loop reads and lets the method add what it learns; ``method=None`` undoes all of
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
-import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .._common import take_indices
 from .cropr import Cropr
 from .ltmp import LTMP
 from .runner import Reducer, check_block

@@ -21,6 +21,7 @@ error naming its version, rather than run wrongly.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import math
@@ -91,14 +92,10 @@ def _import_dinat() -> ModuleType:
         except ImportError:
             legacy_available = False
     if legacy_available:
-        import importlib
-
         return importlib.import_module(_MODULE)
     saved = hf_utils.is_natten_available, import_utils.is_natten_available
     hf_utils.is_natten_available = import_utils.is_natten_available = lambda: False
     try:
-        import importlib
-
         return importlib.import_module(_MODULE)
     finally:
         hf_utils.is_natten_available, import_utils.is_natten_available = saved
