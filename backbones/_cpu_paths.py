@@ -30,6 +30,7 @@ _LOG = logging.getLogger(__name__)
 PIN_ENV = "VITHUB_CPU_PATHS"
 MARGIN = 0.03  # another path must beat the baseline's median by this fraction
 ROUNDS = 5  # timed rounds per candidate, interleaved, after one warm-up call each
+_clock: Callable[[], float] = time.perf_counter  # seconds; tests put a deterministic clock here
 
 _choices: Dict[Tuple[str, Hashable, int], str] = {}
 _lock = threading.RLock()  # re-entrant: a whole-forward candidate makes its layers' choices inside the timing
@@ -70,9 +71,9 @@ def _time(candidates: Mapping[str, Callable[[], Any]]) -> Dict[str, float]:
             run()
         for _ in range(ROUNDS):
             for name, run in candidates.items():
-                start = time.perf_counter()
+                start = _clock()
                 run()
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(_clock() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

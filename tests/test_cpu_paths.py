@@ -4,7 +4,6 @@ path runs, and VITHUB_CPU_PATHS pins a path."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -24,36 +23,60 @@ def _fresh_choices(monkeypatch):
     _cpu_paths.clear_choices()
 
 
-def _counted(delay):
+class _FakeClock:
+    """A clock that only the candidates advance, so a timed decision does not depend on the host's load."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def _clock(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(_cpu_paths, "_clock", clock)
+    return clock
+
+
+def _counted(clock, cost):
+    """A candidate that takes ``cost`` seconds on ``clock`` per call, and the list of its calls."""
     calls = []
 
     def run():
         calls.append(1)
-        if delay:
-            time.sleep(delay)
+        clock.now += cost
 
     return run, calls
 
 
-def test_the_slower_candidate_loses_either_way():
-    fast, _ = _counted(0.0)
-    slow, _ = _counted(0.003)
+def test_the_slower_candidate_loses_either_way(_clock):
+    fast, _ = _counted(_clock, 0.0)
+    slow, _ = _counted(_clock, 0.003)
     assert _cpu_paths.choose_path("kind_a", 1, {"conv": slow, "linear": fast}, baseline="conv", ours="linear") == "linear"
-    fast, _ = _counted(0.0)
-    slow, _ = _counted(0.003)
+    fast, _ = _counted(_clock, 0.0)
+    slow, _ = _counted(_clock, 0.003)
     assert _cpu_paths.choose_path("kind_a", 2, {"conv": fast, "linear": slow}, baseline="conv", ours="linear") == "conv"
 
 
-def test_the_baseline_keeps_a_tie():
-    first, _ = _counted(0.001)
-    second, _ = _counted(0.001)
+def test_the_baseline_keeps_a_tie_and_ours_must_beat_the_margin(_clock):
+    first, _ = _counted(_clock, 0.001)
+    second, _ = _counted(_clock, 0.001)
     assert _cpu_paths.choose_path("kind_b", 1, {"conv": first, "linear": second}, baseline="conv",
                                   ours="linear") == "conv"
+    baseline, _ = _counted(_clock, 0.001)
+    within, _ = _counted(_clock, 0.001 * (1.0 - _cpu_paths.MARGIN / 2))
+    assert _cpu_paths.choose_path("kind_b", 2, {"conv": baseline, "linear": within}, baseline="conv",
+                                  ours="linear") == "conv"
+    beyond, _ = _counted(_clock, 0.001 * (1.0 - 2 * _cpu_paths.MARGIN))
+    assert _cpu_paths.choose_path("kind_b", 3, {"conv": baseline, "linear": beyond}, baseline="conv",
+                                  ours="linear") == "linear"
 
 
-def test_choices_are_cached_per_key_and_thread_count():
-    fast, fast_calls = _counted(0.0)
-    slow, slow_calls = _counted(0.002)
+def test_choices_are_cached_per_key_and_thread_count(_clock):
+    fast, fast_calls = _counted(_clock, 0.0)
+    slow, slow_calls = _counted(_clock, 0.002)
     candidates = {"conv": slow, "linear": fast}
     assert _cpu_paths.choose_path("kind_c", (1, 2), candidates, baseline="conv", ours="linear") == "linear"
     timed = len(fast_calls) + len(slow_calls)
@@ -72,9 +95,9 @@ def test_choices_are_cached_per_key_and_thread_count():
     assert _cpu_paths.chosen_paths()["kind_c"] == {"linear": 3}
 
 
-def test_the_pin_forces_a_path_without_timing(monkeypatch):
-    fast, fast_calls = _counted(0.0)
-    slow, slow_calls = _counted(0.002)
+def test_the_pin_forces_a_path_without_timing(monkeypatch, _clock):
+    fast, fast_calls = _counted(_clock, 0.0)
+    slow, slow_calls = _counted(_clock, 0.002)
     candidates = {"conv": fast, "linear": slow}
     monkeypatch.setenv(_cpu_paths.PIN_ENV, "kind_d=linear")
     assert _cpu_paths.choose_path("kind_d", 1, candidates, baseline="conv", ours="linear") == "linear"
