@@ -282,6 +282,11 @@ def test_training_pipeline_keeps_labels_on_their_pixels_and_is_deterministic():
     assert not all(torch.equal(dataset[index][1], SegmentationDataset(
         split, lambda _: (Image.fromarray(image), label), 64, train=True, photometric=False, seed=4)[index][1])
         for index in range(6))
+    dataset.set_copy(1)  # a repeated-augmentation copy draws apart from copy 0, and alike when read again
+    copies = [dataset[index][1] for index in range(6)]
+    assert [torch.equal(dataset[index][1], copy) for index, copy in enumerate(copies)] == [True] * 6
+    dataset.set_copy(0)
+    assert not all(torch.equal(dataset[index][1], copy) for index, copy in enumerate(copies))
 
 
 def test_crops_respect_the_category_ratio_cap():

@@ -138,17 +138,41 @@ def test_repeated_augmentation_deals_each_images_copies_to_different_processes()
     order = list(range(100, 124))  # 24 images, batch 3 on 2 processes: 4 global batches
     per_rank = [repeated_batches(order, 3, 3, rank, 2) for rank in range(2)]
     assert [len(batches) for batches in per_rank] == [4, 4]
-    seen = [index for batches in per_rank for batch in batches for index in batch]
+    entries = [entry for batches in per_rank for batch in batches for entry in batch]
+    seen = [index for index, _ in entries]
     counts = {index: seen.count(index) for index in set(seen)}
     assert len(seen) == 24 and sorted(counts) == order[:8] and set(counts.values()) == {3}
-    for index in counts:  # three copies over two processes: never all on one
-        assert {rank for rank in range(2) for batch in per_rank[rank] if index in batch} == {0, 1}
+    for index in counts:  # three copies over two processes: never all on one; each copy has its own number
+        assert {rank for rank in range(2) for batch in per_rank[rank] for entry in batch if entry[0] == index} == {0, 1}
+        assert sorted(copy for seen_index, copy in entries if seen_index == index) == [0, 1, 2]
     # the sampler draws the same order for a resumed epoch and skips what was seen
     full = EpochBatches(24, 3, seed=5, epoch=2, rank=1, world=2, repeats=3)
     assert EpochBatches(24, 3, seed=5, epoch=2, start=2, rank=1, world=2, repeats=3).batches == full.batches[2:]
     assert len(full) == len(EpochBatches(24, 3, seed=5, epoch=2, rank=1, world=2))  # the epoch keeps its length
     with pytest.raises(ValueError, match="aug_repeats: repeated augmentation does not combine"):
         EpochBatches(24, 3, seed=5, epoch=2, groups=[0, 1] * 12, repeats=3)
+
+
+def test_repeated_copies_of_an_image_are_augmented_apart_and_each_copy_alike_on_resume(tmp_path):
+    """The loader's keys carry the copy number to the dataset, whose draws come from (seed, epoch, index, copy):
+    two copies of one image differ (random crop, flip, RandAugment, erasing), one copy read twice (as after a
+    resume, or in another worker) is the same, and a key without a copy is copy 0."""
+    from vithub.train.loader import CurrentEpoch, KeyedByEpoch
+
+    task = ClassificationTask()
+    config = task.resolve(TrainConfig(model="vh_efficientvit_m0", data=str(_folder(tmp_path / "data")), img_size=32,
+                                      aa="rand-m9-mstd0.5-inc1", reprob=0.25, aug_repeats=3))
+    config.check()
+    keyed = KeyedByEpoch(task.build_data(config).train)
+    sampler = CurrentEpoch()
+    batches = EpochBatches(len(keyed), 3, seed=config.seed, epoch=1, repeats=3).batches
+    sampler.set(1, batches)
+    keys = [key for batch in sampler for key in batch]
+    assert keys[:3] == [(1, batches[0][0][0], copy) for copy in range(3)]  # one image's three copies, in a row
+    first, second, third = (keyed[key][0] for key in keys[:3])
+    assert not torch.equal(first, second) and not torch.equal(second, third)
+    assert torch.equal(keyed[keys[1]][0], second)
+    assert torch.equal(keyed[(1, keys[0][1])][0], first)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -84,13 +84,14 @@ class Unreadable(NamedTuple):
 
 
 @contextmanager
-def sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
+def sample_rng(seed: int, epoch: int, index: int, copy: int = 0) -> Iterator[None]:
     """Python's, NumPy's and torch's (CPU) global generators seeded from ``(seed, epoch, index)`` alone inside the
-    block. timm's transforms draw from those three, so an augmented sample is the same in any process, worker and
+    block (and ``copy``, the copy number under repeated augmentation, when not 0). timm's transforms draw from those three, so an augmented sample is the same in any process, worker and
     order: the exact resume then holds with loader workers (the workers' own generator states are not part of a
     checkpoint). In the training process the generators are restored after the block (mixup and dropout draw from
     them); a loader worker's are its own and are left seeded."""
-    value = int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0])
+    entropy = [seed, epoch, index] + ([copy] if copy else [])
+    value = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
 
     def reseed() -> None:
         torch.default_generator.manual_seed(value)  # CPU only: torch.manual_seed would queue CUDA seeding too
@@ -116,18 +117,23 @@ class ReadableSamples(Dataset):
     :func:`collate_readable` to drop and the training loop to count. timm's ``ImageDataset`` would replace a bad file
     by its neighbour without telling the caller, so for it the image is opened here from its reader. Images reach
     ``transform`` as RGB, as timm's transforms expect. ``seed``: augment each sample with random draws from
-    ``(seed, epoch, index)`` alone (:func:`sample_rng`; the trainer calls :meth:`set_epoch`); ``None``: from the
-    process's generators."""
+    ``(seed, epoch, index)`` alone (:func:`sample_rng`; the trainer calls :meth:`set_epoch`, and :meth:`set_copy`
+    under repeated augmentation); ``None``: from the process's generators."""
 
     def __init__(self, dataset: Dataset, transform: Optional[Any] = None, seed: Optional[int] = None) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        self.copy = 0
         self.reads_files = hasattr(dataset, "reader") and hasattr(dataset, "filename")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_copy(self, copy: int) -> None:
+        """The copy number of the next samples under repeated augmentation (0 otherwise): copies draw apart."""
+        self.copy = copy
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -167,7 +173,7 @@ class ReadableSamples(Dataset):
             if self.seed is None:
                 image = self.transform(image)
             else:
-                with sample_rng(self.seed, self.epoch, index):
+                with sample_rng(self.seed, self.epoch, index, self.copy):
                     image = self.transform(image)
         return image, -1 if target is None else target
 

@@ -83,13 +83,14 @@ class EpochBatches(Sampler):
 
 
 def repeated_batches(order: Sequence[int], repeats: int, batch_size: int, rank: int, world: int
-                     ) -> List[List[int]]:
+                     ) -> List[List[Tuple[int, int]]]:
     """Repeated augmentation (Hoffer et al.; timm's ``RepeatAugSampler``): each index of ``order`` ``repeats`` times
     in a row, dealt to the processes in turn, so the copies of one image go to different processes (and get
     different augmentations); the epoch keeps the length it has without repeats (``len(order) // (batch_size *
     world)`` global batches), so it covers the first ``1/repeats`` of the order. Returns process ``rank``'s
-    batches."""
-    repeated = [index for index in order for _ in range(repeats)]
+    batches, of ``(index, copy)`` entries: the copy number keys the copy's own augmentation draws (the datasets
+    draw from ``(seed, epoch, index, copy)``), since copies augmented alike would only repeat the image."""
+    repeated = [(index, copy) for index in order for copy in range(repeats)]
     mine = repeated[rank::world]
     count = len(order) // (batch_size * world)
     return [mine[i * batch_size:(i + 1) * batch_size] for i in range(count)]

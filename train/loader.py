@@ -29,9 +29,9 @@ def default_workers(data: Optional[str]) -> int:
 
 
 class KeyedByEpoch(Dataset):
-    """``dataset`` read with ``(epoch, index)`` keys: the epoch reaches ``dataset.set_epoch`` (where it has one) in
-    the process that reads the sample, a persistent worker included, which a call in the main process would not
-    reach."""
+    """``dataset`` read with ``(epoch, index)`` or ``(epoch, index, copy)`` keys: the epoch reaches
+    ``dataset.set_epoch`` and the copy ``dataset.set_copy`` (where it has them) in the process that reads the sample,
+    a persistent worker included, which a call in the main process would not reach."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -40,11 +40,13 @@ class KeyedByEpoch(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: Tuple[int, int]) -> Any:
-        epoch, index = key
+    def __getitem__(self, key: Tuple[int, ...]) -> Any:
+        epoch, index, *copy = key  # (epoch, index), or (epoch, index, copy) under repeated augmentation
         if epoch != self.epoch and hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         self.epoch = epoch
+        if hasattr(self.dataset, "set_copy"):
+            self.dataset.set_copy(copy[0] if copy else 0)
         return self.dataset[index]
 
 
@@ -60,10 +62,10 @@ class CurrentEpoch(Sampler):
     def set(self, epoch: int, batches: Sequence[List[int]]) -> None:
         self.epoch, self.batches = epoch, batches
 
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+    def __iter__(self) -> Iterator[List[Tuple[int, ...]]]:
         epoch = self.epoch
-        for batch in self.batches:
-            yield [(epoch, index) for index in batch]
+        for batch in self.batches:  # entries are indices, or (index, copy) pairs under repeated augmentation
+            yield [(epoch, *entry) if isinstance(entry, tuple) else (epoch, entry) for entry in batch]
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -231,7 +231,7 @@ class SegmentationDataset(Dataset):
     ``cat_max_ratio`` of the labelled pixels), horizontal flip, photometric distortion, padding to ``S``×``S``
     (label 255). Evaluation: the image resized (keep ratio) to fit ``(4S, S)``, the label left at its own size
     (metrics are taken at the original resolution). Draws come from ``(seed, epoch, index)`` (the trainer calls
-    :meth:`set_epoch`)."""
+    :meth:`set_epoch`), and the copy number under repeated augmentation (:meth:`set_copy`)."""
 
     def __init__(self, split: SegmentationSplit, reader: PairReader, crop_size: int, train: bool = False,
                  ratio_range: Tuple[float, float] = (0.5, 2.0), cat_max_ratio: float = 0.75,
@@ -247,6 +247,7 @@ class SegmentationDataset(Dataset):
         self.photometric = photometric
         self.seed = seed
         self.epoch = 0
+        self.copy = 0
         self._sources = sources
 
     @property
@@ -255,6 +256,10 @@ class SegmentationDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_copy(self, copy: int) -> None:
+        """The copy number of the next samples under repeated augmentation (0 otherwise): copies draw apart."""
+        self.copy = copy
 
     def __len__(self) -> int:
         return len(self.split)
@@ -278,7 +283,10 @@ class SegmentationDataset(Dataset):
             height, width = image_tensor.shape[-2:]
             resized = _resize_image(image_tensor, rescale_size(height, width, 4 * size, size))
             return resized.div_(255.0), label
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        key = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        if self.copy:  # a repeated-augmentation copy draws its own crop, flip and distortion
+            key = int(np.random.SeedSequence([key, self.copy]).generate_state(1, dtype=np.uint64)[0] >> 1)
+        generator = torch.Generator().manual_seed(key)
 
         def uniform() -> float:
             return torch.rand((), generator=generator).item()
