@@ -158,7 +158,7 @@ def test_timm_dataset_spec_trains_and_validates(tmp_path):
 @pytest.mark.parametrize("spec,data_dir,message", [
     ("torch/mnist", None, "needs --data-dir"),
     ("torch/mnist", "empty", "cannot open torch/mnist"),
-    ("hfids/some-data", "empty", "streaming dataset"),
+    ("tfds/some-data", "empty", "TensorFlow dataset stream"),
     ("wds/some-shards", "empty", "have no split 'train'"),
     ("wds/some-shards", None, "needs --data-dir"),
 ])

@@ -41,6 +41,13 @@ class TrainConfig:
     train_split: str = option("train", "split of a dataset spec to train on")
     val_split: str = option("validation", "split of a dataset spec to validate on")
     dataset_download: bool = option(False, "let torchvision download a torch/ spec")
+    train_num_samples: Optional[int] = option(None, "records in a streamed (hfids/) training split, when the dataset "
+                                              "does not say")
+    val_num_samples: Optional[int] = option(None, "records in a streamed (hfids/) validation split, when the dataset "
+                                            "does not say")
+    input_key: str = option("image", "a streamed (hfids/) dataset's image column")
+    target_key: str = option("label", "a streamed (hfids/) dataset's class-label column")
+    stream_shuffle_size: int = option(4096, "records in a streamed (hfids/) training split's shuffle buffer")
     max_unreadable: float = option(
         0.01, "largest fraction of a split's images that may be unreadable (skipped and counted) before the run stops")
     output: str = option("output/train", "run folder: checkpoints, metrics, summary.json")
@@ -171,7 +178,8 @@ class TrainConfig:
         for name in ("reprob", "hflip", "vflip", "mixup_prob", "mixup_switch_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        for name, minimum in (("recount", 1), ("aug_repeats", 0), ("lr_base_size", 1), ("cooldown_epochs", 0)):
+        for name, minimum in (("recount", 1), ("aug_repeats", 0), ("lr_base_size", 1), ("cooldown_epochs", 0),
+                              ("stream_shuffle_size", 1)):
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         for name in ("scale", "ratio", "cutmix_minmax", "opt_betas"):
@@ -208,7 +216,7 @@ def scaled_lr(config: TrainConfig, world: int) -> float:
 
 
 # Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
-RESUME_FIXED = ("task", "model", "data", "train_split", "batch_size", "grad_accum_steps", "seed", "epochs",
+RESUME_FIXED = ("task", "model", "data", "train_split", "train_num_samples", "stream_shuffle_size", "batch_size", "grad_accum_steps", "seed", "epochs",
                 "img_size", "task_options", "token_reduction", "aug_repeats", "cooldown_epochs", "teacher",
                 "distillation", "distillation_alpha", "distillation_tau")
 # Options whose default (None) means "the task's default" (Task.defaults).

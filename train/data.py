@@ -71,8 +71,12 @@ class DataBundle:
 # Prefixes of timm's create_dataset specs. The streaming ones have no length and no random access, which the exact
 # resume (a permutation of indices per epoch) needs.
 MAP_STYLE_PREFIXES = ("torch", "hfds")
-STREAMING_PREFIXES = ("hfids", "tfds")
+STREAMING_PREFIXES = ("hfids", "tfds")  # hfids/ is read by vithub.train.streams; tfds/ is refused
 SHARD_PREFIX = "wds"  # tar shards, read by vithub's own random-access reader (vithub.train.shards)
+
+
+# What PIL raises for an image that does not decode (not an image, truncated, corrupt, too large).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class Unreadable(NamedTuple):
@@ -86,9 +90,9 @@ class Unreadable(NamedTuple):
 @contextmanager
 def sample_rng(seed: int, epoch: int, index: int, copy: int = 0) -> Iterator[None]:
     """Python's, NumPy's and torch's (CPU) global generators seeded from ``(seed, epoch, index)`` alone inside the
-    block (and ``copy``, the copy number under repeated augmentation, when not 0). timm's transforms draw from those three, so an augmented sample is the same in any process, worker and
-    order: the exact resume then holds with loader workers (the workers' own generator states are not part of a
-    checkpoint). In the training process the generators are restored after the block (mixup and dropout draw from
+    block (and ``copy``, the copy number under repeated augmentation, when not 0). timm's transforms draw from
+    those three, so an augmented sample is the same in any process, worker and order: the exact resume then holds
+    with loader workers (the workers' own generator states are not part of a checkpoint). In the training process the generators are restored after the block (mixup and dropout draw from
     them); a loader worker's are its own and are left seeded."""
     entropy = [seed, epoch, index] + ([copy] if copy else [])
     value = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
@@ -167,15 +171,18 @@ class ReadableSamples(Dataset):
             image, target = self._load(index)
         except DataError:  # malformed data (a shard's label), not an unreadable image: stop with its message
             raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's decode errors
+        except DECODE_ERRORS as error:
             return Unreadable(index, self.source(index), f"{type(error).__name__}: {error}")
-        if self.transform is not None:
-            if self.seed is None:
-                image = self.transform(image)
-            else:
-                with sample_rng(self.seed, self.epoch, index, self.copy):
-                    image = self.transform(image)
-        return image, -1 if target is None else target
+        return self.augment(image, index, self.copy), -1 if target is None else target
+
+    def augment(self, image: Any, index: int, copy: int = 0) -> Any:
+        """``image`` through the transform, with draws from ``(seed, epoch, index, copy)`` when seeded."""
+        if self.transform is None:
+            return image
+        if self.seed is None:
+            return self.transform(image)
+        with sample_rng(self.seed, self.epoch, index, copy):
+            return self.transform(image)
 
 
 def collate_readable(samples: Sequence[Any]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], List[Unreadable]]:
@@ -266,6 +273,14 @@ def train_augmentation(config: Any) -> Dict[str, Any]:
     return options
 
 
+def stream_options(config: Any) -> Dict[str, Any]:
+    """What a :class:`~vithub.train.TrainConfig` says about a streamed (``hfids/``) dataset: record counts, columns
+    and the shuffle buffer (:class:`vithub.train.streams.StreamSplit`)."""
+    return {"lengths": {"train": config.train_num_samples, "val": config.val_num_samples},
+            "input_key": config.input_key, "target_key": config.target_key,
+            "shuffle_size": config.stream_shuffle_size}
+
+
 def posterize(image: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
     """timm's RandAugment/AutoAugment posterize for current Pillow: Pillow 13 refuses 0 bits (timm passes 0 at full
     magnitude, e.g. ``rand-m9-mstd0.5-inc1`` whenever the drawn magnitude reaches 10, and at low levels of the v0
@@ -295,13 +310,15 @@ def pillow_safe(transform: Any) -> Any:
 
 def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any], data_dir: Optional[str] = None,
                train_split: str = "train", val_split: str = "validation", download: bool = False,
-               train_augmentation: Optional[Dict[str, Any]] = None, seed: Optional[int] = None) -> DataBundle:
+               train_augmentation: Optional[Dict[str, Any]] = None, seed: Optional[int] = None,
+               stream: Optional[Dict[str, Any]] = None) -> DataBundle:
     """``data``: ``None`` or ``"digits"`` for the embedded default; a folder holding ``train/`` and ``val/`` with
     one sub-folder of images per class (the classes of both must match); or a timm dataset spec such as
     ``"torch/cifar10"`` or ``"hfds/<name>"``, read from ``data_dir`` (``download``: let torchvision fetch it there)
     with ``train_split`` and ``val_split``. ``train_augmentation``: timm ``create_transform`` keywords for the training
     transform only (RandAugment, random erasing, flips, crop ranges: :func:`train_augmentation`). ``seed``: the
-    training split's augmentation draws from ``(seed, epoch, index)`` (:class:`ReadableSamples`)."""
+    training split's augmentation draws from ``(seed, epoch, index)`` (:class:`ReadableSamples`). ``stream``: the
+    options of an ``"hfids/<name>"`` spec, read in streaming mode (:func:`stream_options`, :mod:`.streams`)."""
     if data in (None, DIGITS):
         size = image_size or DIGITS_SIZE
         return DataBundle(DigitsDataset("train", size), DigitsDataset("val", size), 10,
@@ -318,6 +335,9 @@ def build_data(data: Optional[str], image_size: int, data_config: Dict[str, Any]
             raise DataError(f"data: {data} needs --data-dir, the folder that holds its tar shards and _info.json")
         root = Path(data_dir) if prefix else Path(data)
         return _build_shards(root, data, {"train": train_split, "val": val_split}, transforms, input_size, seed)
+    if prefix == "hfids":
+        return _build_stream(data, data_dir, {"train": train_split, "val": val_split}, transforms, input_size, seed,
+                             stream or {})
     if prefix is not None:
         return _build_spec(data, prefix, data_dir, {"train": train_split, "val": val_split}, download, transforms,
                            input_size, seed)
@@ -375,6 +395,25 @@ def _build_shards(root: Path, description: str, splits: Dict[str, str], transfor
     return DataBundle(datasets["train"], datasets["val"], len(classes), classes, description, input_size)
 
 
+def _build_stream(spec: str, data_dir: Optional[str], splits: Dict[str, str], transforms: Dict[str, Any],
+                  input_size: Tuple[int, int, int], seed: Optional[int], options: Dict[str, Any]) -> DataBundle:
+    """The splits of a Hugging Face dataset read in streaming mode (``hfids/<name>``, :mod:`.streams`)."""
+    from .streams import DEFAULT_SHUFFLE_SIZE, StreamSamples, StreamSplit
+
+    name = spec.partition("/")[2]
+    lengths = options.get("lengths") or {}
+    datasets: Dict[str, Any] = {}
+    for split, split_name in splits.items():
+        stream = StreamSplit(name, split_name, data_dir, lengths.get(split), options.get("input_key", "image"),
+                             options.get("target_key", "label"), options.get("shuffle_size", DEFAULT_SHUFFLE_SIZE),
+                             length_option=f"--{split}-num-samples")
+        datasets[split] = StreamSamples(stream, transforms[split], seed if split == "train" else None)
+    classes = datasets["train"].classes
+    if datasets["val"].classes != classes:
+        raise DataError(f"data: {spec} has other classes in split {splits['val']!r} than in {splits['train']!r}")
+    return DataBundle(datasets["train"], datasets["val"], len(classes), classes, spec, input_size)
+
+
 def _spec_classes(dataset: Any, spec: str) -> List[str]:
     classes = getattr(dataset, "classes", None)
     if classes is None:
@@ -390,9 +429,8 @@ def _build_spec(spec: str, prefix: str, data_dir: Optional[str], splits: Dict[st
                 transforms: Dict[str, Any], input_size: Tuple[int, int, int], seed: Optional[int] = None
                 ) -> DataBundle:
     if prefix in STREAMING_PREFIXES:
-        raise DataError(f"data: {spec} is a streaming dataset ({prefix}/), which has no length or random access; "
-                        "vithub train needs both for its exact resume. Use an image folder, torch/<name> or "
-                        "hfds/<name>")
+        raise DataError(f"data: {spec} is a TensorFlow dataset stream ({prefix}/), which vithub train does not read; "
+                        "use an image folder, tar shards, torch/<name>, hfds/<name> or hfids/<name>")
     if not data_dir:
         raise DataError(f"data: {spec} needs --data-dir, the folder that holds its files (or where "
                         "--dataset-download should put them)")

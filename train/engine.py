@@ -46,6 +46,7 @@ from .checkpoint import (
 from .config import RESUME_FIXED, TrainConfig, scaled_lr
 from .data import DataBundle, DataError, UnreadableLimit
 from .loader import CurrentEpoch, KeyedByEpoch, data_loader, default_workers
+from .streams import StreamSamples
 from .reporting import WandbRun, require_wandb, write_curves
 from .tasks import ClassificationTask, LossFn, Task, TrainingError, get_task
 
@@ -285,7 +286,8 @@ def setup(config: TrainConfig, task: Task, device: torch.device, rank: int = 0, 
                                  verbose=rank == 0)
     train_loader = data_loader(KeyedByEpoch(data.train), config, device, task.collate_fn,
                                batch_sampler=CurrentEpoch())
-    val_loader = data_loader(data.val, config, device, task.collate_fn, batch_size=config.batch_size)
+    val_loader = data_loader(data.val, config, device, task.collate_fn, batch_size=config.batch_size,
+                             batch_sampler=_in_order(data.val, config.batch_size))
     return Run(config, task, device, rank, world, output, data, model, step_model, optimizer, scheduler, ema, scaler,
                task.training_loss(config, data), total_batches, unreadable, groups=groups, train_loader=train_loader,
                val_loader=val_loader)
@@ -311,6 +313,8 @@ def resume(run: Run, path: Path) -> None:
     run.progress = Progress(state["epoch"], state["batch_in_epoch"], state["num_updates"], state["history"],
                             state["best"], epoch_loss=tuple(state["epoch_loss"]), wandb_id=state.get("wandb_id"),
                             epoch_wait=tuple(state.get("epoch_wait", (0.0, 0.0))))
+    if isinstance(run.data.train, StreamSamples):
+        run.data.train.check_position(state.get("stream"), path)
     for split, items in state.get("unreadable", {}).items():
         run.unreadable.restore(split, items)
     set_rng_state(state["rng"])
@@ -331,11 +335,15 @@ def start_logging(run: Run) -> None:
 
 def prepare_epoch(run: Run) -> None:
     """Hand the training loader this process's batches of epoch ``run.progress.epoch``, from the batch a resumed
-    epoch stopped at (:class:`EpochBatches`)."""
+    epoch stopped at (:class:`EpochBatches`; a streamed split's own, :mod:`vithub.train.streams`)."""
     config, progress = run.config, run.progress
-    sampler = EpochBatches(len(run.data.train), config.batch_size, config.seed, progress.epoch,
-                           progress.batch_in_epoch, run.rank, run.world, run.groups, config.aug_repeats)
-    run.train_loader.batch_sampler.set(progress.epoch, sampler.batches)
+    if isinstance(run.data.train, StreamSamples):  # a stream has no random access: its batches come in its order
+        batches: Any = run.data.train.epoch_batches(progress.epoch, config.batch_size, run.batches_per_epoch,
+                                                    progress.batch_in_epoch, run.rank, run.world, config.aug_repeats)
+    else:
+        batches = EpochBatches(len(run.data.train), config.batch_size, config.seed, progress.epoch,
+                               progress.batch_in_epoch, run.rank, run.world, run.groups, config.aug_repeats).batches
+    run.train_loader.batch_sampler.set(progress.epoch, batches)
 
 
 def train_one_epoch(run: Run, show_progress: bool = False) -> None:
@@ -464,6 +472,9 @@ def save_checkpoint(run: Run, tag: str) -> None:
         "epoch_wait": list(progress.epoch_wait), "world_size": run.world,
         "unreadable": run.unreadable.state(), "wandb_id": progress.wandb_id,
         "model": run.config.model, "num_classes": run.data.num_classes, "classes": run.data.classes,
+        "stream": (run.data.train.position(progress.epoch, progress.batch_in_epoch, run.config.batch_size, run.world,
+                                           run.config.aug_repeats)
+                   if isinstance(run.data.train, StreamSamples) else None),
     })
 
 
@@ -512,13 +523,20 @@ def validate(model_name: Optional[str], checkpoint: Optional[str], data: Optiona
     if checkpoint:
         _load_initial(model, checkpoint)
     torch_device = _device(config)
-    loader = DataLoader(bundle.val, batch_size=config.batch_size, shuffle=False, collate_fn=chosen.collate_fn)
+    in_order = _in_order(bundle.val, config.batch_size)
+    loader = (DataLoader(bundle.val, batch_sampler=in_order, collate_fn=chosen.collate_fn) if in_order is not None
+              else DataLoader(bundle.val, batch_size=config.batch_size, shuffle=False, collate_fn=chosen.collate_fn))
     unreadable = UnreadableLimit({"val": len(bundle.val)}, max_unreadable)
     metrics = chosen.evaluate(model.to(torch_device), loader, torch_device, unreadable=unreadable)
     return dict(metrics, unreadable_images=unreadable.counts()["val"])
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
+
+def _in_order(dataset: Any, batch_size: int) -> Optional[Any]:
+    """A streamed split's in-order batches (it has no indices to batch); ``None`` for any other dataset."""
+    return dataset.in_order_batches(batch_size) if isinstance(dataset, StreamSamples) else None
+
 
 def _amp_enabled(config: TrainConfig, device: torch.device) -> bool:
     """Mixed precision is CUDA-only: elsewhere ``amp`` is ignored and the run is fp32."""

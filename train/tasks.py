@@ -41,7 +41,8 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
 from .config import DEFAULT_MODEL, SCHEDULE_DEFAULTS, TASK_DEFAULTED, TrainConfig
-from .data import DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable, train_augmentation
+from .data import (DIGITS, DIGITS_SIZE, DataBundle, UnreadableLimit, build_data, collate_readable, stream_options,
+                   train_augmentation)
 from .distillation import build_teacher, distillation_kind, distilling_loss, has_distillation_head
 
 _logger = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ class ClassificationTask(Task):
     def build_data(self, config: TrainConfig) -> DataBundle:
         return build_data(config.data, config.img_size or 0, data_config_for(config), config.data_dir,
                           config.train_split, config.val_split, config.dataset_download, train_augmentation(config),
-                          config.seed)
+                          config.seed, stream_options(config))
 
     def build_model(self, config: TrainConfig, data: DataBundle) -> torch.nn.Module:
         kwargs: Dict[str, Any] = {"num_classes": data.num_classes}
