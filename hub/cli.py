@@ -159,8 +159,10 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             print(f"vithub: error: {error}", file=sys.stderr)
             return 2
         return 0
+    models = {name: str(recipe.values.get("model", "-")) for name, recipe in RECIPES.items()}
+    name_width, model_width = (max(map(len, column)) + 2 for column in (models, models.values()))
     for name in sorted(RECIPES):
-        print(f"{name:<20}{RECIPES[name].values.get('model', '-'):<22}{RECIPES[name].description}")
+        print(f"{name:<{name_width}}{models[name]:<{model_width}}{RECIPES[name].description}")
     return 0
 
 

@@ -29,7 +29,9 @@ def test_every_recipe_is_a_valid_configuration_with_a_source_for_each_value(name
     applied = apply_recipe(TrainConfig(recipe=name))
     assert all(getattr(applied, option) == value for option, value in recipe.values.items())
     assert applied.recipe_applied == name and applied.recipe is None
-    resolve_config(TrainConfig(recipe=name)).check()  # a valid run configuration
+    given = {option: "weights.safetensors" for option in recipe.requires}  # a fine-tune's starting weights
+    assert set(given) <= OPTION_NAMES
+    resolve_config(TrainConfig(recipe=name, **given)).check()  # a valid run configuration
 
 
 def test_nat_tiny_recipe_holds_the_official_values():
@@ -105,3 +107,28 @@ def test_efficientvit_b1_lr_is_base_lr_times_processes_and_fastervit_keeps_its_l
     assert b1.lr == pytest.approx(2.5e-4 * 8) and b1.bce_loss and (b1.mixup, b1.cutmix) == (0.1, 0.1)
     faster = resolve_config(TrainConfig(recipe="fastervit_0_in1k"))
     assert (faster.lr, faster.total_epochs, faster.model_ema_decay, faster.drop_path) == (5e-3, 320, 0.9998, 0.2)
+
+
+def test_fine_tuning_recipes_hold_the_official_values_and_need_their_starting_weights(monkeypatch, capsys):
+    """Swin's fine-tune configs (30 epochs, warmup 5, wd 1e-8, lr 2e-5 / warmup 2e-8 / min 2e-7 per 512, scaled by
+    8 x 128 to 4e-5, 4e-8, 4e-7) and DeiT's README command (16 GPUs x 32 at lr 5e-6: 5e-6 again); without the
+    starting weights a recipe that needs them stops with exit 2 naming the option."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    weights = {"pretrained_path": "weights.safetensors"}
+    tiny = resolve_config(TrainConfig(recipe="swin_tiny_22kto1k_ft", **weights))
+    assert (tiny.model, tiny.epochs, tiny.warmup_epochs, tiny.weight_decay, tiny.drop_path) == (
+        "vh_swin_tiny_patch4_window7_224", 30, 5, 1e-8, 0.1)
+    assert (tiny.lr, tiny.warmup_lr, tiny.min_lr) == pytest.approx((4e-5, 4e-8, 4e-7))
+    base = resolve_config(TrainConfig(recipe="swin_base_384_ft_in1k", **weights))
+    base22k = resolve_config(TrainConfig(recipe="swin_base_384_22kto1k_ft", **weights))
+    assert (base.model, base.drop_path, base22k.drop_path) == ("vh_swin_base_patch4_window12_384", 0.5, 0.2)
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    deit = resolve_config(TrainConfig(recipe="deit_base_384_ft_in1k", **weights))
+    assert (deit.model, deit.batch_size, deit.epochs, deit.weight_decay, deit.min_lr, deit.aug_repeats) == (
+        "deit_base_patch16_384", 32, 30, 1e-8, 5e-6, 3)
+    assert deit.lr == pytest.approx(5e-6)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli.main(["train", "--recipe", "swin_base_384_ft_in1k", "--epochs", "1"]) == 2
+    assert "recipe swin_base_384_ft_in1k needs --pretrained-path: the Swin-B 224 px" in capsys.readouterr().err
+    assert cli.main(["recipes", "swin_tiny_22kto1k_ft"]) == 0
+    assert "pretrained_path" in json.loads(capsys.readouterr().out)["requires"]

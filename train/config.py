@@ -32,6 +32,14 @@ class TrainConfig:
     recipe_applied: Optional[str] = option(None, "the recipe whose values this config holds", cli=False)
     model: Optional[str] = option(None, "any timm model name (ours: vh_*)")
     pretrained: bool = option(False, "start from the model's pretrained weights")
+    pretrained_path: Optional[str] = option(
+        None, "start from these weights (.safetensors or a weights-only torch file, the model's own or its official "
+        "layout) read as its pretrained weights are: position tables resized to this model's input and window, the "
+        "classifier kept when its classes match the data's, else started fresh (timm's --pretrained-path; the "
+        "fine-tuning recipes start this way)")
+    pretrained_head_rows: Optional[str] = option(
+        None, "with --pretrained-path: a text file of the checkpoint's classifier rows for the data's classes, one "
+        "index per line (Swin's map22kto1k.txt for 22k weights fine-tuned on 1k classes)")
     initial_checkpoint: Optional[str] = option(
         None, "start from these weights (.safetensors or a weights-only torch file)")
     data: Optional[str] = option(
@@ -187,6 +195,12 @@ class TrainConfig:
             if value is not None and (len(value) != 2 or (name != "opt_betas" and value[0] > value[1])):
                 raise ValueError(f"{name} takes two numbers" + ("" if name == "opt_betas" else " MIN MAX, MIN <= MAX")
                                  + f", got {list(value)}")
+        if self.recipe_applied:
+            from .recipes import get_recipe
+
+            get_recipe(self.recipe_applied).check(self)
+        if self.pretrained_head_rows and not self.pretrained_path:
+            raise ValueError("pretrained_head_rows picks rows of the classifier in --pretrained-path; give that too")
         if (self.distillation or self.teacher_pretrained or self.teacher_checkpoint) and not self.teacher:
             raise ValueError("distillation, teacher_pretrained and teacher_checkpoint need a teacher (--teacher MODEL)")
         if not 0.0 <= self.distillation_alpha <= 1.0:

@@ -183,6 +183,70 @@ def optimizer_options(config: TrainConfig) -> Dict[str, Any]:
     return options
 
 
+def model_from_weights(name: str, path: str, head_rows: Optional[str] = None, **kwargs: Any) -> torch.nn.Module:
+    """timm model ``name`` (with ``kwargs``) starting from the weights in ``path``, loaded the way its pretrained
+    weights are: timm's pretrained loading and the model's checkpoint filter (official layouts converted, position
+    embeddings and bias tables resized to this model's input and window; a checkpoint's EMA weights when it holds
+    them). The classifier is kept when its shape fits and started fresh when only its class count differs; any
+    other mismatch is an error naming the keys. ``head_rows``: a text file of classifier row indices, one per line,
+    that picks the checkpoint's rows for the data's classes (Swin's ``map22kto1k.txt`` for a 22k checkpoint
+    fine-tuned on 1k classes). Files load as safetensors or with ``weights_only=True``."""
+    import re
+
+    if not Path(path).is_file():
+        raise ValueError(f"pretrained_path: {path} is not a file (expected .safetensors or a weights-only torch file)")
+    try:
+        state = timm.models.load_state_dict(str(path))  # safetensors, or torch.load(weights_only=True)
+    except Exception as error:
+        raise ValueError(f"pretrained_path: cannot read {path}: {error}") from error
+    heads = getattr(timm.models.get_pretrained_cfg(name), "classifier", None) or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    if head_rows:
+        state = _pick_head_rows(state, heads, head_rows, kwargs.get("num_classes", 1000))
+    try:  # this model's class count as the file's: timm keeps the classifier and loads strictly
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={
+            "state_dict": dict(state), "num_classes": kwargs.get("num_classes", 1000)}, **kwargs)
+    except RuntimeError as error:
+        message = str(error)
+        if "Error(s) in loading state_dict" not in message:
+            raise ValueError(f"pretrained_path: cannot load {path} into {name}: {message}") from error
+    mismatched = re.findall(r"size mismatch for ([\w.]+):", message)
+    other = [key for key in mismatched if key.rsplit(".", 1)[0] not in heads]
+    if other or not mismatched or "Missing key(s)" in message or "Unexpected key(s)" in message:
+        raise ValueError(f"pretrained_path: {path} does not fit {name} beyond its classifier: "
+                         f"{message.partition(':')[2].strip()[:2000]}")
+    _logger.info("pretrained_path: the classifier of %s has another class count; it starts fresh", path)
+    # a class count unlike the model's makes timm drop the classifier keys (every other key was shown to fit)
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": dict(state),
+                                                                           "num_classes": -1}, **kwargs)
+
+
+def _pick_head_rows(state: Dict[str, torch.Tensor], heads: Sequence[str], rows_file: str, num_classes: int
+                    ) -> Dict[str, torch.Tensor]:
+    """``state`` with the classifier's rows (its timm name, or ``head`` as official layouts name it) cut to the
+    indices listed in ``rows_file``."""
+    path = Path(rows_file)
+    if not path.is_file():
+        raise ValueError(f"pretrained_head_rows: {rows_file} is not a file (one classifier row index per line)")
+    try:
+        rows = [int(line) for line in path.read_text().split()]
+    except ValueError as error:
+        raise ValueError(f"pretrained_head_rows: {rows_file} holds something other than row indices: {error}") from None
+    if len(rows) != num_classes:
+        raise ValueError(f"pretrained_head_rows: {rows_file} lists {len(rows)} rows for {num_classes} classes")
+    names = set(heads) | {"head"}
+    keys = [key for key in state if key.rsplit(".", 1)[0] in names and key.rsplit(".", 1)[-1] in ("weight", "bias")]
+    if not keys:
+        raise ValueError(f"pretrained_head_rows: the checkpoint has no classifier named {sorted(names)}")
+    picked = dict(state)
+    for key in keys:
+        count = state[key].shape[0]
+        if not all(0 <= row < count for row in rows):
+            raise ValueError(f"pretrained_head_rows: {rows_file} has rows outside the checkpoint's {count} classes")
+        picked[key] = state[key][rows]
+    return picked
+
+
 def mixup_for(config: TrainConfig, num_classes: int) -> Optional[Mixup]:
     """timm's ``Mixup`` for the run (``--mixup``, ``--cutmix``, ``--cutmix-minmax``, ``--mixup-prob``,
     ``--mixup-switch-prob``, ``--mixup-mode``; label smoothing goes into its soft targets), or ``None`` when off."""
@@ -263,7 +327,10 @@ class ClassificationTask(Task):
             kwargs["drop_rate"] = config.drop
         if config.drop_path is not None:
             kwargs["drop_path_rate"] = config.drop_path
-        model = timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
+        if config.pretrained_path:
+            model = model_from_weights(config.model, config.pretrained_path, config.pretrained_head_rows, **kwargs)
+        else:
+            model = timm.create_model(config.model, pretrained=config.pretrained, **kwargs)
         if config.teacher and has_distillation_head(model):  # train mode returns (class, distillation) logits
             model.set_distilled_training(True)
         model = apply_model_transform("token_reduction", model, config.token_reduction)

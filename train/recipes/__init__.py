@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Collection, Dict, Optional
 
 from ..config import TrainConfig
@@ -21,10 +21,18 @@ class Recipe:
     values: Dict[str, Any]
     sources: Dict[str, str]  # option name (or "*" for all the rest) -> repository, file and commit
     notes: str = ""
+    # options the user must give (a fine-tuning recipe's starting weights) -> what to give
+    requires: Dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "description": self.description, "values": dict(self.values),
-                "sources": dict(self.sources), "notes": self.notes}
+                "sources": dict(self.sources), "notes": self.notes, "requires": dict(self.requires)}
+
+    def check(self, config: TrainConfig) -> None:
+        """Raise ``ValueError`` naming each option this recipe needs that ``config`` leaves unset."""
+        for name, what in self.requires.items():
+            if not getattr(config, name):
+                raise ValueError(f"recipe {self.name} needs --{name.replace('_', '-')}: {what}")
 
 
 def _load() -> Dict[str, Recipe]:
