@@ -221,3 +221,11 @@ def test_stream_records_reach_the_transform_decoded(stream_root):
     image, label = samples[item]
     again, _ = samples[item]
     assert image.shape == (3, 16, 16) and torch.equal(image, again) and label == item.record["label"]
+
+
+def test_validate_reads_a_streamed_validation_split(stream_root):
+    from vithub.train.engine import validate
+
+    metrics = validate("vh_efficientvit_m0", None, f"hfids/{stream_root}", batch_size=4, img_size=16)
+    assert set(metrics) >= {"top1", "top5", "unreadable_images"} and metrics["unreadable_images"] == 0
+    assert 0.0 <= metrics["top1"] <= 100.0
