@@ -12,7 +12,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, register_notrace_f
 
 from vithub.kernels import constant_tensors, gather_table_bias
 
-from ._cpu_paths import pointwise_path
+from ._cpu_paths import fold_path, pointwise_path
 
 
 def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
@@ -235,7 +235,67 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int = 1, stride: in
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
 
 
-class FusableConvNorm(nn.Module):
+class FoldsNormInEval(nn.Module):
+    """A layer (attribute :attr:`CONV`) followed by BatchNorm (``bn``) whose ``fused()`` computes both in eval mode.
+
+    Eval-mode inference on CPU (no autograd through the norm) runs the fused layer, one op instead of two, where that
+    measures faster than the pair on the running machine (:func:`vithub.backbones._cpu_paths.fold_path`, kind
+    ``norm_fold``; the pair is the twin's path). The fused layer is cached and rebuilt when a weight or statistic
+    changes (each tensor's storage and version), so loading weights or training in between never runs stale
+    weights. Training, autograd, graphs and exports take the pair. Outputs match the pair's to float rounding.
+    """
+
+    CONV = "linear"
+
+    def fused(self) -> nn.Module:
+        raise NotImplementedError
+
+    def separate(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer then the norm (each subclass names its layer: TorchScript reads no ``getattr``)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            fused = self.folded_for(x)
+            if fused is not None:
+                return fused(x)
+        return self.separate(x)
+
+    def folded_for(self, x: torch.Tensor) -> Optional[nn.Module]:
+        """The cached fused layer to run on ``x``, or ``None`` when the pair must run (or measured faster)."""
+        if self.training:
+            return None
+        norm = self._modules["bn"]
+        if torch.is_grad_enabled() and norm._parameters["weight"].requires_grad:
+            return None
+        layer = self._modules[self.CONV]
+        if fold_path(self, x, lambda: {"separate": lambda: self.separate(x),
+                                       "folded": lambda: self._cached_fused()(x)},
+                     layer.weight.shape) != "folded":
+            return None
+        return self._cached_fused()
+
+    def _cached_fused(self) -> nn.Module:
+        layer, norm = self._modules[self.CONV], self._modules["bn"]
+        weight, bias = layer._parameters["weight"], layer._parameters.get("bias")
+        scale, shift = norm._parameters["weight"], norm._parameters["bias"]
+        mean, var = norm._buffers["running_mean"], norm._buffers["running_var"]
+        # the tensors, their storage and versions: loading weights (in place) or moving the module changes one
+        stamp = (weight._version, scale._version, shift._version, mean._version, var._version,
+                 0 if bias is None else bias._version, weight.data_ptr(), var.data_ptr())
+        cached = self.__dict__.get("_fold_cache")  # a plain attribute: not a submodule, not in the state dict
+        if cached is not None and cached[1] == stamp:
+            held = cached[0]
+            if (held[0] is weight and held[1] is bias and held[2] is scale and held[3] is shift and held[4] is mean
+                    and held[5] is var):
+                return cached[2]
+        with constant_tensors():  # normal tensors even under inference_mode
+            fused = self.fused().requires_grad_(False)
+        self.__dict__["_fold_cache"] = ((weight, bias, scale, shift, mean, var), stamp, fused)
+        return fused
+
+
+class FusableConvNorm(FoldsNormInEval):
     """Conv without bias followed by BatchNorm2d (timm's ``ConvNorm`` layout: ``<conv>``, ``bn``); ``fused()``
     returns the single biased conv that computes the same in eval mode."""
 

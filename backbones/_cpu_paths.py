@@ -33,6 +33,7 @@ ROUNDS = 5  # timed rounds per candidate, interleaved, after one warm-up call ea
 _clock: Callable[[], float] = time.perf_counter  # seconds; tests put a deterministic clock here
 
 _choices: Dict[Tuple[str, Hashable, int], str] = {}
+_generation = 0  # bumped by clear_choices(): the per-module memos of older generations are stale
 _lock = threading.RLock()  # re-entrant: a whole-forward candidate makes its layers' choices inside the timing
 _measuring = threading.local()
 
@@ -115,9 +116,30 @@ def pointwise_path(conv: torch.nn.Conv2d, x: torch.Tensor) -> str:
     channels-last map ``x``: timed per shape on eager CPU runs, ``"linear"`` elsewhere (GPU, graphs)."""
     if not measuring_allowed(x):
         return pinned("pointwise", ("conv", "linear"), "conv", "linear") or "linear"
-    key = (x.shape, x.stride(), x.dtype, conv.out_channels)
-    return choose_path("pointwise", key, lambda: {"conv": lambda: conv._conv_forward(x, conv.weight, conv.bias),
-                                                  "linear": lambda: conv.as_linear(x)}, baseline="conv", ours="linear")
+
+    def decide() -> str:
+        key = (x.shape, x.stride(), x.dtype, conv.out_channels)
+        return choose_path("pointwise", key, lambda: {"conv": lambda: conv._conv_forward(x, conv.weight, conv.bias),
+                                                      "linear": lambda: conv.as_linear(x)},
+                           baseline="conv", ours="linear")
+
+    return memoized(conv, "_pointwise_memo", x, decide)
+
+
+def fold_path(layer: torch.nn.Module, x: torch.Tensor, candidates: Callable[[], Mapping[str, Callable[[], Any]]],
+              weight_shape: Tuple[int, ...] = ()) -> str:
+    """``"folded"`` (the layer with its BatchNorm folded in, one op) or ``"separate"`` (the layer then the
+    BatchNorm, the twin's path) for ``layer`` on ``x`` in eval-mode inference: timed per layer kind, weight shape and
+    input shape on eager CPU runs (``candidates`` makes the two calls, only to time), ``"separate"`` elsewhere
+    (compiled, exported, traced or on GPU, pinned or not)."""
+    if not measuring_allowed(x):  # graphs keep the pair whatever the pin: their folding is the compiler's
+        return "separate"
+
+    def decide() -> str:
+        key = (type(layer).__name__, tuple(weight_shape), x.shape, x.stride(), x.dtype)
+        return choose_path("norm_fold", key, candidates, baseline="separate", ours="folded")
+
+    return memoized(layer, "_fold_memo", x, decide)
 
 
 def input_format(model: torch.nn.Module, x: torch.Tensor, body: Callable[[torch.Tensor], Any]
@@ -159,6 +181,22 @@ def chosen_paths() -> Dict[str, Dict[str, int]]:
 
 
 def clear_choices() -> None:
-    """Forget every choice (they are timed again on next use)."""
+    """Forget every choice, the modules' memos included (they are timed, and the pins read, again on next use)."""
+    global _generation
     with _lock:
         _choices.clear()
+        _generation += 1
+
+
+def memoized(owner: torch.nn.Module, slot: str, x: torch.Tensor, decide: Callable[[], str]) -> str:
+    """``decide()``, remembered on ``owner`` (attribute ``slot``) for inputs of ``x``'s shape, strides and dtype at
+    this thread count until :func:`clear_choices`: a layer called again on the same shape skips the pin, key and
+    cache lookups of :func:`choose_path` (these layers run hundreds of times per forward)."""
+    memo = owner.__dict__.get(slot)
+    shape, stride, threads = x.shape, x.stride(), torch.get_num_threads()
+    if (memo is not None and memo[0] == _generation and memo[1] == threads and memo[2] == shape
+            and memo[3] == stride and memo[4] is x.dtype):
+        return memo[5]
+    choice = decide()
+    owner.__dict__[slot] = (_generation, threads, shape, stride, x.dtype, choice)
+    return choice

@@ -62,7 +62,7 @@ class ConvNorm(FusableConvNorm):
         self.bn = nn.BatchNorm2d(out_chs)
         nn.init.constant_(self.bn.weight, bn_weight_init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def separate(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
 
 

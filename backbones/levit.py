@@ -31,6 +31,7 @@ from vithub.kernels import table_bias_attention
 from ._common import (
     placed_like,
     BiasTableMixin,
+    FoldsNormInEval,
     FusableConvNorm,
     NormLinear,
     SequentialStage,
@@ -61,12 +62,12 @@ class ConvNorm(FusableConvNorm):
         self.bn = nn.BatchNorm2d(out_chs)
         nn.init.constant_(self.bn.weight, bn_weight_init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def separate(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.linear(x))
 
 
 @register_notrace_module
-class LinearNorm(nn.Module):
+class LinearNorm(FoldsNormInEval):
     """Linear (no bias) on the last dim + BatchNorm over channels (all leading dims are samples)."""
 
     def __init__(self, in_features: int, out_features: int, bn_weight_init: float = 1.0) -> None:
@@ -75,7 +76,7 @@ class LinearNorm(nn.Module):
         self.bn = nn.BatchNorm1d(out_features)
         nn.init.constant_(self.bn.weight, bn_weight_init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def separate(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.linear(x.flatten(0, -2))).unflatten(0, x.shape[:-1])
 
     def fused(self) -> nn.Module:

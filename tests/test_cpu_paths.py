@@ -4,6 +4,7 @@ path runs, and VITHUB_CPU_PATHS pins a path."""
 
 from __future__ import annotations
 
+import copy
 
 import pytest
 import torch
@@ -119,8 +120,10 @@ def test_pointwise_conv_gives_the_same_output_on_either_path(monkeypatch):
     outputs = {}
     for path in ("conv", "linear"):
         monkeypatch.setenv(_cpu_paths.PIN_ENV, f"pointwise={path}")
+        _cpu_paths.clear_choices()  # layers remember their choice until then
         outputs[path] = conv(x)
     monkeypatch.delenv(_cpu_paths.PIN_ENV)
+    _cpu_paths.clear_choices()
     torch.testing.assert_close(outputs["conv"], outputs["linear"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv(x), outputs["conv"], rtol=1e-5, atol=1e-5)
     assert sum(_cpu_paths.chosen_paths()["pointwise"].values()) == 1
@@ -134,6 +137,7 @@ def test_models_give_the_same_output_on_every_path(name, monkeypatch):
     with torch.no_grad():
         for pin in ("twin", "vithub", ""):
             monkeypatch.setenv(_cpu_paths.PIN_ENV, pin)
+            _cpu_paths.clear_choices()
             outputs[pin or "measured"] = model(images)
     for key in ("vithub", "measured"):
         torch.testing.assert_close(outputs[key], outputs["twin"], rtol=1e-5, atol=1e-5)
@@ -144,3 +148,101 @@ def test_training_keeps_channels_last_without_timing():
     model = contract.make_model("vh_efficientvit_m0").train()
     model(contract.random_images(2, (64, 64))).sum().backward()
     assert "input_format" not in _cpu_paths.chosen_paths()
+
+
+def _conv_norm():
+    from vithub.backbones.efficientvit_msra import ConvNorm
+
+    torch.manual_seed(0)
+    layer = ConvNorm(12, 20, 3, 1, 1)
+    with torch.no_grad():  # statistics unlike the defaults, so that folding them in changes the weights
+        layer.bn.running_mean.uniform_(-1, 1)
+        layer.bn.running_var.uniform_(0.5, 2)
+        layer.bn.weight.uniform_(0.5, 1.5)
+        layer.bn.bias.uniform_(-1, 1)
+    return layer
+
+
+def test_eval_inference_runs_the_folded_layer_equal_to_the_pair(monkeypatch):
+    monkeypatch.setenv(_cpu_paths.PIN_ENV, "norm_fold=folded")
+    layer = _conv_norm().eval()
+    x = torch.randn(2, 12, 9, 9)
+    with torch.no_grad():
+        folded = layer(x)
+        separate = layer.separate(x)
+    assert "_fold_cache" in layer.__dict__  # the fused conv ran
+    torch.testing.assert_close(folded, separate, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(folded, layer.conv(x).detach())  # the norm is in it
+    assert set(layer.state_dict()) == {"conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+                                       "bn.num_batches_tracked"}
+    assert len(list(layer.parameters())) == 3
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), separate, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_layer_follows_new_weights_and_training_and_autograd_take_the_pair(monkeypatch):
+    monkeypatch.setenv(_cpu_paths.PIN_ENV, "norm_fold=folded")
+    layer = _conv_norm().eval()
+    x = torch.randn(2, 12, 9, 9)
+    with torch.no_grad():
+        layer(x)
+        other = _conv_norm()
+        with torch.no_grad():
+            other.conv.weight.mul_(-2.0)
+            other.bn.running_var.mul_(3.0)
+        layer.load_state_dict(other.state_dict())  # in place: the versions change, the cache is rebuilt
+        torch.testing.assert_close(layer(x), layer.separate(x), rtol=1e-5, atol=1e-5)
+        layer.bn.running_mean.add_(1.0)
+        torch.testing.assert_close(layer(x), layer.separate(x), rtol=1e-5, atol=1e-5)
+    out = layer(x)  # autograd through the norm's parameters: the pair
+    out.sum().backward()
+    assert layer.bn.weight.grad is not None and layer.bn.bias.grad is not None
+    layer.train()
+    reference = copy.deepcopy(layer)
+    with torch.no_grad():  # training takes the pair (batch statistics), with or without autograd
+        trained = layer(x)
+        torch.testing.assert_close(trained, reference.separate(x), rtol=0, atol=0)
+        assert not torch.allclose(trained, layer.eval()(x), atol=1e-3)
+
+
+def test_the_pin_and_the_measurement_choose_the_fold(monkeypatch, _clock):
+    layer = _conv_norm().eval()
+    x = torch.randn(2, 12, 9, 9)
+    monkeypatch.setenv(_cpu_paths.PIN_ENV, "norm_fold=separate")
+    with torch.no_grad():
+        layer(x)
+    assert "_fold_cache" not in layer.__dict__
+    monkeypatch.delenv(_cpu_paths.PIN_ENV)
+    _cpu_paths.clear_choices()
+    calls = {"separate": 0, "folded": 0}
+    original = _cpu_paths.choose_path
+
+    def spy(kind, key, candidates, baseline, ours):  # time the real candidates on the fake clock: the pair slower
+        def timed(name, run):
+            def call():
+                calls[name] += 1
+                _clock.now += 0.002 if name == "separate" else 0.001
+                return run()
+            return call
+        made = candidates() if callable(candidates) else candidates
+        return original(kind, key, {name: timed(name, run) for name, run in made.items()}, baseline, ours)
+
+    monkeypatch.setattr(_cpu_paths, "choose_path", spy)
+    with torch.no_grad():
+        layer(x)
+        layer(x)  # remembered: not timed again
+    assert calls == {"separate": 1 + _cpu_paths.ROUNDS, "folded": 1 + _cpu_paths.ROUNDS}
+    assert _cpu_paths.chosen_paths()["norm_fold"] == {"folded": 1}
+    assert "_fold_cache" in layer.__dict__
+
+
+def test_scripted_and_traced_layers_take_the_pair():
+    layer = _conv_norm().eval()
+    x = torch.randn(2, 12, 9, 9)
+    scripted = torch.jit.script(layer)
+    traced = torch.fx.symbolic_trace(layer)
+    with torch.no_grad():
+        expected = layer.separate(x)
+        torch.testing.assert_close(scripted(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(traced(x), expected, rtol=1e-6, atol=1e-6)
+    assert [node.target for node in traced.graph.nodes if node.op == "call_module"] == ["conv", "bn"]
