@@ -6,9 +6,11 @@ a channels-last network), which one is faster depends on the CPU (Intel or AMD),
 faster and caches the choice for the process. The twin's path is the baseline: another path is taken only when it
 measured faster by a margin, so a choice is never the slower of the two by more than timing noise.
 
-``VITHUB_CPU_PATHS`` pins paths: ``"pointwise=conv,input_format=contiguous"`` (per kind), ``"twin"`` (every kind
-takes its baseline, the twin's path) or ``"vithub"`` (every kind takes vithub's path without timing); tests and
-reproducible benchmarks use it. :func:`chosen_paths` says what each kind chose (``vithub bench models`` records it).
+``VITHUB_CPU_PATHS`` pins paths: ``"pointwise=conv,norm_fold=separate,input_format=contiguous"`` (per kind),
+``"twin"`` (every kind takes its baseline, the twin's path) or ``"vithub"`` (every kind takes vithub's path without
+timing); tests and reproducible benchmarks use it. It is read when a choice is made; layers remember their choices
+(:func:`memoized`) until :func:`clear_choices`. :func:`chosen_paths` says what each kind chose (``vithub bench
+models`` records it).
 Outside eager CPU runs (CUDA, ``torch.compile``, export, FX, TorchScript) callers take their static path.
 """
 

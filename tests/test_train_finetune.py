@@ -5,7 +5,6 @@ they do not, rows of a larger classifier picked by a file, and anything else tha
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import timm

@@ -29,8 +29,9 @@ RECIPE = Recipe(
     notes=("Starts from the Swin-B 224 px window-7 ImageNet-1k weights (--pretrained-path): the relative position "
            "bias tables are resized to window 12 by the model's checkpoint filter, as the official loader "
            "resizes them (bicubic); the classifier is kept. Evaluation resizes to 384 px without a crop (TEST.CROP: "
-           "False), as the model's data config (crop_pct 1.0) does. batch_size is per process; the lr, warmup lr and min "
-           "lr scale linearly by the global batch / 512. The official runs use CUDA AMP; pass --amp on a GPU."),
+           "False), as the model's data config (crop_pct 1.0) does. batch_size is per process; the lr, warmup lr "
+           "and min lr scale linearly by the global batch / 512. The official runs use CUDA AMP; pass --amp on a "
+           "GPU."),
     requires={"pretrained_path": "the Swin-B 224 px ImageNet-1k weights (swin_base_patch4_window7_224.pth from the "
                                  "official release, or a safetensors file of them)"},
 )
