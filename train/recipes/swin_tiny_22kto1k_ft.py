@@ -1,29 +1,20 @@
 """Swin-T fine-tuned on ImageNet-1k from its ImageNet-22k weights (Liu et al., "Swin Transformer", ICCV 2021)."""
 
 from . import Recipe
+from .swin_base_384_ft_in1k import RECIPE as _FINETUNE
 
 _REPO = "microsoft/Swin-Transformer"
 _COMMIT = "f82860bfb5225915aca09c3227159ee9e1df874d"
 _MODEL = f"{_REPO} configs/swin/swin_tiny_patch4_window7_224_22kto1k_finetune.yaml @ {_COMMIT}"
-_DEFAULTS = f"{_REPO} config.py (defaults) @ {_COMMIT}"
-_MAIN = f"{_REPO} main.py (linear scaling of lr, warmup lr and min lr by batch x GPUs / 512) @ {_COMMIT}"
 
 RECIPE = Recipe(
     name="swin_tiny_22kto1k_ft",
     description="Swin-T from ImageNet-22k weights, fine-tuned 30 epochs on ImageNet-1k (AdamW, lr 2e-5 per 512)",
-    values={
-        "model": "vh_swin_tiny_patch4_window7_224", "drop_path": 0.1,
-        "batch_size": 128, "epochs": 30, "warmup_epochs": 5, "weight_decay": 1e-8, "sched": "cosine",
-        "lr_base": 2e-5, "lr_base_size": 512, "lr_base_scale": "linear", "lr_base_bounds": True,
-        "warmup_lr": 2e-8, "min_lr": 2e-7, "clip_grad": 5.0,
-        "opt": "adamw", "opt_eps": 1e-8, "opt_betas": [0.9, 0.999], "momentum": 0.9,
-        "color_jitter": 0.4, "aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "remode": "pixel", "recount": 1,
-        "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch",
-        "smoothing": 0.1, "drop": 0.0, "train_interpolation": "bicubic", "seed": 0,
-    },
-    sources={"drop_path": _MODEL, "epochs": _MODEL, "warmup_epochs": _MODEL, "weight_decay": _MODEL,
-             "lr_base": _MODEL, "warmup_lr": _MODEL, "min_lr": _MODEL, "model": _MODEL, "lr_base_size": _MAIN,
-             "lr_base_scale": _MAIN, "lr_base_bounds": _MAIN, "*": _DEFAULTS},
+    # Swin's fine-tune configs set the same schedule (epochs, warmup, weight decay, lr, warmup lr, min lr) over the
+    # same config.py defaults; this one at 224 px, window 7, with its own stochastic depth
+    values=dict(_FINETUNE.values, model="vh_swin_tiny_patch4_window7_224", drop_path=0.1),
+    sources=dict(_FINETUNE.sources, **{name: _MODEL for name in (
+        "model", "drop_path", "epochs", "warmup_epochs", "weight_decay", "lr_base", "warmup_lr", "min_lr")}),
     notes=("Starts from the Swin-T ImageNet-22k weights (--pretrained-path; the official .pth or a safetensors "
            "file). The official loader (utils.py load_pretrained) keeps the 22k classifier's rows of the 1k "
            "classes, listed in the repository's data/map22kto1k.txt: give that file as --pretrained-head-rows to do "
