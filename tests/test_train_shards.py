@@ -20,7 +20,7 @@ from vithub import cli
 from vithub.train import DataError, TrainConfig, train
 from vithub.train.shards import INFO_FILE, ShardSplit, pack_image_folder
 
-SCRIPT = Path(__file__).parent / "shard_epoch_check.py"
+SCRIPT = Path(__file__).parent / "epoch_check.py"
 
 
 def _folder(root: Path, classes=("ant", "bee", "cat"), per_class: int = 6, size: int = 20) -> Path:

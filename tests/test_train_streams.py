@@ -24,7 +24,7 @@ from vithub.train import DataError, TrainConfig, train  # noqa: E402
 from vithub.train.checkpoint import load_state  # noqa: E402
 from vithub.train.streams import StreamBatches, StreamSamples, StreamSplit  # noqa: E402
 
-SCRIPT = Path(__file__).parent / "stream_epoch_check.py"
+SCRIPT = Path(__file__).parent / "epoch_check.py"
 CLASSES = ["ant", "bee", "cat"]
 
 

@@ -230,9 +230,9 @@ def scaled_lr(config: TrainConfig, world: int) -> float:
 
 
 # Settings that fix the data order and the update count: a resumed run must keep them to continue the same run.
-RESUME_FIXED = ("task", "model", "data", "train_split", "train_num_samples", "stream_shuffle_size", "batch_size", "grad_accum_steps", "seed", "epochs",
-                "img_size", "task_options", "token_reduction", "aug_repeats", "cooldown_epochs", "teacher",
-                "distillation", "distillation_alpha", "distillation_tau")
+RESUME_FIXED = ("task", "model", "data", "train_split", "train_num_samples", "stream_shuffle_size", "batch_size",
+                "grad_accum_steps", "seed", "epochs", "img_size", "task_options", "token_reduction", "aug_repeats",
+                "cooldown_epochs", "teacher", "distillation", "distillation_alpha", "distillation_tau")
 # Options whose default (None) means "the task's default" (Task.defaults).
 TASK_DEFAULTED = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "sched", "min_lr",
                   "decay_rate")

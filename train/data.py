@@ -92,8 +92,9 @@ def sample_rng(seed: int, epoch: int, index: int, copy: int = 0) -> Iterator[Non
     """Python's, NumPy's and torch's (CPU) global generators seeded from ``(seed, epoch, index)`` alone inside the
     block (and ``copy``, the copy number under repeated augmentation, when not 0). timm's transforms draw from
     those three, so an augmented sample is the same in any process, worker and order: the exact resume then holds
-    with loader workers (the workers' own generator states are not part of a checkpoint). In the training process the generators are restored after the block (mixup and dropout draw from
-    them); a loader worker's are its own and are left seeded."""
+    with loader workers (the workers' own generator states are not part of a checkpoint). In the training process
+    the generators are restored after the block (mixup and dropout draw from them); a loader worker's are its own
+    and are left seeded."""
     entropy = [seed, epoch, index] + ([copy] if copy else [])
     value = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
 

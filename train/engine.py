@@ -45,7 +45,7 @@ from .checkpoint import (
 )
 from .config import RESUME_FIXED, TrainConfig, scaled_lr
 from .data import DataBundle, DataError, UnreadableLimit
-from .loader import CurrentEpoch, KeyedByEpoch, data_loader, default_workers
+from .loader import CurrentEpoch, KeyedByEpoch, data_loader, default_workers, rank_share
 from .streams import StreamSamples
 from .reporting import WandbRun, require_wandb, write_curves
 from .tasks import ClassificationTask, LossFn, Task, TrainingError, get_task
@@ -74,7 +74,7 @@ class EpochBatches(Sampler):
             return
         global_batches = ([order[i:i + step] for i in range(0, size - step + 1, step)] if groups is None
                           else grouped_batches(order, groups, step))
-        self.batches = [batch[rank * batch_size:(rank + 1) * batch_size] for batch in global_batches][start:]
+        self.batches = [rank_share(batch, rank, world, batch_size) for batch in global_batches][start:]
 
     def __iter__(self):
         return iter(self.batches)
@@ -92,9 +92,9 @@ def repeated_batches(order: Sequence[int], repeats: int, batch_size: int, rank: 
     batches, of ``(index, copy)`` entries: the copy number keys the copy's own augmentation draws (the datasets
     draw from ``(seed, epoch, index, copy)``), since copies augmented alike would only repeat the image."""
     repeated = [(index, copy) for index in order for copy in range(repeats)]
-    mine = repeated[rank::world]
-    count = len(order) // (batch_size * world)
-    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(count)]
+    step = batch_size * world
+    return [rank_share(repeated[i * step:(i + 1) * step], rank, world, batch_size, repeats)
+            for i in range(len(order) // step)]
 
 
 def grouped_batches(order: Sequence[int], groups: Sequence[int], size: int) -> List[List[int]]:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["CurrentEpoch", "KeyedByEpoch", "MAX_DEFAULT_WORKERS", "data_loader", "default_workers"]
+__all__ = ["CurrentEpoch", "KeyedByEpoch", "MAX_DEFAULT_WORKERS", "data_loader", "default_workers", "rank_share"]
 
 MAX_DEFAULT_WORKERS = 8  # per process: more rarely helps decoding + augmentation keep up, and costs memory
 
@@ -26,6 +26,16 @@ def default_workers(data: Optional[str]) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, min(MAX_DEFAULT_WORKERS, cpus // local_processes))
+
+
+def rank_share(window: Sequence[Any], rank: int, world: int, batch_size: int, repeats: int = 0) -> List[Any]:
+    """Process ``rank``'s batch of one global batch ``window`` (``batch_size * world`` entries in the epoch's
+    order): its ``rank``-th slice, or under repeated augmentation (``repeats`` > 1, each image's copies in a row)
+    every ``world``-th entry from ``rank``, so the copies of one image go to different processes. Image folders,
+    shards and streams split their batches by this one rule."""
+    if repeats > 1:
+        return list(window[rank::world])
+    return list(window[rank * batch_size:(rank + 1) * batch_size])
 
 
 class KeyedByEpoch(Dataset):

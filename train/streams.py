@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .data import DECODE_ERRORS, DataError, ReadableSamples, Unreadable
+from .loader import rank_share
 
 __all__ = ["DEFAULT_SHUFFLE_SIZE", "StreamItem", "StreamSamples", "StreamSplit", "stream_length"]
 
@@ -217,10 +218,7 @@ class StreamBatches:
             if not window:
                 return
             if batch >= self.start:
-                if self.repeats > 1:
-                    yield window[self.rank::self.world]
-                else:
-                    yield window[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+                yield rank_share(window, self.rank, self.world, self.batch_size, self.repeats)
             batch += 1
             if len(window) < step:
                 return

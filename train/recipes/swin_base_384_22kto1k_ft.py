@@ -2,7 +2,7 @@
 Transformer", ICCV 2021)."""
 
 from . import Recipe
-from .swin_base_384_ft_in1k import RECIPE as _IN1K
+from .swin_base_384_ft_in1k import _FINETUNE, RECIPE as _IN1K
 
 _REPO = "microsoft/Swin-Transformer"
 _COMMIT = "f82860bfb5225915aca09c3227159ee9e1df874d"
@@ -13,8 +13,7 @@ RECIPE = Recipe(
     description="Swin-B 224 px ImageNet-22k weights fine-tuned 30 epochs on ImageNet-1k at 384 px, window 12",
     # the same as the 1k fine-tune but for the stochastic depth (both files set every value listed here)
     values=dict(_IN1K.values, drop_path=0.2),
-    sources=dict(_IN1K.sources, drop_path=_MODEL, model=_MODEL, epochs=_MODEL, warmup_epochs=_MODEL,
-                 weight_decay=_MODEL, lr_base=_MODEL, warmup_lr=_MODEL, min_lr=_MODEL),
+    sources=dict(_IN1K.sources, **{name: _MODEL for name in _FINETUNE}),
     notes=("Starts from the Swin-B ImageNet-22k weights (--pretrained-path): bias tables resized to window 12 by "
            "the model's checkpoint filter. The official loader keeps the 22k classifier's rows of the 1k classes "
            "(data/map22kto1k.txt in the repository): give that file as --pretrained-head-rows to do the same; "
