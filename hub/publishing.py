@@ -158,7 +158,22 @@ def model_card(model: torch.nn.Module, config: Mapping[str, Any], *, repo_id: Op
               f'classify = pipeline("image-classification", model="{hf_source}")', "```", ""]
     if repo_id:
         lines += ["Or from a shell: `vithub pull " + repo_id + "`.", ""]
+    method = (config.get("token_reduction") or {}).get("method")
+    if method in _TRAINING_NOTES:
+        lines += ["## Training", "", _TRAINING_NOTES[method], ""]
     return "\n".join(lines)
+
+
+# What a plain ``loss.backward()`` on the logits does not do for a token-reduced model (docs/token_reduction.md).
+_TRAINING_NOTES = {
+    "cropr": ("Token Cropr's routers learn only from their auxiliary classification heads: in train mode the model "
+              "keeps their logits in `model.token_reduction_aux_logits`, and the training loss is the task loss of "
+              "the main logits plus that of each auxiliary head (what `vithub train` does). A plain "
+              "`loss(model(x), y).backward()` leaves the routers without a gradient."),
+    "ltmp": ("The official LTMP recipe trains the thresholds only, against a FLOPs target: `vithub train` calls "
+             "`model.freeze_for_training()` and adds `model.token_reduction_losses`. Created as is, every parameter "
+             "is trainable."),
+}
 
 
 # --- pushing ------------------------------------------------------------------------------------------------------

@@ -118,6 +118,20 @@ def test_the_model_card_shows_both_ways_to_load(tmp_path):
     assert "AutoModelForImageClassification.from_pretrained(" in card and 'pipeline("image-classification"' in card
 
 
+def test_token_reduced_cards_say_how_their_reduction_trains(tmp_path):
+    """Cropr's routers get no gradient from a plain loss on the logits (timm's backward test exempts them): the card
+    says what trains them; LTMP's says what the official recipe freezes; a plain model's card has no such section."""
+    cropr = contract.make_model("vh_deit_tiny_patch16_224_cropr", num_classes=3)
+    save_pretrained(cropr, tmp_path / "cropr")
+    card = (tmp_path / "cropr" / "README.md").read_text()
+    assert "## Training" in card and "token_reduction_aux_logits" in card
+    ltmp = contract.make_model("vh_deit_tiny_patch16_224_ltmp", num_classes=3)
+    save_pretrained(ltmp, tmp_path / "ltmp")
+    assert "freeze_for_training()" in (tmp_path / "ltmp" / "README.md").read_text()
+    _saved("vh_nat_mini", tmp_path / "nat")
+    assert "## Training" not in (tmp_path / "nat" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("name, out_indices", [
     ("vh_nat_mini", (1, 2, 3)), ("vh_swin_tiny_patch4_window7_224", (1, 2, 3)), ("vh_fastervit_0_224", (1, 2, 3)),
     ("vh_levit_128s", (0, 1, 2)), ("vh_efficientvit_m0", (0, 1, 2)), ("vh_efficientvit_b0", (1, 2, 3))])
