@@ -40,7 +40,7 @@ class WeightsMismatchError(HubError):
 
 def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: Optional[str] = None,
                     data_config: Optional[Mapping[str, Any]] = None, label_names: Optional[Sequence[str]] = None,
-                    license: Optional[str] = None, datasets: Optional[Sequence[str]] = None,
+                    label_descriptions: Optional[Mapping[str, str]] = None, license: Optional[str] = None, datasets: Optional[Sequence[str]] = None,
                     metrics: Optional[Mapping[str, float]] = None, dataset_name: Optional[str] = None,
                     tags: Optional[Sequence[str]] = None, description: Optional[str] = None) -> Path:
     """Write ``model`` to the folder ``path`` as timm does (``config.json`` with architecture, num_classes,
@@ -48,7 +48,10 @@ def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: 
 
     ``data_config``: the preprocessing the weights expect (input_size, mean, std, interpolation, crop_pct); default:
     the model's pretrained cfg. ``metrics``: e.g. ``{"top1": 81.2, "top5": 95.4}`` measured on ``dataset_name``.
-    ``repo_id`` only fills the card's usage snippet. Each file replaces its old version atomically."""
+    ``label_names``: the class of each classifier row (timm's ``label_names``, transformers' ``id2label``);
+    ``label_descriptions``: name → description (default: WordNet's, from timm, when every name is an ImageNet synset
+    such as ``n01440764``). ``repo_id`` only fills the card's usage snippet. Each file replaces its old version
+    atomically."""
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "pretrained_cfg"):
         raise HubError("model: expected a timm model (built with timm.create_model, so it has a pretrained_cfg), "
                        f"got {type(model).__name__}")
@@ -59,6 +62,14 @@ def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: 
         if len(label_names) != model.num_classes:
             raise HubError(f"label_names: {len(label_names)} names for a classifier of {model.num_classes} classes")
         model_config["label_names"] = list(label_names)
+        descriptions = synset_descriptions(label_names) if label_descriptions is None else dict(label_descriptions)
+        if descriptions:
+            unknown = [name for name in descriptions if name not in set(model_config["label_names"])]
+            if unknown:
+                raise HubError(f"label_descriptions: {unknown[:3]} are not among label_names")
+            model_config["label_descriptions"] = descriptions
+    elif label_descriptions is not None:
+        raise HubError("label_descriptions: given without label_names (descriptions are keyed by label name)")
     licence = license or model.pretrained_cfg.get("license") or "apache-2.0"
     model_config["pretrained_cfg"] = {"license": licence}
     from vithub.backbones.token_reduction import reduction_config
@@ -77,6 +88,22 @@ def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: 
         for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):  # weights first: a config never names absent weights
             replace_durably(Path(staging) / name, target / name)
     return target
+
+
+def synset_descriptions(label_names: Sequence[str]) -> Optional[Dict[str, str]]:
+    """WordNet's descriptions of ``label_names`` from timm's ImageNet-22k info (e.g. ``n01440764`` → ``tench, Tinca
+    tinca``) when every name is a synset it knows, as an ImageNet folder's class names are; else ``None``."""
+    import re
+
+    if not label_names or not all(re.fullmatch(r"n\d{8}", str(name)) for name in label_names):
+        return None
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-22k")
+    try:
+        return {str(name): info.label_name_to_description(str(name)) for name in label_names}
+    except KeyError:
+        return None
 
 
 def portable_config(config: Dict[str, Any]) -> Dict[str, Any]:

@@ -111,6 +111,30 @@ def test_a_token_reduced_members_options_travel_in_model_args(tmp_path):
         torch.testing.assert_close(load(tmp_path).eval()(images), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_imagenet_synset_labels_carry_their_descriptions(tmp_path):
+    """An ImageNet folder's classes are synsets: the config gets WordNet's descriptions as timm's label_descriptions
+    (timm's pretrained_cfg carries both), transformers keeps the synsets as id2label; other names get none, and
+    descriptions of names the model lacks are refused."""
+    from transformers import AutoConfig
+
+    from vithub.publishing import HubError
+
+    synsets = ["n01440764", "n01443537", "n01484850"]
+    model = contract.make_model("vh_nat_mini", num_classes=3).eval()
+    save_pretrained(model, tmp_path / "in", label_names=synsets)
+    config = json.loads((tmp_path / "in" / "config.json").read_text())
+    assert config["label_descriptions"]["n01440764"] == "tench, Tinca tinca"
+    assert config["label_descriptions"]["n01484850"].startswith("great white shark")
+    created = timm.create_model(f"local-dir:{tmp_path / 'in'}", pretrained=True)
+    assert created.pretrained_cfg["label_descriptions"] == config["label_descriptions"]
+    assert created.pretrained_cfg["label_names"] == synsets
+    assert AutoConfig.from_pretrained(tmp_path / "in").id2label == dict(enumerate(synsets))
+    save_pretrained(model, tmp_path / "plain", label_names=LABELS)
+    assert "label_descriptions" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+    with pytest.raises(HubError, match="label_descriptions"):
+        save_pretrained(model, tmp_path / "bad", label_names=LABELS, label_descriptions={"owl": "a bird"})
+
+
 def test_the_model_card_shows_both_ways_to_load(tmp_path):
     _saved("vh_nat_mini", tmp_path)
     card = (tmp_path / "README.md").read_text()
