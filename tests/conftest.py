@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import free_port  # noqa: E402
 
 TEST_HUB_PORT = free_port()
-# vithub's CPU paths (vithub.backbones._cpu_paths) without timing: reproducible runs and no timing per new shape;
+# vithub's CPU paths (vithub.kernels.cpu_paths) without timing: reproducible runs and no timing per new shape;
 # tests/test_cpu_paths.py lifts the pin and tests the measuring itself. An explicit VITHUB_CPU_PATHS wins.
 os.environ.setdefault("VITHUB_CPU_PATHS", "vithub")
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{TEST_HUB_PORT}"

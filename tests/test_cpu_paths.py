@@ -1,4 +1,4 @@
-"""CPU paths chosen by measurement (vithub.backbones._cpu_paths): the faster candidate wins (one made slow on
+"""CPU paths chosen by measurement (vithub.kernels.cpu_paths, and the families' in vithub.backbones._cpu_paths): the faster candidate wins (one made slow on
 purpose loses), the baseline (the twin's path) keeps ties, choices are cached per key, outputs are equal whichever
 path runs, and VITHUB_CPU_PATHS pins a path."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import vithub  # noqa: F401
-from vithub.backbones import _cpu_paths
+from vithub.kernels import cpu_paths as _cpu_paths
 from vithub.backbones._common import PointwiseConv2d
 
 import contract
@@ -129,7 +129,8 @@ def test_pointwise_conv_gives_the_same_output_on_either_path(monkeypatch):
     assert sum(_cpu_paths.chosen_paths()["pointwise"].values()) == 1
 
 
-@pytest.mark.parametrize("name", ["vh_efficientvit_m0", "vh_levit_128s", "vh_efficientvit_b0"])
+@pytest.mark.parametrize("name", ["vh_efficientvit_m0", "vh_levit_128s", "vh_efficientvit_b0",
+                                  "vh_swin_tiny_patch4_window7_224", "vh_nat_mini", "vh_fastervit_0_224"])
 def test_models_give_the_same_output_on_every_path(name, monkeypatch):
     model = contract.make_model(name).eval()
     images = contract.random_images(2, (64, 64))
@@ -141,7 +142,10 @@ def test_models_give_the_same_output_on_every_path(name, monkeypatch):
             outputs[pin or "measured"] = model(images)
     for key in ("vithub", "measured"):
         torch.testing.assert_close(outputs[key], outputs["twin"], rtol=1e-5, atol=1e-5)
-    assert set(_cpu_paths.chosen_paths()["input_format"]) <= {"contiguous", "channels_last"}
+    chosen = _cpu_paths.chosen_paths()
+    assert set(chosen.get("input_format", {})) <= {"contiguous", "channels_last"}
+    assert set(chosen.get("attention", {})) <= {"matmul", "sdpa"}
+    assert chosen.keys() & {"input_format", "attention"}  # the measured run chose something
 
 
 def test_training_keeps_channels_last_without_timing():
@@ -246,3 +250,81 @@ def test_scripted_and_traced_layers_take_the_pair():
         torch.testing.assert_close(scripted(x), expected, rtol=0, atol=0)
         torch.testing.assert_close(traced(x), expected, rtol=1e-6, atol=1e-6)
     assert [node.target for node in traced.graph.nodes if node.op == "call_module"] == ["conv", "bn"]
+
+
+def _attention_calls(kind_counts):
+    return sum(kind_counts.get("attention", {}).values())
+
+
+@pytest.mark.parametrize("op", ["window", "shifted_window", "neighborhood", "carrier_window"])
+def test_attention_gives_the_same_output_on_either_path(op, monkeypatch):
+    """Inference on CPU runs window, neighbourhood and carrier-window tiles through SDPA or explicit matrix products
+    (the twin's form); both equal the float64 reference. Training never takes the matmul path."""
+    from vithub import kernels
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 14, 14, 3, 16) for _ in range(3))
+    rpb = torch.randn(3, 13, 13) * 0.5
+    carriers = [torch.randn(2, 2, 2, 4, 3, 16) for _ in range(3)]
+
+    def run(backend=None, dtype=torch.float32):
+        args = [t.to(dtype) for t in (q, k, v)]
+        table = rpb.to(dtype)
+        if op == "window":
+            return kernels.window_attention(*args, 7, 0, table, backend=backend)
+        if op == "shifted_window":
+            return kernels.window_attention(*args, 7, 3, table, backend=backend)
+        if op == "neighborhood":
+            return kernels.neighborhood_attention(*args, 7, dilation=2, rpb=table, backend=backend)
+        out, _ = kernels.carrier_window_attention(*args, *(c.to(dtype) for c in carriers), 7, rpb=table,
+                                                  backend=backend)
+        return out
+
+    expected = run("reference", torch.float64).float()
+    outputs = {}
+    with torch.no_grad():
+        for path in ("matmul", "sdpa"):
+            monkeypatch.setenv(_cpu_paths.PIN_ENV, f"attention={path}")
+            _cpu_paths.clear_choices()
+            outputs[path] = run("torch")
+            assert _attention_calls(_cpu_paths.chosen_paths()) == 0  # pinned: nothing timed
+    for path, out in outputs.items():
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"{path}: {m}")
+    monkeypatch.delenv(_cpu_paths.PIN_ENV)
+    _cpu_paths.clear_choices()
+    q.requires_grad_(True)
+    run("torch").sum().backward()  # with a graph: SDPA (or the masked-attention function), never timed
+    assert _attention_calls(_cpu_paths.chosen_paths()) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(run("torch"), expected, rtol=1e-5, atol=1e-5)
+    assert _attention_calls(_cpu_paths.chosen_paths()) >= 1
+
+
+def test_attention_takes_the_measured_faster_path(monkeypatch, _clock):
+    """The matmul form is the baseline: SDPA is taken only where it timed faster, per shape."""
+    from vithub import kernels
+    from vithub.kernels.backends import torch_tiled
+
+    q, k, v = (torch.randn(1, 14, 14, 2, 8) for _ in range(3))
+    slow = {"name": "sdpa"}
+    real_sdpa, real_matmul = torch_tiled.F.scaled_dot_product_attention, torch_tiled._matmul_attention
+
+    def sdpa(*args, **kwargs):
+        _clock.now += 0.002 if slow["name"] == "sdpa" else 0.001
+        return real_sdpa(*args, **kwargs)
+
+    def matmul(*args, **kwargs):
+        _clock.now += 0.002 if slow["name"] == "matmul" else 0.001
+        return real_matmul(*args, **kwargs)
+
+    monkeypatch.setattr(torch_tiled.F, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(torch_tiled, "_matmul_attention", matmul)
+    with torch.no_grad():
+        kernels.window_attention(q, k, v, 7, 3, backend="torch")
+        assert _cpu_paths.chosen_paths()["attention"] == {"matmul": 1}
+        slow["name"] = "matmul"
+        _cpu_paths.clear_choices()
+        kernels.window_attention(q, k, v, 7, 3, backend="torch")
+        assert _cpu_paths.chosen_paths()["attention"] == {"sdpa": 1}
+        kernels.window_attention(q[:, :7, :7], k[:, :7, :7], v[:, :7, :7], 7, 0, backend="torch")  # a new shape
+        assert _cpu_paths.chosen_paths()["attention"] == {"sdpa": 2}

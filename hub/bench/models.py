@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import timm
 import torch
 
-from vithub.backbones._cpu_paths import chosen_paths
+from vithub.kernels.cpu_paths import chosen_paths
 from vithub.catalog import check_model_name
 from vithub.kernels import use_backend
 
@@ -194,7 +194,7 @@ def run_model_bench(output: Optional[str] = None, models: Sequence[str] = DEFAUL
         "compare_imports": imported_versions,
         "same_weights_as_twin": twin,
         "processes": 1,
-        # what vithub.backbones._cpu_paths chose on this machine (per kind: how many shapes took each path)
+        # what vithub.kernels.cpu_paths chose on this machine (per kind: how many shapes took each path)
         "cpu_paths": chosen_paths(),
         "rows": [_with_ratios(dict(row.__dict__, images_per_second=row.images_per_second()), twin, [row.ms])
                  for row in rows],

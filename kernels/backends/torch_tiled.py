@@ -24,12 +24,13 @@ from __future__ import annotations
 import contextlib
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from .. import cpu_paths
 from ..caching import built_as_constants, constant_tensors
 from ..registry import Backend
 from .reference import (neighborhood_bias, neighborhood_indices, neighborhood_starts, rolled_positions,
@@ -135,6 +136,20 @@ class Plan2d:
     output_index: torch.Tensor  # (H * W,) flat (slot * tiles + tile) holding each map position
     blocked: Optional[torch.Tensor]  # (tiles, query_tokens, key_tokens) bool; None when nothing is blocked
     mask_index: torch.Tensor  # (tiles * Tq * Tk,) flat index into the rpb table (heads, -1) plus a -inf column
+    # per (heads, table size): mask_index spread over the heads of a padded (heads, table + 1) table, built on first use
+    head_mask_index: Dict[Tuple[int, int], torch.Tensor] = field(default_factory=dict, compare=False, hash=False,
+                                                                  repr=False)
+
+    def mask_index_for(self, heads: int, table_size: int) -> torch.Tensor:
+        """``(tiles * heads * Tq * Tk,)`` index into a flattened ``(heads, table_size)`` table, cached per head
+        count and table size (every block of a stage asks for the same one)."""
+        index = self.head_mask_index.get((heads, table_size))
+        if index is None:
+            with constant_tensors():
+                offsets = table_size * torch.arange(heads, device=self.mask_index.device)[:, None]
+                index = (self.mask_index.view(self.tiles, 1, -1) + offsets).reshape(-1)
+            self.head_mask_index[(heads, table_size)] = index
+        return index
 
 
 def _outer(rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
@@ -198,7 +213,7 @@ def _window_plan_cpu(height: int, width: int, window: Tuple[int, int], shift: Tu
 def _to_device(plan: Plan2d, device: torch.device) -> Plan2d:
     moved = {
         name: (value.to(device) if isinstance(value, torch.Tensor) else value)
-        for name, value in plan.__dict__.items()
+        for name, value in plan.__dict__.items() if name != "head_mask_index"
     }
     return Plan2d(**moved)
 
@@ -238,8 +253,7 @@ def _attention_mask(
         return mask.reshape(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
     # One gather builds the whole mask: blocked entries read an extra -inf column appended to each head's table.
     table = F.pad(rpb.reshape(heads, -1), (0, 1), value=float("-inf"))
-    index = plan.mask_index.view(plan.tiles, 1, -1) + table.shape[1] * torch.arange(heads, device=device)[:, None]
-    mask = table.reshape(-1).index_select(0, index.reshape(-1))
+    mask = table.reshape(-1).index_select(0, plan.mask_index_for(heads, table.shape[1]))
     return mask.view(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
 
 
@@ -291,10 +305,36 @@ class _MaskedAttention(torch.autograd.Function):
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
             scale: float) -> torch.Tensor:
-    """SDPA with an additive mask; :class:`_MaskedAttention` when the mask (an rpb) needs a gradient."""
+    """SDPA with an additive mask; :class:`_MaskedAttention` when the mask (an rpb) needs a gradient. Inference on
+    eager CPU runs takes the faster of SDPA and explicit matrix products (:func:`_attention_path`)."""
     if mask is not None and mask.requires_grad:
         return _MaskedAttention.apply(q, k, v, mask, scale)
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)) and \
+            cpu_paths.measuring_allowed(q) and _attention_path(q, k, v, mask, scale) == "matmul":
+        return _matmul_attention(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                      scale: float) -> torch.Tensor:
+    """Scaled logits, additive mask, softmax, weighted sum as separate ops: timm's Swin attention. On CPU, for the
+    short sequences of windows and tiles, it can beat SDPA's fused kernel (which tiles for long sequences)."""
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))
+    if mask is not None:
+        logits += mask
+    return torch.matmul(logits.softmax(dim=-1), v)
+
+
+def _attention_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                    scale: float) -> str:
+    """``"matmul"`` (the twin's form, the baseline) or ``"sdpa"`` for this call's shapes, timed once per shape,
+    strides and thread count on this machine (:func:`vithub.kernels.cpu_paths.choose_path`)."""
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), None if mask is None else mask.shape, q.dtype)
+    return cpu_paths.choose_path(
+        "attention", key,
+        lambda: {"matmul": lambda: _matmul_attention(q, k, v, mask, scale),
+                 "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)},
+        baseline="matmul", ours="sdpa")
 
 
 def local_attention(
@@ -310,10 +350,10 @@ def local_attention(
 
     # Gathers index rows of (B * H * W, heads * head_dim): dim-0 index_select copies whole rows and takes the row
     # stride of a qkv slice as is, where a dim-1 gather would first copy the strided input.
-    batch_index = torch.arange(batch, device=q.device)[:, None]
+    batch_index = torch.arange(batch, device=q.device)[:, None] if batch > 1 else None
 
     def rows_of(index: torch.Tensor, per_item: int) -> torch.Tensor:
-        return (index + batch_index * per_item).view(-1)
+        return index.view(-1) if batch_index is None else (index + batch_index * per_item).view(-1)
 
     def gather(x: torch.Tensor, rows: torch.Tensor, tokens: int) -> torch.Tensor:
         # Slot-major (slot, tile) order keeps (tile, head) adjacent, so it merges into SDPA's head axis as a view
