@@ -21,9 +21,10 @@ def pointwise_path(conv: torch.nn.Conv2d, x: torch.Tensor) -> str:
 
     def decide() -> str:
         key = (x.shape, x.stride(), x.dtype, conv.out_channels)
-        return cpu_paths.choose_path("pointwise", key, lambda: {"conv": lambda: conv._conv_forward(x, conv.weight, conv.bias),
-                                                      "linear": lambda: conv.as_linear(x)},
-                           baseline="conv", ours="linear")
+        return cpu_paths.choose_path("pointwise", key,
+                                     lambda: {"conv": lambda: conv._conv_forward(x, conv.weight, conv.bias),
+                                              "linear": lambda: conv.as_linear(x)},
+                                     baseline="conv", ours="linear")
 
     return cpu_paths.memoized(conv, "_pointwise_memo", x, decide)
 
@@ -60,7 +61,8 @@ def input_format(model: torch.nn.Module, x: torch.Tensor, body: Callable[[torch.
         candidates = {name: (lambda fmt=fmt: body(x.contiguous(memory_format=fmt))) for name, fmt in formats.items()}
         _measuring.active = True
         try:
-            choice = cpu_paths.choose_path("input_format", key, candidates, baseline="contiguous", ours="channels_last")
+            choice = cpu_paths.choose_path("input_format", key, candidates, baseline="contiguous",
+                                           ours="channels_last")
         finally:
             _measuring.active = False
     return torch.contiguous_format if choice == "contiguous" else torch.channels_last

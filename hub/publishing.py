@@ -40,7 +40,8 @@ class WeightsMismatchError(HubError):
 
 def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: Optional[str] = None,
                     data_config: Optional[Mapping[str, Any]] = None, label_names: Optional[Sequence[str]] = None,
-                    label_descriptions: Optional[Mapping[str, str]] = None, license: Optional[str] = None, datasets: Optional[Sequence[str]] = None,
+                    label_descriptions: Optional[Mapping[str, str]] = None, license: Optional[str] = None,
+                    datasets: Optional[Sequence[str]] = None,
                     metrics: Optional[Mapping[str, float]] = None, dataset_name: Optional[str] = None,
                     tags: Optional[Sequence[str]] = None, description: Optional[str] = None) -> Path:
     """Write ``model`` to the folder ``path`` as timm does (``config.json`` with architecture, num_classes,

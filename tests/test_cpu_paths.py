@@ -1,6 +1,7 @@
-"""CPU paths chosen by measurement (vithub.kernels.cpu_paths, and the families' in vithub.backbones._cpu_paths): the faster candidate wins (one made slow on
-purpose loses), the baseline (the twin's path) keeps ties, choices are cached per key, outputs are equal whichever
-path runs, and VITHUB_CPU_PATHS pins a path."""
+"""CPU paths chosen by measurement (vithub.kernels.cpu_paths; the families' kinds in vithub.backbones._cpu_paths, the
+torch backend's attention form in the kernel layer): the faster candidate wins (one made slow on purpose loses), the
+baseline (the twin's path) keeps ties, choices are cached per key, outputs are equal whichever path runs, and
+VITHUB_CPU_PATHS pins a path."""
 
 from __future__ import annotations
 
