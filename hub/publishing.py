@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -65,7 +66,8 @@ def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: 
         model_config["label_names"] = list(label_names)
         descriptions = synset_descriptions(label_names) if label_descriptions is None else dict(label_descriptions)
         if descriptions:
-            unknown = [name for name in descriptions if name not in set(model_config["label_names"])]
+            known = set(model_config["label_names"])
+            unknown = [name for name in descriptions if name not in known]
             if unknown:
                 raise HubError(f"label_descriptions: {unknown[:3]} are not among label_names")
             model_config["label_descriptions"] = descriptions
@@ -94,8 +96,6 @@ def save_pretrained(model: torch.nn.Module, path: Union[str, Path], *, repo_id: 
 def synset_descriptions(label_names: Sequence[str]) -> Optional[Dict[str, str]]:
     """WordNet's descriptions of ``label_names`` from timm's ImageNet-22k info (e.g. ``n01440764`` → ``tench, Tinca
     tinca``) when every name is a synset it knows, as an ImageNet folder's class names are; else ``None``."""
-    import re
-
     if not label_names or not all(re.fullmatch(r"n\d{8}", str(name)) for name in label_names):
         return None
     from timm.data import ImageNetInfo
