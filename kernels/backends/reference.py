@@ -5,12 +5,10 @@ Arguments are assumed already validated (see :mod:`vithub.kernels.ops`). Runs ev
 
 from __future__ import annotations
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 
-from ..caching import built_as_constants
 from ..registry import Backend
 
 
@@ -127,20 +125,9 @@ def window_bias(rpb: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor
     """The ``(heads, wh*ww, wh*ww)`` bias of one window, ``[h, query, key]``, from a key-minus-query ``rpb`` table
     (tokens in raster order)."""
     wh, ww = window_size
-    tokens = wh * ww
-    index = window_bias_index(wh, ww, rpb.device)
-    return rpb.reshape(rpb.shape[0], -1).index_select(1, index).view(rpb.shape[0], tokens, tokens)
-
-
-@torch.compiler.disable
-@functools.lru_cache(maxsize=64)
-@built_as_constants
-def window_bias_index(wh: int, ww: int, device: torch.device) -> torch.Tensor:
-    """Flat index into a ``(2wh-1) * (2ww-1)`` table row of ``key - query + window - 1`` for every (query, key) pair
-    of a window, raster order; cached (Swin calls it every block)."""
-    ys, xs = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(wh, device=rpb.device), torch.arange(ww, device=rpb.device), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
-    return ((ys[None, :] - ys[:, None] + wh - 1) * (2 * ww - 1) + xs[None, :] - xs[:, None] + ww - 1).reshape(-1)
+    return rpb[:, ys[None, :] - ys[:, None] + wh - 1, xs[None, :] - xs[:, None] + ww - 1]
 
 
 def rolled_positions(length: int, shift: int, unpadded: int) -> torch.Tensor:

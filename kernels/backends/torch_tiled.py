@@ -253,7 +253,12 @@ def _attention_mask(
         return mask.reshape(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
     # One gather builds the whole mask: blocked entries read an extra -inf column appended to each head's table.
     table = F.pad(rpb.reshape(heads, -1), (0, 1), value=float("-inf"))
-    mask = table.reshape(-1).index_select(0, plan.mask_index_for(heads, table.shape[1]))
+    if torch.compiler.is_compiling():  # traced graphs build the index in the graph, as they always did
+        index = plan.mask_index.view(plan.tiles, 1, -1) + table.shape[1] * torch.arange(heads, device=device)[:, None]
+        index = index.reshape(-1)
+    else:
+        index = plan.mask_index_for(heads, table.shape[1])
+    mask = table.reshape(-1).index_select(0, index)
     return mask.view(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
 
 
@@ -399,6 +404,24 @@ def carrier_window_attention(
     return _windows_sdpa(q, k, v, (carrier_q, carrier_k, carrier_v), window, rpb, scale)  # type: ignore[return-value]
 
 
+@torch.compiler.disable
+@functools.lru_cache(maxsize=64)
+@built_as_constants
+def window_bias_index(wh: int, ww: int, device: torch.device) -> torch.Tensor:
+    """Flat index into a ``(2wh-1) * (2ww-1)`` table row of ``key - query + window - 1`` for every (query, key) pair
+    of a window, raster order; cached (Swin asks for it every block)."""
+    ys, xs = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    return ((ys[None, :] - ys[:, None] + wh - 1) * (2 * ww - 1) + xs[None, :] - xs[:, None] + ww - 1).reshape(-1)
+
+
+def cached_window_bias(rpb: torch.Tensor, window: Tuple[int, int]) -> torch.Tensor:
+    """:func:`~vithub.kernels.backends.reference.window_bias` through a cached index (one gather per call)."""
+    tokens = window[0] * window[1]
+    index = window_bias_index(window[0], window[1], rpb.device)
+    return rpb.reshape(rpb.shape[0], -1).index_select(1, index).view(rpb.shape[0], tokens, tokens)
+
+
 def _windows_sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -427,7 +450,8 @@ def _windows_sdpa(
                            for i, x in enumerate((q, k, v)))
     mask = None
     if rpb is not None:
-        mask = window_bias(rpb, window)
+        # traced graphs (torch.export, ONNX) build the bias in the graph; eager runs gather through a cached index
+        mask = window_bias(rpb, window) if torch.compiler.is_compiling() else cached_window_bias(rpb, window)
         if extra:
             mask = F.pad(mask, (extra, 0, extra, 0))  # carrier rows and columns: zero bias
         mask = mask.unsqueeze(0)
@@ -578,12 +602,24 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias
     return out.transpose(1, 2), received / (probs.shape[1] * query_weights.sum(dim=1, keepdim=True))
 
 
-@functools.lru_cache(maxsize=256)
+_POSITIONS: Dict[Tuple[int, int, int], Tuple[Tuple[int, ...], ...]] = {}
+_POSITIONS_LIMIT = 256
+
+
 def neighbour_positions(length: int, kernel: int, dilation: int) -> Tuple[Tuple[int, ...], ...]:
     """Per kernel offset, the position of every query's neighbour along one axis (Python ints, so an export holds
-    them as constants)."""
-    index = neighborhood_indices(length, kernel, dilation)
-    return tuple(tuple(index[:, offset].tolist()) for offset in range(kernel))
+    them as constants). Cached only when they are plain ints: under a non-strict export they come out symbolic, and
+    a later eager call must not read those."""
+    key = (length, kernel, dilation)
+    positions = _POSITIONS.get(key)
+    if positions is None:
+        index = neighborhood_indices(length, kernel, dilation)
+        positions = tuple(tuple(index[:, offset].tolist()) for offset in range(kernel))
+        if all(type(value) is int for row in positions for value in row):
+            if len(_POSITIONS) >= _POSITIONS_LIMIT:
+                _POSITIONS.clear()
+            _POSITIONS[key] = positions
+    return positions
 
 
 def _neighbour_selections(x: torch.Tensor, kernel: Tuple[int, ...], dilation: Tuple[int, ...]):
