@@ -146,10 +146,14 @@ class Plan2d:
         index = self.head_mask_index.get((heads, table_size))
         if index is None:
             with constant_tensors():
-                offsets = table_size * torch.arange(heads, device=self.mask_index.device)[:, None]
-                index = (self.mask_index.view(self.tiles, 1, -1) + offsets).reshape(-1)
+                index = self.spread_mask_index(heads, table_size)
             self.head_mask_index[(heads, table_size)] = index
         return index
+
+    def spread_mask_index(self, heads: int, table_size: int) -> torch.Tensor:
+        """The index of :meth:`mask_index_for`, built now (traced graphs build it in the graph)."""
+        offsets = table_size * torch.arange(heads, device=self.mask_index.device)[:, None]
+        return (self.mask_index.view(self.tiles, 1, -1) + offsets).reshape(-1)
 
 
 def _outer(rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
@@ -253,11 +257,8 @@ def _attention_mask(
         return mask.reshape(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
     # One gather builds the whole mask: blocked entries read an extra -inf column appended to each head's table.
     table = F.pad(rpb.reshape(heads, -1), (0, 1), value=float("-inf"))
-    if torch.compiler.is_compiling():  # traced graphs build the index in the graph, as they always did
-        index = plan.mask_index.view(plan.tiles, 1, -1) + table.shape[1] * torch.arange(heads, device=device)[:, None]
-        index = index.reshape(-1)
-    else:
-        index = plan.mask_index_for(heads, table.shape[1])
+    size = table.shape[1]
+    index = plan.spread_mask_index(heads, size) if torch.compiler.is_compiling() else plan.mask_index_for(heads, size)
     mask = table.reshape(-1).index_select(0, index)
     return mask.view(1, plan.tiles * heads, plan.query_tokens, plan.key_tokens)
 
